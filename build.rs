@@ -1,0 +1,32 @@
+//! Compiles `proto/allot/v1/*.proto` with protox (no system `protoc`) and generates the tonic
+//! clients and servers. The encoded descriptor set is kept for server reflection.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos: Vec<PathBuf> = {
+        let mut files: Vec<PathBuf> = fs::read_dir("proto/allot/v1")?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+            .collect();
+        files.sort();
+        files
+    };
+    // tonic-prost-build 0.14 no longer emits these for us.
+    println!("cargo:rerun-if-changed=proto");
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
+
+    let fds = protox::compile(&protos, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out_dir.join("allot_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
