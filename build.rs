@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Deterministic encoding of maps: request fingerprints for idempotency hash the bytes.
+        .btree_map(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -1,1 +1,16 @@
-pub fn placeholder() {}
+//! allot's schema migrations (sea-orm-migration). Run on `allot serve` start and by
+//! `allot migrate`. Amounts are integer micro-units, times integer microseconds since the Unix
+//! epoch, so SQLite and PostgreSQL store exactly the same values.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_foundation;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_foundation::Migration)]
+    }
+}

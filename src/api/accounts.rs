@@ -1,0 +1,332 @@
+//! AccountService: accounts and their wallets.
+
+use std::collections::BTreeMap;
+
+use tonic::{Request, Response, Status};
+
+use super::{Ctx, PROVISIONERS, READERS, convert, key, reply};
+use crate::{
+    auth::Scope,
+    error::{Error, Result},
+    proto::{self, account_service_server::AccountService},
+    store::{
+        accounts::{self, AccountChanges, NewAccount},
+        idempotency::Key,
+        ledger, pagination,
+    },
+};
+
+const MAX_LABELS: usize = 64;
+
+fn labels(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    convert::string_map("labels", map, MAX_LABELS, 256)
+}
+
+impl Ctx {
+    async fn create_account(
+        &self,
+        request: Request<proto::CreateAccountRequest>,
+    ) -> Result<proto::Account> {
+        let caller = self.caller(&request, "CreateAccount", PROVISIONERS)?;
+        let request = request.into_inner();
+        let wire = request
+            .account
+            .clone()
+            .ok_or_else(|| Error::missing("account"))?;
+        let external_id = convert::required("account.external_id", &wire.external_id, 128)?;
+        let display_name = convert::optional("account.display_name", &wire.display_name, 256)?;
+        let labels = labels(&wire.labels)?;
+        let state = convert::parse_account_state(wire.state)?.unwrap_or(accounts::ACTIVE);
+        let parent = if wire.parent_id.is_empty() {
+            if !caller.is_global() {
+                return Err(Error::permission_denied(
+                    "ACCOUNT_OUT_OF_SCOPE",
+                    "only a token for all accounts may create a top-level account",
+                ));
+            }
+            None
+        } else {
+            let parent_id = convert::id("account.parent_id", &wire.parent_id, "acct")?;
+            Some(self.account_in_scope(&caller, &parent_id).await?)
+        };
+        let scope = match &parent {
+            Some(parent) => Key::account_scope(&parent.id),
+            None => Key::caller_scope(&caller.sub),
+        };
+        let blank = proto::CreateAccountRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(scope, &request.request_id, "CreateAccount", &blank)?;
+        let new = NewAccount {
+            external_id,
+            display_name,
+            parent,
+            state,
+            labels,
+        };
+        let now = self.store.clock.now_micros();
+        let (account, _) = self
+            .store
+            .idempotent(&key, |tx| {
+                let new = new.clone();
+                Box::pin(async move {
+                    let model = accounts::create_account(tx, new, now).await?;
+                    Ok(convert::account(&model))
+                })
+            })
+            .await?;
+        Ok(account)
+    }
+
+    async fn update_account(
+        &self,
+        request: Request<proto::UpdateAccountRequest>,
+    ) -> Result<proto::Account> {
+        let caller = self.caller(&request, "UpdateAccount", PROVISIONERS)?;
+        let request = request.into_inner();
+        let wire = request
+            .account
+            .clone()
+            .ok_or_else(|| Error::missing("account"))?;
+        let id = convert::id("account.id", &wire.id, "acct")?;
+        self.account_in_scope(&caller, &id).await?;
+        let paths: Vec<String> = match &request.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+            _ => {
+                let mut paths = Vec::new();
+                if !wire.display_name.is_empty() {
+                    paths.push("display_name".to_string());
+                }
+                if !wire.labels.is_empty() {
+                    paths.push("labels".to_string());
+                }
+                if wire.state != 0 {
+                    paths.push("state".to_string());
+                }
+                paths
+            }
+        };
+        if paths.is_empty() {
+            return Err(Error::invalid(
+                "MISSING_FIELD",
+                "update_mask",
+                "nothing to update",
+            ));
+        }
+        let mut changes = AccountChanges::default();
+        for path in &paths {
+            match path.as_str() {
+                "display_name" => {
+                    changes.display_name = Some(convert::optional(
+                        "account.display_name",
+                        &wire.display_name,
+                        256,
+                    )?)
+                }
+                "labels" => changes.labels = Some(labels(&wire.labels)?),
+                "state" => {
+                    changes.state = Some(
+                        convert::parse_account_state(wire.state)?
+                            .ok_or_else(|| Error::missing("account.state"))?,
+                    )
+                }
+                other => {
+                    return Err(Error::invalid(
+                        "INVALID_FIELD",
+                        "update_mask",
+                        format!("`{other}` cannot be updated (display_name, labels, state can)"),
+                    ));
+                }
+            }
+        }
+        let blank = proto::UpdateAccountRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(
+            Key::account_scope(&id),
+            &request.request_id,
+            "UpdateAccount",
+            &blank,
+        )?;
+        let now = self.store.clock.now_micros();
+        let (account, _) = self
+            .store
+            .idempotent(&key, |tx| {
+                let changes = changes.clone();
+                let id = id.clone();
+                Box::pin(async move {
+                    // Re-read inside the transaction: the update applies to the latest row.
+                    let current = accounts::find_account(tx, &id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("account", &id))?;
+                    let model = accounts::update_account(tx, current, changes, now).await?;
+                    Ok(convert::account(&model))
+                })
+            })
+            .await?;
+        Ok(account)
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<proto::ListAccountsRequest>,
+    ) -> Result<proto::ListAccountsResponse> {
+        let caller = self.caller(&request, "ListAccounts", READERS)?;
+        let request = request.into_inner();
+        let page = pagination::parse("accounts", request.page_size, &request.page_token)?;
+        let parent = if request.parent_id.is_empty() {
+            None
+        } else {
+            Some(convert::id("parent_id", &request.parent_id, "acct")?)
+        };
+        let within: Option<Vec<String>> = match &caller.scope {
+            Scope::All => None,
+            Scope::Accounts(ids) => Some(ids.iter().cloned().collect()),
+        };
+        let (rows, next_page_token) =
+            accounts::list_accounts(&self.store.db, within.as_deref(), parent.as_deref(), &page)
+                .await?;
+        Ok(proto::ListAccountsResponse {
+            accounts: rows.iter().map(convert::account).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn create_wallet(
+        &self,
+        request: Request<proto::CreateWalletRequest>,
+    ) -> Result<proto::Wallet> {
+        let caller = self.caller(&request, "CreateWallet", PROVISIONERS)?;
+        let request = request.into_inner();
+        let wire = request
+            .wallet
+            .clone()
+            .ok_or_else(|| Error::missing("wallet"))?;
+        let account_id = convert::id("wallet.account_id", &wire.account_id, "acct")?;
+        let unit = convert::unit(&wire.unit)?;
+        let overdraft_limit =
+            convert::non_negative("wallet.overdraft_limit", &wire.overdraft_limit)?;
+        let account = self.account_in_scope(&caller, &account_id).await?;
+        let blank = proto::CreateWalletRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(
+            Key::account_scope(&account.id),
+            &request.request_id,
+            "CreateWallet",
+            &blank,
+        )?;
+        let now = self.store.clock.now_micros();
+        let (wallet, _) = self
+            .store
+            .idempotent(&key, |tx| {
+                let account = account.clone();
+                let unit = unit.clone();
+                Box::pin(async move {
+                    let model =
+                        accounts::create_wallet(tx, &account, &unit, overdraft_limit, now).await?;
+                    let balance = ledger::balance(tx, &model, now).await?;
+                    Ok(convert::wallet(&model, balance))
+                })
+            })
+            .await?;
+        Ok(wallet)
+    }
+
+    async fn wallet_with_balance(
+        &self,
+        model: &crate::store::entity::wallet::Model,
+    ) -> Result<proto::Wallet> {
+        let balance = ledger::balance(&self.store.db, model, self.store.clock.now_micros()).await?;
+        Ok(convert::wallet(model, balance))
+    }
+}
+
+#[tonic::async_trait]
+impl AccountService for Ctx {
+    async fn create_account(
+        &self,
+        request: Request<proto::CreateAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        reply(Ctx::create_account(self, request).await)
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<proto::GetAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        reply(
+            async {
+                let caller = self.caller(&request, "GetAccount", READERS)?;
+                let id = convert::id("id", &request.get_ref().id, "acct")?;
+                let account = self.account_in_scope(&caller, &id).await?;
+                Ok(convert::account(&account))
+            }
+            .await,
+        )
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<proto::ListAccountsRequest>,
+    ) -> Result<Response<proto::ListAccountsResponse>, Status> {
+        reply(Ctx::list_accounts(self, request).await)
+    }
+
+    async fn update_account(
+        &self,
+        request: Request<proto::UpdateAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        reply(Ctx::update_account(self, request).await)
+    }
+
+    async fn create_wallet(
+        &self,
+        request: Request<proto::CreateWalletRequest>,
+    ) -> Result<Response<proto::Wallet>, Status> {
+        reply(Ctx::create_wallet(self, request).await)
+    }
+
+    async fn get_wallet(
+        &self,
+        request: Request<proto::GetWalletRequest>,
+    ) -> Result<Response<proto::Wallet>, Status> {
+        reply(
+            async {
+                let caller = self.caller(&request, "GetWallet", READERS)?;
+                let wallet = self.wallet_in_scope(&caller, &request.get_ref().id).await?;
+                self.wallet_with_balance(&wallet).await
+            }
+            .await,
+        )
+    }
+
+    async fn list_wallets(
+        &self,
+        request: Request<proto::ListWalletsRequest>,
+    ) -> Result<Response<proto::ListWalletsResponse>, Status> {
+        reply(
+            async {
+                let caller = self.caller(&request, "ListWallets", READERS)?;
+                let request = request.into_inner();
+                let account_id = convert::id("account_id", &request.account_id, "acct")?;
+                let account = self.account_in_scope(&caller, &account_id).await?;
+                let page = pagination::parse("wallets", request.page_size, &request.page_token)?;
+                let (rows, next_page_token) =
+                    accounts::list_wallets(&self.store.db, &account.id, &page).await?;
+                let mut wallets = Vec::with_capacity(rows.len());
+                for model in &rows {
+                    wallets.push(self.wallet_with_balance(model).await?);
+                }
+                Ok(proto::ListWalletsResponse {
+                    wallets,
+                    next_page_token,
+                })
+            }
+            .await,
+        )
+    }
+}

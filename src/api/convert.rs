@@ -1,0 +1,427 @@
+//! Conversions between stored models and the wire types, and parsing of wire values
+//! (decimal strings, timestamps, enums, bounded strings) into validated domain values.
+
+use std::collections::BTreeMap;
+
+use prost_types::Timestamp;
+use rust_decimal::Decimal;
+
+use crate::{
+    domain::{Amount, Dimension, Rate, WalletState, amount::parse_quantity},
+    error::{Error, Result},
+    proto,
+    store::{
+        accounts,
+        entity::{account, grant, transaction, wallet},
+        ledger::StoredBurn,
+        rate_cards::{self, Card},
+    },
+};
+
+// ---- times ---------------------------------------------------------------------------------
+
+pub fn timestamp(micros: i64) -> Timestamp {
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+/// Reads an optional timestamp as microseconds since the epoch (years 1970–9999).
+pub fn micros(field: &str, value: Option<&Timestamp>) -> Result<Option<i64>> {
+    let Some(ts) = value else { return Ok(None) };
+    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(0..=MAX_SECONDS).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Error::invalid(
+            "INVALID_TIMESTAMP",
+            field,
+            "must lie between 1970 and 9999",
+        ));
+    }
+    Ok(Some(ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000))
+}
+
+// ---- strings -------------------------------------------------------------------------------
+
+/// A required string of at most `max` bytes.
+pub fn required(field: &str, value: &str, max: usize) -> Result<String> {
+    if value.is_empty() {
+        return Err(Error::missing(field));
+    }
+    optional(field, value, max)
+}
+
+/// A string of at most `max` bytes, without control characters.
+pub fn optional(field: &str, value: &str, max: usize) -> Result<String> {
+    if value.len() > max {
+        return Err(Error::invalid(
+            "FIELD_TOO_LONG",
+            field,
+            format!("must be at most {max} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "INVALID_FIELD",
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A token-like name (unit, request type, dimension, label key): 1–`max` characters of
+/// `A-Z a-z 0-9 _ - . : /`.
+pub fn name(field: &str, value: &str, max: usize) -> Result<String> {
+    let value = required(field, value, max)?;
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+    {
+        return Err(Error::invalid(
+            "INVALID_FIELD",
+            field,
+            "may contain only letters, digits and _ - . : /",
+        ));
+    }
+    Ok(value)
+}
+
+pub const DEFAULT_UNIT: &str = "credits";
+
+/// The wallet unit of a request: defaults to `credits`.
+pub fn unit(value: &str) -> Result<String> {
+    if value.is_empty() {
+        Ok(DEFAULT_UNIT.to_string())
+    } else {
+        name("unit", value, 64)
+    }
+}
+
+/// An id of the given resource kind (`acct`, `wal`, …): required, prefixed, bounded.
+pub fn id(field: &str, value: &str, prefix: &str) -> Result<String> {
+    let value = required(field, value, 64)?;
+    match value
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+    {
+        Some(rest) if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            Ok(value)
+        }
+        _ => Err(Error::invalid(
+            "INVALID_ID",
+            field,
+            format!("`{value}` is not a `{prefix}_…` id"),
+        )),
+    }
+}
+
+/// A string map (labels, metadata) with bounded size.
+pub fn string_map(
+    field: &str,
+    map: &BTreeMap<String, String>,
+    max_entries: usize,
+    max_value: usize,
+) -> Result<BTreeMap<String, String>> {
+    if map.len() > max_entries {
+        return Err(Error::invalid(
+            "TOO_MANY_ENTRIES",
+            field,
+            format!("at most {max_entries} entries"),
+        ));
+    }
+    map.iter()
+        .map(|(k, v)| {
+            let key = name(&format!("{field}.key"), k, 64)?;
+            let value = optional(&format!("{field}[{k}]"), v, max_value)?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+// ---- amounts -------------------------------------------------------------------------------
+
+pub fn positive(field: &str, value: &str) -> Result<Amount> {
+    if value.is_empty() {
+        return Err(Error::missing(field));
+    }
+    Amount::parse_positive(value).map_err(|err| Error::amount(field, err))
+}
+
+/// A non-negative amount; empty means 0.
+pub fn non_negative(field: &str, value: &str) -> Result<Amount> {
+    if value.is_empty() {
+        return Ok(Amount::ZERO);
+    }
+    Amount::parse_non_negative(value).map_err(|err| Error::amount(field, err))
+}
+
+/// A non-negative exact decimal (unit prices, quantities, provider costs); empty means 0.
+pub fn decimal(field: &str, value: &str) -> Result<Decimal> {
+    if value.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    parse_quantity(value).map_err(|err| Error::amount(field, err))
+}
+
+pub fn quantities(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, Decimal>> {
+    if map.len() > 32 {
+        return Err(Error::invalid(
+            "TOO_MANY_ENTRIES",
+            "quantities",
+            "at most 32 entries",
+        ));
+    }
+    map.iter()
+        .map(|(k, v)| {
+            let key = name("quantities.key", k, 64)?;
+            let field = format!("quantities[{k}]");
+            if v.is_empty() {
+                return Err(Error::missing(&field));
+            }
+            Ok((key, decimal(&field, v)?))
+        })
+        .collect()
+}
+
+// ---- accounts and wallets ------------------------------------------------------------------
+
+pub fn account_state(state: &str) -> i32 {
+    match state {
+        accounts::ACTIVE => proto::AccountState::Active as i32,
+        accounts::SUSPENDED => proto::AccountState::Suspended as i32,
+        accounts::CLOSED => proto::AccountState::Closed as i32,
+        _ => proto::AccountState::Unspecified as i32,
+    }
+}
+
+/// Reads a wire account state; UNSPECIFIED gives `None`, unknown values are rejected.
+pub fn parse_account_state(value: i32) -> Result<Option<&'static str>> {
+    match proto::AccountState::try_from(value) {
+        Ok(proto::AccountState::Unspecified) => Ok(None),
+        Ok(proto::AccountState::Active) => Ok(Some(accounts::ACTIVE)),
+        Ok(proto::AccountState::Suspended) => Ok(Some(accounts::SUSPENDED)),
+        Ok(proto::AccountState::Closed) => Ok(Some(accounts::CLOSED)),
+        Err(_) => Err(Error::invalid(
+            "INVALID_ENUM",
+            "state",
+            format!("unknown account state {value}"),
+        )),
+    }
+}
+
+pub fn account(model: &account::Model) -> proto::Account {
+    proto::Account {
+        id: model.id.clone(),
+        external_id: model.external_id.clone(),
+        display_name: model.display_name.clone(),
+        parent_id: model.parent_id.clone().unwrap_or_default(),
+        state: account_state(&model.state),
+        labels: accounts::labels(model),
+        create_time: Some(timestamp(model.create_time)),
+        update_time: Some(timestamp(model.update_time)),
+    }
+}
+
+pub fn balance(wallet: &wallet::Model, state: &WalletState, now: i64) -> proto::Balance {
+    proto::Balance {
+        wallet_id: wallet.id.clone(),
+        unit: wallet.unit.clone(),
+        posted: state.posted(now).to_string(),
+        reserved: state.reserved.to_string(),
+        available: state.available(now).to_string(),
+        overdraft_limit: state.overdraft_limit.to_string(),
+    }
+}
+
+pub fn wallet(model: &wallet::Model, balance: proto::Balance) -> proto::Wallet {
+    proto::Wallet {
+        id: model.id.clone(),
+        account_id: model.account_id.clone(),
+        unit: model.unit.clone(),
+        overdraft_limit: Amount::from_micros(model.overdraft_limit).to_string(),
+        balance: Some(balance),
+        create_time: Some(timestamp(model.create_time)),
+    }
+}
+
+// ---- grants --------------------------------------------------------------------------------
+
+pub fn parse_grant_kind(value: i32) -> Result<&'static str> {
+    match proto::GrantKind::try_from(value) {
+        Ok(proto::GrantKind::Unspecified) => Err(Error::missing("grant.kind")),
+        Ok(proto::GrantKind::Contract) => Ok("CONTRACT"),
+        Ok(proto::GrantKind::Purchase) => Ok("PURCHASE"),
+        Ok(proto::GrantKind::Promotional) => Ok("PROMOTIONAL"),
+        Ok(proto::GrantKind::Adjustment) => Ok("ADJUSTMENT"),
+        Err(_) => Err(Error::invalid(
+            "INVALID_ENUM",
+            "grant.kind",
+            format!("unknown grant kind {value}"),
+        )),
+    }
+}
+
+pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
+    let kind = proto::GrantKind::from_str_name(&format!("GRANT_KIND_{}", model.kind))
+        .unwrap_or(proto::GrantKind::Unspecified);
+    let state = if model.voided {
+        proto::GrantState::Voided
+    } else if model.expire_time.is_some_and(|t| t <= now) {
+        proto::GrantState::Expired
+    } else if model.remaining == 0 {
+        proto::GrantState::Depleted
+    } else {
+        proto::GrantState::Active
+    };
+    proto::Grant {
+        id: model.id.clone(),
+        wallet_id: model.wallet_id.clone(),
+        kind: kind as i32,
+        amount: Amount::from_micros(model.amount).to_string(),
+        remaining: Amount::from_micros(model.remaining).to_string(),
+        priority: model.priority,
+        effective_time: Some(timestamp(model.effective_time)),
+        expire_time: model.expire_time.map(timestamp),
+        unit_price: model.unit_price.clone(),
+        currency: model.currency.clone(),
+        contract_ref: model.contract_ref.clone(),
+        state: state as i32,
+        create_time: Some(timestamp(model.create_time)),
+    }
+}
+
+// ---- ledger --------------------------------------------------------------------------------
+
+pub fn transaction(model: &transaction::Model) -> proto::Transaction {
+    let kind = proto::TransactionKind::from_str_name(&format!("TRANSACTION_KIND_{}", model.kind))
+        .unwrap_or(proto::TransactionKind::Unspecified);
+    let burns: Vec<StoredBurn> = serde_json::from_str(&model.burns).unwrap_or_default();
+    proto::Transaction {
+        id: model.id.clone(),
+        kind: kind as i32,
+        wallet_id: model.wallet_id.clone(),
+        account_id: model.account_id.clone(),
+        units: Amount::from_micros(model.units).to_string(),
+        balance_after: Amount::from_micros(model.balance_after).to_string(),
+        request_type: model.request_type.clone(),
+        quantities: serde_json::from_str(&model.quantities).unwrap_or_default(),
+        rate_card_version: model.rate_card_version.unwrap_or_default(),
+        request_id: model.request_id.clone(),
+        create_time: Some(timestamp(model.create_time)),
+        actor: model.actor.clone(),
+        metadata: serde_json::from_str(&model.metadata).unwrap_or_default(),
+        burns: burns
+            .into_iter()
+            .map(|b| proto::GrantBurn {
+                grant_id: b.grant_id,
+                units: b.units.to_string(),
+                unit_price: b.unit_price,
+                currency: b.currency,
+                money: b.money,
+            })
+            .collect(),
+        provider_cost: model.provider_cost.clone(),
+        grant_id: model.grant_id.clone().unwrap_or_default(),
+    }
+}
+
+// ---- rate cards ----------------------------------------------------------------------------
+
+pub fn rate(rate: &Rate) -> proto::Rate {
+    proto::Rate {
+        request_type: rate.request_type.clone(),
+        flat_units: rate.flat_units.to_string(),
+        dimensions: rate
+            .dimensions
+            .iter()
+            .map(|d| proto::Dimension {
+                name: d.name.clone(),
+                per: crate::domain::amount::format_decimal(d.per),
+                units: d.units.to_string(),
+            })
+            .collect(),
+        max_units: rate.max_units.map(|m| m.to_string()).unwrap_or_default(),
+        route: rate.route.clone(),
+        provider_cost: rate.provider_cost.clone(),
+    }
+}
+
+pub fn parse_rate(index: usize, wire: &proto::Rate) -> Result<Rate> {
+    let field = |name: &str| format!("rate_card.rates[{index}].{name}");
+    let dimensions = wire
+        .dimensions
+        .iter()
+        .enumerate()
+        .map(|(d, dim)| {
+            let dim_field = |name: &str| field(&format!("dimensions[{d}].{name}"));
+            let per = if dim.per.is_empty() {
+                Decimal::ONE
+            } else {
+                let per = decimal(&dim_field("per"), &dim.per)?;
+                if per.is_zero() {
+                    return Err(Error::invalid(
+                        "INVALID_AMOUNT",
+                        &dim_field("per"),
+                        "must be greater than zero",
+                    ));
+                }
+                per
+            };
+            Ok(Dimension {
+                name: name(&dim_field("name"), &dim.name, 64)?,
+                per,
+                units: non_negative(&dim_field("units"), &dim.units)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let max_units = if wire.max_units.is_empty() {
+        None
+    } else {
+        Some(non_negative(&field("max_units"), &wire.max_units)?)
+    };
+    if !wire.provider_cost.is_empty() {
+        decimal(&field("provider_cost"), &wire.provider_cost)?;
+    }
+    Ok(Rate {
+        request_type: name(&field("request_type"), &wire.request_type, 128)?,
+        flat_units: non_negative(&field("flat_units"), &wire.flat_units)?,
+        dimensions,
+        max_units,
+        route: optional(&field("route"), &wire.route, 256)?,
+        provider_cost: wire.provider_cost.clone(),
+    })
+}
+
+/// A card as the caller may see it: `route` and `provider_cost` only for operators.
+pub fn rate_card(card: &Card, current: Option<&Card>, operator_view: bool) -> proto::RateCard {
+    let model = &card.model;
+    let state = if model.state == rate_cards::DRAFT {
+        proto::RateCardState::Draft
+    } else if rate_cards::is_superseded(model, current.map(|c| &c.model)) {
+        proto::RateCardState::Superseded
+    } else {
+        proto::RateCardState::Published
+    };
+    proto::RateCard {
+        version: model.version,
+        state: state as i32,
+        etag: model.etag.clone(),
+        effective_time: model.effective_time.map(timestamp),
+        rates: card
+            .rates
+            .iter()
+            .map(|r| {
+                let mut wire = rate(r);
+                if !operator_view {
+                    wire.route.clear();
+                    wire.provider_cost.clear();
+                }
+                wire
+            })
+            .collect(),
+        notes: model.notes.clone(),
+        create_time: Some(timestamp(model.create_time)),
+        publish_time: model.publish_time.map(timestamp),
+    }
+}

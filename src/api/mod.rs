@@ -1,0 +1,173 @@
+//! The gRPC surface: thin tonic handlers. Each one authenticates the caller, checks its role
+//! and account scope, validates the request into domain values (`convert`), calls the store,
+//! and maps errors (`status`). No business rule lives here.
+//!
+//! Scope is checked before existence: a caller whose token does not cover an account gets
+//! PERMISSION_DENIED whether or not the account exists; only global (`"*"`) callers see
+//! NOT_FOUND.
+
+pub mod accounts;
+pub mod convert;
+pub mod grants;
+pub mod ledger;
+pub mod rate_cards;
+
+use std::sync::Arc;
+
+use tonic::{Request, Status, metadata::MetadataMap};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    auth::{Authenticator, Caller, Role},
+    error::{Error, Result},
+    store::{
+        Store,
+        accounts::{ancestry, find_account, find_by_external_id},
+        batcher::Ledger,
+        entity::account,
+        idempotency::{Key, validate_request_id},
+    },
+};
+
+/// Everything a handler needs; shared by all services.
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: Store,
+    pub ledger: Ledger,
+    pub auth: Arc<Authenticator>,
+}
+
+/// Roles that may read accounts, wallets, grants and balances (admin always may).
+pub const READERS: &[Role] = &[Role::Service, Role::AccountManager, Role::Procurement];
+/// Roles that provision accounts, wallets and grants.
+pub const PROVISIONERS: &[Role] = &[Role::AccountManager];
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let metadata: std::collections::HashMap<String, String> =
+            err.metadata.iter().cloned().collect();
+        let details = ErrorDetails::with_error_info(err.reason, "allot", metadata);
+        Status::with_error_details(err.code, err.message, details)
+    }
+}
+
+impl Ctx {
+    /// Authenticates the request and checks that its token carries one of `roles`.
+    pub fn caller<T>(&self, request: &Request<T>, method: &str, roles: &[Role]) -> Result<Caller> {
+        self.caller_from(request.metadata(), method, roles)
+    }
+
+    fn caller_from(&self, metadata: &MetadataMap, method: &str, roles: &[Role]) -> Result<Caller> {
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        let caller = self.auth.authenticate(header).map_err(|err| {
+            Error::new(tonic::Code::Unauthenticated, err.reason(), err.to_string())
+        })?;
+        if !caller.has_any_role(roles) {
+            return Err(Error::permission_denied(
+                "ROLE_NOT_ALLOWED",
+                format!("no role of this token may call {method}"),
+            )
+            .with("method", method));
+        }
+        Ok(caller)
+    }
+
+    /// Loads an account by id, checking scope first (see the module docs).
+    pub async fn account_in_scope(&self, caller: &Caller, id: &str) -> Result<account::Model> {
+        let found = find_account(&self.store.db, id).await?;
+        self.check_scope(caller, found, "account", id)
+    }
+
+    /// Resolves `account_id` xor `external_id` to an account in the caller's scope.
+    pub async fn resolve_account(
+        &self,
+        caller: &Caller,
+        account_id: &str,
+        external_id: &str,
+    ) -> Result<account::Model> {
+        match (account_id.is_empty(), external_id.is_empty()) {
+            (false, true) => {
+                let id = convert::id("account_id", account_id, "acct")?;
+                self.account_in_scope(caller, &id).await
+            }
+            (true, false) => {
+                let external = convert::required("external_id", external_id, 128)?;
+                let found = find_by_external_id(&self.store.db, &external).await?;
+                self.check_scope(caller, found, "account with external_id", &external)
+            }
+            (true, true) => Err(Error::invalid(
+                "MISSING_FIELD",
+                "account_id",
+                "give account_id or external_id",
+            )),
+            (false, false) => Err(Error::invalid(
+                "INVALID_FIELD",
+                "account_id",
+                "give account_id or external_id, not both",
+            )),
+        }
+    }
+
+    pub fn check_scope(
+        &self,
+        caller: &Caller,
+        found: Option<account::Model>,
+        kind: &str,
+        id: &str,
+    ) -> Result<account::Model> {
+        match found {
+            Some(account) if caller.covers(&ancestry(&account)) => Ok(account),
+            None if caller.is_global() => Err(Error::not_found(kind, id)),
+            _ => Err(out_of_scope(id)),
+        }
+    }
+}
+
+pub fn out_of_scope(id: &str) -> Error {
+    Error::permission_denied(
+        "ACCOUNT_OUT_OF_SCOPE",
+        format!("`{id}` is outside this token's accounts"),
+    )
+    .with("id", id)
+}
+
+/// Validates the request_id and builds the idempotency key from the request with its
+/// request_id cleared (`blank`).
+pub fn key<M: prost::Message>(
+    scope: String,
+    request_id: &str,
+    method: &'static str,
+    blank: &M,
+) -> Result<Key> {
+    validate_request_id(request_id)?;
+    Ok(Key::new(scope, request_id, method, blank))
+}
+
+/// Converts the handler's result to a tonic response.
+pub fn reply<T>(result: Result<T>) -> std::result::Result<tonic::Response<T>, Status> {
+    result.map(tonic::Response::new).map_err(Status::from)
+}
+
+impl Ctx {
+    /// Loads a wallet by id and checks its account is in scope.
+    pub async fn wallet_in_scope(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<crate::store::entity::wallet::Model> {
+        let id = convert::id("wallet_id", id, "wal")?;
+        let wallet = crate::store::accounts::find_wallet_by_id(&self.store.db, &id).await?;
+        let Some(wallet) = wallet else {
+            return Err(if caller.is_global() {
+                Error::not_found("wallet", &id)
+            } else {
+                out_of_scope(&id)
+            });
+        };
+        let account = find_account(&self.store.db, &wallet.account_id).await?;
+        match account {
+            Some(account) if caller.covers(&ancestry(&account)) => Ok(wallet),
+            _ => Err(out_of_scope(&id)),
+        }
+    }
+}

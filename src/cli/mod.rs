@@ -1,0 +1,42 @@
+//! The `allot` command line: `serve`, `migrate`, `token`, and (in `client`) a gRPC client
+//! command for every role. `main.rs` only calls [`main`].
+
+pub mod client;
+pub mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "allot", version, about = "Prepaid credit wallets over gRPC", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service.
+    Serve(server::ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(server::MigrateArgs),
+    /// Mint a token signed with the configured HS256 secret (or the dev secret).
+    Token(server::TokenArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => server::serve(args).await,
+            Command::Migrate(args) => server::migrate(args).await,
+            Command::Token(args) => server::token(args),
+            Command::Client(command) => client::run(command).await,
+        }
+    })
+}

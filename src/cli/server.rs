@@ -1,0 +1,252 @@
+//! `allot serve`, `allot migrate`, `allot token`.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use rand::Rng;
+
+use crate::{
+    auth::{AuthConfig, Authenticator, Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, mint_hs256},
+    clock::Clock,
+    server::{self, Settings},
+    store::DEFAULT_DATABASE_URL,
+};
+
+/// Where `serve --dev` keeps its generated secret, so tokens survive restarts and
+/// `allot token` can mint more.
+pub const DEV_SECRET_FILE: &str = ".allot-dev-secret";
+
+#[derive(Debug, Args, Clone)]
+pub struct DatabaseArgs {
+    /// Database URL: `sqlite://FILE?mode=rwc` or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct JwtArgs {
+    /// HS256 shared secret.
+    #[arg(long, env = "ALLOT_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM public keys (RS256 / ES256 / EdDSA by key type), comma-separated paths.
+    #[arg(long, env = "ALLOT_JWT_PUBLIC_KEYS", value_delimiter = ',')]
+    pub jwt_public_keys: Vec<PathBuf>,
+    /// A JWKS file; tokens pick their key by `kid`.
+    #[arg(long, env = "ALLOT_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Expected `iss` claim.
+    #[arg(long, env = "ALLOT_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+    /// Expected `aud` claim.
+    #[arg(long, env = "ALLOT_JWT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    /// Development mode: sign tokens with a generated secret (kept in .allot-dev-secret) and
+    /// print an admin token.
+    #[arg(long)]
+    pub dev: bool,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "ALLOT_LOG_JSON")]
+    pub json_logs: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Role(s): service, account_manager, procurement, operator, admin.
+    #[arg(long = "role", required = true, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Account id(s) in scope, or `*` for all.
+    #[arg(long = "account", required = true, value_delimiter = ',')]
+    pub accounts: Vec<String>,
+    /// The token's subject (who is calling).
+    #[arg(long, default_value = "cli")]
+    pub sub: String,
+    /// Lifetime, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30m"))?;
+    let seconds = match unit {
+        "s" => value,
+        "m" => value * 60,
+        "h" | "" => value * 3600,
+        "d" => value * 86_400,
+        _ => return Err(format!("`{text}`: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if json {
+        let _ = fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .try_init();
+    } else {
+        let _ = fmt().with_env_filter(filter).try_init();
+    }
+}
+
+fn auth_config(jwt: &JwtArgs, hs256_secret: Option<String>) -> AuthConfig {
+    AuthConfig {
+        hs256_secret,
+        public_key_files: jwt.jwt_public_keys.clone(),
+        jwks_file: jwt.jwt_jwks.clone(),
+        issuer: jwt.jwt_issuer.clone(),
+        audience: jwt.jwt_audience.clone(),
+    }
+}
+
+/// Reads the dev secret, creating it (mode 0600) on first use.
+fn dev_secret() -> anyhow::Result<String> {
+    if let Ok(secret) = std::fs::read_to_string(DEV_SECRET_FILE) {
+        let secret = secret.trim().to_string();
+        if !secret.is_empty() {
+            return Ok(secret);
+        }
+    }
+    let bytes: [u8; 32] = rand::rng().random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(DEV_SECRET_FILE, &secret)
+        .with_context(|| format!("cannot write {DEV_SECRET_FILE}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(DEV_SECRET_FILE, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
+fn claims(
+    sub: &str,
+    roles: Vec<String>,
+    accounts: Vec<String>,
+    ttl: Duration,
+    jwt: &JwtArgs,
+) -> Claims {
+    let exp = chrono::Utc::now().timestamp().max(0) as u64 + ttl.as_secs();
+    Claims {
+        sub: sub.to_string(),
+        roles,
+        accounts,
+        iss: jwt.jwt_issuer.clone(),
+        aud: jwt.jwt_audience.clone(),
+        exp,
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.json_logs);
+    let mut secret = args.jwt.jwt_hs256_secret.clone();
+    if args.dev && secret.is_none() {
+        secret = Some(dev_secret()?);
+    }
+    let auth = Authenticator::from_config(&auth_config(&args.jwt, secret.clone()))?;
+    if !auth.has_keys() {
+        bail!(
+            "no token keys configured: set ALLOT_JWT_HS256_SECRET, ALLOT_JWT_PUBLIC_KEYS or \
+             ALLOT_JWT_JWKS (or their --jwt-… flags), or run `allot serve --dev` for a local \
+             development server"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if args.dev {
+        let secret = secret.unwrap_or_default();
+        let admin = claims(
+            "dev-admin",
+            vec!["admin".into()],
+            vec!["*".into()],
+            Duration::from_secs(30 * 86_400),
+            &args.jwt,
+        );
+        let token = mint_hs256(secret.as_bytes(), &admin)?;
+        let addr = listener.local_addr()?;
+        println!("allot dev mode — tokens are signed with the secret in {DEV_SECRET_FILE}");
+        println!("admin token (30 days; mint others with `allot token --role … --account …`):\n");
+        println!("  export ALLOT_TOKEN={token}\n");
+        println!("then: allot accounts list --server http://{addr}");
+        println!(
+            "  or: grpcurl -plaintext -H \"authorization: Bearer $ALLOT_TOKEN\" {addr} list\n"
+        );
+    }
+    let settings = Settings {
+        database_url: args.database.database_url,
+        auth,
+        clock: Clock::system(),
+    };
+    server::run(listener, settings, server::shutdown_signal()).await
+}
+
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    init_logging(false);
+    let store = server::open_store(&args.database.database_url, Clock::system()).await?;
+    store.close().await;
+    println!(
+        "migrations applied to {}",
+        server::redact_url(&args.database.database_url)
+    );
+    Ok(())
+}
+
+pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = match &args.jwt.jwt_hs256_secret {
+        Some(secret) => secret.clone(),
+        None => std::fs::read_to_string(DEV_SECRET_FILE)
+            .map(|s| s.trim().to_string())
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no HS256 secret: set ALLOT_JWT_HS256_SECRET (or --jwt-hs256-secret), or run \
+                     `allot serve --dev` here first to create {DEV_SECRET_FILE}"
+                )
+            })?,
+    };
+    for role in &args.roles {
+        role.parse::<crate::auth::Role>().map_err(|_| {
+            anyhow::anyhow!(
+                "unknown role `{role}` (service, account_manager, procurement, operator, admin)"
+            )
+        })?;
+    }
+    let claims = claims(
+        &args.sub,
+        args.roles.clone(),
+        args.accounts.clone(),
+        args.ttl,
+        &args.jwt,
+    );
+    println!("{}", mint_hs256(secret.as_bytes(), &claims)?);
+    Ok(())
+}

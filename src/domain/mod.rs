@@ -1,0 +1,10 @@
+//! The pure rules of allot: exact amounts, pricing, balances and burn order. No I/O here; the
+//! store applies these rules inside a database transaction, and they are property-tested.
+
+pub mod amount;
+pub mod pricing;
+pub mod wallet;
+
+pub use amount::{Amount, AmountError};
+pub use pricing::{Dimension, PricingError, Rate, RateError};
+pub use wallet::{Burn, Insufficient, Lot, WalletState};

@@ -1,0 +1,144 @@
+//! The one error type behind every failed request: a gRPC code, an UPPER_SNAKE `reason`, a
+//! human message and metadata. `api::status` turns it into a `google.rpc.Status` carrying one
+//! `ErrorInfo` (domain `allot`). Storage errors map here too: unreachable database →
+//! UNAVAILABLE, write conflicts that survive retries → ABORTED, anything else → INTERNAL.
+
+use std::fmt;
+
+use sea_orm::DbErr;
+use tonic::Code;
+
+use crate::domain::AmountError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub code: Code,
+    pub reason: &'static str,
+    pub message: String,
+    pub metadata: Vec<(String, String)>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            reason,
+            message: message.into(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// Adds one metadata entry to the ErrorInfo.
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.metadata.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn invalid(reason: &'static str, field: &str, message: impl Into<String>) -> Self {
+        let message = format!("{field}: {}", message.into());
+        Self::new(Code::InvalidArgument, reason, message).with("field", field)
+    }
+
+    pub fn missing(field: &str) -> Self {
+        Self::invalid("MISSING_FIELD", field, "is required")
+    }
+
+    pub fn amount(field: &str, err: AmountError) -> Self {
+        Self::invalid("INVALID_AMOUNT", field, err.to_string())
+    }
+
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(
+            Code::NotFound,
+            "NOT_FOUND",
+            format!("{kind} `{id}` does not exist"),
+        )
+        .with("kind", kind)
+        .with("id", id)
+    }
+
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::FailedPrecondition, reason, message)
+    }
+
+    pub fn permission_denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, reason, message)
+    }
+
+    pub fn aborted(message: impl Into<String>) -> Self {
+        Self::new(Code::Aborted, "WRITE_CONFLICT", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, "UNAVAILABLE", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, "INTERNAL", message)
+    }
+
+    pub fn idempotency_key_reused(request_id: &str) -> Self {
+        Self::new(
+            Code::AlreadyExists,
+            "IDEMPOTENCY_KEY_REUSED",
+            format!("request_id `{request_id}` was already used with different parameters"),
+        )
+        .with("request_id", request_id)
+    }
+
+    /// Whether the store may retry the whole transaction.
+    pub fn is_retryable(&self) -> bool {
+        self.code == Code::Aborted
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<DbErr> for Error {
+    fn from(err: DbErr) -> Self {
+        let text = err.to_string();
+        match err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                Error::unavailable(format!("database unreachable: {text}"))
+            }
+            _ if is_conflict(&text) => Error::aborted(format!("write conflict: {text}")),
+            _ if is_connection_loss(&text) => {
+                Error::unavailable(format!("database unreachable: {text}"))
+            }
+            _ => {
+                tracing::error!(error = %text, "database error");
+                Error::internal("database error")
+            }
+        }
+    }
+}
+
+/// Serialization failures, deadlocks and busy SQLite: retrying the transaction may succeed.
+fn is_conflict(text: &str) -> bool {
+    const MARKERS: [&str; 5] = [
+        "could not serialize",
+        "deadlock detected",
+        "database is locked",
+        "(code: 5)",
+        "40001",
+    ];
+    MARKERS.iter().any(|m| text.contains(m))
+}
+
+fn is_connection_loss(text: &str) -> bool {
+    const MARKERS: [&str; 4] = [
+        "Connection refused",
+        "connection reset",
+        "broken pipe",
+        "terminating connection",
+    ];
+    MARKERS.iter().any(|m| text.contains(m))
+}

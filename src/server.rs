@@ -1,0 +1,156 @@
+//! Wiring: open the store, run migrations, start the ledger batcher, serve every service on a
+//! listener until `shutdown` resolves. On shutdown, health flips to NOT_SERVING, the listener
+//! stops accepting, in-flight requests finish, the batcher drains, then `run` returns.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::{
+    api::Ctx,
+    auth::Authenticator,
+    clock::Clock,
+    proto::{
+        self, account_service_server::AccountServiceServer,
+        grant_service_server::GrantServiceServer, ledger_service_server::LedgerServiceServer,
+        rate_card_service_server::RateCardServiceServer,
+    },
+    store::{Store, batcher::Ledger},
+};
+
+/// Largest request accepted (a rate card with many rates is the biggest legitimate one).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Fully-qualified names of allot's services, as health reports them.
+pub const SERVICES: [&str; 4] = [
+    "allot.v1.AccountService",
+    "allot.v1.GrantService",
+    "allot.v1.RateCardService",
+    "allot.v1.LedgerService",
+];
+
+pub struct Settings {
+    pub database_url: String,
+    pub auth: Authenticator,
+    pub clock: Clock,
+}
+
+/// Opens the database and migrates it.
+pub async fn open_store(database_url: &str, clock: Clock) -> anyhow::Result<Store> {
+    let store = Store::connect(database_url, clock).await.map_err(|err| {
+        anyhow::anyhow!("cannot open database {}: {err}", redact_url(database_url))
+    })?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Hides a password in a database URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Serves until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(&settings.database_url, settings.clock).await?;
+    let (ledger, ledger_worker) = Ledger::start(store.clone());
+    let ctx = Ctx {
+        store: store.clone(),
+        ledger,
+        auth: Arc::new(settings.auth),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in SERVICES.into_iter().chain([""]) {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %redact_url(&settings.database_url), "allot serving");
+
+    let health_on_shutdown = health.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
+        for service in SERVICES.into_iter().chain([""]) {
+            health_on_shutdown
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+    };
+
+    Server::builder()
+        .timeout(Duration::from_secs(30))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            AccountServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            GrantServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            RateCardServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            LedgerServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful)
+        .await?;
+
+    // Every handler has returned; let the batcher finish what is queued, then close.
+    drop(ctx);
+    let _ = ledger_worker.await;
+    store.close().await;
+    tracing::info!("allot stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

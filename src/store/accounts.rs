@@ -1,0 +1,272 @@
+//! Accounts and wallets: creation, lookup, listing, updates.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
+    sea_query::{Expr, ExprTrait, LikeExpr},
+};
+
+use super::{
+    entity::{account, wallet},
+    new_id,
+    pagination::{self, Page},
+};
+use crate::{
+    domain::Amount,
+    error::{Error, Result},
+};
+
+/// Deepest allowed parent chain (spec: any depth ≤ 8).
+pub const MAX_DEPTH: i32 = 8;
+
+pub const ACTIVE: &str = "ACTIVE";
+pub const SUSPENDED: &str = "SUSPENDED";
+pub const CLOSED: &str = "CLOSED";
+
+/// A validated request to create an account.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub external_id: String,
+    pub display_name: String,
+    pub parent: Option<account::Model>,
+    pub state: &'static str,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which account fields an update sets.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChanges {
+    pub display_name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub state: Option<&'static str>,
+}
+
+/// Ids from the root down to the account itself.
+pub fn ancestry(model: &account::Model) -> Vec<&str> {
+    model
+        .ancestry
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .collect()
+}
+
+pub fn labels(model: &account::Model) -> BTreeMap<String, String> {
+    serde_json::from_str(&model.labels).unwrap_or_default()
+}
+
+pub async fn create_account(
+    conn: &impl ConnectionTrait,
+    new: NewAccount,
+    now: i64,
+) -> Result<account::Model> {
+    if find_by_external_id(conn, &new.external_id).await?.is_some() {
+        return Err(external_id_taken(&new.external_id));
+    }
+    let id = new_id("acct");
+    let (ancestry, depth) = match &new.parent {
+        Some(parent) => {
+            if parent.depth + 1 > MAX_DEPTH {
+                return Err(Error::precondition(
+                    "ACCOUNT_TOO_DEEP",
+                    format!("accounts nest at most {MAX_DEPTH} deep"),
+                )
+                .with("parent_id", &parent.id));
+            }
+            (format!("{}{id}/", parent.ancestry), parent.depth + 1)
+        }
+        None => (format!("/{id}/"), 1),
+    };
+    let model = account::ActiveModel {
+        id: Set(id),
+        external_id: Set(new.external_id.clone()),
+        display_name: Set(new.display_name),
+        parent_id: Set(new.parent.map(|p| p.id)),
+        ancestry: Set(ancestry),
+        depth: Set(depth),
+        state: Set(new.state.to_string()),
+        labels: Set(to_json(&new.labels)),
+        create_time: Set(now),
+        update_time: Set(now),
+    };
+    match model.insert(conn).await {
+        Ok(model) => Ok(model),
+        // A concurrent create took the external id between the check and the insert.
+        Err(err) if is_unique_violation(&err) => Err(external_id_taken(&new.external_id)),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn external_id_taken(external_id: &str) -> Error {
+    Error::new(
+        tonic::Code::AlreadyExists,
+        "EXTERNAL_ID_TAKEN",
+        format!("an account with external_id `{external_id}` already exists"),
+    )
+    .with("external_id", external_id)
+}
+
+pub(crate) fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+fn to_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_string())
+}
+
+pub async fn find_account(conn: &impl ConnectionTrait, id: &str) -> Result<Option<account::Model>> {
+    Ok(account::Entity::find_by_id(id.to_string())
+        .one(conn)
+        .await?)
+}
+
+pub async fn find_by_external_id(
+    conn: &impl ConnectionTrait,
+    external_id: &str,
+) -> Result<Option<account::Model>> {
+    Ok(account::Entity::find()
+        .filter(account::Column::ExternalId.eq(external_id))
+        .one(conn)
+        .await?)
+}
+
+/// Lists accounts in id (= creation) order. `within`: only accounts at or below these
+/// accounts (a scoped token); `parent_id`: only direct children.
+pub async fn list_accounts(
+    conn: &impl ConnectionTrait,
+    within: Option<&[String]>,
+    parent_id: Option<&str>,
+    page: &Page,
+) -> Result<(Vec<account::Model>, String)> {
+    let mut query = account::Entity::find().order_by_asc(account::Column::Id);
+    if let Some(roots) = within {
+        let mut any = Condition::any();
+        for root in roots {
+            let pattern = format!("%/{}/%", escape_like(root));
+            any = any.add(
+                Expr::col(account::Column::Ancestry).like(LikeExpr::new(pattern).escape('\\')),
+            );
+        }
+        query = query.filter(any);
+    }
+    if let Some(parent) = parent_id {
+        query = query.filter(account::Column::ParentId.eq(parent));
+    }
+    if let Some(after) = &page.after {
+        query = query.filter(account::Column::Id.gt(after.as_str()));
+    }
+    let rows = query.limit(page.size + 1).all(conn).await?;
+    Ok(pagination::finish("accounts", rows, page, |a| a.id.clone()))
+}
+
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Applies `changes`. A CLOSED account stays closed.
+pub async fn update_account(
+    conn: &impl ConnectionTrait,
+    current: account::Model,
+    changes: AccountChanges,
+    now: i64,
+) -> Result<account::Model> {
+    if current.state == CLOSED && changes.state.is_some_and(|s| s != CLOSED) {
+        return Err(
+            Error::precondition("ACCOUNT_CLOSED", "a closed account cannot be reopened")
+                .with("account_id", &current.id),
+        );
+    }
+    let mut model: account::ActiveModel = current.into();
+    if let Some(name) = changes.display_name {
+        model.display_name = Set(name);
+    }
+    if let Some(labels) = changes.labels {
+        model.labels = Set(to_json(&labels));
+    }
+    if let Some(state) = changes.state {
+        model.state = Set(state.to_string());
+    }
+    model.update_time = Set(now);
+    Ok(model.update(conn).await?)
+}
+
+pub async fn create_wallet(
+    conn: &impl ConnectionTrait,
+    account: &account::Model,
+    unit: &str,
+    overdraft_limit: Amount,
+    now: i64,
+) -> Result<wallet::Model> {
+    let exists = || {
+        Error::new(
+            tonic::Code::AlreadyExists,
+            "WALLET_EXISTS",
+            format!("account `{}` already has a `{unit}` wallet", account.id),
+        )
+        .with("account_id", &account.id)
+        .with("unit", unit)
+    };
+    if find_wallet(conn, &account.id, unit).await?.is_some() {
+        return Err(exists());
+    }
+    let model = wallet::ActiveModel {
+        id: Set(new_id("wal")),
+        account_id: Set(account.id.clone()),
+        unit: Set(unit.to_string()),
+        overdraft_limit: Set(overdraft_limit.micros()),
+        debt: Set(0),
+        reserved: Set(0),
+        create_time: Set(now),
+        update_time: Set(now),
+    };
+    match model.insert(conn).await {
+        Ok(model) => Ok(model),
+        Err(err) if is_unique_violation(&err) => Err(exists()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+pub async fn find_wallet(
+    conn: &impl ConnectionTrait,
+    account_id: &str,
+    unit: &str,
+) -> Result<Option<wallet::Model>> {
+    Ok(wallet::Entity::find()
+        .filter(wallet::Column::AccountId.eq(account_id))
+        .filter(wallet::Column::Unit.eq(unit))
+        .one(conn)
+        .await?)
+}
+
+pub async fn find_wallet_by_id(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<wallet::Model>> {
+    Ok(wallet::Entity::find_by_id(id.to_string()).one(conn).await?)
+}
+
+pub async fn list_wallets(
+    conn: &impl ConnectionTrait,
+    account_id: &str,
+    page: &Page,
+) -> Result<(Vec<wallet::Model>, String)> {
+    let mut query = wallet::Entity::find()
+        .filter(wallet::Column::AccountId.eq(account_id))
+        .order_by_asc(wallet::Column::Id);
+    if let Some(after) = &page.after {
+        query = query.filter(wallet::Column::Id.gt(after.as_str()));
+    }
+    let rows = query.limit(page.size + 1).all(conn).await?;
+    Ok(pagination::finish("wallets", rows, page, |w| w.id.clone()))
+}

@@ -1,0 +1,72 @@
+//! Group commit: ledger operations from concurrent requests queue here and one worker applies
+//! whatever has queued as one batch (`ledger::apply`), one transaction per batch. There is no
+//! linger: a lone request is applied at once, and while a batch commits the next one fills up,
+//! so batch size follows load. A reply is sent only after its batch has committed.
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use super::{
+    Store,
+    ledger::{self, Op, Outcome},
+};
+use crate::error::{Error, Result};
+
+/// The most operations applied in one transaction.
+pub const MAX_BATCH: usize = 512;
+const QUEUE_DEPTH: usize = 8192;
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+/// Handle for submitting operations; cheap to clone. The worker stops once every handle is
+/// dropped and the queue is drained.
+#[derive(Clone)]
+pub struct Ledger {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Ledger {
+    pub fn start(store: Store) -> (Ledger, JoinHandle<()>) {
+        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        let worker = tokio::spawn(run(store, jobs));
+        (Ledger { queue }, worker)
+    }
+
+    /// Applies `op` (in some batch) and returns its own outcome.
+    pub async fn submit(&self, op: Op) -> Result<Outcome> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| Error::unavailable("the ledger is shutting down"))?;
+        outcome
+            .await
+            .map_err(|_| Error::unavailable("the ledger stopped before answering"))?
+    }
+}
+
+async fn run(store: Store, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (ops, replies): (Vec<Op>, Vec<_>) =
+            batch.drain(..).map(|job| (job.op, job.reply)).unzip();
+        match ledger::apply(&store, &ops).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, batch = ops.len(), "ledger batch failed");
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}

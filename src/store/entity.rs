@@ -1,0 +1,185 @@
+//! sea-orm entities, one module per table (schema in `migrations/`). Amounts are `i64`
+//! micro-units and times `i64` microseconds since the Unix epoch on both backends.
+
+pub mod account {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "accounts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub external_id: String,
+        pub display_name: String,
+        pub parent_id: Option<String>,
+        /// Ids from the root down to this account, `/`-separated: scope checks read one row.
+        pub ancestry: String,
+        pub depth: i32,
+        pub state: String,
+        /// JSON object of labels.
+        pub labels: String,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod wallet {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "wallets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub unit: String,
+        pub overdraft_limit: i64,
+        /// Units drawn beyond the grants (overdraft in use); repaid by the next grant.
+        pub debt: i64,
+        /// Σ open holds.
+        pub reserved: i64,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod grant {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "grants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub wallet_id: String,
+        pub kind: String,
+        pub amount: i64,
+        pub remaining: i64,
+        pub priority: i32,
+        pub effective_time: i64,
+        pub expire_time: Option<i64>,
+        /// Exact decimal string (money per unit).
+        pub unit_price: String,
+        pub currency: String,
+        pub contract_ref: String,
+        pub voided: bool,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod rate_card {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "rate_cards")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub version: i64,
+        /// DRAFT or PUBLISHED; SUPERSEDED is derived when read.
+        pub state: String,
+        pub etag: String,
+        pub effective_time: Option<i64>,
+        /// JSON array of `domain::Rate`.
+        pub rates: String,
+        pub notes: String,
+        pub create_time: i64,
+        pub publish_time: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod rate_card_head {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "rate_card_head")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        /// Bumped by every publish.
+        pub generation: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod transaction {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "transactions")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        pub id: String,
+        pub kind: String,
+        pub wallet_id: String,
+        pub account_id: String,
+        pub units: i64,
+        pub balance_after: i64,
+        pub request_type: String,
+        /// JSON object name → decimal string.
+        pub quantities: String,
+        pub rate_card_version: Option<i64>,
+        pub request_id: String,
+        pub actor: String,
+        /// JSON object.
+        pub metadata: String,
+        /// JSON array of burns: grant, units, unit price, currency, money.
+        pub burns: String,
+        pub provider_cost: String,
+        pub grant_id: Option<String>,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod idempotency_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "idempotency_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub scope: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub request_id: String,
+        pub method: String,
+        /// SHA-256 of the request with its request_id cleared.
+        pub fingerprint: String,
+        /// The encoded protobuf response, returned again on replay.
+        pub response: Vec<u8>,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,159 @@
+//! Idempotency by `request_id` (spec "Idempotency"): scoped (per account for account-bound
+//! requests), the response stored as encoded protobuf. Same id + same parameters → the stored
+//! response again; same id + different parameters → ALREADY_EXISTS `IDEMPOTENCY_KEY_REUSED`.
+//! Records are written in the same transaction as the effect, so a rejected request leaves no
+//! record and its id can be used again.
+
+use prost::Message;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    sea_query::{OnConflict, Query},
+};
+use sha2::{Digest, Sha256};
+
+use super::entity::idempotency_key::{self, Column, Entity};
+use crate::error::{Error, Result};
+
+/// The longest request_id accepted.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub scope: String,
+    pub request_id: String,
+    pub method: &'static str,
+    pub fingerprint: String,
+}
+
+impl Key {
+    /// `request` must be the request with its `request_id` cleared: its encoding (maps are
+    /// BTreeMaps, so encoding is deterministic) is the fingerprint of the parameters.
+    pub fn new(
+        scope: String,
+        request_id: &str,
+        method: &'static str,
+        request: &impl Message,
+    ) -> Self {
+        let digest = Sha256::digest(request.encode_to_vec());
+        Key {
+            scope,
+            request_id: request_id.to_string(),
+            method,
+            fingerprint: hex(&digest),
+        }
+    }
+
+    /// Scope for requests on one account's resources.
+    pub fn account_scope(account_id: &str) -> String {
+        format!("acct:{account_id}")
+    }
+
+    /// Scope for requests not bound to an account (new top-level accounts, rate cards).
+    pub fn caller_scope(sub: &str) -> String {
+        format!("sub:{sub}")
+    }
+
+    /// Answers a request whose key already has `record`: the stored response, or
+    /// `IDEMPOTENCY_KEY_REUSED` if the parameters differ.
+    pub fn replay<T: Message + Default>(&self, record: &idempotency_key::Model) -> Result<T> {
+        if record.method != self.method || record.fingerprint != self.fingerprint {
+            return Err(Error::idempotency_key_reused(&self.request_id));
+        }
+        T::decode(record.response.as_slice())
+            .map_err(|err| Error::internal(format!("stored response unreadable: {err}")))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Validates a request_id: required, at most 128 printable ASCII characters.
+pub fn validate_request_id(request_id: &str) -> Result<()> {
+    if request_id.is_empty() {
+        return Err(Error::missing("request_id"));
+    }
+    if request_id.len() > MAX_REQUEST_ID_LEN {
+        return Err(Error::invalid(
+            "FIELD_TOO_LONG",
+            "request_id",
+            format!("must be at most {MAX_REQUEST_ID_LEN} characters"),
+        ));
+    }
+    if !request_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid(
+            "INVALID_FIELD",
+            "request_id",
+            "must be printable ASCII without spaces",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn find(
+    conn: &impl ConnectionTrait,
+    key: &Key,
+) -> Result<Option<idempotency_key::Model>> {
+    Ok(Entity::find()
+        .filter(Column::Scope.eq(key.scope.as_str()))
+        .filter(Column::RequestId.eq(key.request_id.as_str()))
+        .one(conn)
+        .await?)
+}
+
+/// Finds the records of many keys at once (one query per batch).
+pub async fn find_many(
+    conn: &impl ConnectionTrait,
+    keys: &[&Key],
+) -> Result<Vec<idempotency_key::Model>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut condition = sea_orm::Condition::any();
+    for key in keys {
+        condition = condition.add(
+            sea_orm::Condition::all()
+                .add(Column::Scope.eq(key.scope.as_str()))
+                .add(Column::RequestId.eq(key.request_id.as_str())),
+        );
+    }
+    Ok(Entity::find().filter(condition).all(conn).await?)
+}
+
+/// Records responses; returns how many were new. Fewer than given means another writer
+/// (another replica) committed one of the keys first: the caller rolls back and retries.
+pub async fn record_many(
+    conn: &impl ConnectionTrait,
+    entries: &[(&Key, Vec<u8>)],
+    now: i64,
+) -> Result<u64> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let mut insert = Query::insert();
+    insert.into_table(Entity).columns([
+        Column::Scope,
+        Column::RequestId,
+        Column::Method,
+        Column::Fingerprint,
+        Column::Response,
+        Column::CreateTime,
+    ]);
+    for (key, response) in entries {
+        insert.values_panic([
+            key.scope.clone().into(),
+            key.request_id.clone().into(),
+            key.method.into(),
+            key.fingerprint.clone().into(),
+            response.clone().into(),
+            now.into(),
+        ]);
+    }
+    insert.on_conflict(
+        OnConflict::columns([Column::Scope, Column::RequestId])
+            .do_nothing()
+            .to_owned(),
+    );
+    let result = conn.execute(&insert).await?;
+    Ok(result.rows_affected())
+}

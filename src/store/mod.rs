@@ -1,0 +1,196 @@
+//! Persistence through sea-orm, on SQLite (default, embedded) or PostgreSQL.
+//!
+//! * `entity` — the tables; `migrations/` creates them.
+//! * `idempotency` — the request_id record every mutation goes through.
+//! * `accounts`, `rate_cards` — plain CRUD in one transaction each.
+//! * `ledger` — applies a *batch* of ledger operations (grants, debits) in one transaction,
+//!   wallets locked in id order; `batcher` feeds it (group commit).
+//!
+//! Writers on SQLite are serialised in-process (one `BEGIN IMMEDIATE` at a time); on
+//! PostgreSQL row locks (`FOR UPDATE` on wallets, `FOR SHARE` on the rate-card head) order
+//! concurrent writers, across any number of replicas.
+
+pub mod accounts;
+pub mod batcher;
+pub mod entity;
+pub mod idempotency;
+pub mod ledger;
+pub mod pagination;
+pub mod rate_cards;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::{
+    clock::Clock,
+    error::{Error, Result},
+};
+
+/// The default database: a SQLite file in the working directory, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://allot.db?mode=rwc";
+
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: DatabaseConnection,
+    /// SQLite allows one writer; taking this lock first avoids BUSY errors and retries.
+    sqlite_writer: Option<Arc<Mutex<()>>>,
+    pub clock: Clock,
+}
+
+/// A write transaction (holding the SQLite writer lock while it lives).
+pub struct WriteTx {
+    pub tx: DatabaseTransaction,
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Connects; on SQLite turns on WAL with `synchronous=FULL` (a commit is durable when it
+    /// returns) and a busy timeout.
+    pub async fn connect(url: &str, clock: Clock) -> anyhow::Result<Self> {
+        let mut options = ConnectOptions::new(url.to_string());
+        options
+            .sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        let is_sqlite = url.starts_with("sqlite:");
+        if is_sqlite {
+            // Validate early so a bad path gives a clear error.
+            SqliteConnectOptions::from_str(url)?;
+            options
+                .max_connections(8)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|opts| {
+                    opts.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Full)
+                        .busy_timeout(Duration::from_secs(10))
+                        .foreign_keys(true)
+                });
+        } else {
+            options.max_connections(16).min_connections(1);
+        }
+        let db = Database::connect(options).await?;
+        Ok(Store {
+            db,
+            sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
+            clock,
+        })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend() == DbBackend::Postgres
+    }
+
+    /// Begins a write transaction.
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        let writer = match &self.sqlite_writer {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let options = TransactionOptions {
+            isolation_level: None,
+            access_mode: Some(AccessMode::ReadWrite),
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        };
+        let options = if self.is_postgres() {
+            TransactionOptions {
+                sqlite_transaction_mode: None,
+                ..options
+            }
+        } else {
+            options
+        };
+        let tx = self.db.begin_with_options(options).await?;
+        Ok(WriteTx {
+            tx,
+            _writer: writer,
+        })
+    }
+
+    /// Checks the database answers (used by health).
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+}
+
+/// A new resource id: `prefix_` + a time-ordered UUIDv7 in hex (ids sort by creation).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Whether a connection is on PostgreSQL (row locks) or SQLite (no lock clauses).
+pub(crate) fn locks_rows(conn: &impl ConnectionTrait) -> bool {
+    conn.get_database_backend() == DbBackend::Postgres
+}
+
+impl Store {
+    /// Runs `op` in a write transaction under the idempotency key: a stored response is
+    /// replayed (`true` in the result) instead of running `op`; a new response is recorded in
+    /// the same transaction as the effect. Concurrent duplicates (several replicas) resolve
+    /// to one effect: the loser's insert of the key conflicts, it rolls back and replays.
+    pub async fn idempotent<T, F>(&self, key: &idempotency::Key, op: F) -> Result<(T, bool)>
+    where
+        T: prost::Message + Default,
+        F: for<'c> Fn(&'c DatabaseTransaction) -> futures::future::BoxFuture<'c, Result<T>>,
+    {
+        const ATTEMPTS: usize = 4;
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            let write = self.begin_write().await?;
+            if let Some(record) = idempotency::find(&write.tx, key).await? {
+                write.tx.rollback().await?;
+                return Ok((key.replay(&record)?, true));
+            }
+            match op(&write.tx).await {
+                Ok(response) => {
+                    let now = self.clock.now_micros();
+                    let entry = [(key, response.encode_to_vec())];
+                    if idempotency::record_many(&write.tx, &entry, now).await? == 1 {
+                        write.commit().await?;
+                        return Ok((response, false));
+                    }
+                    // Another writer committed this key meanwhile: replay it.
+                    write.tx.rollback().await?;
+                }
+                Err(err) => {
+                    write.tx.rollback().await?;
+                    if let Some(record) = idempotency::find(&self.db, key).await? {
+                        return Ok((key.replay(&record)?, true));
+                    }
+                    if !err.is_retryable() {
+                        return Err(err);
+                    }
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::aborted("idempotency record kept conflicting")))
+    }
+}

@@ -1,0 +1,206 @@
+//! Rate cards: drafts, publishing, and which card is in force at a time.
+//!
+//! The card in force at `t` is the PUBLISHED card with the latest `effective_time ≤ t` (ties:
+//! the higher version). Publishing locks the one `rate_card_head` row FOR UPDATE and ledger
+//! batches read it FOR SHARE, so on PostgreSQL a debit commits either entirely before a
+//! publish (old card) or after it (new card) — never priced with a card no longer in force.
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+    sea_query::{Expr, ExprTrait, Query},
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    entity::{rate_card, rate_card_head},
+    locks_rows,
+    pagination::{self, Page},
+};
+use crate::{
+    domain::Rate,
+    error::{Error, Result},
+};
+
+pub const DRAFT: &str = "DRAFT";
+pub const PUBLISHED: &str = "PUBLISHED";
+
+/// Publishing may name a moment at most this far in the past (clock skew between client and
+/// server); anything earlier is rejected.
+pub const PAST_TOLERANCE_MICROS: i64 = 5_000_000;
+
+/// A stored card with its rates decoded.
+#[derive(Debug, Clone)]
+pub struct Card {
+    pub model: rate_card::Model,
+    pub rates: Vec<Rate>,
+}
+
+impl Card {
+    pub fn decode(model: rate_card::Model) -> Result<Self> {
+        let rates = serde_json::from_str(&model.rates).map_err(|err| {
+            Error::internal(format!("rate card {} unreadable: {err}", model.version))
+        })?;
+        Ok(Card { model, rates })
+    }
+
+    pub fn rate(&self, request_type: &str) -> Option<&Rate> {
+        self.rates.iter().find(|r| r.request_type == request_type)
+    }
+}
+
+fn etag(rates_json: &str, notes: &str, state: &str, effective_time: Option<i64>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(rates_json.as_bytes());
+    hasher.update([0]);
+    hasher.update(notes.as_bytes());
+    hasher.update([0]);
+    hasher.update(state.as_bytes());
+    hasher.update(effective_time.unwrap_or_default().to_le_bytes());
+    hasher.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub async fn create_draft(
+    conn: &impl ConnectionTrait,
+    rates: &[Rate],
+    notes: &str,
+    now: i64,
+) -> Result<Card> {
+    let rates_json = serde_json::to_string(rates)
+        .map_err(|err| Error::internal(format!("cannot encode rates: {err}")))?;
+    let model = rate_card::ActiveModel {
+        state: Set(DRAFT.to_string()),
+        etag: Set(etag(&rates_json, notes, DRAFT, None)),
+        effective_time: Set(None),
+        rates: Set(rates_json),
+        notes: Set(notes.to_string()),
+        create_time: Set(now),
+        publish_time: Set(None),
+        ..Default::default()
+    };
+    Card::decode(model.insert(conn).await?)
+}
+
+/// Locks the head row: FOR UPDATE when publishing, FOR SHARE when pricing (PostgreSQL only;
+/// SQLite has one writer at a time). Returns the publish generation.
+pub async fn lock_head(conn: &impl ConnectionTrait, exclusive: bool) -> Result<i64> {
+    let mut query = rate_card_head::Entity::find_by_id(1);
+    if locks_rows(conn) {
+        query = if exclusive {
+            query.lock_exclusive()
+        } else {
+            query.lock_shared()
+        };
+    }
+    let head = query
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::internal("rate_card_head row missing"))?;
+    Ok(head.generation)
+}
+
+pub async fn publish(
+    conn: &impl ConnectionTrait,
+    version: i64,
+    etag_given: &str,
+    effective_time: Option<i64>,
+    now_at: impl Fn() -> i64,
+) -> Result<Card> {
+    lock_head(conn, true).await?;
+    // Time is read after the lock: every debit that commits later sees this card.
+    let now = now_at();
+    let model = rate_card::Entity::find_by_id(version)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("rate card", &version.to_string()))?;
+    if model.state != DRAFT {
+        return Err(Error::precondition(
+            "RATE_CARD_NOT_DRAFT",
+            format!("rate card {version} is already published"),
+        )
+        .with("version", version));
+    }
+    if model.etag != etag_given {
+        return Err(Error::precondition(
+            "STALE_ETAG",
+            format!("rate card {version} has changed; read it again and publish its current etag"),
+        )
+        .with("version", version)
+        .with("etag", &model.etag));
+    }
+    let effective = Ord::max(effective_time.unwrap_or(now), now);
+    if effective_time.is_some_and(|t| t < now - PAST_TOLERANCE_MICROS) {
+        return Err(Error::invalid(
+            "EFFECTIVE_TIME_IN_PAST",
+            "effective_time",
+            "may not lie in the past",
+        ));
+    }
+    let new_etag = etag(&model.rates, &model.notes, PUBLISHED, Some(effective));
+    let mut active: rate_card::ActiveModel = model.into();
+    active.state = Set(PUBLISHED.to_string());
+    active.effective_time = Set(Some(effective));
+    active.publish_time = Set(Some(now));
+    active.etag = Set(new_etag);
+    let model = active.update(conn).await?;
+    conn.execute(
+        Query::update()
+            .table(rate_card_head::Entity)
+            .value(
+                rate_card_head::Column::Generation,
+                Expr::col(rate_card_head::Column::Generation).add(1),
+            )
+            .and_where(rate_card_head::Column::Id.eq(1)),
+    )
+    .await?;
+    Card::decode(model)
+}
+
+pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Card>> {
+    let model = rate_card::Entity::find()
+        .filter(rate_card::Column::State.eq(PUBLISHED))
+        .filter(rate_card::Column::EffectiveTime.lte(at))
+        .order_by_desc(rate_card::Column::EffectiveTime)
+        .order_by_desc(rate_card::Column::Version)
+        .one(conn)
+        .await?;
+    model.map(Card::decode).transpose()
+}
+
+pub async fn get(conn: &impl ConnectionTrait, version: i64) -> Result<Option<Card>> {
+    let model = rate_card::Entity::find_by_id(version).one(conn).await?;
+    model.map(Card::decode).transpose()
+}
+
+/// Newest version first.
+pub async fn list(conn: &impl ConnectionTrait, page: &Page) -> Result<(Vec<Card>, String)> {
+    let mut query = rate_card::Entity::find().order_by_desc(rate_card::Column::Version);
+    if let Some(after) = &page.after {
+        let after: i64 = after.parse().map_err(|_| {
+            Error::invalid(
+                "INVALID_PAGE_TOKEN",
+                "page_token",
+                "is not a token this list issued",
+            )
+        })?;
+        query = query.filter(rate_card::Column::Version.lt(after));
+    }
+    let rows = query.limit(page.size + 1).all(conn).await?;
+    let (rows, next) = pagination::finish("rate_cards", rows, page, |c| c.version.to_string());
+    let cards = rows.into_iter().map(Card::decode).collect::<Result<_>>()?;
+    Ok((cards, next))
+}
+
+/// A published card is SUPERSEDED once a later card is in force.
+pub fn is_superseded(card: &rate_card::Model, current: Option<&rate_card::Model>) -> bool {
+    match (card.state.as_str(), card.effective_time, current) {
+        (PUBLISHED, Some(effective), Some(current)) => {
+            (effective, card.version)
+                < (current.effective_time.unwrap_or_default(), current.version)
+        }
+        _ => false,
+    }
+}
