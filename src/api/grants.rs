@@ -54,14 +54,14 @@ impl Ctx {
         let effective_time = convert::micros("grant.effective_time", wire.effective_time.as_ref())?;
         let expire_time = convert::micros("grant.expire_time", wire.expire_time.as_ref())?;
         let now = self.store.clock.now_micros();
-        if let Some(expiry) = expire_time {
-            if expiry <= effective_time.unwrap_or(now).max(now) {
-                return Err(Error::invalid(
-                    "INVALID_FIELD",
-                    "grant.expire_time",
-                    "must lie after now and after effective_time",
-                ));
-            }
+        if let Some(expiry) = expire_time
+            && expiry <= effective_time.unwrap_or(now).max(now)
+        {
+            return Err(Error::invalid(
+                "INVALID_FIELD",
+                "grant.expire_time",
+                "must lie after now and after effective_time",
+            ));
         }
         let wallet = self.wallet_in_scope(&caller, &wire.wallet_id).await?;
         let blank = proto::CreateGrantRequest {

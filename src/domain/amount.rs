@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn ceil_rounds_up_to_six_places() {
-        let d = Decimal::new(12_345_678_9, 9); // 0.123456789
+        let d = Decimal::new(123_456_789, 9); // 0.123456789
         assert_eq!(Amount::from_decimal_ceil(d).unwrap().micros(), 123_457);
         let exact = Decimal::new(5, 1);
         assert_eq!(Amount::from_decimal_ceil(exact).unwrap().micros(), 500_000);

@@ -1,0 +1,449 @@
+//! Test harness: starts the real allot server on an ephemeral port against a fresh database
+//! (a temp SQLite file, or a new PostgreSQL database when `DATABASE_URL` is a postgres URL)
+//! and talks to it with the generated gRPC clients.
+#![allow(dead_code)]
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use allot::{
+    auth::{AuthConfig, Authenticator, Claims, mint_hs256},
+    clock::Clock,
+    proto::{
+        self, account_service_client::AccountServiceClient,
+        grant_service_client::GrantServiceClient, ledger_service_client::LedgerServiceClient,
+        rate_card_service_client::RateCardServiceClient,
+    },
+    server::{self, Settings},
+};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    Code, Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tonic_types::StatusExt;
+
+pub const SECRET: &str = "test-secret-for-allot-integration-tests";
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A fresh database URL for one test, and how to drop it afterwards.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: Option<String>,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        match std::env::var("DATABASE_URL") {
+            Ok(base) if base.starts_with("postgres") => {
+                let name = format!("allot_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(&base)
+                    .await
+                    .expect("connect to DATABASE_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let url = replace_database(&base, &name);
+                TestDatabase {
+                    url,
+                    admin_url: Some(base),
+                    name,
+                    _dir: None,
+                }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("allot.db");
+                TestDatabase {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    admin_url: None,
+                    name: String::new(),
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.admin_url.is_some()
+    }
+
+    pub async fn drop_database(&self) {
+        if let Some(admin_url) = &self.admin_url
+            && let Ok(admin) = Database::connect(admin_url).await
+        {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = admin.execute_unprepared(&sql).await;
+            admin.close().await.ok();
+        }
+    }
+}
+
+/// Replaces the database name in a postgres URL.
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
+    let host = match path_start {
+        Some(i) => &base[..i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host}/{name}?{q}"),
+        None => format!("{host}/{name}"),
+    }
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub channel: Channel,
+    pub db: TestDatabase,
+    pub clock: Clock,
+    /// Token for every role on every account.
+    pub admin: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Auth configuration of the test server: the HS256 secret, the RSA/EC/Ed25519 public keys
+/// and the JWKS file from tests/fixtures.
+pub fn auth_config() -> AuthConfig {
+    AuthConfig {
+        hs256_secret: Some(SECRET.to_string()),
+        public_key_files: vec![
+            fixture("rsa_public.pem"),
+            fixture("ec_public.pem"),
+            fixture("ed_public.pem"),
+        ],
+        jwks_file: Some(fixture("jwks.json")),
+        ..AuthConfig::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(auth_config()).await
+}
+
+pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
+    let db = TestDatabase::create().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let clock = Clock::system();
+    let settings = Settings {
+        database_url: db.url.clone(),
+        auth: Authenticator::from_config(&auth).expect("auth config"),
+        clock: clock.clone(),
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server::run(listener, settings, async move {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(5));
+    // The server migrates before serving: wait until it answers.
+    let mut channel_ready = None;
+    for _ in 0..200 {
+        if let Ok(ch) = channel.connect().await {
+            channel_ready = Some(ch);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let channel = channel_ready.expect("server did not start");
+    let admin = token(&["admin"], &["*"]);
+    TestApp {
+        addr,
+        channel,
+        db,
+        clock,
+        admin,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and drops the test database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let result = handle.await.expect("server task");
+            result.expect("server exited with an error");
+        }
+        self.db.drop_database().await;
+    }
+
+    pub fn accounts(
+        &self,
+        token: &str,
+    ) -> AccountServiceClient<InterceptedService<Channel, Bearer>> {
+        AccountServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+    }
+
+    pub fn grants(&self, token: &str) -> GrantServiceClient<InterceptedService<Channel, Bearer>> {
+        GrantServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+    }
+
+    pub fn rates(&self, token: &str) -> RateCardServiceClient<InterceptedService<Channel, Bearer>> {
+        RateCardServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+    }
+
+    pub fn ledger(&self, token: &str) -> LedgerServiceClient<InterceptedService<Channel, Bearer>> {
+        LedgerServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+    }
+
+    // ---- fixtures through the API ----------------------------------------------------------
+
+    pub async fn create_account(&self, external_id: &str, parent_id: &str) -> proto::Account {
+        self.accounts(&self.admin)
+            .create_account(proto::CreateAccountRequest {
+                account: Some(proto::Account {
+                    external_id: external_id.into(),
+                    display_name: format!("{external_id} Inc."),
+                    parent_id: parent_id.into(),
+                    ..Default::default()
+                }),
+                request_id: uuid(),
+            })
+            .await
+            .expect("create account")
+            .into_inner()
+    }
+
+    pub async fn create_wallet(
+        &self,
+        account_id: &str,
+        unit: &str,
+        overdraft: &str,
+    ) -> proto::Wallet {
+        self.accounts(&self.admin)
+            .create_wallet(proto::CreateWalletRequest {
+                wallet: Some(proto::Wallet {
+                    account_id: account_id.into(),
+                    unit: unit.into(),
+                    overdraft_limit: overdraft.into(),
+                    ..Default::default()
+                }),
+                request_id: uuid(),
+            })
+            .await
+            .expect("create wallet")
+            .into_inner()
+    }
+
+    pub async fn grant(&self, wallet_id: &str, amount: &str) -> proto::Grant {
+        self.grants(&self.admin)
+            .create_grant(proto::CreateGrantRequest {
+                grant: Some(proto::Grant {
+                    wallet_id: wallet_id.into(),
+                    kind: proto::GrantKind::Contract as i32,
+                    amount: amount.into(),
+                    unit_price: "0.01".into(),
+                    currency: "USD".into(),
+                    ..Default::default()
+                }),
+                request_id: uuid(),
+            })
+            .await
+            .expect("create grant")
+            .into_inner()
+    }
+
+    /// Publishes a card with `chat` (1 unit + 0.2 per 1,000 output tokens, max 50) and
+    /// `image` (4 units flat), plus `one` (exactly 1 unit).
+    pub async fn publish_standard_card(&self) -> proto::RateCard {
+        self.publish_card(vec![
+            rate("chat", "1", &[("output_tokens", "1000", "0.2")], "50"),
+            rate("image", "4", &[], ""),
+            rate("one", "1", &[], ""),
+        ])
+        .await
+    }
+
+    pub async fn publish_card(&self, rates: Vec<proto::Rate>) -> proto::RateCard {
+        let mut client = self.rates(&self.admin);
+        let draft = client
+            .create_rate_card(proto::CreateRateCardRequest {
+                rate_card: Some(proto::RateCard {
+                    rates,
+                    notes: "test card".into(),
+                    ..Default::default()
+                }),
+                request_id: uuid(),
+            })
+            .await
+            .expect("create rate card")
+            .into_inner();
+        client
+            .publish_rate_card(proto::PublishRateCardRequest {
+                version: draft.version,
+                etag: draft.etag,
+                effective_time: None,
+                request_id: uuid(),
+            })
+            .await
+            .expect("publish rate card")
+            .into_inner()
+    }
+
+    /// Account + `credits` wallet + one grant of `amount` (if non-empty).
+    pub async fn funded(&self, external_id: &str, amount: &str) -> (proto::Account, proto::Wallet) {
+        let account = self.create_account(external_id, "").await;
+        let wallet = self.create_wallet(&account.id, "credits", "").await;
+        if !amount.is_empty() {
+            self.grant(&wallet.id, amount).await;
+        }
+        (account, wallet)
+    }
+
+    pub async fn balance(&self, account_id: &str) -> proto::Balance {
+        self.ledger(&self.admin)
+            .get_balance(proto::GetBalanceRequest {
+                account_id: account_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("balance")
+            .into_inner()
+    }
+
+    pub async fn all_transactions(&self, account_id: &str) -> Vec<proto::Transaction> {
+        let mut client = self.ledger(&self.admin);
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_transactions(proto::ListTransactionsRequest {
+                    account_id: account_id.into(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list transactions")
+                .into_inner();
+            all.extend(page.transactions);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
+
+pub fn rate(request_type: &str, flat: &str, dims: &[(&str, &str, &str)], max: &str) -> proto::Rate {
+    proto::Rate {
+        request_type: request_type.into(),
+        flat_units: flat.into(),
+        dimensions: dims
+            .iter()
+            .map(|(name, per, units)| proto::Dimension {
+                name: (*name).into(),
+                per: (*per).into(),
+                units: (*units).into(),
+            })
+            .collect(),
+        max_units: max.into(),
+        route: "provider/model-a".into(),
+        provider_cost: "0.001".into(),
+    }
+}
+
+pub fn debit_request(
+    account_id: &str,
+    request_type: &str,
+    request_id: &str,
+) -> proto::DebitRequest {
+    proto::DebitRequest {
+        account_id: account_id.into(),
+        request_type: request_type.into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+pub fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn claims(roles: &[&str], accounts: &[&str]) -> Claims {
+    Claims {
+        sub: "test-caller".into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        accounts: accounts.iter().map(|a| a.to_string()).collect(),
+        iss: "allot".into(),
+        aud: "allot".into(),
+        exp: (chrono::Utc::now().timestamp() + 3600) as u64,
+    }
+}
+
+/// An HS256 token signed with the test secret.
+pub fn token(roles: &[&str], accounts: &[&str]) -> String {
+    mint_hs256(SECRET.as_bytes(), &claims(roles, accounts)).expect("mint")
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        if token.is_empty() {
+            return Bearer(None);
+        }
+        Bearer(format!("Bearer {token}").parse().ok())
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Asserts the status has `code` and an ErrorInfo with `reason` in domain `allot`; returns
+/// the ErrorInfo metadata.
+#[track_caller]
+pub fn assert_error(
+    status: &Status,
+    code: Code,
+    reason: &str,
+) -> std::collections::HashMap<String, String> {
+    assert_eq!(status.code(), code, "unexpected code: {status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "unexpected reason: {status:?}");
+    assert_eq!(info.domain, "allot");
+    info.metadata.clone()
+}

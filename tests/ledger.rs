@@ -1,0 +1,292 @@
+//! The debit path end to end over gRPC: the README quickstart flow, pricing, burn order,
+//! concurrency (no overspend), idempotency (one effect under concurrent duplicates).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use allot::proto::{self, TransactionKind};
+use common::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn quickstart_flow() {
+    let app = spawn_app().await;
+    let account = app.create_account("acme", "").await;
+    assert_eq!(account.state, proto::AccountState::Active as i32);
+    assert!(account.id.starts_with("acct_"));
+    let wallet = app.create_wallet(&account.id, "credits", "").await;
+    assert!(wallet.id.starts_with("wal_"));
+    let grant = app.grant(&wallet.id, "1000").await;
+    assert!(grant.id.starts_with("grt_"));
+    assert_eq!(grant.remaining, "1000");
+    let card = app.publish_standard_card().await;
+    assert_eq!(card.state, proto::RateCardState::Published as i32);
+
+    let service = token(&["service"], &[&account.id]);
+    let quote = app
+        .rates(&service)
+        .quote_price(proto::QuotePriceRequest {
+            external_id: "acme".into(),
+            request_type: "chat".into(),
+            quantities: quantities(&[("output_tokens", "1500")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(quote.units, "1.3");
+    assert_eq!(quote.rate_card_version, card.version);
+
+    let response = app
+        .ledger(&service)
+        .debit(proto::DebitRequest {
+            external_id: "acme".into(),
+            request_type: "chat".into(),
+            quantities: quantities(&[("output_tokens", "1500")]),
+            request_id: "req-1".into(),
+            metadata: quantities(&[("feature", "assistant")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.replayed);
+    let txn = response.transaction.unwrap();
+    assert_eq!(txn.kind, TransactionKind::Debit as i32);
+    assert_eq!(txn.units, "1.3");
+    assert_eq!(txn.balance_after, "998.7");
+    assert_eq!(txn.rate_card_version, card.version);
+    assert_eq!(txn.request_id, "req-1");
+    assert_eq!(txn.actor, "test-caller");
+    assert_eq!(txn.burns.len(), 1);
+    assert_eq!(txn.burns[0].grant_id, grant.id);
+    assert_eq!(txn.burns[0].money, "0.013");
+    assert_eq!(txn.burns[0].currency, "USD");
+    assert!(
+        txn.provider_cost.is_empty(),
+        "provider cost is operator-only"
+    );
+
+    let balance = app.balance(&account.id).await;
+    assert_eq!(balance.posted, "998.7");
+    assert_eq!(balance.available, "998.7");
+    assert_eq!(balance.reserved, "0");
+
+    let txns = app.all_transactions(&account.id).await;
+    let kinds: Vec<i32> = txns.iter().map(|t| t.kind).collect();
+    assert_eq!(
+        kinds,
+        [TransactionKind::Debit as i32, TransactionKind::Grant as i32]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn burn_order_and_money_across_grants() {
+    let app = spawn_app().await;
+    let (account, wallet) = app.funded("burner", "").await;
+    app.publish_standard_card().await;
+    let grants = app.grants(&app.admin);
+    let make = |amount: &str, priority: i32, expire_in: Option<i64>, price: &str| {
+        let request = proto::CreateGrantRequest {
+            grant: Some(proto::Grant {
+                wallet_id: wallet.id.clone(),
+                kind: proto::GrantKind::Purchase as i32,
+                amount: amount.into(),
+                priority,
+                expire_time: expire_in.map(|s| prost_types::Timestamp {
+                    seconds: chrono::Utc::now().timestamp() + s,
+                    nanos: 0,
+                }),
+                unit_price: price.into(),
+                currency: "USD".into(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        };
+        let mut client = grants.clone();
+        async move { client.create_grant(request).await.unwrap().into_inner() }
+    };
+    let later = make("3", 0, None, "0.5").await;
+    let soon = make("3", 0, Some(3600), "0.25").await;
+    let low = make("3", 1, Some(60), "1").await;
+
+    let service = token(&["service"], &["*"]);
+    let debit = debit_request(&account.id, "image", "burn-1");
+    // image = 4 units: 3 from `soon` (earliest expiry), 1 from `later` (no expiry).
+    let txn = app
+        .ledger(&service)
+        .debit(debit)
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap();
+    let burnt: Vec<(String, String, String)> = txn
+        .burns
+        .iter()
+        .map(|b| (b.grant_id.clone(), b.units.clone(), b.money.clone()))
+        .collect();
+    assert_eq!(
+        burnt,
+        [
+            (soon.id.clone(), "3".to_string(), "0.75".to_string()),
+            (later.id.clone(), "1".to_string(), "0.5".to_string()),
+        ]
+    );
+    let listed = app
+        .grants(&app.admin)
+        .list_grants(proto::ListGrantsRequest {
+            wallet_id: wallet.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    let remaining: Vec<(String, String)> = listed
+        .iter()
+        .map(|g| (g.id.clone(), g.remaining.clone()))
+        .collect();
+    assert!(remaining.contains(&(soon.id.clone(), "0".into())));
+    assert!(remaining.contains(&(later.id.clone(), "2".into())));
+    assert!(remaining.contains(&(low.id.clone(), "3".into())));
+    app.stop().await;
+}
+
+/// 300 concurrent debits of 1 unit against exactly 137: exactly 137 succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_debits_never_overspend() {
+    let app = spawn_app().await;
+    let (account, _) = app.funded("hot", "137").await;
+    app.publish_standard_card().await;
+    let service = token(&["service"], &[&account.id]);
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let mut client = app.ledger(&service);
+        let request = debit_request(&account.id, "one", &format!("hot-{i}"));
+        tasks.push(tokio::spawn(async move { client.debit(request).await }));
+    }
+    let mut ok = 0;
+    let mut insufficient = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_error(&status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
+                insufficient += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 137);
+    assert_eq!(insufficient, 163);
+    let balance = app.balance(&account.id).await;
+    assert_eq!(balance.available, "0");
+    assert_eq!(balance.posted, "0");
+
+    // The ledger sums to the balance: grants in, debits out.
+    let txns = app.all_transactions(&account.id).await;
+    let mut sum = rust_decimal::Decimal::ZERO;
+    for t in &txns {
+        let units: rust_decimal::Decimal = t.units.parse().unwrap();
+        match TransactionKind::try_from(t.kind).unwrap() {
+            TransactionKind::Grant => sum += units,
+            TransactionKind::Debit => sum -= units,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sum, rust_decimal::Decimal::ZERO);
+    assert_eq!(txns.len(), 138);
+    let ids: BTreeSet<_> = txns.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(ids.len(), 138);
+    app.stop().await;
+}
+
+/// 50 concurrent copies of one debit: one effect, 50 identical answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_execute_once() {
+    let app = spawn_app().await;
+    let (account, _) = app.funded("dupes", "100").await;
+    app.publish_standard_card().await;
+    let service = token(&["service"], &[&account.id]);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let mut client = app.ledger(&service);
+        let mut request = debit_request(&account.id, "chat", "same-request");
+        request.quantities = quantities(&[("output_tokens", "2000")]);
+        tasks.push(tokio::spawn(async move { client.debit(request).await }));
+    }
+    let mut transactions = BTreeSet::new();
+    let mut fresh = 0;
+    for task in tasks {
+        let response = task
+            .await
+            .unwrap()
+            .expect("every copy succeeds")
+            .into_inner();
+        if !response.replayed {
+            fresh += 1;
+        }
+        transactions.insert(format!("{:?}", response.transaction.unwrap()));
+    }
+    assert_eq!(fresh, 1, "exactly one copy executes");
+    assert_eq!(transactions.len(), 1, "all answers are identical");
+    assert_eq!(app.balance(&account.id).await.posted, "98.6");
+    assert_eq!(app.all_transactions(&account.id).await.len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_replay_and_reuse() {
+    let app = spawn_app().await;
+    let (account, _) = app.funded("idem", "10").await;
+    app.publish_standard_card().await;
+    let service = token(&["service"], &[&account.id]);
+    let mut ledger = app.ledger(&service);
+
+    let first = ledger
+        .debit(debit_request(&account.id, "image", "k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = ledger
+        .debit(debit_request(&account.id, "image", "k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    assert!(again.replayed);
+    assert_eq!(first.transaction, again.transaction);
+    assert_eq!(app.balance(&account.id).await.posted, "6");
+
+    // Same id, different parameters.
+    let status = ledger
+        .debit(debit_request(&account.id, "chat", "k1"))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+
+    // A rejected request leaves no trace: the id can be used again once it can succeed.
+    let status = ledger
+        .debit(debit_request(&account.id, "image", "k2"))
+        .await
+        .unwrap();
+    assert!(!status.into_inner().replayed);
+    let status = ledger
+        .debit(debit_request(&account.id, "image", "k3"))
+        .await
+        .unwrap_err();
+    let meta = assert_error(&status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
+    assert_eq!(meta["required"], "4");
+    assert_eq!(meta["available"], "2");
+    app.grant(&app.balance(&account.id).await.wallet_id, "10")
+        .await;
+    let retried = ledger
+        .debit(debit_request(&account.id, "image", "k3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!retried.replayed, "a rejected request_id may be used again");
+    app.stop().await;
+}
