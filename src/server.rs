@@ -36,7 +36,13 @@ pub struct Settings {
     pub database_url: String,
     pub auth: Authenticator,
     pub clock: Clock,
+    /// How long in-flight requests may take to finish after shutdown begins; long-lived
+    /// streams (health `Watch`) are cut after it.
+    pub shutdown_grace: Duration,
 }
+
+/// Default for [`Settings::shutdown_grace`].
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Opens the database and migrates it.
 pub async fn open_store(database_url: &str, clock: Clock) -> anyhow::Result<Store> {
@@ -94,8 +100,10 @@ pub async fn run(
     tracing::info!(%addr, database = %redact_url(&settings.database_url), "allot serving");
 
     let health_on_shutdown = health.clone();
+    let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
     let graceful = async move {
         shutdown.await;
+        let _ = draining_tx.send(true);
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
         for service in SERVICES.into_iter().chain([""]) {
             health_on_shutdown
@@ -104,7 +112,7 @@ pub async fn run(
         }
     };
 
-    Server::builder()
+    let serve = Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
@@ -122,12 +130,20 @@ pub async fn run(
         .add_service(
             LedgerServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful);
+    let grace = settings.shutdown_grace;
+    let deadline = async move {
+        let _ = draining.wait_for(|started| *started).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = serve => result?,
+        _ = deadline => tracing::warn!(?grace, "requests still open after the grace period; closing them"),
+    }
 
-    // Every handler has returned; let the batcher finish what is queued, then close.
+    // Handlers have returned (or the grace period is over): apply what is queued, then close.
     drop(ctx);
-    let _ = ledger_worker.await;
+    ledger_worker.shutdown().await;
     store.close().await;
     tracing::info!("allot stopped");
     Ok(())

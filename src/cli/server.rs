@@ -206,6 +206,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database_url: args.database.database_url,
         auth,
         clock: Clock::system(),
+        shutdown_grace: server::SHUTDOWN_GRACE,
     };
     server::run(listener, settings, server::shutdown_signal()).await
 }

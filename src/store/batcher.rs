@@ -30,11 +30,26 @@ pub struct Ledger {
     queue: mpsc::Sender<Job>,
 }
 
+/// The running worker; [`Worker::shutdown`] stops it after the queue drains.
+pub struct Worker {
+    handle: JoinHandle<()>,
+    close: oneshot::Sender<()>,
+}
+
+impl Worker {
+    /// Refuses new operations (UNAVAILABLE), applies those already queued, and waits.
+    pub async fn shutdown(self) {
+        let _ = self.close.send(());
+        let _ = self.handle.await;
+    }
+}
+
 impl Ledger {
-    pub fn start(store: Store) -> (Ledger, JoinHandle<()>) {
+    pub fn start(store: Store) -> (Ledger, Worker) {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
-        let worker = tokio::spawn(run(store, jobs));
-        (Ledger { queue }, worker)
+        let (close, closed) = oneshot::channel();
+        let handle = tokio::spawn(run(store, jobs, closed));
+        (Ledger { queue }, Worker { handle, close })
     }
 
     /// Applies `op` (in some batch) and returns its own outcome.
@@ -50,9 +65,21 @@ impl Ledger {
     }
 }
 
-async fn run(store: Store, mut jobs: mpsc::Receiver<Job>) {
+async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::Receiver<()>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            biased;
+            n = jobs.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = &mut closed, if !jobs.is_closed() => {
+                // Stop taking new work; what is queued is still applied below.
+                jobs.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let (ops, replies): (Vec<Op>, Vec<_>) =
             batch.drain(..).map(|job| (job.op, job.reply)).unzip();
         match ledger::apply(&store, &ops).await {

@@ -95,6 +95,11 @@ impl Store {
         Ok(())
     }
 
+    /// The underlying connection (for tools such as `verify`, and tests).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }

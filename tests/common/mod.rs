@@ -147,6 +147,7 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
         database_url: db.url.clone(),
         auth: Authenticator::from_config(&auth).expect("auth config"),
         clock: clock.clone(),
+        shutdown_grace: Duration::from_secs(2),
     };
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server::run(listener, settings, async move {
@@ -178,11 +179,16 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
 }
 
 impl TestApp {
-    /// Stops the server gracefully and drops the test database.
-    pub async fn stop(mut self) {
+    /// Begins a graceful shutdown (health flips to NOT_SERVING).
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops the server gracefully and drops the test database.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
         if let Some(handle) = self.handle.take() {
             let result = handle.await.expect("server task");
             result.expect("server exited with an error");

@@ -1,0 +1,334 @@
+//! The process around the API: health, reflection, startup refusal without keys, graceful
+//! shutdown of the real binary on SIGTERM.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use allot::proto;
+use common::*;
+use tokio_stream::StreamExt;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::{v1, v1alpha};
+
+#[tokio::test]
+async fn health_and_reflection() {
+    let app = spawn_app().await;
+    let mut health = HealthClient::new(app.channel.clone());
+    for service in ["", "allot.v1.LedgerService", "allot.v1.AccountService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    let mut v1_client =
+        v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = v1_client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.next().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "allot.v1.AccountService",
+        "allot.v1.GrantService",
+        "allot.v1.RateCardService",
+        "allot.v1.LedgerService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+
+    let mut alpha =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "allot.v1.LedgerService".into(),
+            ),
+        ),
+    };
+    let mut stream = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.next().await.unwrap().unwrap();
+    assert!(matches!(
+        response.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+    ));
+    app.stop().await;
+}
+
+/// Shutdown flips health to NOT_SERVING for watchers, and a stream left open does not keep
+/// the server alive past the grace period.
+#[tokio::test]
+async fn shutdown_flips_health_and_ends() {
+    let mut app = spawn_app().await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "allot.v1.LedgerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    app.begin_shutdown();
+    let next = watch.next().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // The watch stream is still open; stop() returns once the grace period has passed.
+    tokio::time::timeout(Duration::from_secs(20), app.stop())
+        .await
+        .expect("server stopped within the grace period");
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused() {
+    let app = spawn_app().await;
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let status = app
+        .accounts(&app.admin)
+        .create_account(proto::CreateAccountRequest {
+            account: Some(proto::Account {
+                external_id: "big".into(),
+                display_name: huge,
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    app.stop().await;
+}
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_allot"));
+    for var in [
+        "ALLOT_JWT_HS256_SECRET",
+        "ALLOT_JWT_PUBLIC_KEYS",
+        "ALLOT_JWT_JWKS",
+        "ALLOT_LISTEN",
+        "ALLOT_TOKEN",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = binary()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/a.db?mode=rwc", dir.path().display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no token keys configured"), "{stderr}");
+    assert!(stderr.contains("--dev"), "{stderr}");
+}
+
+/// Starts the real binary, waits for SERVING, sends SIGTERM while a debit stream is in
+/// flight: health flips, acknowledged debits are all in the ledger, the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let db = TestDatabase::create().await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = binary()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("ALLOT_JWT_HS256_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    let mut channel = None;
+    for _ in 0..400 {
+        if let Ok(ch) = endpoint.connect().await {
+            channel = Some(ch);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let channel = channel.expect("binary did not start");
+    let mut health = HealthClient::new(channel.clone());
+    let serving = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(serving, ServingStatus::Serving as i32);
+
+    // Provision through the binary's API.
+    let admin = token(&["admin"], &["*"]);
+    let bearer = Bearer::new(&admin);
+    let mut accounts = proto::account_service_client::AccountServiceClient::with_interceptor(
+        channel.clone(),
+        bearer.clone(),
+    );
+    let account = accounts
+        .create_account(proto::CreateAccountRequest {
+            account: Some(proto::Account {
+                external_id: "drain".into(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let wallet = accounts
+        .create_wallet(proto::CreateWalletRequest {
+            wallet: Some(proto::Wallet {
+                account_id: account.id.clone(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    proto::grant_service_client::GrantServiceClient::with_interceptor(
+        channel.clone(),
+        bearer.clone(),
+    )
+    .create_grant(proto::CreateGrantRequest {
+        grant: Some(proto::Grant {
+            wallet_id: wallet.id.clone(),
+            kind: proto::GrantKind::Contract as i32,
+            amount: "1000000".into(),
+            ..Default::default()
+        }),
+        request_id: uuid(),
+    })
+    .await
+    .unwrap();
+    let mut rates = proto::rate_card_service_client::RateCardServiceClient::with_interceptor(
+        channel.clone(),
+        bearer.clone(),
+    );
+    let draft = rates
+        .create_rate_card(proto::CreateRateCardRequest {
+            rate_card: Some(proto::RateCard {
+                rates: vec![rate("one", "1", &[], "")],
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    rates
+        .publish_rate_card(proto::PublishRateCardRequest {
+            version: draft.version,
+            etag: draft.etag,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Debit continuously from several tasks, then SIGTERM mid-stream.
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let mut ledger = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
+            channel.clone(),
+            bearer.clone(),
+        );
+        let account_id = account.id.clone();
+        workers.push(tokio::spawn(async move {
+            let mut acknowledged = 0u32;
+            for i in 0..10_000 {
+                let request = debit_request(&account_id, "one", &format!("drain-{w}-{i}"));
+                match ledger.debit(request).await {
+                    Ok(_) => acknowledged += 1,
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let mut acknowledged = 0;
+    for worker in workers {
+        acknowledged += worker.await.unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(acknowledged > 0, "no debit went through before shutdown");
+
+    // Every acknowledged debit is in the database: restart on the same database and look.
+    let app_db = db;
+    let store = allot::server::open_store(&app_db.url, allot::clock::Clock::system())
+        .await
+        .unwrap();
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let debits = allot::store::entity::transaction::Entity::find()
+        .filter(allot::store::entity::transaction::Column::Kind.eq("DEBIT"))
+        .count(store.connection())
+        .await
+        .unwrap();
+    assert!(
+        debits >= u64::from(acknowledged),
+        "{debits} in the ledger < {acknowledged} acknowledged"
+    );
+    store.close().await;
+    app_db.drop_database().await;
+}
