@@ -3,8 +3,8 @@
 //! and maps errors (`status`). No business rule lives here.
 //!
 //! Scope is checked before existence: a caller whose token does not cover an account gets
-//! PERMISSION_DENIED whether or not the account exists; only global (`"*"`) callers see
-//! NOT_FOUND.
+//! PERMISSION_DENIED whether or not the account exists; only callers whose scope covers the
+//! id (`"*"`, or a token listing that very id) see NOT_FOUND.
 
 pub mod accounts;
 pub mod convert;
@@ -117,7 +117,8 @@ impl Ctx {
     ) -> Result<account::Model> {
         match found {
             Some(account) if caller.covers(&ancestry(&account)) => Ok(account),
-            None if caller.is_global() => Err(Error::not_found(kind, id)),
+            // Only a caller whose scope covers the id itself may learn it does not exist.
+            None if caller.covers(&[id]) => Err(Error::not_found(kind, id)),
             _ => Err(out_of_scope(id)),
         }
     }
@@ -143,9 +144,19 @@ pub fn key<M: prost::Message>(
     Ok(Key::new(scope, request_id, method, blank))
 }
 
-/// Converts the handler's result to a tonic response.
+/// Converts the handler's result to a tonic response, logging failures (INTERNAL and
+/// UNAVAILABLE loudly, caller mistakes at debug level).
 pub fn reply<T>(result: Result<T>) -> std::result::Result<tonic::Response<T>, Status> {
-    result.map(tonic::Response::new).map_err(Status::from)
+    result.map(tonic::Response::new).map_err(|err| {
+        match err.code {
+            tonic::Code::Internal => tracing::error!(reason = err.reason, "{}", err.message),
+            tonic::Code::Unavailable | tonic::Code::Aborted => {
+                tracing::warn!(reason = err.reason, "{}", err.message)
+            }
+            _ => tracing::debug!(code = ?err.code, reason = err.reason, "{}", err.message),
+        }
+        Status::from(err)
+    })
 }
 
 impl Ctx {

@@ -1,10 +1,1041 @@
-//! Client commands (placeholder until the client lands).
+//! The client half of `allot`: commands for accounts, wallets, grants, rate cards, quotes,
+//! debits, balances and the ledger, over gRPC.
+//!
+//! Every command takes [`ClientArgs`] (`--server`, `--token`, `--json`). Results print as a
+//! table or `field: value` lines, or as the response message in JSON with `--json` (see
+//! `client/output.rs`). A server error fails the command with `CODE REASON: message` and the
+//! ErrorInfo metadata ([`RpcError`]).
 
-use clap::Subcommand;
+mod output;
+mod rates_file;
+
+use std::{collections::BTreeMap, fmt, future::Future, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use prost_types::{FieldMask, Timestamp};
+use tokio::sync::OnceCell;
+use tonic::{
+    Request, Response, Status,
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+use crate::proto::{
+    self, account_service_client::AccountServiceClient, grant_service_client::GrantServiceClient,
+    ledger_service_client::LedgerServiceClient, rate_card_service_client::RateCardServiceClient,
+};
+use output::{Output, Page, Show};
+
+const CLIENT_OPTIONS: &str = "Client options";
+
+/// Where the server is, who is calling, and how to print. Accepted by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// URL of the allot server.
+    #[arg(
+        long,
+        global = true,
+        help_heading = CLIENT_OPTIONS,
+        env = "ALLOT_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// Bearer token sent with every call (`allot serve --dev` prints one; `allot token` mints
+    /// more).
+    #[arg(
+        long,
+        global = true,
+        help_heading = CLIENT_OPTIONS,
+        env = "ALLOT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the response message as JSON (proto field names, enum names, RFC 3339 times).
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    pub json: bool,
+}
+
+/// A command group (`accounts …`) with the client options.
+#[derive(Debug, Args)]
+pub struct Group<C: Subcommand> {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: C,
+}
+
+/// A single command (`debit …`) with the client options.
+#[derive(Debug, Args)]
+pub struct Single<A: Args> {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    args: A,
+}
 
 #[derive(Debug, Subcommand)]
-pub enum ClientCommand {}
+pub enum ClientCommand {
+    /// Create, show, list and update accounts (customers, departments).
+    Accounts(Group<AccountsCommand>),
+    /// Create, show and list wallets (one per account and unit).
+    Wallets(Group<WalletsCommand>),
+    /// Add units to a wallet; list a wallet's grants.
+    Grants(Group<GrantsCommand>),
+    /// Publish, show and list rate cards.
+    Rates(Group<RatesCommand>),
+    /// Price a request without charging it.
+    Quote(Single<PriceArgs>),
+    /// Charge a request to an account's wallet.
+    Debit(Single<DebitArgs>),
+    /// Show a wallet's balance.
+    Balance(Single<WalletRef>),
+    /// List a wallet's ledger entries, newest first.
+    Transactions(Single<TransactionsArgs>),
+}
 
-pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
-    match command {}
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account.
+    Create(CreateAccountArgs),
+    /// Show one account.
+    Get {
+        /// Account id (`acct_…`).
+        id: String,
+    },
+    /// List accounts.
+    List {
+        /// Only the direct children of this account.
+        #[arg(long, value_name = "ACCOUNT")]
+        parent: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Change an account's name, labels or state.
+    Update(UpdateAccountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateAccountArgs {
+    /// Your own customer id for the account; unique.
+    #[arg(long)]
+    external_id: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Parent account (departments); cannot change later.
+    #[arg(long, value_name = "ACCOUNT")]
+    parent: Option<String>,
+    /// A label; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = pair)]
+    labels: Vec<(String, String)>,
+    /// Initial state [server default: active].
+    #[arg(long, value_enum)]
+    state: Option<AccountState>,
+    #[command(flatten)]
+    request: RequestId,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateAccountArgs {
+    /// Account id (`acct_…`).
+    id: String,
+    #[command(flatten)]
+    changes: AccountChanges,
+    #[command(flatten)]
+    request: RequestId,
+}
+
+/// Only the fields given are sent in the update mask.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct AccountChanges {
+    /// New display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace all labels with these; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = pair)]
+    labels: Vec<(String, String)>,
+    /// Remove all labels.
+    #[arg(long, conflicts_with = "labels")]
+    clear_labels: bool,
+    /// New state.
+    #[arg(long, value_enum)]
+    state: Option<AccountState>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletsCommand {
+    /// Create a wallet for an account.
+    Create {
+        /// Account id (`acct_…`).
+        #[arg(long)]
+        account: String,
+        /// Unit of the wallet.
+        #[arg(long, default_value = "credits")]
+        unit: String,
+        /// How far below zero `available` may go (decimal) [server default: 0].
+        #[arg(long, value_name = "DECIMAL")]
+        overdraft_limit: Option<String>,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// Show one wallet and its balance.
+    Get {
+        /// Wallet id (`wal_…`).
+        id: String,
+    },
+    /// List an account's wallets.
+    List {
+        /// Account id (`acct_…`).
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Add units to a wallet.
+    Create(CreateGrantArgs),
+    /// List a wallet's grants.
+    List {
+        /// Wallet id (`wal_…`).
+        #[arg(long)]
+        wallet: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateGrantArgs {
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    wallet: String,
+    /// Units granted (decimal, > 0).
+    #[arg(long, value_name = "DECIMAL")]
+    amount: String,
+    #[arg(long, value_enum, default_value_t = GrantKind::Contract)]
+    kind: GrantKind,
+    /// Lower burns first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// When the units become usable (RFC 3339) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    effective_time: Option<Timestamp>,
+    /// When the remaining units expire (RFC 3339) [default: never].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    expire_time: Option<Timestamp>,
+    /// What the customer paid per unit (decimal) [default: 0].
+    #[arg(long, value_name = "DECIMAL")]
+    unit_price: Option<String>,
+    /// ISO 4217 code of --unit-price, e.g. USD.
+    #[arg(long)]
+    currency: Option<String>,
+    /// Your contract or order reference.
+    #[arg(long)]
+    contract_ref: Option<String>,
+    #[command(flatten)]
+    request: RequestId,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RatesCommand {
+    /// Publish a rate card from a TOML file.
+    #[command(long_about = rates_file::FORMAT_HELP)]
+    Publish {
+        /// The rate card file (TOML).
+        file: PathBuf,
+        /// When the card takes effect (RFC 3339, not in the past) [default: now].
+        #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+        effective_time: Option<Timestamp>,
+        /// Notes for the card (overrides `notes` in the file).
+        #[arg(long)]
+        notes: Option<String>,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// Show a rate card: the one in force, or VERSION.
+    Show {
+        /// Card version [default: the card in force].
+        version: Option<i64>,
+        /// With no VERSION: the card in force at this time (RFC 3339) [default: now].
+        #[arg(long, value_name = "RFC3339", value_parser = timestamp, conflicts_with = "version")]
+        at: Option<Timestamp>,
+    },
+    /// List rate cards.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// Which account: by id or by external id.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct AccountRef {
+    /// Account id (`acct_…`).
+    #[arg(long)]
+    account: Option<String>,
+    /// The account's external id instead of its id.
+    #[arg(long)]
+    external_id: Option<String>,
+}
+
+/// Which wallet: an account and a unit.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct WalletRef {
+    #[command(flatten)]
+    account: AccountRef,
+    /// Unit of the wallet.
+    #[arg(long, default_value = "credits")]
+    unit: String,
+}
+
+impl WalletRef {
+    /// `(account_id, external_id, unit)`, unset ones empty.
+    fn into_parts(self) -> (String, String, String) {
+        (
+            self.account.account.unwrap_or_default(),
+            self.account.external_id.unwrap_or_default(),
+            self.unit,
+        )
+    }
+}
+
+/// What to price: a wallet, a request type and quantities.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct PriceArgs {
+    #[command(flatten)]
+    wallet: WalletRef,
+    /// Request type, as in the rate card (e.g. chat.message).
+    #[arg(long = "type", value_name = "REQUEST_TYPE")]
+    request_type: String,
+    /// A quantity (decimal); repeat for more.
+    #[arg(long = "qty", value_name = "NAME=VALUE", value_parser = pair)]
+    quantities: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct DebitArgs {
+    #[command(flatten)]
+    price: PriceArgs,
+    /// Metadata stored with the ledger entry; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = pair)]
+    metadata: Vec<(String, String)>,
+    /// Fail (OVER_CALLER_CAP) rather than charge more than this.
+    #[arg(long, value_name = "DECIMAL")]
+    max_units: Option<String>,
+    /// Idempotency key. Without one a UUID is generated and printed (stderr): retry with it.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct TransactionsArgs {
+    #[command(flatten)]
+    wallet: WalletRef,
+    #[command(flatten)]
+    page: PageArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct PageArgs {
+    /// Items per page [server default].
+    #[arg(long, value_name = "N")]
+    page_size: Option<i32>,
+    /// Start at this page (a `next_page_token` from an earlier listing).
+    #[arg(long, value_name = "TOKEN")]
+    page_token: Option<String>,
+    /// Follow next_page_token to the last page.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct RequestId {
+    /// Idempotency key: repeating a call with the same key is safe [default: a new UUID].
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+}
+
+impl RequestId {
+    fn get(self) -> String {
+        self.request_id
+            .unwrap_or_else(|| Uuid::new_v4().to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AccountState {
+    Active,
+    Suspended,
+    Closed,
+}
+
+impl From<AccountState> for i32 {
+    fn from(state: AccountState) -> i32 {
+        let state = match state {
+            AccountState::Active => proto::AccountState::Active,
+            AccountState::Suspended => proto::AccountState::Suspended,
+            AccountState::Closed => proto::AccountState::Closed,
+        };
+        state.into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GrantKind {
+    Contract,
+    Purchase,
+    Promotional,
+    Adjustment,
+}
+
+impl From<GrantKind> for i32 {
+    fn from(kind: GrantKind) -> i32 {
+        let kind = match kind {
+            GrantKind::Contract => proto::GrantKind::Contract,
+            GrantKind::Purchase => proto::GrantKind::Purchase,
+            GrantKind::Promotional => proto::GrantKind::Promotional,
+            GrantKind::Adjustment => proto::GrantKind::Adjustment,
+        };
+        kind.into()
+    }
+}
+
+fn pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+fn timestamp(text: &str) -> Result<Timestamp, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(text).map_err(|err| {
+        format!("`{text}` is not an RFC 3339 time like 2026-11-01T00:00:00Z: {err}")
+    })?;
+    Ok(Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).map_err(|err| err.to_string())?,
+    })
+}
+
+// ---- connection, auth, errors ----------------------------------------------------------------
+
+/// Sends `authorization: Bearer <token>` with every call (nothing without a token).
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Self> {
+        let value = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(token) => {
+                let mut value: AsciiMetadataValue = format!("Bearer {token}")
+                    .parse()
+                    .context("the token (--token / ALLOT_TOKEN) must be printable ASCII")?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(Bearer(value))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel every generated client is built on.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A failed call: `CODE REASON: message`, then the ErrorInfo metadata one `key: value` a line.
+#[derive(Debug)]
+pub struct RpcError {
+    pub status: Status,
+    pub server: String,
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = code_name(self.status.code());
+        let message = self.status.message();
+        match self.status.get_error_details().error_info() {
+            Some(info) => {
+                write!(f, "{code} {}: {message}", info.reason)?;
+                let metadata: BTreeMap<_, _> = info.metadata.iter().collect();
+                for (key, value) in metadata {
+                    write!(f, "\n  {key}: {value}")?;
+                }
+                Ok(())
+            }
+            // Not from allot's handlers (transport, proxy, unknown method): say where we went.
+            None => write!(f, "{code}: {message} (server {})", self.server),
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// `FailedPrecondition` → `FAILED_PRECONDITION`.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").char_indices() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// What every command works with: a connection made on first use, and the printer.
+struct Ctx {
+    server: String,
+    bearer: Bearer,
+    channel: OnceCell<Channel>,
+    out: Output,
+}
+
+impl Ctx {
+    fn new(args: &ClientArgs) -> Result<Self> {
+        Ok(Ctx {
+            server: args.server.clone(),
+            bearer: Bearer::new(args.token.as_deref())?,
+            channel: OnceCell::new(),
+            out: Output { json: args.json },
+        })
+    }
+
+    /// A generated client on the shared, authenticated channel, e.g.
+    /// `ctx.client(AccountServiceClient::new)`.
+    async fn client<C>(&self, make: fn(Authed) -> C) -> Result<C> {
+        let channel = self.channel.get_or_try_init(|| self.connect()).await?;
+        Ok(make(InterceptedService::new(
+            channel.clone(),
+            self.bearer.clone(),
+        )))
+    }
+
+    async fn connect(&self) -> Result<Channel> {
+        let endpoint = Channel::from_shared(self.server.clone())
+            .with_context(|| format!("--server `{}` is not a valid URL", self.server))?
+            .connect_timeout(Duration::from_secs(10));
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the allot server at {}", self.server))
+    }
+
+    /// Awaits a call; a failure becomes an [`RpcError`].
+    async fn call<T>(
+        &self,
+        response: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T> {
+        match response.await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(RpcError {
+                status,
+                server: self.server.clone(),
+            }
+            .into()),
+        }
+    }
+
+    /// Awaits a call and prints the message it returns.
+    async fn show<T: Show>(
+        &self,
+        response: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<()> {
+        let message = self.call(response).await?;
+        Ok(self.out.one(&message)?)
+    }
+
+    /// Lists one page, or with `--all` every page from the first asked for, and prints them.
+    /// `call(client, request)` makes one call, e.g. `|mut c, r| async move { c.list_x(r).await }`.
+    async fn pages<C: Clone, R: ListRequest, P: Page, F>(
+        &self,
+        page: PageArgs,
+        client: &C,
+        request: R,
+        mut call: impl FnMut(C, R) -> F,
+    ) -> Result<()>
+    where
+        F: Future<Output = Result<Response<P>, Status>>,
+    {
+        let page_size = page.page_size.unwrap_or(0);
+        let mut token = page.page_token.unwrap_or_default();
+        let mut items = Vec::new();
+        loop {
+            let request = request.clone().page(page_size, token);
+            let (mut batch, next) = self.call(call(client.clone(), request)).await?.into_parts();
+            items.append(&mut batch);
+            token = next;
+            if !page.all || token.is_empty() {
+                break;
+            }
+        }
+        Ok(self.out.many::<P>(&items, &token)?)
+    }
+}
+
+/// A list request, whose page can be chosen.
+trait ListRequest: Clone {
+    fn page(self, page_size: i32, page_token: String) -> Self;
+}
+
+macro_rules! list_request {
+    ($($request:ident),*) => {$(
+        impl ListRequest for proto::$request {
+            fn page(mut self, page_size: i32, page_token: String) -> Self {
+                self.page_size = page_size;
+                self.page_token = page_token;
+                self
+            }
+        }
+    )*};
+}
+
+list_request!(
+    ListAccountsRequest,
+    ListWalletsRequest,
+    ListGrantsRequest,
+    ListRateCardsRequest,
+    ListTransactionsRequest
+);
+
+// ---- commands --------------------------------------------------------------------------------
+
+impl ClientCommand {
+    fn client_args(&self) -> &ClientArgs {
+        match self {
+            ClientCommand::Accounts(group) => &group.client,
+            ClientCommand::Wallets(group) => &group.client,
+            ClientCommand::Grants(group) => &group.client,
+            ClientCommand::Rates(group) => &group.client,
+            ClientCommand::Quote(single) => &single.client,
+            ClientCommand::Debit(single) => &single.client,
+            ClientCommand::Balance(single) => &single.client,
+            ClientCommand::Transactions(single) => &single.client,
+        }
+    }
+}
+
+pub async fn run(command: ClientCommand) -> Result<()> {
+    let ctx = Ctx::new(command.client_args())?;
+    match command {
+        ClientCommand::Accounts(group) => accounts(&ctx, group.command).await,
+        ClientCommand::Wallets(group) => wallets(&ctx, group.command).await,
+        ClientCommand::Grants(group) => grants(&ctx, group.command).await,
+        ClientCommand::Rates(group) => rates(&ctx, group.command).await,
+        ClientCommand::Quote(single) => quote(&ctx, single.args).await,
+        ClientCommand::Debit(single) => debit(&ctx, single.args).await,
+        ClientCommand::Balance(single) => balance(&ctx, single.args).await,
+        ClientCommand::Transactions(single) => transactions(&ctx, single.args).await,
+    }
+}
+
+async fn accounts(ctx: &Ctx, command: AccountsCommand) -> Result<()> {
+    let mut client = ctx.client(AccountServiceClient::new).await?;
+    match command {
+        AccountsCommand::Create(args) => {
+            let account = proto::Account {
+                external_id: args.external_id,
+                display_name: args.name.unwrap_or_default(),
+                parent_id: args.parent.unwrap_or_default(),
+                state: args.state.map_or(0, i32::from),
+                labels: args.labels.into_iter().collect(),
+                ..Default::default()
+            };
+            let request = proto::CreateAccountRequest {
+                account: Some(account),
+                request_id: args.request.get(),
+            };
+            ctx.show(client.create_account(request)).await
+        }
+        AccountsCommand::Get { id } => {
+            ctx.show(client.get_account(proto::GetAccountRequest { id }))
+                .await
+        }
+        AccountsCommand::List { parent, page } => {
+            let request = proto::ListAccountsRequest {
+                parent_id: parent.unwrap_or_default(),
+                ..Default::default()
+            };
+            ctx.pages(page, &client, request, |mut c, r| async move {
+                c.list_accounts(r).await
+            })
+            .await
+        }
+        AccountsCommand::Update(args) => {
+            let changes = args.changes;
+            let mut paths = Vec::new();
+            if changes.name.is_some() {
+                paths.push("display_name".to_string());
+            }
+            if !changes.labels.is_empty() || changes.clear_labels {
+                paths.push("labels".to_string());
+            }
+            if changes.state.is_some() {
+                paths.push("state".to_string());
+            }
+            let account = proto::Account {
+                id: args.id,
+                display_name: changes.name.unwrap_or_default(),
+                labels: changes.labels.into_iter().collect(),
+                state: changes.state.map_or(0, i32::from),
+                ..Default::default()
+            };
+            let request = proto::UpdateAccountRequest {
+                account: Some(account),
+                update_mask: Some(FieldMask { paths }),
+                request_id: args.request.get(),
+            };
+            ctx.show(client.update_account(request)).await
+        }
+    }
+}
+
+async fn wallets(ctx: &Ctx, command: WalletsCommand) -> Result<()> {
+    let mut client = ctx.client(AccountServiceClient::new).await?;
+    match command {
+        WalletsCommand::Create {
+            account,
+            unit,
+            overdraft_limit,
+            request,
+        } => {
+            let wallet = proto::Wallet {
+                account_id: account,
+                unit,
+                overdraft_limit: overdraft_limit.unwrap_or_default(),
+                ..Default::default()
+            };
+            let request = proto::CreateWalletRequest {
+                wallet: Some(wallet),
+                request_id: request.get(),
+            };
+            ctx.show(client.create_wallet(request)).await
+        }
+        WalletsCommand::Get { id } => {
+            ctx.show(client.get_wallet(proto::GetWalletRequest { id }))
+                .await
+        }
+        WalletsCommand::List { account, page } => {
+            let request = proto::ListWalletsRequest {
+                account_id: account,
+                ..Default::default()
+            };
+            ctx.pages(page, &client, request, |mut c, r| async move {
+                c.list_wallets(r).await
+            })
+            .await
+        }
+    }
+}
+
+async fn grants(ctx: &Ctx, command: GrantsCommand) -> Result<()> {
+    let mut client = ctx.client(GrantServiceClient::new).await?;
+    match command {
+        GrantsCommand::Create(args) => {
+            let grant = proto::Grant {
+                wallet_id: args.wallet,
+                kind: args.kind.into(),
+                amount: args.amount,
+                priority: args.priority,
+                effective_time: args.effective_time,
+                expire_time: args.expire_time,
+                unit_price: args.unit_price.unwrap_or_default(),
+                currency: args.currency.unwrap_or_default(),
+                contract_ref: args.contract_ref.unwrap_or_default(),
+                ..Default::default()
+            };
+            let request = proto::CreateGrantRequest {
+                grant: Some(grant),
+                request_id: args.request.get(),
+            };
+            ctx.show(client.create_grant(request)).await
+        }
+        GrantsCommand::List { wallet, page } => {
+            let request = proto::ListGrantsRequest {
+                wallet_id: wallet,
+                ..Default::default()
+            };
+            ctx.pages(page, &client, request, |mut c, r| async move {
+                c.list_grants(r).await
+            })
+            .await
+        }
+    }
+}
+
+async fn rates(ctx: &Ctx, command: RatesCommand) -> Result<()> {
+    match command {
+        RatesCommand::Publish {
+            file,
+            effective_time,
+            notes,
+            request,
+        } => {
+            let mut card = rates_file::load(&file)?;
+            // Checked here too so that a bad time does not leave an unpublished draft behind.
+            if let Some(time) = &effective_time
+                && time.seconds < chrono::Utc::now().timestamp()
+            {
+                bail!("--effective-time lies in the past");
+            }
+            if let Some(notes) = notes {
+                card.notes = notes;
+            }
+            let mut client = ctx.client(RateCardServiceClient::new).await?;
+            let create = proto::CreateRateCardRequest {
+                rate_card: Some(card),
+                request_id: request.get(),
+            };
+            let draft = ctx.call(client.create_rate_card(create)).await?;
+            let publish = proto::PublishRateCardRequest {
+                version: draft.version,
+                etag: draft.etag,
+                effective_time,
+                // Publishing is safe to retry without a key: a second publish fails.
+                request_id: String::new(),
+            };
+            ctx.show(client.publish_rate_card(publish))
+                .await
+                .with_context(|| {
+                    format!(
+                        "draft rate card version {} was created but not published",
+                        draft.version
+                    )
+                })
+        }
+        RatesCommand::Show { version, at } => {
+            let mut client = ctx.client(RateCardServiceClient::new).await?;
+            let request = proto::GetRateCardRequest {
+                version: version.unwrap_or(0),
+                time: at,
+            };
+            ctx.show(client.get_rate_card(request)).await
+        }
+        RatesCommand::List { page } => {
+            let client = ctx.client(RateCardServiceClient::new).await?;
+            let request = proto::ListRateCardsRequest::default();
+            ctx.pages(page, &client, request, |mut c, r| async move {
+                c.list_rate_cards(r).await
+            })
+            .await
+        }
+    }
+}
+
+async fn quote(ctx: &Ctx, args: PriceArgs) -> Result<()> {
+    let (account_id, external_id, unit) = args.wallet.into_parts();
+    let request = proto::QuotePriceRequest {
+        account_id,
+        external_id,
+        unit,
+        request_type: args.request_type,
+        quantities: args.quantities.into_iter().collect(),
+    };
+    let mut client = ctx.client(RateCardServiceClient::new).await?;
+    ctx.show(client.quote_price(request)).await
+}
+
+async fn debit(ctx: &Ctx, args: DebitArgs) -> Result<()> {
+    let request_id = args.request_id.unwrap_or_else(|| {
+        let id = Uuid::new_v4().to_string();
+        eprintln!("request_id: {id} (to retry safely: --request-id {id})");
+        id
+    });
+    let (account_id, external_id, unit) = args.price.wallet.into_parts();
+    let request = proto::DebitRequest {
+        account_id,
+        external_id,
+        unit,
+        request_type: args.price.request_type,
+        quantities: args.price.quantities.into_iter().collect(),
+        request_id,
+        metadata: args.metadata.into_iter().collect(),
+        max_units: args.max_units.unwrap_or_default(),
+    };
+    let mut client = ctx.client(LedgerServiceClient::new).await?;
+    ctx.show(client.debit(request)).await
+}
+
+async fn balance(ctx: &Ctx, args: WalletRef) -> Result<()> {
+    let (account_id, external_id, unit) = args.into_parts();
+    let request = proto::GetBalanceRequest {
+        account_id,
+        external_id,
+        unit,
+    };
+    let mut client = ctx.client(LedgerServiceClient::new).await?;
+    let balance = ctx.call(client.get_balance(request)).await?;
+    Ok(ctx.out.row(&balance)?)
+}
+
+async fn transactions(ctx: &Ctx, args: TransactionsArgs) -> Result<()> {
+    let (account_id, external_id, unit) = args.wallet.into_parts();
+    let request = proto::ListTransactionsRequest {
+        account_id,
+        external_id,
+        unit,
+        ..Default::default()
+    };
+    let client = ctx.client(LedgerServiceClient::new).await?;
+    ctx.pages(args.page, &client, request, |mut c, r| async move {
+        c.list_transactions(r).await
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("allot").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Client(command) => Ok(command),
+            other => panic!("not a client command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_options_go_before_or_after_the_subcommand() {
+        for args in [
+            &[
+                "accounts",
+                "--server",
+                "http://h:1",
+                "--json",
+                "get",
+                "acct_1",
+            ][..],
+            &[
+                "accounts",
+                "get",
+                "acct_1",
+                "--server",
+                "http://h:1",
+                "--json",
+            ][..],
+        ] {
+            let command = parse(args).unwrap();
+            assert_eq!(command.client_args().server, "http://h:1");
+            assert!(command.client_args().json);
+        }
+    }
+
+    #[test]
+    fn an_account_is_named_exactly_once() {
+        let base = [
+            "debit",
+            "--type",
+            "chat.message",
+            "--qty",
+            "output_tokens=10",
+        ];
+        assert!(parse(&base).is_err());
+        let both = [&base[..], &["--account", "acct_1", "--external-id", "x"]].concat();
+        assert!(parse(&both).is_err());
+        let one = [&base[..], &["--external-id", "cust-42", "--meta", "k=v"]].concat();
+        let ClientCommand::Debit(debit) = parse(&one).unwrap() else {
+            panic!()
+        };
+        let (account_id, external_id, unit) = debit.args.price.wallet.into_parts();
+        assert_eq!((account_id.as_str(), external_id.as_str()), ("", "cust-42"));
+        assert_eq!(unit, "credits");
+        assert_eq!(
+            debit.args.price.quantities,
+            [("output_tokens".into(), "10".into())]
+        );
+    }
+
+    #[test]
+    fn update_needs_a_change() {
+        assert!(parse(&["accounts", "update", "acct_1"]).is_err());
+        assert!(parse(&["accounts", "update", "acct_1", "--state", "suspended"]).is_ok());
+        assert!(parse(&["accounts", "update", "acct_1", "--label", "a"]).is_err());
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        let ts = timestamp("2026-11-01T01:00:00.25+01:00").unwrap();
+        assert_eq!((ts.seconds, ts.nanos), (1_793_491_200, 250_000_000));
+        assert!(timestamp("2026-11-01").is_err());
+    }
+
+    #[test]
+    fn errors_show_code_reason_message_and_metadata() {
+        let details = ErrorDetails::with_error_info(
+            "INSUFFICIENT_CREDITS",
+            "allot",
+            [
+                ("needed".to_string(), "5".to_string()),
+                ("available".to_string(), "3".to_string()),
+            ],
+        );
+        let status = Status::with_error_details(
+            tonic::Code::FailedPrecondition,
+            "not enough credits",
+            details,
+        );
+        let err = RpcError {
+            status,
+            server: "http://h:1".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "FAILED_PRECONDITION INSUFFICIENT_CREDITS: not enough credits\n  available: 3\n  needed: 5"
+        );
+        let bare = RpcError {
+            status: Status::unavailable("tcp connect error"),
+            server: "http://h:1".into(),
+        };
+        assert_eq!(
+            bare.to_string(),
+            "UNAVAILABLE: tcp connect error (server http://h:1)"
+        );
+    }
+
+    #[test]
+    fn the_token_goes_in_the_authorization_header() {
+        let mut bearer = Bearer::new(Some("abc")).unwrap();
+        let request = bearer.call(Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer abc"
+        );
+        let mut none = Bearer::new(None).unwrap();
+        assert!(none.call(Request::new(())).unwrap().metadata().is_empty());
+        assert!(Bearer::new(Some("bad\ntoken")).is_err());
+    }
 }

@@ -98,22 +98,28 @@ impl Rate {
     /// Units this request costs. Quantities the rate has no dimension for are ignored (they
     /// are still recorded on the transaction); a dimension without a quantity counts as 0.
     pub fn price(&self, quantities: &BTreeMap<String, Decimal>) -> Result<Amount, PricingError> {
+        match (self.uncapped(quantities), self.max_units) {
+            (Some(total), Some(cap)) if total > cap.to_decimal() => Ok(cap),
+            // Too large even for a decimal: any cap is lower.
+            (None, Some(cap)) => Ok(cap),
+            (Some(total), _) => Amount::from_decimal_ceil(total).ok_or(PricingError::Overflow),
+            (None, None) => Err(PricingError::Overflow),
+        }
+    }
+
+    /// The exact price before rounding and capping; `None` if it overflows a decimal.
+    fn uncapped(&self, quantities: &BTreeMap<String, Decimal>) -> Option<Decimal> {
         let mut total = self.flat_units.to_decimal();
         for dim in &self.dimensions {
             let Some(quantity) = quantities.get(&dim.name) else {
                 continue;
             };
             let component = quantity
-                .checked_div(dim.per)
-                .and_then(|steps| steps.checked_mul(dim.units.to_decimal()))
-                .ok_or(PricingError::Overflow)?;
-            total = total.checked_add(component).ok_or(PricingError::Overflow)?;
+                .checked_div(dim.per)?
+                .checked_mul(dim.units.to_decimal())?;
+            total = total.checked_add(component)?;
         }
-        let units = Amount::from_decimal_ceil(total).ok_or(PricingError::Overflow)?;
-        Ok(match self.max_units {
-            Some(cap) if units > cap => cap,
-            _ => units,
-        })
+        Some(total)
     }
 }
 
@@ -199,6 +205,16 @@ mod tests {
     fn ignores_unknown_quantities() {
         let q = quantities(&[("input_tokens", 99_999)]);
         assert_eq!(chat().price(&q).unwrap(), amount("1"));
+    }
+
+    #[test]
+    fn huge_quantities_cost_the_cap() {
+        let q = quantities(&[("output_tokens", i64::MAX)]);
+        assert_eq!(chat().price(&q).unwrap(), amount("50"));
+        let huge: BTreeMap<String, Decimal> = [("output_tokens".to_string(), Decimal::MAX)]
+            .into_iter()
+            .collect();
+        assert_eq!(chat().price(&huge).unwrap(), amount("50"));
     }
 
     #[test]

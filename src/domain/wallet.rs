@@ -143,6 +143,19 @@ impl WalletState {
         Ok(burns)
     }
 
+    /// How many more units the wallet's grants may hold: Σ remaining of every grant plus the
+    /// overdraft limit must fit in an [`Amount`], so no balance can ever overflow.
+    pub fn headroom(&self) -> Amount {
+        let used: i128 = self
+            .lots
+            .iter()
+            .map(|lot| i128::from(lot.remaining.micros()))
+            .sum::<i128>()
+            + i128::from(self.overdraft_limit.micros());
+        let left = i128::from(i64::MAX) - used;
+        Amount::from_micros(i64::try_from(left.max(0)).unwrap_or(i64::MAX))
+    }
+
     /// Adds a grant; if it is live now, it first repays overdraft debt. Returns what it repaid.
     pub fn add_grant(&mut self, mut lot: Lot, now: i64) -> Amount {
         let repaid = if lot.is_live(now) {
@@ -251,6 +264,20 @@ mod tests {
         assert_eq!(repaid, units(7));
         assert_eq!(wallet.posted(0), units(13));
         assert_eq!(wallet.debt, Amount::ZERO);
+    }
+
+    #[test]
+    fn headroom_keeps_balances_in_range() {
+        let mut wallet = WalletState {
+            overdraft_limit: Amount::from_micros(10),
+            ..Default::default()
+        };
+        assert_eq!(wallet.headroom().micros(), i64::MAX - 10);
+        let mut big = lot("big", 0, 0, None, 0);
+        big.remaining = Amount::from_micros(i64::MAX - 10);
+        wallet.add_grant(big, 0);
+        assert_eq!(wallet.headroom(), Amount::ZERO);
+        assert_eq!(wallet.available(0), Amount::MAX);
     }
 
     #[test]

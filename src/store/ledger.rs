@@ -462,6 +462,17 @@ fn grant(
     let wallet = wallets
         .get_mut(&op.wallet_id)
         .ok_or_else(|| Error::not_found("wallet", &op.wallet_id))?;
+    if op.amount > wallet.state.headroom() {
+        return Err(Error::invalid(
+            "BALANCE_OUT_OF_RANGE",
+            "grant.amount",
+            format!(
+                "the wallet's grants and overdraft limit would exceed {} units",
+                Amount::MAX
+            ),
+        )
+        .with("headroom", wallet.state.headroom()));
+    }
     let effective_time = op.effective_time.unwrap_or(now);
     let model = grant::Model {
         id: new_id("grt"),

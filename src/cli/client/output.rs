@@ -130,6 +130,13 @@ fn nested<T: Show>(value: Option<&T>) -> Node {
     value.map_or(Node::Null, Show::node)
 }
 
+/// Swaps the value of one field (for the `field: value` view).
+fn replace(fields: &mut [(&'static str, Node)], name: &str, value: Node) {
+    if let Some((_, old)) = fields.iter_mut().find(|(field, _)| *field == name) {
+        *old = value;
+    }
+}
+
 impl Show for proto::Account {
     const COLUMNS: &'static [&'static str] =
         &["id", "external_id", "display_name", "parent_id", "state"];
@@ -186,6 +193,19 @@ impl Show for proto::Wallet {
             ("balance", nested(self.balance.as_ref())),
             ("create_time", time(self.create_time.as_ref())),
         ]
+    }
+
+    /// The balance's amounts inline instead of a nested `balance`.
+    fn human(&self) -> Vec<(&'static str, Node)> {
+        let balance = self.balance.clone().unwrap_or_default();
+        let mut fields = self.fields();
+        fields.retain(|(name, _)| *name != "balance");
+        fields.extend([
+            ("posted", text(&balance.posted)),
+            ("reserved", text(&balance.reserved)),
+            ("available", text(&balance.available)),
+        ]);
+        fields
     }
 }
 
@@ -325,11 +345,28 @@ impl Show for proto::Rate {
             ("provider_cost", text(&self.provider_cost)),
         ]
     }
+
+    /// Dimensions as `0.2/1000 output_tokens, …`.
+    fn human(&self) -> Vec<(&'static str, Node)> {
+        let dimensions: Vec<String> = self
+            .dimensions
+            .iter()
+            .map(|d| format!("{}/{} {}", d.units, d.per, d.name))
+            .collect();
+        let mut fields = self.fields();
+        replace(&mut fields, "dimensions", Node::Text(dimensions.join(", ")));
+        fields
+    }
 }
 
 impl Show for proto::RateCard {
-    const COLUMNS: &'static [&'static str] =
-        &["version", "state", "effective_time", "publish_time", "notes"];
+    const COLUMNS: &'static [&'static str] = &[
+        "version",
+        "state",
+        "effective_time",
+        "publish_time",
+        "notes",
+    ];
 
     fn fields(&self) -> Vec<(&'static str, Node)> {
         vec![
@@ -345,6 +382,13 @@ impl Show for proto::RateCard {
             ("create_time", time(self.create_time.as_ref())),
             ("publish_time", time(self.publish_time.as_ref())),
         ]
+    }
+
+    fn human(&self) -> Vec<(&'static str, Node)> {
+        let rates = self.rates.iter().map(|r| Node::Message(r.human()));
+        let mut fields = self.fields();
+        replace(&mut fields, "rates", Node::List(rates.collect()));
+        fields
     }
 }
 
@@ -414,7 +458,11 @@ fn detail(fields: &[(&'static str, Node)]) -> String {
         _ => false,
     };
     let (tables, lines): (Vec<_>, Vec<_>) = fields.iter().partition(|(_, node)| is_table(node));
-    let width = lines.iter().map(|(name, _)| name.len() + 1).max().unwrap_or(0);
+    let width = lines
+        .iter()
+        .map(|(name, _)| name.len() + 1)
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (name, node) in lines {
         let _ = writeln!(out, "{:<width$} {}", format!("{name}:"), cell(node));
@@ -535,10 +583,7 @@ mod tests {
 
     #[test]
     fn unknown_enum_values_stay_numbers() {
-        assert_eq!(
-            name_of(42, proto::GrantKind::as_str_name),
-            Node::Int(42)
-        );
+        assert_eq!(name_of(42, proto::GrantKind::as_str_name), Node::Int(42));
     }
 
     #[test]
@@ -572,11 +617,19 @@ mod tests {
             ..Default::default()
         };
         let text = detail(&card.human());
-        assert!(text.starts_with("version:        3\nstate:          RATE_CARD_STATE_UNSPECIFIED\n"));
-        assert!(text.contains(
-            "rates:\n  request_type  flat_units  dimensions                              max_units"
-        ));
-        assert!(text.contains("chat.message  1           name=output_tokens per=1000 units=0.2"));
+        assert_eq!(
+            text,
+            "version:        3\n\
+             state:          RATE_CARD_STATE_UNSPECIFIED\n\
+             etag:           -\n\
+             effective_time: -\n\
+             notes:          -\n\
+             create_time:    -\n\
+             publish_time:   -\n\
+             rates:\n\
+             \x20 request_type  flat_units  dimensions              max_units  route  provider_cost\n\
+             \x20 chat.message  1           0.2/1000 output_tokens  -          -      -\n"
+        );
     }
 
     #[test]
