@@ -25,9 +25,22 @@ pub enum Command {
     Client(client::ClientCommand),
 }
 
-/// Parses the command line and runs it.
-pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Parses the command line and runs it; on failure prints `error: …` (and its causes) to
+/// stderr and exits with status 1.
+pub fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
