@@ -17,6 +17,7 @@ use crate::{
         self, account_service_server::AccountServiceServer,
         grant_service_server::GrantServiceServer, ledger_service_server::LedgerServiceServer,
         rate_card_service_server::RateCardServiceServer,
+        report_service_server::ReportServiceServer,
     },
     store::{Store, batcher::Ledger},
 };
@@ -25,15 +26,19 @@ use crate::{
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Fully-qualified names of allot's services, as health reports them.
-pub const SERVICES: [&str; 4] = [
+pub const SERVICES: [&str; 5] = [
     "allot.v1.AccountService",
     "allot.v1.GrantService",
     "allot.v1.RateCardService",
     "allot.v1.LedgerService",
+    "allot.v1.ReportService",
 ];
 
 pub struct Settings {
     pub database_url: String,
+    pub limits: crate::api::Limits,
+    /// How often this replica looks for wallets with something due (expiry, schedules).
+    pub sweep_interval: Duration,
     pub auth: Authenticator,
     pub clock: Clock,
     /// How long in-flight requests may take to finish after shutdown begins; long-lived
@@ -77,9 +82,17 @@ pub async fn run(
     let (ledger, ledger_worker) = Ledger::start(store.clone());
     let ctx = Ctx {
         store: store.clone(),
-        ledger,
+        ledger: ledger.clone(),
         auth: Arc::new(settings.auth),
+        limits: settings.limits,
     };
+    let (sweeper_stop, sweeper_stopped) = tokio::sync::oneshot::channel();
+    let sweeper = tokio::spawn(crate::store::sweeper::run(
+        store.clone(),
+        ledger,
+        settings.sweep_interval,
+        sweeper_stopped,
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES.into_iter().chain([""]) {
@@ -130,6 +143,9 @@ pub async fn run(
         .add_service(
             LedgerServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(
+            ReportServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful);
     let grace = settings.shutdown_grace;
     let deadline = async move {
@@ -141,7 +157,10 @@ pub async fn run(
         _ = deadline => tracing::warn!(?grace, "requests still open after the grace period; closing them"),
     }
 
-    // Handlers have returned (or the grace period is over): apply what is queued, then close.
+    // Handlers have returned (or the grace period is over): stop sweeping, apply what is
+    // queued, then close.
+    let _ = sweeper_stop.send(());
+    let _ = sweeper.await;
     drop(ctx);
     ledger_worker.shutdown().await;
     store.close().await;

@@ -7,12 +7,14 @@ use tonic::{Request, Response, Status};
 use super::{Ctx, PROVISIONERS, READERS, convert, key, reply};
 use crate::{
     auth::Scope,
+    domain::Amount,
     error::{Error, Result},
     proto::{self, account_service_server::AccountService},
     store::{
         accounts::{self, AccountChanges, NewAccount},
         idempotency::Key,
-        ledger, pagination,
+        ledger::{self, Op, WalletChanges, WalletUpdateOp},
+        pagination,
     },
 };
 
@@ -236,6 +238,113 @@ impl Ctx {
         Ok(wallet)
     }
 
+    async fn update_wallet(
+        &self,
+        request: Request<proto::UpdateWalletRequest>,
+    ) -> Result<proto::Wallet> {
+        let caller = self.caller(&request, "UpdateWallet", PROVISIONERS)?;
+        let request = request.into_inner();
+        let wire = request
+            .wallet
+            .clone()
+            .ok_or_else(|| Error::missing("wallet"))?;
+        let paths: Vec<String> = match &request.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+            _ => [
+                ("overdraft_limit", !wire.overdraft_limit.is_empty()),
+                ("daily_spend_cap", !wire.daily_spend_cap.is_empty()),
+                ("monthly_spend_cap", !wire.monthly_spend_cap.is_empty()),
+                (
+                    "low_balance_thresholds",
+                    !wire.low_balance_thresholds.is_empty(),
+                ),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(path, _)| path.to_string())
+            .collect(),
+        };
+        if paths.is_empty() {
+            return Err(Error::invalid(
+                "MISSING_FIELD",
+                "update_mask",
+                "nothing to update",
+            ));
+        }
+        // An empty cap in a masked update removes the cap.
+        let cap = |field: &str, value: &str| -> Result<Option<Amount>> {
+            if value.is_empty() {
+                Ok(None)
+            } else {
+                convert::positive(field, value).map(Some)
+            }
+        };
+        let mut changes = WalletChanges::default();
+        for path in &paths {
+            match path.as_str() {
+                "overdraft_limit" => {
+                    changes.overdraft_limit = Some(convert::non_negative(
+                        "wallet.overdraft_limit",
+                        &wire.overdraft_limit,
+                    )?)
+                }
+                "daily_spend_cap" => {
+                    changes.daily_spend_cap =
+                        Some(cap("wallet.daily_spend_cap", &wire.daily_spend_cap)?)
+                }
+                "monthly_spend_cap" => {
+                    changes.monthly_spend_cap =
+                        Some(cap("wallet.monthly_spend_cap", &wire.monthly_spend_cap)?)
+                }
+                "low_balance_thresholds" => {
+                    if wire.low_balance_thresholds.len() > 16 {
+                        return Err(Error::invalid(
+                            "TOO_MANY_ENTRIES",
+                            "wallet.low_balance_thresholds",
+                            "at most 16 thresholds",
+                        ));
+                    }
+                    let thresholds = wire
+                        .low_balance_thresholds
+                        .iter()
+                        .map(|t| {
+                            Amount::parse(t)
+                                .map_err(|err| Error::amount("wallet.low_balance_thresholds", err))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    changes.low_balance_thresholds = Some(thresholds);
+                }
+                other => {
+                    return Err(Error::invalid(
+                        "INVALID_FIELD",
+                        "update_mask",
+                        format!(
+                            "`{other}` cannot be updated (overdraft_limit, daily_spend_cap, \
+                             monthly_spend_cap, low_balance_thresholds can)"
+                        ),
+                    ));
+                }
+            }
+        }
+        let wallet = self.wallet_in_scope(&caller, &wire.id).await?;
+        let blank = proto::UpdateWalletRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(
+            Key::account_scope(&wallet.account_id),
+            &request.request_id,
+            "UpdateWallet",
+            &blank,
+        )?;
+        let op = Op::UpdateWallet(WalletUpdateOp {
+            key,
+            wallet_id: wallet.id,
+            changes,
+        });
+        self.ledger.submit(op).await?.into_wallet()
+    }
+
     async fn wallet_with_balance(
         &self,
         model: &crate::store::entity::wallet::Model,
@@ -302,6 +411,13 @@ impl AccountService for Ctx {
             }
             .await,
         )
+    }
+
+    async fn update_wallet(
+        &self,
+        request: Request<proto::UpdateWalletRequest>,
+    ) -> Result<Response<proto::Wallet>, Status> {
+        reply(Ctx::update_wallet(self, request).await)
     }
 
     async fn list_wallets(

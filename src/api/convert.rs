@@ -12,8 +12,8 @@ use crate::{
     proto,
     store::{
         accounts,
-        entity::{account, grant, transaction, wallet},
-        ledger::StoredBurn,
+        entity::{account, grant, reservation, schedule, transaction, wallet},
+        ledger::{self, StoredBurn},
         rate_cards::{self, Card},
     },
 };
@@ -223,15 +223,33 @@ pub fn account(model: &account::Model) -> proto::Account {
     }
 }
 
-pub fn balance(wallet: &wallet::Model, state: &WalletState, now: i64) -> proto::Balance {
+/// A wallet's balance from its (already advanced) state; `thresholds` at or above
+/// `available` are reported as crossed.
+pub fn balance(
+    wallet: &wallet::Model,
+    state: &WalletState,
+    thresholds: &[Amount],
+) -> proto::Balance {
+    let available = state.available();
     proto::Balance {
         wallet_id: wallet.id.clone(),
         unit: wallet.unit.clone(),
-        posted: state.posted(now).to_string(),
-        reserved: state.reserved.to_string(),
-        available: state.available(now).to_string(),
+        posted: state.posted().to_string(),
+        reserved: state.reserved().to_string(),
+        available: available.to_string(),
         overdraft_limit: state.overdraft_limit.to_string(),
+        crossed_thresholds: thresholds
+            .iter()
+            .filter(|t| available <= **t)
+            .map(Amount::to_string)
+            .collect(),
     }
+}
+
+fn optional_amount(micros: Option<i64>) -> String {
+    micros
+        .map(|m| Amount::from_micros(m).to_string())
+        .unwrap_or_default()
 }
 
 pub fn wallet(model: &wallet::Model, balance: proto::Balance) -> proto::Wallet {
@@ -242,6 +260,12 @@ pub fn wallet(model: &wallet::Model, balance: proto::Balance) -> proto::Wallet {
         overdraft_limit: Amount::from_micros(model.overdraft_limit).to_string(),
         balance: Some(balance),
         create_time: Some(timestamp(model.create_time)),
+        daily_spend_cap: optional_amount(model.daily_spend_cap),
+        monthly_spend_cap: optional_amount(model.monthly_spend_cap),
+        low_balance_thresholds: ledger::thresholds(model)
+            .iter()
+            .map(Amount::to_string)
+            .collect(),
     }
 }
 
@@ -265,14 +289,14 @@ pub fn parse_grant_kind(value: i32) -> Result<&'static str> {
 pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
     let kind = proto::GrantKind::from_str_name(&format!("GRANT_KIND_{}", model.kind))
         .unwrap_or(proto::GrantKind::Unspecified);
-    let state = if model.voided {
-        proto::GrantState::Voided
-    } else if model.expire_time.is_some_and(|t| t <= now) {
-        proto::GrantState::Expired
-    } else if model.remaining == 0 {
-        proto::GrantState::Depleted
-    } else {
-        proto::GrantState::Active
+    let state = match model.status.as_str() {
+        ledger::VOIDED => proto::GrantState::Voided,
+        ledger::EXPIRED => proto::GrantState::Expired,
+        // Past its expiry, not yet swept: it no longer counts for balances either.
+        _ if model.expire_time.is_some_and(|t| t <= now) => proto::GrantState::Expired,
+        ledger::PENDING if model.effective_time > now => proto::GrantState::Pending,
+        _ if model.remaining == 0 => proto::GrantState::Depleted,
+        _ => proto::GrantState::Active,
     };
     proto::Grant {
         id: model.id.clone(),
@@ -288,6 +312,9 @@ pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
         contract_ref: model.contract_ref.clone(),
         state: state as i32,
         create_time: Some(timestamp(model.create_time)),
+        schedule_id: model.schedule_id.clone().unwrap_or_default(),
+        rolled_over: Amount::from_micros(model.rolled_over).to_string(),
+        void_reason: model.void_reason.clone(),
     }
 }
 
@@ -297,6 +324,13 @@ pub fn transaction(model: &transaction::Model) -> proto::Transaction {
     let kind = proto::TransactionKind::from_str_name(&format!("TRANSACTION_KIND_{}", model.kind))
         .unwrap_or(proto::TransactionKind::Unspecified);
     let burns: Vec<StoredBurn> = serde_json::from_str(&model.burns).unwrap_or_default();
+    let money = money(&burns, model.delta.signum());
+    let reference = model.ref_id.clone().unwrap_or_default();
+    let (reservation_id, refunded_transaction_id) = match model.kind.as_str() {
+        "REFUND" => (String::new(), reference),
+        "EXPIRE" | "VOID" if !reference.is_empty() => (String::new(), reference),
+        _ => (reference, String::new()),
+    };
     proto::Transaction {
         id: model.id.clone(),
         kind: kind as i32,
@@ -323,6 +357,92 @@ pub fn transaction(model: &transaction::Model) -> proto::Transaction {
             .collect(),
         provider_cost: model.provider_cost.clone(),
         grant_id: model.grant_id.clone().unwrap_or_default(),
+        delta: Amount::from_micros(model.delta).to_string(),
+        reservation_id,
+        refunded_transaction_id,
+        reason: model.reason.clone(),
+        hash: model.hash.clone(),
+        prev_hash: model.prev_hash.clone(),
+        money,
+    }
+}
+
+/// Σ money of an entry's burns per currency, with the sign of its effect on the balance.
+pub fn money(burns: &[StoredBurn], sign: i64) -> Vec<proto::Money> {
+    let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+    for burn in burns {
+        if burn.currency.is_empty() {
+            continue;
+        }
+        let value: Decimal = burn.money.parse().unwrap_or_default();
+        *totals.entry(burn.currency.clone()).or_default() += value * Decimal::from(sign);
+    }
+    totals
+        .into_iter()
+        .map(|(currency, amount)| proto::Money {
+            currency,
+            amount: crate::domain::amount::format_decimal(amount),
+        })
+        .collect()
+}
+
+// ---- holds and schedules -------------------------------------------------------------------
+
+pub fn reservation(model: &reservation::Model) -> proto::Reservation {
+    let state = match model.state.as_str() {
+        ledger::HOLD_OPEN => proto::ReservationState::Open,
+        ledger::HOLD_CAPTURED => proto::ReservationState::Captured,
+        ledger::HOLD_RELEASED => proto::ReservationState::Released,
+        ledger::HOLD_EXPIRED => proto::ReservationState::Expired,
+        _ => proto::ReservationState::Unspecified,
+    };
+    proto::Reservation {
+        id: model.id.clone(),
+        wallet_id: model.wallet_id.clone(),
+        units: Amount::from_micros(model.units).to_string(),
+        state: state as i32,
+        expire_time: Some(timestamp(model.expire_time)),
+        account_id: model.account_id.clone(),
+        request_type: model.request_type.clone(),
+        quantities: serde_json::from_str(&model.quantities).unwrap_or_default(),
+        rate_card_version: model.rate_card_version.unwrap_or_default(),
+        captured_units: optional_amount(model.captured_units),
+        request_id: model.request_id.clone(),
+        create_time: Some(timestamp(model.create_time)),
+    }
+}
+
+pub fn schedule(model: &schedule::Model) -> proto::AllotmentSchedule {
+    let period = match model.period.as_str() {
+        "DAILY" => proto::SchedulePeriod::Daily,
+        "WEEKLY" => proto::SchedulePeriod::Weekly,
+        "MONTHLY" => proto::SchedulePeriod::Monthly,
+        "YEARLY" => proto::SchedulePeriod::Yearly,
+        _ => proto::SchedulePeriod::Unspecified,
+    };
+    let rollover_policy = if model.rollover_policy == "CAPPED" {
+        proto::RolloverPolicy::Capped
+    } else {
+        proto::RolloverPolicy::None
+    };
+    let kind = proto::GrantKind::from_str_name(&format!("GRANT_KIND_{}", model.kind))
+        .unwrap_or(proto::GrantKind::Unspecified);
+    proto::AllotmentSchedule {
+        id: model.id.clone(),
+        wallet_id: model.wallet_id.clone(),
+        amount: Amount::from_micros(model.amount).to_string(),
+        period: period as i32,
+        start_time: Some(timestamp(model.start_time)),
+        end_time: model.end_time.map(timestamp),
+        rollover_policy: rollover_policy as i32,
+        rollover_cap: optional_amount(model.rollover_cap),
+        kind: kind as i32,
+        priority: model.priority,
+        unit_price: model.unit_price.clone(),
+        currency: model.currency.clone(),
+        contract_ref: model.contract_ref.clone(),
+        next_grant_time: ledger::domain_schedule(model).next_start().map(timestamp),
+        create_time: Some(timestamp(model.create_time)),
     }
 }
 

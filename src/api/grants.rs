@@ -4,17 +4,18 @@ use tonic::{Request, Response, Status};
 
 use super::{Ctx, PROVISIONERS, READERS, convert, key, reply};
 use crate::{
+    domain::{Amount, Period, Rollover},
     error::{Error, Result},
     proto::{self, grant_service_server::GrantService},
     store::{
         idempotency::Key,
-        ledger::{self, GrantOp, Op, Outcome},
+        ledger::{self, AdjustOp, GrantOp, Op, ScheduleOp, VoidOp},
         pagination,
     },
 };
 
 /// ISO 4217-style currency code: three upper-case letters.
-fn currency(value: &str, required: bool) -> Result<String> {
+pub fn currency(value: &str, required: bool) -> Result<String> {
     if value.is_empty() {
         if required {
             return Err(Error::invalid(
@@ -87,10 +88,193 @@ impl Ctx {
             contract_ref,
             actor: caller.sub,
         });
-        match self.ledger.submit(op).await? {
-            Outcome::Grant(grant) => Ok(grant),
-            Outcome::Debit(_) => Err(Error::internal("ledger answered a grant with a debit")),
+        self.ledger.submit(op).await?.into_grant()
+    }
+
+    async fn void_grant(&self, request: Request<proto::VoidGrantRequest>) -> Result<proto::Grant> {
+        let caller = self.caller(&request, "VoidGrant", PROVISIONERS)?;
+        let request = request.into_inner();
+        let id = convert::id("id", &request.id, "grt")?;
+        let reason = convert::optional("reason", &request.reason, 512)?;
+        let found = ledger::find_grant(&self.store.db, &id).await?;
+        let grant = self.owned_grant(&caller, found, &id).await?;
+        let key = key(
+            Key::account_scope(&grant.1),
+            &request.request_id,
+            "VoidGrant",
+            &proto::VoidGrantRequest {
+                request_id: String::new(),
+                ..request.clone()
+            },
+        )?;
+        let op = Op::Void(VoidOp {
+            key,
+            wallet_id: grant.0.wallet_id,
+            grant_id: id,
+            reason,
+            actor: caller.sub,
+        });
+        self.ledger.submit(op).await?.into_grant()
+    }
+
+    /// A grant (by id) whose wallet's account is in scope, with that account id.
+    async fn owned_grant(
+        &self,
+        caller: &crate::auth::Caller,
+        found: Option<crate::store::entity::grant::Model>,
+        id: &str,
+    ) -> Result<(crate::store::entity::grant::Model, String)> {
+        let grant = match found {
+            Some(grant) => {
+                let wallet = self.wallet_in_scope(caller, &grant.wallet_id).await?;
+                (grant, wallet.account_id)
+            }
+            None => {
+                return Err(if caller.is_global() {
+                    Error::not_found("grant", id)
+                } else {
+                    super::out_of_scope(id)
+                });
+            }
+        };
+        Ok(grant)
+    }
+
+    async fn adjust_balance(
+        &self,
+        request: Request<proto::AdjustBalanceRequest>,
+    ) -> Result<proto::Transaction> {
+        let caller = self.caller(&request, "AdjustBalance", PROVISIONERS)?;
+        let request = request.into_inner();
+        if request.units.is_empty() {
+            return Err(Error::missing("units"));
         }
+        let units = Amount::parse(&request.units).map_err(|err| Error::amount("units", err))?;
+        if units.is_zero() {
+            return Err(Error::invalid(
+                "INVALID_AMOUNT",
+                "units",
+                "must not be zero",
+            ));
+        }
+        let reason = convert::required("reason", &request.reason, 512)?;
+        let wallet = self.wallet_in_scope(&caller, &request.wallet_id).await?;
+        let key = key(
+            Key::account_scope(&wallet.account_id),
+            &request.request_id,
+            "AdjustBalance",
+            &proto::AdjustBalanceRequest {
+                request_id: String::new(),
+                ..request.clone()
+            },
+        )?;
+        let op = Op::Adjust(AdjustOp {
+            key,
+            wallet_id: wallet.id,
+            units: units.micros(),
+            reason,
+            actor: caller.sub,
+        });
+        self.ledger.submit(op).await?.into_transaction()
+    }
+
+    async fn create_allotment_schedule(
+        &self,
+        request: Request<proto::CreateAllotmentScheduleRequest>,
+    ) -> Result<proto::AllotmentSchedule> {
+        let caller = self.caller(&request, "CreateAllotmentSchedule", PROVISIONERS)?;
+        let request = request.into_inner();
+        let wire = request
+            .allotment_schedule
+            .clone()
+            .ok_or_else(|| Error::missing("allotment_schedule"))?;
+        let amount = convert::positive("allotment_schedule.amount", &wire.amount)?;
+        let period = match proto::SchedulePeriod::try_from(wire.period) {
+            Ok(proto::SchedulePeriod::Daily) => Period::Daily,
+            Ok(proto::SchedulePeriod::Weekly) => Period::Weekly,
+            Ok(proto::SchedulePeriod::Monthly) => Period::Monthly,
+            Ok(proto::SchedulePeriod::Yearly) => Period::Yearly,
+            Ok(proto::SchedulePeriod::Unspecified) => {
+                return Err(Error::missing("allotment_schedule.period"));
+            }
+            Err(_) => {
+                return Err(Error::invalid(
+                    "INVALID_ENUM",
+                    "allotment_schedule.period",
+                    format!("unknown period {}", wire.period),
+                ));
+            }
+        };
+        let rollover = match proto::RolloverPolicy::try_from(wire.rollover_policy) {
+            Ok(proto::RolloverPolicy::Unspecified | proto::RolloverPolicy::None) => {
+                if !wire.rollover_cap.is_empty() {
+                    return Err(Error::invalid(
+                        "INVALID_FIELD",
+                        "allotment_schedule.rollover_cap",
+                        "only applies with ROLLOVER_POLICY_CAPPED",
+                    ));
+                }
+                Rollover::None
+            }
+            Ok(proto::RolloverPolicy::Capped) => Rollover::Capped(convert::positive(
+                "allotment_schedule.rollover_cap",
+                &wire.rollover_cap,
+            )?),
+            Err(_) => {
+                return Err(Error::invalid(
+                    "INVALID_ENUM",
+                    "allotment_schedule.rollover_policy",
+                    format!("unknown rollover policy {}", wire.rollover_policy),
+                ));
+            }
+        };
+        let kind = if wire.kind == 0 {
+            "CONTRACT"
+        } else {
+            convert::parse_grant_kind(wire.kind)?
+        };
+        let now = self.store.clock.now_micros();
+        let start_time =
+            convert::micros("allotment_schedule.start_time", wire.start_time.as_ref())?
+                .unwrap_or(now);
+        let end_time = convert::micros("allotment_schedule.end_time", wire.end_time.as_ref())?;
+        if end_time.is_some_and(|end| end <= start_time) {
+            return Err(Error::invalid(
+                "INVALID_FIELD",
+                "allotment_schedule.end_time",
+                "must lie after start_time",
+            ));
+        }
+        let unit_price = convert::decimal("allotment_schedule.unit_price", &wire.unit_price)?;
+        let currency = currency(&wire.currency, !unit_price.is_zero())?;
+        let contract_ref =
+            convert::optional("allotment_schedule.contract_ref", &wire.contract_ref, 256)?;
+        let wallet = self.wallet_in_scope(&caller, &wire.wallet_id).await?;
+        let key = key(
+            Key::account_scope(&wallet.account_id),
+            &request.request_id,
+            "CreateAllotmentSchedule",
+            &proto::CreateAllotmentScheduleRequest {
+                request_id: String::new(),
+                ..request.clone()
+            },
+        )?;
+        let op = Op::Schedule(ScheduleOp {
+            key,
+            wallet_id: wallet.id,
+            amount,
+            period,
+            start_time,
+            end_time,
+            rollover,
+            kind,
+            priority: wire.priority,
+            unit_price,
+            currency,
+            contract_ref,
+            actor: caller.sub,
+        });
+        self.ledger.submit(op).await?.into_schedule()
     }
 }
 
@@ -118,6 +302,52 @@ impl GrantService for Ctx {
                 let now = self.store.clock.now_micros();
                 Ok(proto::ListGrantsResponse {
                     grants: rows.iter().map(|g| convert::grant(g, now)).collect(),
+                    next_page_token,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn void_grant(
+        &self,
+        request: Request<proto::VoidGrantRequest>,
+    ) -> Result<Response<proto::Grant>, Status> {
+        reply(Ctx::void_grant(self, request).await)
+    }
+
+    async fn adjust_balance(
+        &self,
+        request: Request<proto::AdjustBalanceRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
+        reply(Ctx::adjust_balance(self, request).await)
+    }
+
+    async fn create_allotment_schedule(
+        &self,
+        request: Request<proto::CreateAllotmentScheduleRequest>,
+    ) -> Result<Response<proto::AllotmentSchedule>, Status> {
+        reply(Ctx::create_allotment_schedule(self, request).await)
+    }
+
+    async fn list_allotment_schedules(
+        &self,
+        request: Request<proto::ListAllotmentSchedulesRequest>,
+    ) -> Result<Response<proto::ListAllotmentSchedulesResponse>, Status> {
+        reply(
+            async {
+                let caller = self.caller(&request, "ListAllotmentSchedules", READERS)?;
+                let request = request.into_inner();
+                let wallet = self.wallet_in_scope(&caller, &request.wallet_id).await?;
+                let page = pagination::parse(
+                    "allotment_schedules",
+                    request.page_size,
+                    &request.page_token,
+                )?;
+                let (rows, next_page_token) =
+                    ledger::list_schedules(&self.store.db, &wallet.id, &page).await?;
+                Ok(proto::ListAllotmentSchedulesResponse {
+                    allotment_schedules: rows.iter().map(convert::schedule).collect(),
                     next_page_token,
                 })
             }

@@ -9,14 +9,16 @@ use crate::{
     proto::{self, ledger_service_server::LedgerService},
     store::{
         accounts::find_wallet,
-        entity::{account, wallet},
+        entity::{account, reservation, wallet},
         idempotency::Key,
-        ledger::{self, DebitOp, Op, Outcome},
+        ledger::{self, CaptureOp, DebitOp, Op, RefundOp, ReleaseOp, ReserveOp},
         pagination,
     },
 };
 
 const DEBITORS: &[Role] = &[Role::Service];
+/// Backends refund failed requests; account managers refund by goodwill.
+const REFUNDERS: &[Role] = &[Role::Service, Role::AccountManager];
 
 /// Provider costs are for operators; everyone else gets the entry without them.
 fn redact(caller: &Caller, mut transaction: proto::Transaction) -> proto::Transaction {
@@ -62,13 +64,215 @@ impl Ctx {
             max_units,
             actor: caller.sub.clone(),
         });
-        match self.ledger.submit(op).await? {
-            Outcome::Debit(mut response) => {
-                response.transaction = response.transaction.map(|t| redact(&caller, t));
-                Ok(response)
+        let mut response = self.ledger.submit(op).await?.into_debit()?;
+        response.transaction = response.transaction.map(|t| redact(&caller, t));
+        Ok(response)
+    }
+
+    async fn reserve(&self, request: Request<proto::ReserveRequest>) -> Result<proto::Reservation> {
+        let caller = self.caller(&request, "Reserve", DEBITORS)?;
+        let request = request.into_inner();
+        let unit = convert::unit(&request.unit)?;
+        let quantities = convert::quantities(&request.quantities)?;
+        let units = if request.units.is_empty() {
+            None
+        } else {
+            if !request.quantities.is_empty() {
+                return Err(Error::invalid(
+                    "INVALID_FIELD",
+                    "units",
+                    "give estimated quantities or units, not both",
+                ));
             }
-            Outcome::Grant(_) => Err(Error::internal("ledger answered a debit with a grant")),
+            Some(convert::positive("units", &request.units)?)
+        };
+        let request_type = if units.is_some() && request.request_type.is_empty() {
+            String::new()
+        } else {
+            convert::name("request_type", &request.request_type, 128)?
+        };
+        let ttl = match &request.ttl {
+            None => self.limits.default_hold_ttl,
+            Some(ttl) => {
+                let max = self.limits.max_hold_ttl;
+                let valid = ttl.seconds >= 0 && (0..1_000_000_000).contains(&ttl.nanos);
+                let ttl =
+                    std::time::Duration::new(ttl.seconds.max(0) as u64, ttl.nanos.max(0) as u32);
+                if !valid || ttl.is_zero() || ttl > max {
+                    return Err(Error::invalid(
+                        "TTL_OUT_OF_RANGE",
+                        "ttl",
+                        format!("must be above 0 and at most {}s", max.as_secs()),
+                    )
+                    .with("max_seconds", max.as_secs()));
+                }
+                ttl
+            }
+        };
+        let account = self
+            .resolve_account(&caller, &request.account_id, &request.external_id)
+            .await?;
+        let blank = proto::ReserveRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(
+            Key::account_scope(&account.id),
+            &request.request_id,
+            "Reserve",
+            &blank,
+        )?;
+        let op = Op::Reserve(ReserveOp {
+            key,
+            account_id: account.id,
+            unit,
+            request_type,
+            quantities,
+            units,
+            ttl_micros: i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX),
+            actor: caller.sub,
+        });
+        self.ledger.submit(op).await?.into_reservation()
+    }
+
+    /// A reservation by id whose account is in scope.
+    async fn reservation_in_scope(&self, caller: &Caller, id: &str) -> Result<reservation::Model> {
+        let id = convert::id("reservation_id", id, "rsv")?;
+        let found = ledger::find_reservation(&self.store.db, &id).await?;
+        self.owned_in_scope(caller, found, |r| &r.account_id, "reservation", &id)
+            .await
+    }
+
+    async fn capture(
+        &self,
+        request: Request<proto::CaptureReservationRequest>,
+    ) -> Result<proto::DebitResponse> {
+        let caller = self.caller(&request, "CaptureReservation", DEBITORS)?;
+        let request = request.into_inner();
+        let quantities = convert::quantities(&request.quantities)?;
+        let units = match (request.units.is_empty(), request.quantities.is_empty()) {
+            (false, true) => Some(convert::positive("units", &request.units)?),
+            (true, false) => None,
+            (false, false) => {
+                return Err(Error::invalid(
+                    "INVALID_FIELD",
+                    "units",
+                    "give the actual quantities or units, not both",
+                ));
+            }
+            (true, true) => {
+                return Err(Error::invalid(
+                    "MISSING_FIELD",
+                    "quantities",
+                    "give the actual quantities or units",
+                ));
+            }
+        };
+        let hold = self
+            .reservation_in_scope(&caller, &request.reservation_id)
+            .await?;
+        if units.is_none() && hold.request_type.is_empty() {
+            return Err(Error::invalid(
+                "INVALID_FIELD",
+                "quantities",
+                "this reservation has no request_type to price quantities with; give units",
+            ));
         }
+        let blank = proto::CaptureReservationRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(
+            Key::account_scope(&hold.account_id),
+            &request.request_id,
+            "CaptureReservation",
+            &blank,
+        )?;
+        let op = Op::Capture(CaptureOp {
+            key,
+            wallet_id: hold.wallet_id,
+            reservation_id: hold.id,
+            quantities,
+            units,
+            actor: caller.sub.clone(),
+        });
+        let mut response = self.ledger.submit(op).await?.into_debit()?;
+        response.transaction = response.transaction.map(|t| redact(&caller, t));
+        Ok(response)
+    }
+
+    async fn release(
+        &self,
+        request: Request<proto::ReleaseReservationRequest>,
+    ) -> Result<proto::Reservation> {
+        let caller = self.caller(&request, "ReleaseReservation", DEBITORS)?;
+        let request = request.into_inner();
+        let hold = self
+            .reservation_in_scope(&caller, &request.reservation_id)
+            .await?;
+        let blank = proto::ReleaseReservationRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(
+            Key::account_scope(&hold.account_id),
+            &request.request_id,
+            "ReleaseReservation",
+            &blank,
+        )?;
+        let op = Op::Release(ReleaseOp {
+            key,
+            wallet_id: hold.wallet_id,
+            reservation_id: hold.id,
+            actor: caller.sub,
+        });
+        self.ledger.submit(op).await?.into_reservation()
+    }
+
+    async fn refund(&self, request: Request<proto::RefundRequest>) -> Result<proto::Transaction> {
+        let caller = self.caller(&request, "Refund", REFUNDERS)?;
+        let request = request.into_inner();
+        let id = convert::id("transaction_id", &request.transaction_id, "txn")?;
+        let units = if request.units.is_empty() {
+            None
+        } else {
+            Some(convert::positive("units", &request.units)?)
+        };
+        let reason = convert::optional("reason", &request.reason, 512)?;
+        let found = ledger::find_transaction(&self.store.db, &id).await?;
+        let original = self
+            .owned_in_scope(&caller, found, |t| &t.account_id, "transaction", &id)
+            .await?;
+        if !matches!(original.kind.as_str(), "DEBIT" | "CAPTURE") {
+            return Err(Error::precondition(
+                "NOT_REFUNDABLE",
+                format!(
+                    "only debits and captures can be refunded, not {}",
+                    original.kind
+                ),
+            )
+            .with("kind", &original.kind));
+        }
+        let blank = proto::RefundRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let key = key(
+            Key::account_scope(&original.account_id),
+            &request.request_id,
+            "Refund",
+            &blank,
+        )?;
+        let op = Op::Refund(RefundOp {
+            key,
+            wallet_id: original.wallet_id,
+            transaction_id: original.id,
+            units,
+            reason,
+            actor: caller.sub.clone(),
+        });
+        let transaction = self.ledger.submit(op).await?.into_transaction()?;
+        Ok(redact(&caller, transaction))
     }
 
     /// The wallet for (`account_id` | `external_id`, `unit`) in the caller's scope.
@@ -134,7 +338,7 @@ impl LedgerService for Ctx {
                     .await?;
                 let (rows, next_page_token) =
                     ledger::list_transactions(&self.store.db, &wallet.id, &page).await?;
-                Ok(proto::ListTransactionsResponse {
+                Ok::<_, Error>(proto::ListTransactionsResponse {
                     transactions: rows
                         .iter()
                         .map(|t| redact(&caller, convert::transaction(t)))
@@ -144,5 +348,33 @@ impl LedgerService for Ctx {
             }
             .await,
         )
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<proto::ReserveRequest>,
+    ) -> Result<Response<proto::Reservation>, Status> {
+        reply(Ctx::reserve(self, request).await)
+    }
+
+    async fn capture_reservation(
+        &self,
+        request: Request<proto::CaptureReservationRequest>,
+    ) -> Result<Response<proto::DebitResponse>, Status> {
+        reply(Ctx::capture(self, request).await)
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<proto::ReleaseReservationRequest>,
+    ) -> Result<Response<proto::Reservation>, Status> {
+        reply(Ctx::release(self, request).await)
+    }
+
+    async fn refund(
+        &self,
+        request: Request<proto::RefundRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
+        reply(Ctx::refund(self, request).await)
     }
 }

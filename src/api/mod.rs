@@ -11,6 +11,7 @@ pub mod convert;
 pub mod grants;
 pub mod ledger;
 pub mod rate_cards;
+pub mod reports;
 
 use std::sync::Arc;
 
@@ -35,6 +36,25 @@ pub struct Ctx {
     pub store: Store,
     pub ledger: Ledger,
     pub auth: Arc<Authenticator>,
+    pub limits: Limits,
+}
+
+/// Operator-configurable limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Hold TTL when a Reserve names none.
+    pub default_hold_ttl: std::time::Duration,
+    /// Longest hold TTL a Reserve may ask for.
+    pub max_hold_ttl: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            default_hold_ttl: std::time::Duration::from_secs(15 * 60),
+            max_hold_ttl: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Roles that may read accounts, wallets, grants and balances (admin always may).
@@ -160,6 +180,30 @@ pub fn reply<T>(result: Result<T>) -> std::result::Result<tonic::Response<T>, St
 }
 
 impl Ctx {
+    /// Checks that a resource found by id (or not) belongs to an account in scope; a
+    /// missing resource is NOT_FOUND only for callers who may see everything.
+    pub async fn owned_in_scope<T>(
+        &self,
+        caller: &Caller,
+        found: Option<T>,
+        account_of: impl Fn(&T) -> &str,
+        kind: &str,
+        id: &str,
+    ) -> Result<T> {
+        let Some(resource) = found else {
+            return Err(if caller.is_global() {
+                Error::not_found(kind, id)
+            } else {
+                out_of_scope(id)
+            });
+        };
+        let account = find_account(&self.store.db, account_of(&resource)).await?;
+        match account {
+            Some(account) if caller.covers(&ancestry(&account)) => Ok(resource),
+            _ => Err(out_of_scope(id)),
+        }
+    }
+
     /// Loads a wallet by id and checks its account is in scope.
     pub async fn wallet_in_scope(
         &self,
@@ -168,17 +212,7 @@ impl Ctx {
     ) -> Result<crate::store::entity::wallet::Model> {
         let id = convert::id("wallet_id", id, "wal")?;
         let wallet = crate::store::accounts::find_wallet_by_id(&self.store.db, &id).await?;
-        let Some(wallet) = wallet else {
-            return Err(if caller.is_global() {
-                Error::not_found("wallet", &id)
-            } else {
-                out_of_scope(&id)
-            });
-        };
-        let account = find_account(&self.store.db, &wallet.account_id).await?;
-        match account {
-            Some(account) if caller.covers(&ancestry(&account)) => Ok(wallet),
-            _ => Err(out_of_scope(&id)),
-        }
+        self.owned_in_scope(caller, wallet, |w| &w.account_id, "wallet", &id)
+            .await
     }
 }

@@ -59,6 +59,12 @@ pub struct ServeArgs {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "ALLOT_LOG_JSON")]
     pub json_logs: bool,
+    /// Longest TTL a Reserve may ask for (holds default to 15 minutes).
+    #[arg(long, env = "ALLOT_MAX_HOLD_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub max_hold_ttl: Duration,
+    /// How often to record what fell due (grant and hold expiry, schedule periods).
+    #[arg(long, env = "ALLOT_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +213,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth,
         clock: Clock::system(),
         shutdown_grace: server::SHUTDOWN_GRACE,
+        limits: crate::api::Limits {
+            max_hold_ttl: args.max_hold_ttl,
+            ..Default::default()
+        },
+        sweep_interval: args.sweep_interval,
     };
     server::run(listener, settings, server::shutdown_signal()).await
 }

@@ -1,5 +1,6 @@
-//! The pure rules of allot: exact amounts, pricing, balances and burn order. No I/O here; the
-//! store applies these rules inside a database transaction, and they are property-tested.
+//! The pure rules of allot: exact amounts, pricing, balances, burn order and a wallet's
+//! lifecycle (holds, refunds, expiry, voids, adjustments, schedules, spend caps). No I/O here;
+//! the store applies these rules inside a database transaction, and they are property-tested.
 
 pub mod amount;
 pub mod pricing;
@@ -7,4 +8,7 @@ pub mod wallet;
 
 pub use amount::{Amount, AmountError};
 pub use pricing::{Dimension, PricingError, Rate, RateError};
-pub use wallet::{Burn, Insufficient, Lot, WalletState};
+pub use wallet::{
+    Burn, Hold, Lot, LotStatus, Movement, MovementKind, Period, Refusal, Rollover, Schedule,
+    SpendCaps, Spent, WalletState,
+};

@@ -1,18 +1,40 @@
-//! Balance rules and burn order (spec "Balances").
+//! Balance rules, burn order and a wallet's whole lifecycle (spec "Balances").
 //!
-//! * `posted` = Σ remaining of live grants (effective, unexpired, unvoided) − overdraft debt.
-//! * `available` = posted − reserved + overdraft_limit; a debit succeeds only if units ≤ available.
+//! * `posted` = Σ remaining of *active* grants − overdraft debt. A grant becomes active at its
+//!   `effective_time` (a GRANT movement) and stops counting when it expires (EXPIRE) or is
+//!   voided (VOID). Time-driven changes happen only through [`WalletState::advance`], which
+//!   applies every due event in time order, so the ledger explains every change of `posted`.
+//! * `reserved` = Σ open holds; `available` = posted − reserved + overdraft_limit. A debit,
+//!   hold or negative adjustment succeeds only if its units ≤ available (and within the
+//!   wallet's spend caps).
 //! * Burn order: priority ascending, then earliest `expire_time` (none last), then oldest.
-//! * Units a debit takes beyond the live grants become debt (only ever within the overdraft
-//!   limit); the next grant that becomes effective repays the debt first.
+//! * Units a debit takes beyond the grants become debt (never more than the overdraft limit);
+//!   the next grant that becomes active repays the debt first and remembers how much it
+//!   repaid, so a later refund of overdrawn units knows where they went.
+//! * Every mutation returns [`Movement`]s: one per ledger entry, with its signed effect on
+//!   `posted` (`delta`). Σ delta always equals the change of `posted`.
 //!
 //! Everything here is pure: times are microseconds since the Unix epoch, passed in.
 
 use std::cmp::Ordering;
 
+use chrono::{DateTime, Datelike, Months, TimeDelta, Utc};
 use rust_decimal::Decimal;
 
 use super::amount::Amount;
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Where a grant is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LotStatus {
+    /// Created with a future `effective_time`; does not count yet.
+    Pending,
+    /// Counts toward `posted`.
+    Active,
+    Expired,
+    Voided,
+}
 
 /// A grant as the balance rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,15 +48,16 @@ pub struct Lot {
     pub seq: i64,
     pub unit_price: Decimal,
     pub currency: String,
-    pub voided: bool,
+    pub status: LotStatus,
+    /// Overdraft debt this grant paid off when it became active.
+    pub repaid: Amount,
+    /// The allotment schedule and period that created this grant, if any.
+    pub period: Option<(String, i64)>,
 }
 
 impl Lot {
-    /// Whether the grant's units count at `now`.
-    pub fn is_live(&self, now: i64) -> bool {
-        !self.voided
-            && self.effective_time <= now
-            && self.expire_time.is_none_or(|expiry| now < expiry)
+    pub fn counts(&self) -> bool {
+        self.status == LotStatus::Active
     }
 }
 
@@ -52,7 +75,7 @@ pub fn burn_order(a: &Lot, b: &Lot) -> Ordering {
         .then_with(|| a.grant_id.cmp(&b.grant_id))
 }
 
-/// Units taken from one grant (or, with `grant_id == None`, from the overdraft).
+/// Units taken from (or returned to) one grant; `grant_id == None` is the overdraft.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Burn {
     pub grant_id: Option<String>,
@@ -62,58 +85,447 @@ pub struct Burn {
 }
 
 impl Burn {
-    /// Money value of the burnt units at the grant's unit price.
+    /// Money value of the units at the grant's unit price.
     pub fn money(&self) -> Decimal {
         (self.units.to_decimal() * self.unit_price).normalize()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("insufficient credits: required {required}, available {available}")]
-pub struct Insufficient {
-    pub required: Amount,
-    pub available: Amount,
+/// An open hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub id: String,
+    pub units: Amount,
+    pub expire_time: i64,
 }
 
-/// One wallet's balance state: its grants plus wallet-level counters.
+/// Optional per-wallet spend limits (UTC day and month).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpendCaps {
+    pub daily: Option<Amount>,
+    pub monthly: Option<Amount>,
+}
+
+/// Units spent (debits and captures, less refunds) in the current UTC day and month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Spent {
+    pub day: i64,
+    pub day_units: Amount,
+    pub month: i64,
+    pub month_units: Amount,
+}
+
+/// How often an allotment schedule grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+/// What happens to a period's unused units when the next period starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollover {
+    /// They expire.
+    None,
+    /// Up to this many roll into the next period's grant; the rest expire.
+    Capped(Amount),
+}
+
+/// A recurring allotment: `amount` units at the start of every period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub id: String,
+    pub amount: Amount,
+    pub period: Period,
+    pub start_time: i64,
+    pub end_time: Option<i64>,
+    pub rollover: Rollover,
+    /// The next period to grant (0 = the one starting at `start_time`).
+    pub next_period: i64,
+    pub priority: i32,
+    pub unit_price: Decimal,
+    pub currency: String,
+}
+
+impl Schedule {
+    /// Start of period `k` (anchored to `start_time`: the 31st stays the 31st where it can).
+    pub fn period_start(&self, k: i64) -> Option<i64> {
+        let start = DateTime::<Utc>::from_timestamp_micros(self.start_time)?;
+        let k32 = u32::try_from(k).ok()?;
+        let at = match self.period {
+            Period::Daily => start.checked_add_signed(TimeDelta::days(k))?,
+            Period::Weekly => start.checked_add_signed(TimeDelta::weeks(k))?,
+            Period::Monthly => start.checked_add_months(Months::new(k32))?,
+            Period::Yearly => start.checked_add_months(Months::new(k32.checked_mul(12)?))?,
+        };
+        Some(at.timestamp_micros())
+    }
+
+    /// When the next period starts, if the schedule has not ended.
+    pub fn next_start(&self) -> Option<i64> {
+        let start = self.period_start(self.next_period)?;
+        match self.end_time {
+            Some(end) if start >= end => None,
+            _ => Some(start),
+        }
+    }
+}
+
+/// The kind of ledger entry a movement becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovementKind {
+    Grant,
+    Debit,
+    Reserve,
+    Capture,
+    Release,
+    Refund,
+    Expire,
+    Void,
+    Adjust,
+}
+
+impl MovementKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MovementKind::Grant => "GRANT",
+            MovementKind::Debit => "DEBIT",
+            MovementKind::Reserve => "RESERVE",
+            MovementKind::Capture => "CAPTURE",
+            MovementKind::Release => "RELEASE",
+            MovementKind::Refund => "REFUND",
+            MovementKind::Expire => "EXPIRE",
+            MovementKind::Void => "VOID",
+            MovementKind::Adjust => "ADJUST",
+        }
+    }
+}
+
+/// One change to a wallet, to be recorded as one ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Movement {
+    pub kind: MovementKind,
+    /// When it happened (for time-driven events, the moment they fell due).
+    pub time: i64,
+    /// The units the entry moved (always ≥ 0).
+    pub units: Amount,
+    /// Signed effect on `posted`.
+    pub delta: i64,
+    pub grant_id: Option<String>,
+    pub hold_id: Option<String>,
+    pub burns: Vec<Burn>,
+    /// Units rolled over into this grant from the previous period (schedule grants).
+    pub rolled_over: Amount,
+}
+
+impl Movement {
+    fn new(kind: MovementKind, time: i64, units: Amount, delta: i64) -> Self {
+        Movement {
+            kind,
+            time,
+            units,
+            delta,
+            grant_id: None,
+            hold_id: None,
+            burns: Vec::new(),
+            rolled_over: Amount::ZERO,
+        }
+    }
+}
+
+/// Why a debit, hold, capture or negative adjustment was refused. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("insufficient credits: required {required}, available {available}")]
+    Insufficient { required: Amount, available: Amount },
+    #[error("the {period} spend cap of {cap} units would be exceeded ({used} used or held)")]
+    SpendCap {
+        period: &'static str,
+        cap: Amount,
+        used: Amount,
+        required: Amount,
+    },
+    #[error("the reservation is not open")]
+    HoldNotOpen,
+    #[error("the grant is no longer active")]
+    GrantNotActive,
+}
+
+/// One wallet's state: its grants, holds, schedules and counters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WalletState {
     pub overdraft_limit: Amount,
     /// Units drawn beyond the grants (≥ 0, ≤ overdraft_limit when drawn).
     pub debt: Amount,
-    pub reserved: Amount,
     pub lots: Vec<Lot>,
+    pub holds: Vec<Hold>,
+    pub caps: SpendCaps,
+    pub spent: Spent,
+    pub schedules: Vec<Schedule>,
+}
+
+/// UTC day and month indices of a time.
+fn day_of(now: i64) -> i64 {
+    now.div_euclid(DAY_MICROS)
+}
+
+fn month_of(now: i64) -> i64 {
+    DateTime::<Utc>::from_timestamp_micros(now)
+        .map(|t| i64::from(t.year()) * 12 + i64::from(t.month0()))
+        .unwrap_or_default()
+}
+
+/// A time-driven event, in the order events at the same moment are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// A schedule's period starts (before the previous period's grant expires, so rollover
+    /// can take its units first).
+    Period(usize),
+    Activate(usize),
+    ExpireLot(usize),
+    ExpireHold(usize),
 }
 
 impl WalletState {
-    pub fn posted(&self, now: i64) -> Amount {
+    pub fn posted(&self) -> Amount {
         self.lots
             .iter()
-            .filter(|lot| lot.is_live(now))
+            .filter(|lot| lot.counts())
             .fold(Amount::ZERO, |sum, lot| sum.saturating_add(lot.remaining))
             .saturating_sub(self.debt)
     }
 
-    pub fn available(&self, now: i64) -> Amount {
-        self.posted(now)
-            .saturating_sub(self.reserved)
+    pub fn reserved(&self) -> Amount {
+        self.holds
+            .iter()
+            .fold(Amount::ZERO, |sum, hold| sum.saturating_add(hold.units))
+    }
+
+    pub fn available(&self) -> Amount {
+        self.posted()
+            .saturating_sub(self.reserved())
             .saturating_add(self.overdraft_limit)
     }
 
-    /// Takes `units` in burn order, or changes nothing and reports the shortfall.
-    pub fn debit(&mut self, units: Amount, now: i64) -> Result<Vec<Burn>, Insufficient> {
-        let available = self.available(now);
+    /// How many more units the wallet's grants may hold: Σ remaining of every grant plus the
+    /// overdraft limit must fit in an [`Amount`], so no balance can ever overflow.
+    pub fn headroom(&self) -> Amount {
+        let used: i128 = self
+            .lots
+            .iter()
+            .map(|lot| i128::from(lot.remaining.micros()))
+            .sum::<i128>()
+            + i128::from(self.overdraft_limit.micros());
+        let left = i128::from(i64::MAX) - used;
+        Amount::from_micros(i64::try_from(left.max(0)).unwrap_or(i64::MAX))
+    }
+
+    /// The earliest moment something falls due (for the background sweeper), if any.
+    pub fn next_due(&self) -> Option<i64> {
+        self.next_event().map(|(time, _)| time)
+    }
+
+    fn next_event(&self) -> Option<(i64, Due)> {
+        let periods = self
+            .schedules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.next_start().map(|t| (t, Due::Period(i))));
+        let lots = self
+            .lots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, lot)| match lot.status {
+                LotStatus::Pending => Some((lot.effective_time, Due::Activate(i))),
+                LotStatus::Active => lot.expire_time.map(|t| (t, Due::ExpireLot(i))),
+                _ => None,
+            });
+        let holds = self
+            .holds
+            .iter()
+            .enumerate()
+            .map(|(i, hold)| (hold.expire_time, Due::ExpireHold(i)));
+        periods.chain(lots).chain(holds).min()
+    }
+
+    /// Applies every event due at or before `now`, in time order: grants becoming active,
+    /// grants and holds expiring, schedule periods starting. `new_id` names schedule grants.
+    pub fn advance(&mut self, now: i64, new_id: &mut dyn FnMut() -> String) -> Vec<Movement> {
+        let mut movements = Vec::new();
+        while let Some((time, due)) = self.next_event() {
+            if time > now {
+                break;
+            }
+            match due {
+                Due::Period(i) => self.start_period(i, time, new_id, &mut movements),
+                Due::Activate(i) => movements.push(self.activate(i, time)),
+                Due::ExpireLot(i) => {
+                    let lot = &mut self.lots[i];
+                    let units = lot.remaining;
+                    lot.remaining = Amount::ZERO;
+                    lot.status = LotStatus::Expired;
+                    if units.is_positive() {
+                        let mut m =
+                            Movement::new(MovementKind::Expire, time, units, -units.micros());
+                        m.grant_id = Some(lot.grant_id.clone());
+                        movements.push(m);
+                    }
+                }
+                Due::ExpireHold(i) => {
+                    let hold = self.holds.remove(i);
+                    let mut m = Movement::new(MovementKind::Release, time, hold.units, 0);
+                    m.hold_id = Some(hold.id);
+                    movements.push(m);
+                }
+            }
+        }
+        movements
+    }
+
+    /// Makes lot `i` count; it repays overdraft debt first.
+    fn activate(&mut self, i: usize, time: i64) -> Movement {
+        let debt = self.debt;
+        let lot = &mut self.lots[i];
+        let units = lot.remaining;
+        let repaid = units.min(debt);
+        lot.remaining = lot.remaining.saturating_sub(repaid);
+        lot.repaid = lot.repaid.saturating_add(repaid);
+        lot.status = LotStatus::Active;
+        self.debt = debt.saturating_sub(repaid);
+        let mut m = Movement::new(MovementKind::Grant, time, units, units.micros());
+        m.grant_id = Some(lot.grant_id.clone());
+        m
+    }
+
+    fn start_period(
+        &mut self,
+        index: usize,
+        time: i64,
+        new_id: &mut dyn FnMut() -> String,
+        movements: &mut Vec<Movement>,
+    ) {
+        let schedule = self.schedules[index].clone();
+        let k = schedule.next_period;
+        self.schedules[index].next_period += 1;
+        // The previous period's grant: roll over what the policy allows, expire the rest.
+        let mut rolled = Amount::ZERO;
+        let previous = self
+            .lots
+            .iter_mut()
+            .find(|lot| lot.counts() && lot.period.as_ref() == Some(&(schedule.id.clone(), k - 1)));
+        if let Some(previous) = previous {
+            let left = previous.remaining;
+            rolled = match schedule.rollover {
+                Rollover::None => Amount::ZERO,
+                Rollover::Capped(cap) => left.min(cap),
+            };
+            previous.remaining = Amount::ZERO;
+            previous.status = LotStatus::Expired;
+            let expired = left.saturating_sub(rolled);
+            if expired.is_positive() {
+                let mut m = Movement::new(MovementKind::Expire, time, expired, -expired.micros());
+                m.grant_id = Some(previous.grant_id.clone());
+                movements.push(m);
+            }
+        }
+        let amount = schedule.amount.min(self.headroom());
+        let lot = Lot {
+            grant_id: new_id(),
+            remaining: amount.saturating_add(rolled),
+            priority: schedule.priority,
+            effective_time: time,
+            expire_time: schedule.period_start(k + 1),
+            seq: time,
+            unit_price: schedule.unit_price,
+            currency: schedule.currency.clone(),
+            status: LotStatus::Pending,
+            repaid: Amount::ZERO,
+            period: Some((schedule.id.clone(), k)),
+        };
+        self.lots.push(lot);
+        let mut m = self.activate(self.lots.len() - 1, time);
+        // The rolled units were already counted: only the new allotment adds to `posted`.
+        m.units = amount;
+        m.delta = amount.micros();
+        m.rolled_over = rolled;
+        movements.push(m);
+    }
+
+    /// Adds a grant: active at once if effective (a GRANT movement), pending otherwise.
+    pub fn add_grant(&mut self, mut lot: Lot, now: i64) -> Option<Movement> {
+        lot.status = LotStatus::Pending;
+        self.lots.push(lot);
+        let i = self.lots.len() - 1;
+        (self.lots[i].effective_time <= now).then(|| self.activate(i, now))
+    }
+
+    fn spent_now(&self, now: i64) -> (Amount, Amount) {
+        let day = if self.spent.day == day_of(now) {
+            self.spent.day_units
+        } else {
+            Amount::ZERO
+        };
+        let month = if self.spent.month == month_of(now) {
+            self.spent.month_units
+        } else {
+            Amount::ZERO
+        };
+        (day, month)
+    }
+
+    /// Checks `units` more (beyond what is spent and held) against the caps.
+    fn check_caps(&self, units: Amount, now: i64) -> Result<(), Refusal> {
+        let (day, month) = self.spent_now(now);
+        let held = self.reserved();
+        for (period, cap, spent) in [
+            ("daily", self.caps.daily, day),
+            ("monthly", self.caps.monthly, month),
+        ] {
+            let Some(cap) = cap else { continue };
+            let used = spent.saturating_add(held);
+            if used.saturating_add(units) > cap {
+                return Err(Refusal::SpendCap {
+                    period,
+                    cap,
+                    used,
+                    required: units,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `units` (negative for refunds) to the current day and month counters.
+    fn record_spend(&mut self, units: i64, now: i64) {
+        let (day, month) = self.spent_now(now);
+        let add = |total: Amount| Amount::from_micros(total.micros().saturating_add(units).max(0));
+        self.spent = Spent {
+            day: day_of(now),
+            day_units: add(day),
+            month: month_of(now),
+            month_units: add(month),
+        };
+    }
+
+    fn check_available(&self, units: Amount) -> Result<(), Refusal> {
+        let available = self.available();
         if units > available {
-            return Err(Insufficient {
+            return Err(Refusal::Insufficient {
                 required: units,
                 available,
             });
         }
+        Ok(())
+    }
+
+    /// Takes `units` in burn order; the part beyond the grants becomes debt.
+    fn burn(&mut self, units: Amount) -> Vec<Burn> {
         let mut order: Vec<usize> = (0..self.lots.len())
-            .filter(|&i| self.lots[i].is_live(now) && self.lots[i].remaining.is_positive())
+            .filter(|&i| self.lots[i].counts() && self.lots[i].remaining.is_positive())
             .collect();
         order.sort_by(|&a, &b| burn_order(&self.lots[a], &self.lots[b]));
-
         let mut left = units;
         let mut burns = Vec::new();
         for index in order {
@@ -140,188 +552,203 @@ impl WalletState {
                 currency: String::new(),
             });
         }
-        Ok(burns)
+        burns
     }
 
-    /// How many more units the wallet's grants may hold: Σ remaining of every grant plus the
-    /// overdraft limit must fit in an [`Amount`], so no balance can ever overflow.
-    pub fn headroom(&self) -> Amount {
-        let used: i128 = self
-            .lots
+    /// A debit: `units` ≤ available and within the caps, or nothing changes.
+    pub fn debit(&mut self, units: Amount, now: i64) -> Result<Movement, Refusal> {
+        self.check_available(units)?;
+        self.check_caps(units, now)?;
+        self.record_spend(units.micros(), now);
+        let mut m = Movement::new(MovementKind::Debit, now, units, -units.micros());
+        m.burns = self.burn(units);
+        Ok(m)
+    }
+
+    /// Sets `units` aside until `expire_time`.
+    pub fn reserve(
+        &mut self,
+        hold_id: String,
+        units: Amount,
+        expire_time: i64,
+        now: i64,
+    ) -> Result<Movement, Refusal> {
+        self.check_available(units)?;
+        self.check_caps(units, now)?;
+        self.holds.push(Hold {
+            id: hold_id.clone(),
+            units,
+            expire_time,
+        });
+        let mut m = Movement::new(MovementKind::Reserve, now, units, 0);
+        m.hold_id = Some(hold_id);
+        Ok(m)
+    }
+
+    /// Captures an open hold at its actual cost. Below the hold, the rest is freed; above
+    /// it, the difference must be available, or nothing changes and the hold stays open.
+    pub fn capture(
+        &mut self,
+        hold_id: &str,
+        actual: Amount,
+        now: i64,
+    ) -> Result<Movement, Refusal> {
+        let index = self
+            .holds
             .iter()
-            .map(|lot| i128::from(lot.remaining.micros()))
-            .sum::<i128>()
-            + i128::from(self.overdraft_limit.micros());
-        let left = i128::from(i64::MAX) - used;
-        Amount::from_micros(i64::try_from(left.max(0)).unwrap_or(i64::MAX))
+            .position(|h| h.id == hold_id)
+            .ok_or(Refusal::HoldNotOpen)?;
+        let hold = self.holds.remove(index);
+        let checked = self
+            .check_available(actual)
+            .and_then(|()| self.check_caps(actual, now));
+        if let Err(refusal) = checked {
+            self.holds.insert(index, hold);
+            return Err(refusal);
+        }
+        self.record_spend(actual.micros(), now);
+        let mut m = Movement::new(MovementKind::Capture, now, actual, -actual.micros());
+        m.hold_id = Some(hold.id);
+        m.burns = self.burn(actual);
+        Ok(m)
     }
 
-    /// Adds a grant; if it is live now, it first repays overdraft debt. Returns what it repaid.
-    pub fn add_grant(&mut self, mut lot: Lot, now: i64) -> Amount {
-        let repaid = if lot.is_live(now) {
-            lot.remaining.min(self.debt)
-        } else {
-            Amount::ZERO
+    /// Releases an open hold.
+    pub fn release(&mut self, hold_id: &str, now: i64) -> Result<Movement, Refusal> {
+        let index = self
+            .holds
+            .iter()
+            .position(|h| h.id == hold_id)
+            .ok_or(Refusal::HoldNotOpen)?;
+        let hold = self.holds.remove(index);
+        let mut m = Movement::new(MovementKind::Release, now, hold.units, 0);
+        m.hold_id = Some(hold.id);
+        Ok(m)
+    }
+
+    /// Returns units to the grants they were burnt from (`returns`: grant or overdraft, and
+    /// how many). Units whose grant no longer counts are returned and expire (or are voided)
+    /// again at once, in their own movement. Overdrawn units first reduce the debt; what the
+    /// debt no longer holds goes back to the grants that repaid it, newest first.
+    pub fn refund(&mut self, returns: &[(Option<String>, Amount)], now: i64) -> Vec<Movement> {
+        let mut refund = Movement::new(MovementKind::Refund, now, Amount::ZERO, 0);
+        let mut after = Vec::new();
+        let mut total = Amount::ZERO;
+        for (grant_id, units) in returns {
+            let targets = match grant_id {
+                Some(id) => vec![(Some(id.clone()), *units)],
+                None => self.return_overdraft(*units),
+            };
+            for (target, units) in targets {
+                total = total.saturating_add(units);
+                let Some(id) = target else {
+                    refund.burns.push(Burn {
+                        grant_id: None,
+                        units,
+                        unit_price: Decimal::ZERO,
+                        currency: String::new(),
+                    });
+                    continue;
+                };
+                let Some(lot) = self.lots.iter_mut().find(|lot| lot.grant_id == id) else {
+                    continue;
+                };
+                refund.burns.push(Burn {
+                    grant_id: Some(id.clone()),
+                    units,
+                    unit_price: lot.unit_price,
+                    currency: lot.currency.clone(),
+                });
+                match lot.status {
+                    LotStatus::Active | LotStatus::Pending => {
+                        lot.remaining = lot.remaining.saturating_add(units)
+                    }
+                    LotStatus::Expired | LotStatus::Voided => {
+                        let kind = if lot.status == LotStatus::Expired {
+                            MovementKind::Expire
+                        } else {
+                            MovementKind::Void
+                        };
+                        let mut m = Movement::new(kind, now, units, -units.micros());
+                        m.grant_id = Some(id);
+                        after.push(m);
+                    }
+                }
+            }
+        }
+        refund.units = total;
+        refund.delta = total.micros();
+        self.record_spend(-total.micros(), now);
+        let mut movements = vec![refund];
+        movements.extend(after);
+        movements
+    }
+
+    /// Splits a refund of overdrawn units: debt first, then the grants that repaid it.
+    fn return_overdraft(&mut self, units: Amount) -> Vec<(Option<String>, Amount)> {
+        let mut parts = Vec::new();
+        let from_debt = units.min(self.debt);
+        if from_debt.is_positive() {
+            self.debt = self.debt.saturating_sub(from_debt);
+            parts.push((None, from_debt));
+        }
+        let mut left = units.saturating_sub(from_debt);
+        let mut repaying: Vec<usize> = (0..self.lots.len())
+            .filter(|&i| self.lots[i].repaid.is_positive())
+            .collect();
+        repaying.sort_by(|&a, &b| burn_order(&self.lots[b], &self.lots[a]));
+        for i in repaying {
+            if left.is_zero() {
+                break;
+            }
+            let lot = &mut self.lots[i];
+            let take = left.min(lot.repaid);
+            lot.repaid = lot.repaid.saturating_sub(take);
+            left = left.saturating_sub(take);
+            parts.push((Some(lot.grant_id.clone()), take));
+        }
+        parts
+    }
+
+    /// Voids a grant: its remaining units stop counting (if it was active).
+    pub fn void(&mut self, grant_id: &str, now: i64) -> Result<Movement, Refusal> {
+        let lot = self
+            .lots
+            .iter_mut()
+            .find(|lot| lot.grant_id == grant_id)
+            .ok_or(Refusal::GrantNotActive)?;
+        let delta = match lot.status {
+            LotStatus::Active => -lot.remaining.micros(),
+            LotStatus::Pending => 0,
+            LotStatus::Expired | LotStatus::Voided => return Err(Refusal::GrantNotActive),
         };
-        lot.remaining = lot.remaining.saturating_sub(repaid);
-        self.debt = self.debt.saturating_sub(repaid);
+        let units = lot.remaining;
+        lot.remaining = Amount::ZERO;
+        lot.status = LotStatus::Voided;
+        let mut m = Movement::new(MovementKind::Void, now, units, delta);
+        m.grant_id = Some(grant_id.to_string());
+        Ok(m)
+    }
+
+    /// A negative adjustment: takes `units` in burn order, within `available` (caps do not
+    /// apply: it is a correction, not spend).
+    pub fn adjust_down(&mut self, units: Amount, now: i64) -> Result<Movement, Refusal> {
+        self.check_available(units)?;
+        let mut m = Movement::new(MovementKind::Adjust, now, units, -units.micros());
+        m.burns = self.burn(units);
+        Ok(m)
+    }
+
+    /// A positive adjustment: a new grant of kind ADJUSTMENT, active at once.
+    pub fn adjust_up(&mut self, mut lot: Lot, now: i64) -> Movement {
+        lot.effective_time = lot.effective_time.min(now);
+        lot.status = LotStatus::Pending;
         self.lots.push(lot);
-        repaid
+        let mut m = self.activate(self.lots.len() - 1, now);
+        m.kind = MovementKind::Adjust;
+        m
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn units(n: i64) -> Amount {
-        Amount::from_units(n).unwrap()
-    }
-
-    fn lot(id: &str, remaining: i64, priority: i32, expire: Option<i64>, seq: i64) -> Lot {
-        Lot {
-            grant_id: id.into(),
-            remaining: units(remaining),
-            priority,
-            effective_time: 0,
-            expire_time: expire,
-            seq,
-            unit_price: Decimal::new(1, 2),
-            currency: "USD".into(),
-            voided: false,
-        }
-    }
-
-    #[test]
-    fn burns_priority_then_expiry_then_age() {
-        let mut wallet = WalletState {
-            lots: vec![
-                lot("old-no-expiry", 10, 0, None, 1),
-                lot("late-expiry", 10, 0, Some(500), 2),
-                lot("early-expiry", 10, 0, Some(100), 3),
-                lot("low-priority", 10, 1, Some(50), 0),
-                lot("young-no-expiry", 10, 0, None, 4),
-            ],
-            ..Default::default()
-        };
-        let burns = wallet.debit(units(45), 10).unwrap();
-        let order: Vec<_> = burns.iter().map(|b| b.grant_id.clone().unwrap()).collect();
-        assert_eq!(
-            order,
-            [
-                "early-expiry",
-                "late-expiry",
-                "old-no-expiry",
-                "young-no-expiry",
-                "low-priority"
-            ]
-        );
-        assert_eq!(burns[4].units, units(5));
-        assert_eq!(wallet.posted(10), units(5));
-    }
-
-    #[test]
-    fn insufficient_changes_nothing() {
-        let mut wallet = WalletState {
-            lots: vec![lot("a", 3, 0, None, 0)],
-            ..Default::default()
-        };
-        let before = wallet.clone();
-        let err = wallet.debit(units(4), 0).unwrap_err();
-        assert_eq!(err.required, units(4));
-        assert_eq!(err.available, units(3));
-        assert_eq!(wallet, before);
-    }
-
-    #[test]
-    fn expired_and_future_grants_do_not_count() {
-        let mut future = lot("future", 7, 0, None, 0);
-        future.effective_time = 1_000;
-        let wallet = WalletState {
-            lots: vec![lot("expired", 5, 0, Some(100), 1), future],
-            ..Default::default()
-        };
-        assert_eq!(wallet.posted(50), units(5));
-        assert_eq!(wallet.posted(100), Amount::ZERO);
-        assert_eq!(wallet.posted(1_000), units(7));
-    }
-
-    #[test]
-    fn overdraft_becomes_debt_and_grants_repay_it() {
-        let mut wallet = WalletState {
-            overdraft_limit: units(10),
-            lots: vec![lot("a", 5, 0, None, 0)],
-            ..Default::default()
-        };
-        let burns = wallet.debit(units(12), 0).unwrap();
-        assert_eq!(burns.last().unwrap().grant_id, None);
-        assert_eq!(wallet.debt, units(7));
-        assert_eq!(wallet.posted(0), units(-7));
-        assert_eq!(wallet.available(0), units(3));
-        assert!(wallet.debit(units(4), 0).is_err());
-        let repaid = wallet.add_grant(lot("b", 20, 0, None, 1), 0);
-        assert_eq!(repaid, units(7));
-        assert_eq!(wallet.posted(0), units(13));
-        assert_eq!(wallet.debt, Amount::ZERO);
-    }
-
-    #[test]
-    fn headroom_keeps_balances_in_range() {
-        let mut wallet = WalletState {
-            overdraft_limit: Amount::from_micros(10),
-            ..Default::default()
-        };
-        assert_eq!(wallet.headroom().micros(), i64::MAX - 10);
-        let mut big = lot("big", 0, 0, None, 0);
-        big.remaining = Amount::from_micros(i64::MAX - 10);
-        wallet.add_grant(big, 0);
-        assert_eq!(wallet.headroom(), Amount::ZERO);
-        assert_eq!(wallet.available(0), Amount::MAX);
-    }
-
-    #[test]
-    fn money_is_units_times_unit_price() {
-        let burn = Burn {
-            grant_id: Some("g".into()),
-            units: Amount::parse("2.5").unwrap(),
-            unit_price: Decimal::new(4, 2),
-            currency: "USD".into(),
-        };
-        assert_eq!(burn.money(), Decimal::new(1, 1));
-    }
-
-    proptest! {
-        /// Conservation and the floor: whatever sequence of debits, posted always equals the
-        /// granted total minus what was acknowledged, and available never drops below zero.
-        #[test]
-        fn debits_conserve_units(
-            grants in proptest::collection::vec((1i64..1_000, 0i32..3, proptest::option::of(1i64..100)), 1..8),
-            debits in proptest::collection::vec(1i64..400, 1..40),
-            overdraft in 0i64..50,
-        ) {
-            let mut wallet = WalletState { overdraft_limit: units(overdraft), ..Default::default() };
-            let now = 0;
-            let mut granted = Amount::ZERO;
-            for (seq, (amount, priority, expiry)) in grants.iter().enumerate() {
-                wallet.add_grant(lot(&format!("g{seq}"), *amount, *priority, *expiry, seq as i64), now);
-                granted = granted.saturating_add(units(*amount));
-            }
-            let mut taken = Amount::ZERO;
-            for d in debits {
-                let before = wallet.clone();
-                match wallet.debit(units(d), now) {
-                    Ok(burns) => {
-                        let burnt = burns.iter().fold(Amount::ZERO, |s, b| s.saturating_add(b.units));
-                        prop_assert_eq!(burnt, units(d));
-                        taken = taken.saturating_add(units(d));
-                    }
-                    Err(_) => prop_assert_eq!(&wallet, &before),
-                }
-                prop_assert!(wallet.available(now) >= Amount::ZERO);
-                prop_assert!(wallet.debt <= wallet.overdraft_limit);
-                prop_assert_eq!(wallet.posted(now), granted.saturating_sub(taken));
-            }
-        }
-    }
-}
+mod tests;

@@ -229,6 +229,16 @@ pub async fn create_wallet(
         reserved: Set(0),
         create_time: Set(now),
         update_time: Set(now),
+        posted: Set(0),
+        daily_spend_cap: Set(None),
+        monthly_spend_cap: Set(None),
+        spent_day: Set(0),
+        spent_day_units: Set(0),
+        spent_month: Set(0),
+        spent_month_units: Set(0),
+        low_balance_thresholds: Set("[]".to_string()),
+        next_due_time: Set(None),
+        last_hash: Set(String::new()),
     };
     match model.insert(conn).await {
         Ok(model) => Ok(model),

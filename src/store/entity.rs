@@ -45,6 +45,23 @@ pub mod wallet {
         pub reserved: i64,
         pub create_time: i64,
         pub update_time: i64,
+        /// Σ deltas of the wallet's ledger entries (= Σ active remaining − debt).
+        pub posted: i64,
+        pub daily_spend_cap: Option<i64>,
+        pub monthly_spend_cap: Option<i64>,
+        /// UTC day index and units spent on it.
+        pub spent_day: i64,
+        pub spent_day_units: i64,
+        /// UTC month index (year × 12 + month0) and units spent in it.
+        pub spent_month: i64,
+        pub spent_month_units: i64,
+        /// JSON array of decimal strings.
+        pub low_balance_thresholds: String,
+        /// When something next falls due (grant activation or expiry, hold expiry, schedule
+        /// period): the sweeper looks here.
+        pub next_due_time: Option<i64>,
+        /// Hash of the wallet's latest ledger entry (head of its chain).
+        pub last_hash: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -72,8 +89,17 @@ pub mod grant {
         pub unit_price: String,
         pub currency: String,
         pub contract_ref: String,
+        /// Kept equal to `status == VOIDED` (the first schema's flag).
         pub voided: bool,
         pub create_time: i64,
+        /// PENDING, ACTIVE, EXPIRED or VOIDED.
+        pub status: String,
+        /// Overdraft debt this grant paid off when it became active.
+        pub repaid: i64,
+        pub schedule_id: Option<String>,
+        pub period_index: Option<i64>,
+        pub rolled_over: i64,
+        pub void_reason: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -152,6 +178,13 @@ pub mod transaction {
         pub provider_cost: String,
         pub grant_id: Option<String>,
         pub create_time: i64,
+        /// Signed effect on the wallet's posted balance.
+        pub delta: i64,
+        /// The reservation (RESERVE, CAPTURE, RELEASE) or refunded entry (REFUND).
+        pub ref_id: Option<String>,
+        pub reason: String,
+        pub hash: String,
+        pub prev_hash: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -175,6 +208,70 @@ pub mod idempotency_key {
         pub fingerprint: String,
         /// The encoded protobuf response, returned again on replay.
         pub response: Vec<u8>,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod reservation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "reservations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub wallet_id: String,
+        pub account_id: String,
+        pub units: i64,
+        /// OPEN, CAPTURED, RELEASED or EXPIRED.
+        pub state: String,
+        pub expire_time: i64,
+        pub request_type: String,
+        pub quantities: String,
+        pub rate_card_version: Option<i64>,
+        pub captured_units: Option<i64>,
+        pub request_id: String,
+        pub actor: String,
+        pub create_time: i64,
+        pub resolve_time: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod schedule {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "schedules")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub wallet_id: String,
+        pub account_id: String,
+        pub amount: i64,
+        /// DAILY, WEEKLY, MONTHLY or YEARLY.
+        pub period: String,
+        pub start_time: i64,
+        pub end_time: Option<i64>,
+        /// NONE or CAPPED.
+        pub rollover_policy: String,
+        pub rollover_cap: Option<i64>,
+        /// The next period to grant (0 = the one starting at `start_time`).
+        pub next_period: i64,
+        pub kind: String,
+        pub priority: i32,
+        pub unit_price: String,
+        pub currency: String,
+        pub contract_ref: String,
         pub create_time: i64,
     }
 

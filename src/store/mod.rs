@@ -12,11 +12,14 @@
 
 pub mod accounts;
 pub mod batcher;
+pub mod chain;
 pub mod entity;
 pub mod idempotency;
 pub mod ledger;
 pub mod pagination;
 pub mod rate_cards;
+pub mod statements;
+pub mod sweeper;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 

@@ -148,6 +148,8 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
         auth: Authenticator::from_config(&auth).expect("auth config"),
         clock: clock.clone(),
         shutdown_grace: Duration::from_secs(2),
+        limits: allot::api::Limits::default(),
+        sweep_interval: Duration::from_millis(200),
     };
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server::run(listener, settings, async move {

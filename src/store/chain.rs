@@ -1,0 +1,37 @@
+//! Tamper evidence: every ledger entry carries `hash` = SHA-256 over its content and the hash
+//! of the previous entry of the same wallet (`prev_hash`, empty for the first), so editing,
+//! removing or reordering an entry breaks the chain from there on. `allot verify` recomputes
+//! it (see `store::verify`).
+
+use sha2::{Digest, Sha256};
+
+use super::entity::transaction;
+
+/// The hash an entry must carry, given its `prev_hash`.
+pub fn entry_hash(entry: &transaction::Model) -> String {
+    // A JSON array of the fields in a fixed order: unambiguous and stable.
+    let content = serde_json::json!([
+        entry.prev_hash,
+        entry.id,
+        entry.kind,
+        entry.wallet_id,
+        entry.account_id,
+        entry.units,
+        entry.delta,
+        entry.balance_after,
+        entry.request_type,
+        entry.quantities,
+        entry.rate_card_version,
+        entry.request_id,
+        entry.actor,
+        entry.metadata,
+        entry.burns,
+        entry.provider_cost,
+        entry.grant_id,
+        entry.ref_id,
+        entry.reason,
+        entry.create_time,
+    ]);
+    let digest = Sha256::digest(content.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
