@@ -39,11 +39,27 @@ pub struct Settings {
     pub limits: crate::api::Limits,
     /// How often this replica looks for wallets with something due (expiry, schedules).
     pub sweep_interval: Duration,
+    /// Receives the store and ledger once serving starts (tests drive the sweeper with it).
+    pub on_ready: Option<tokio::sync::oneshot::Sender<Handles>>,
     pub auth: Authenticator,
     pub clock: Clock,
     /// How long in-flight requests may take to finish after shutdown begins; long-lived
     /// streams (health `Watch`) are cut after it.
     pub shutdown_grace: Duration,
+}
+
+/// The running service's store and ledger.
+#[derive(Clone)]
+pub struct Handles {
+    pub store: Store,
+    pub ledger: Ledger,
+}
+
+impl Handles {
+    /// Records everything due now (what the background sweeper does each interval).
+    pub async fn sweep(&self) -> crate::error::Result<usize> {
+        crate::store::sweeper::sweep_once(&self.store, &self.ledger).await
+    }
 }
 
 /// Default for [`Settings::shutdown_grace`].
@@ -86,6 +102,12 @@ pub async fn run(
         auth: Arc::new(settings.auth),
         limits: settings.limits,
     };
+    if let Some(ready) = settings.on_ready {
+        let _ = ready.send(Handles {
+            store: store.clone(),
+            ledger: ledger.clone(),
+        });
+    }
     let (sweeper_stop, sweeper_stopped) = tokio::sync::oneshot::channel();
     let sweeper = tokio::spawn(crate::store::sweeper::run(
         store.clone(),

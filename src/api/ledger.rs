@@ -92,7 +92,7 @@ impl Ctx {
             convert::name("request_type", &request.request_type, 128)?
         };
         let ttl = match &request.ttl {
-            None => self.limits.default_hold_ttl,
+            None => self.limits.default_hold_ttl.min(self.limits.max_hold_ttl),
             Some(ttl) => {
                 let max = self.limits.max_hold_ttl;
                 let valid = ttl.seconds >= 0 && (0..1_000_000_000).contains(&ttl.nanos);

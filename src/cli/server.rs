@@ -218,6 +218,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         sweep_interval: args.sweep_interval,
+        on_ready: None,
     };
     server::run(listener, settings, server::shutdown_signal()).await
 }

@@ -112,7 +112,10 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub channel: Channel,
     pub db: TestDatabase,
+    /// The server's clock: `app.clock.advance(micros)` moves time for the server.
     pub clock: Clock,
+    /// The server's store and ledger (for `sweep` and direct database checks).
+    pub handles: server::Handles,
     /// Token for every role on every account.
     pub admin: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -143,13 +146,16 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let clock = Clock::system();
+    let (ready_tx, ready_rx) = oneshot::channel();
     let settings = Settings {
         database_url: db.url.clone(),
         auth: Authenticator::from_config(&auth).expect("auth config"),
         clock: clock.clone(),
         shutdown_grace: Duration::from_secs(2),
         limits: allot::api::Limits::default(),
-        sweep_interval: Duration::from_millis(200),
+        // Tests sweep explicitly (`app.sweep()`), after moving the clock.
+        sweep_interval: Duration::from_secs(3600),
+        on_ready: Some(ready_tx),
     };
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server::run(listener, settings, async move {
@@ -168,12 +174,14 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let channel = channel_ready.expect("server did not start");
+    let handles = ready_rx.await.expect("server handles");
     let admin = token(&["admin"], &["*"]);
     TestApp {
         addr,
         channel,
         db,
         clock,
+        handles,
         admin,
         shutdown: Some(tx),
         handle: Some(handle),
@@ -181,6 +189,18 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
 }
 
 impl TestApp {
+    /// Moves the server's clock forward, then records everything that fell due (what the
+    /// background sweeper would do).
+    pub async fn advance(&self, by: Duration) {
+        self.clock.advance(by.as_micros() as i64);
+        self.sweep().await;
+    }
+
+    /// Records everything due now.
+    pub async fn sweep(&self) {
+        self.handles.sweep().await.expect("sweep");
+    }
+
     /// Begins a graceful shutdown (health flips to NOT_SERVING).
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
