@@ -1,5 +1,6 @@
-//! The client half of `allot`: commands for accounts, wallets, grants, rate cards, quotes,
-//! debits, balances and the ledger, over gRPC.
+//! The client half of `allot`: commands for accounts, wallets, grants, allotment schedules,
+//! rate cards, quotes, debits, holds, refunds, adjustments, balances, the ledger and
+//! statements, over gRPC.
 //!
 //! Every command takes [`ClientArgs`] (`--server`, `--token`, `--json`). Results print as a
 //! table or `field: value` lines, or as the response message in JSON with `--json` (see
@@ -8,8 +9,11 @@
 
 mod output;
 mod rates_file;
+mod statement;
 
-use std::{collections::BTreeMap, fmt, future::Future, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap, fmt, future::Future, io::Write as _, path::PathBuf, time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -27,6 +31,7 @@ use uuid::Uuid;
 use crate::proto::{
     self, account_service_client::AccountServiceClient, grant_service_client::GrantServiceClient,
     ledger_service_client::LedgerServiceClient, rate_card_service_client::RateCardServiceClient,
+    report_service_client::ReportServiceClient,
 };
 use output::{Output, Page, Show};
 
@@ -81,20 +86,34 @@ pub struct Single<A: Args> {
 pub enum ClientCommand {
     /// Create, show, list and update accounts (customers, departments).
     Accounts(Group<AccountsCommand>),
-    /// Create, show and list wallets (one per account and unit).
+    /// Create, show, list and update wallets (one per account and unit).
     Wallets(Group<WalletsCommand>),
-    /// Add units to a wallet; list a wallet's grants.
+    /// Add units to a wallet, list a wallet's grants, void a grant.
     Grants(Group<GrantsCommand>),
+    /// Create and list allotment schedules (recurring grants).
+    Schedules(Group<SchedulesCommand>),
     /// Publish, show and list rate cards.
     Rates(Group<RatesCommand>),
     /// Price a request without charging it.
     Quote(Single<PriceArgs>),
     /// Charge a request to an account's wallet.
     Debit(Single<DebitArgs>),
+    /// Hold units before a variable-length request runs (then `capture` or `release`).
+    Reserve(Single<ReserveArgs>),
+    /// Charge a hold at the actual cost.
+    Capture(Single<CaptureArgs>),
+    /// Free a hold without charging it.
+    Release(Single<ReleaseArgs>),
+    /// Return units of a debit or capture, in full or in part.
+    Refund(Single<RefundArgs>),
+    /// Add (positive) or remove (negative) units of a wallet, with a reason.
+    Adjust(Single<AdjustArgs>),
     /// Show a wallet's balance.
     Balance(Single<WalletRef>),
     /// List a wallet's ledger entries, newest first.
     Transactions(Single<TransactionsArgs>),
+    /// Statements for procurement and finance.
+    Report(Group<ReportCommand>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +215,45 @@ pub enum WalletsCommand {
         #[command(flatten)]
         page: PageArgs,
     },
+    /// Change a wallet's overdraft limit, spend caps or low-balance thresholds.
+    Update(UpdateWalletArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateWalletArgs {
+    /// Wallet id (`wal_…`).
+    id: String,
+    #[command(flatten)]
+    changes: WalletChanges,
+    #[command(flatten)]
+    request: RequestId,
+}
+
+/// Only the fields given are sent in the update mask.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct WalletChanges {
+    /// How far below zero `available` may go (decimal).
+    #[arg(long, value_name = "DECIMAL")]
+    overdraft_limit: Option<String>,
+    /// Most units debits, captures and holds may use per UTC day (decimal); `none` removes the
+    /// cap.
+    #[arg(long, value_name = "DECIMAL|none", value_parser = cap)]
+    daily_cap: Option<String>,
+    /// Most units debits, captures and holds may use per UTC month (decimal); `none` removes
+    /// the cap.
+    #[arg(long, value_name = "DECIMAL|none", value_parser = cap)]
+    monthly_cap: Option<String>,
+    /// Replace the low-balance thresholds with these (decimal); repeat for more.
+    #[arg(
+        long = "threshold",
+        value_name = "DECIMAL",
+        allow_negative_numbers = true
+    )]
+    thresholds: Vec<String>,
+    /// Remove all low-balance thresholds.
+    #[arg(long, conflicts_with = "thresholds")]
+    clear_thresholds: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +268,16 @@ pub enum GrantsCommand {
         #[command(flatten)]
         page: PageArgs,
     },
+    /// Remove a grant's remaining units (a VOID entry).
+    Void {
+        /// Grant id (`grt_…`).
+        id: String,
+        /// Why (shown on statements).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        request: RetryKey,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -220,17 +288,28 @@ pub struct CreateGrantArgs {
     /// Units granted (decimal, > 0).
     #[arg(long, value_name = "DECIMAL")]
     amount: String,
-    #[arg(long, value_enum, default_value_t = GrantKind::Contract)]
-    kind: GrantKind,
-    /// Lower burns first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
     /// When the units become usable (RFC 3339) [default: now].
     #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
     effective_time: Option<Timestamp>,
     /// When the remaining units expire (RFC 3339) [default: never].
     #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
     expire_time: Option<Timestamp>,
+    #[command(flatten)]
+    terms: GrantTerms,
+    #[command(flatten)]
+    request: RequestId,
+}
+
+/// What a grant is and what its units cost: for a grant, or each grant of a schedule.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct GrantTerms {
+    /// What the units are for.
+    #[arg(long, value_enum, default_value_t = GrantKind::Contract)]
+    kind: GrantKind,
+    /// Lower burns first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
     /// What the customer paid per unit (decimal) [default: 0].
     #[arg(long, value_name = "DECIMAL")]
     unit_price: Option<String>,
@@ -240,8 +319,84 @@ pub struct CreateGrantArgs {
     /// Your contract or order reference.
     #[arg(long)]
     contract_ref: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Grant AMOUNT units at the start of every period, from --start.
+    Create(CreateScheduleArgs),
+    /// List a wallet's allotment schedules.
+    List {
+        /// Wallet id (`wal_…`).
+        #[arg(long)]
+        wallet: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateScheduleArgs {
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    wallet: String,
+    /// Units granted each period (decimal, > 0).
+    #[arg(long, value_name = "DECIMAL")]
+    amount: String,
+    /// How often a grant is made.
+    #[arg(long, value_enum)]
+    period: Period,
+    /// Start of the first period; later periods are anchored to it (RFC 3339) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    start: Option<Timestamp>,
+    /// No period starts at or after this time (RFC 3339) [default: never].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    end: Option<Timestamp>,
+    /// Roll unused units into the next period's grant, up to this many (decimal) [default: no
+    /// rollover, unused units expire at the end of each period].
+    #[arg(long, value_name = "DECIMAL")]
+    rollover_cap: Option<String>,
     #[command(flatten)]
-    request: RequestId,
+    terms: GrantTerms,
+    #[command(flatten)]
+    request: RetryKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// A wallet's opening balance, movements by kind, closing balance and movements.
+    #[command(long_about = statement::HELP)]
+    Statement(StatementArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatementArgs {
+    #[command(flatten)]
+    wallet: StatementWallet,
+    /// With --account: unit of the wallet [server default: credits].
+    #[arg(long, conflicts_with = "wallet")]
+    unit: Option<String>,
+    /// Start of the window (RFC 3339, inclusive) [default: the beginning].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    from: Option<Timestamp>,
+    /// End of the window (RFC 3339, exclusive) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    to: Option<Timestamp>,
+    /// Write the statement as CSV to FILE (`-`: stdout) instead of printing it.
+    #[arg(long, value_name = "FILE|-")]
+    csv: Option<PathBuf>,
+}
+
+/// Which wallet a statement covers: an account's (with --unit), or one by id.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct StatementWallet {
+    /// Account id (`acct_…`).
+    #[arg(long)]
+    account: Option<String>,
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    wallet: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,9 +489,104 @@ pub struct DebitArgs {
     /// Fail (OVER_CALLER_CAP) rather than charge more than this.
     #[arg(long, value_name = "DECIMAL")]
     max_units: Option<String>,
-    /// Idempotency key. Without one a UUID is generated and printed (stderr): retry with it.
-    #[arg(long, value_name = "ID")]
-    request_id: Option<String>,
+    #[command(flatten)]
+    request: RetryKey,
+}
+
+/// What to hold: an estimate priced by the rate card in force, or exact units.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct ReserveArgs {
+    #[command(flatten)]
+    wallet: WalletRef,
+    /// Request type, as in the rate card; --qty estimates are priced with it.
+    #[arg(
+        long = "type",
+        value_name = "REQUEST_TYPE",
+        required_unless_present = "units"
+    )]
+    request_type: Option<String>,
+    /// An estimated quantity (decimal); repeat for more.
+    #[arg(
+        long = "qty",
+        value_name = "NAME=VALUE",
+        value_parser = pair,
+        requires = "request_type",
+        conflicts_with = "units"
+    )]
+    quantities: Vec<(String, String)>,
+    /// Hold exactly this many units (decimal) instead of pricing quantities.
+    #[arg(long, value_name = "DECIMAL")]
+    units: Option<String>,
+    /// How long the hold lasts, e.g. 90s, 15m, 1h30m [server default: 15m].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    ttl: Option<prost_types::Duration>,
+    #[command(flatten)]
+    request: RetryKey,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct CaptureArgs {
+    /// Reservation id (`rsv_…`).
+    reservation_id: String,
+    #[command(flatten)]
+    actual: ActualCost,
+    #[command(flatten)]
+    request: RetryKey,
+}
+
+/// What a held request really cost: its quantities, or units.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ActualCost {
+    /// An actual quantity (decimal), priced with the reservation's request type by the card
+    /// in force; repeat for more.
+    #[arg(long = "qty", value_name = "NAME=VALUE", value_parser = pair)]
+    quantities: Vec<(String, String)>,
+    /// The actual units to charge (decimal).
+    #[arg(long, value_name = "DECIMAL")]
+    units: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct ReleaseArgs {
+    /// Reservation id (`rsv_…`).
+    reservation_id: String,
+    #[command(flatten)]
+    request: RetryKey,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct RefundArgs {
+    /// Transaction id of the debit or capture.
+    transaction_id: String,
+    /// Units to return (decimal) [default: everything not yet refunded].
+    #[arg(long, value_name = "DECIMAL")]
+    units: Option<String>,
+    /// Why (shown on statements).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    request: RetryKey,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct AdjustArgs {
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    wallet: String,
+    /// Units to add (positive) or remove (negative, e.g. `--units -5`), decimal.
+    #[arg(long, value_name = "SIGNED_DECIMAL", allow_hyphen_values = true)]
+    units: String,
+    /// Why (required; shown on statements).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    request: RetryKey,
 }
 
 #[derive(Debug, Args)]
@@ -377,48 +627,102 @@ impl RequestId {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum AccountState {
-    Active,
-    Suspended,
-    Closed,
+/// The idempotency key of a call that moves units: a generated one is printed.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct RetryKey {
+    /// Idempotency key. Without one a UUID is generated and printed (stderr): retry with it.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
 }
 
-impl From<AccountState> for i32 {
-    fn from(state: AccountState) -> i32 {
-        let state = match state {
-            AccountState::Active => proto::AccountState::Active,
-            AccountState::Suspended => proto::AccountState::Suspended,
-            AccountState::Closed => proto::AccountState::Closed,
-        };
-        state.into()
+impl RetryKey {
+    fn get(self) -> String {
+        self.request_id.unwrap_or_else(|| {
+            let id = Uuid::new_v4().to_string();
+            eprintln!("request_id: {id} (to retry safely: --request-id {id})");
+            id
+        })
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum GrantKind {
-    Contract,
-    Purchase,
-    Promotional,
-    Adjustment,
+/// A command-line enum mirroring a proto enum (without UNSPECIFIED), sent as its number.
+macro_rules! proto_enum {
+    ($($name:ident => $proto:ident { $($variant:ident),* $(,)? })*) => {$(
+        #[derive(Debug, Clone, Copy, ValueEnum)]
+        pub enum $name {
+            $($variant),*
+        }
+
+        impl From<$name> for i32 {
+            fn from(value: $name) -> i32 {
+                let value = match value {
+                    $($name::$variant => proto::$proto::$variant),*
+                };
+                value.into()
+            }
+        }
+    )*};
 }
 
-impl From<GrantKind> for i32 {
-    fn from(kind: GrantKind) -> i32 {
-        let kind = match kind {
-            GrantKind::Contract => proto::GrantKind::Contract,
-            GrantKind::Purchase => proto::GrantKind::Purchase,
-            GrantKind::Promotional => proto::GrantKind::Promotional,
-            GrantKind::Adjustment => proto::GrantKind::Adjustment,
-        };
-        kind.into()
-    }
+proto_enum! {
+    AccountState => AccountState { Active, Suspended, Closed }
+    GrantKind => GrantKind { Contract, Purchase, Promotional, Adjustment }
+    Period => SchedulePeriod { Daily, Weekly, Monthly, Yearly }
 }
 
 fn pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+/// A spend cap: a decimal, or `none` (sent as empty: no cap).
+fn cap(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "" => Err("give a decimal, or `none` to remove the cap".to_string()),
+        none if none.eq_ignore_ascii_case("none") => Ok(String::new()),
+        amount => Ok(amount.to_string()),
+    }
+}
+
+/// `90s`, `15m`, `1h30m`, `2h`, `1d`: whole numbers, each with a unit (d, h, m, s).
+fn duration(text: &str) -> Result<prost_types::Duration, String> {
+    let invalid = || format!("`{text}` is not a duration like 90s, 15m or 1h30m");
+    let mut seconds: i64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
+        let number: i64 = rest[..digits].parse().map_err(|_| invalid())?;
+        let unit = match rest[digits..].chars().next() {
+            Some('d') => 86_400,
+            Some('h') => 3_600,
+            Some('m') => 60,
+            Some('s') => 1,
+            _ => return Err(invalid()),
+        };
+        seconds = number
+            .checked_mul(unit)
+            .and_then(|s| seconds.checked_add(s))
+            .ok_or_else(invalid)?;
+        rest = &rest[digits + 1..];
+    }
+    Ok(prost_types::Duration { seconds, nanos: 0 })
+}
+
+/// The update mask: the paths whose flag was given.
+fn update_mask(paths: &[(&str, bool)]) -> Option<FieldMask> {
+    let paths = paths
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(path, _)| path.to_string())
+        .collect();
+    Some(FieldMask { paths })
 }
 
 fn timestamp(text: &str) -> Result<Timestamp, String> {
@@ -618,6 +922,7 @@ list_request!(
     ListAccountsRequest,
     ListWalletsRequest,
     ListGrantsRequest,
+    ListAllotmentSchedulesRequest,
     ListRateCardsRequest,
     ListTransactionsRequest
 );
@@ -630,11 +935,18 @@ impl ClientCommand {
             ClientCommand::Accounts(group) => &group.client,
             ClientCommand::Wallets(group) => &group.client,
             ClientCommand::Grants(group) => &group.client,
+            ClientCommand::Schedules(group) => &group.client,
             ClientCommand::Rates(group) => &group.client,
             ClientCommand::Quote(single) => &single.client,
             ClientCommand::Debit(single) => &single.client,
+            ClientCommand::Reserve(single) => &single.client,
+            ClientCommand::Capture(single) => &single.client,
+            ClientCommand::Release(single) => &single.client,
+            ClientCommand::Refund(single) => &single.client,
+            ClientCommand::Adjust(single) => &single.client,
             ClientCommand::Balance(single) => &single.client,
             ClientCommand::Transactions(single) => &single.client,
+            ClientCommand::Report(group) => &group.client,
         }
     }
 }
@@ -645,11 +957,18 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Accounts(group) => accounts(&ctx, group.command).await,
         ClientCommand::Wallets(group) => wallets(&ctx, group.command).await,
         ClientCommand::Grants(group) => grants(&ctx, group.command).await,
+        ClientCommand::Schedules(group) => schedules(&ctx, group.command).await,
         ClientCommand::Rates(group) => rates(&ctx, group.command).await,
         ClientCommand::Quote(single) => quote(&ctx, single.args).await,
         ClientCommand::Debit(single) => debit(&ctx, single.args).await,
+        ClientCommand::Reserve(single) => reserve(&ctx, single.args).await,
+        ClientCommand::Capture(single) => capture(&ctx, single.args).await,
+        ClientCommand::Release(single) => release(&ctx, single.args).await,
+        ClientCommand::Refund(single) => refund(&ctx, single.args).await,
+        ClientCommand::Adjust(single) => adjust(&ctx, single.args).await,
         ClientCommand::Balance(single) => balance(&ctx, single.args).await,
         ClientCommand::Transactions(single) => transactions(&ctx, single.args).await,
+        ClientCommand::Report(group) => report(&ctx, group.command).await,
     }
 }
 
@@ -687,16 +1006,11 @@ async fn accounts(ctx: &Ctx, command: AccountsCommand) -> Result<()> {
         }
         AccountsCommand::Update(args) => {
             let changes = args.changes;
-            let mut paths = Vec::new();
-            if changes.name.is_some() {
-                paths.push("display_name".to_string());
-            }
-            if !changes.labels.is_empty() || changes.clear_labels {
-                paths.push("labels".to_string());
-            }
-            if changes.state.is_some() {
-                paths.push("state".to_string());
-            }
+            let update_mask = update_mask(&[
+                ("display_name", changes.name.is_some()),
+                ("labels", !changes.labels.is_empty() || changes.clear_labels),
+                ("state", changes.state.is_some()),
+            ]);
             let account = proto::Account {
                 id: args.id,
                 display_name: changes.name.unwrap_or_default(),
@@ -706,7 +1020,7 @@ async fn accounts(ctx: &Ctx, command: AccountsCommand) -> Result<()> {
             };
             let request = proto::UpdateAccountRequest {
                 account: Some(account),
-                update_mask: Some(FieldMask { paths }),
+                update_mask,
                 request_id: args.request.get(),
             };
             ctx.show(client.update_account(request)).await
@@ -749,6 +1063,7 @@ async fn wallets(ctx: &Ctx, command: WalletsCommand) -> Result<()> {
             })
             .await
         }
+        WalletsCommand::Update(args) => ctx.show(client.update_wallet(args.request())).await,
     }
 }
 
@@ -756,16 +1071,17 @@ async fn grants(ctx: &Ctx, command: GrantsCommand) -> Result<()> {
     let mut client = ctx.client(GrantServiceClient::new).await?;
     match command {
         GrantsCommand::Create(args) => {
+            let terms = args.terms;
             let grant = proto::Grant {
                 wallet_id: args.wallet,
-                kind: args.kind.into(),
+                kind: terms.kind.into(),
                 amount: args.amount,
-                priority: args.priority,
+                priority: terms.priority,
                 effective_time: args.effective_time,
                 expire_time: args.expire_time,
-                unit_price: args.unit_price.unwrap_or_default(),
-                currency: args.currency.unwrap_or_default(),
-                contract_ref: args.contract_ref.unwrap_or_default(),
+                unit_price: terms.unit_price.unwrap_or_default(),
+                currency: terms.currency.unwrap_or_default(),
+                contract_ref: terms.contract_ref.unwrap_or_default(),
                 ..Default::default()
             };
             let request = proto::CreateGrantRequest {
@@ -781,6 +1097,97 @@ async fn grants(ctx: &Ctx, command: GrantsCommand) -> Result<()> {
             };
             ctx.pages(page, &client, request, |mut c, r| async move {
                 c.list_grants(r).await
+            })
+            .await
+        }
+        GrantsCommand::Void {
+            id,
+            reason,
+            request,
+        } => {
+            let request = proto::VoidGrantRequest {
+                id,
+                reason: reason.unwrap_or_default(),
+                request_id: request.get(),
+            };
+            ctx.show(client.void_grant(request)).await
+        }
+    }
+}
+
+impl UpdateWalletArgs {
+    /// The wallet with the changes given, and a mask naming just those.
+    fn request(self) -> proto::UpdateWalletRequest {
+        let changes = self.changes;
+        let update_mask = update_mask(&[
+            ("overdraft_limit", changes.overdraft_limit.is_some()),
+            ("daily_spend_cap", changes.daily_cap.is_some()),
+            ("monthly_spend_cap", changes.monthly_cap.is_some()),
+            (
+                "low_balance_thresholds",
+                !changes.thresholds.is_empty() || changes.clear_thresholds,
+            ),
+        ]);
+        let wallet = proto::Wallet {
+            id: self.id,
+            overdraft_limit: changes.overdraft_limit.unwrap_or_default(),
+            daily_spend_cap: changes.daily_cap.unwrap_or_default(),
+            monthly_spend_cap: changes.monthly_cap.unwrap_or_default(),
+            low_balance_thresholds: changes.thresholds,
+            ..Default::default()
+        };
+        proto::UpdateWalletRequest {
+            wallet: Some(wallet),
+            update_mask,
+            request_id: self.request.get(),
+        }
+    }
+}
+
+impl CreateScheduleArgs {
+    /// Rollover CAPPED when a cap is given, else NONE.
+    fn request(self) -> proto::CreateAllotmentScheduleRequest {
+        let terms = self.terms;
+        let rollover_policy = match self.rollover_cap {
+            Some(_) => proto::RolloverPolicy::Capped,
+            None => proto::RolloverPolicy::None,
+        };
+        let schedule = proto::AllotmentSchedule {
+            wallet_id: self.wallet,
+            amount: self.amount,
+            period: self.period.into(),
+            start_time: self.start,
+            end_time: self.end,
+            rollover_policy: rollover_policy.into(),
+            rollover_cap: self.rollover_cap.unwrap_or_default(),
+            kind: terms.kind.into(),
+            priority: terms.priority,
+            unit_price: terms.unit_price.unwrap_or_default(),
+            currency: terms.currency.unwrap_or_default(),
+            contract_ref: terms.contract_ref.unwrap_or_default(),
+            ..Default::default()
+        };
+        proto::CreateAllotmentScheduleRequest {
+            allotment_schedule: Some(schedule),
+            request_id: self.request.get(),
+        }
+    }
+}
+
+async fn schedules(ctx: &Ctx, command: SchedulesCommand) -> Result<()> {
+    let mut client = ctx.client(GrantServiceClient::new).await?;
+    match command {
+        SchedulesCommand::Create(args) => {
+            ctx.show(client.create_allotment_schedule(args.request()))
+                .await
+        }
+        SchedulesCommand::List { wallet, page } => {
+            let request = proto::ListAllotmentSchedulesRequest {
+                wallet_id: wallet,
+                ..Default::default()
+            };
+            ctx.pages(page, &client, request, |mut c, r| async move {
+                c.list_allotment_schedules(r).await
             })
             .await
         }
@@ -860,11 +1267,7 @@ async fn quote(ctx: &Ctx, args: PriceArgs) -> Result<()> {
 }
 
 async fn debit(ctx: &Ctx, args: DebitArgs) -> Result<()> {
-    let request_id = args.request_id.unwrap_or_else(|| {
-        let id = Uuid::new_v4().to_string();
-        eprintln!("request_id: {id} (to retry safely: --request-id {id})");
-        id
-    });
+    let request_id = args.request.get();
     let (account_id, external_id, unit) = args.price.wallet.into_parts();
     let request = proto::DebitRequest {
         account_id,
@@ -878,6 +1281,65 @@ async fn debit(ctx: &Ctx, args: DebitArgs) -> Result<()> {
     };
     let mut client = ctx.client(LedgerServiceClient::new).await?;
     ctx.show(client.debit(request)).await
+}
+
+async fn reserve(ctx: &Ctx, args: ReserveArgs) -> Result<()> {
+    let request_id = args.request.get();
+    let (account_id, external_id, unit) = args.wallet.into_parts();
+    let request = proto::ReserveRequest {
+        account_id,
+        external_id,
+        unit,
+        request_type: args.request_type.unwrap_or_default(),
+        quantities: args.quantities.into_iter().collect(),
+        units: args.units.unwrap_or_default(),
+        ttl: args.ttl,
+        request_id,
+    };
+    let mut client = ctx.client(LedgerServiceClient::new).await?;
+    ctx.show(client.reserve(request)).await
+}
+
+async fn capture(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
+    let request = proto::CaptureReservationRequest {
+        reservation_id: args.reservation_id,
+        quantities: args.actual.quantities.into_iter().collect(),
+        units: args.actual.units.unwrap_or_default(),
+        request_id: args.request.get(),
+    };
+    let mut client = ctx.client(LedgerServiceClient::new).await?;
+    ctx.show(client.capture_reservation(request)).await
+}
+
+async fn release(ctx: &Ctx, args: ReleaseArgs) -> Result<()> {
+    let request = proto::ReleaseReservationRequest {
+        reservation_id: args.reservation_id,
+        request_id: args.request.get(),
+    };
+    let mut client = ctx.client(LedgerServiceClient::new).await?;
+    ctx.show(client.release_reservation(request)).await
+}
+
+async fn refund(ctx: &Ctx, args: RefundArgs) -> Result<()> {
+    let request = proto::RefundRequest {
+        transaction_id: args.transaction_id,
+        units: args.units.unwrap_or_default(),
+        reason: args.reason.unwrap_or_default(),
+        request_id: args.request.get(),
+    };
+    let mut client = ctx.client(LedgerServiceClient::new).await?;
+    ctx.show(client.refund(request)).await
+}
+
+async fn adjust(ctx: &Ctx, args: AdjustArgs) -> Result<()> {
+    let request = proto::AdjustBalanceRequest {
+        wallet_id: args.wallet,
+        units: args.units,
+        reason: args.reason,
+        request_id: args.request.get(),
+    };
+    let mut client = ctx.client(GrantServiceClient::new).await?;
+    ctx.show(client.adjust_balance(request)).await
 }
 
 async fn balance(ctx: &Ctx, args: WalletRef) -> Result<()> {
@@ -905,6 +1367,38 @@ async fn transactions(ctx: &Ctx, args: TransactionsArgs) -> Result<()> {
         c.list_transactions(r).await
     })
     .await
+}
+
+async fn report(ctx: &Ctx, command: ReportCommand) -> Result<()> {
+    let ReportCommand::Statement(args) = command;
+    let request = proto::GetStatementRequest {
+        account_id: args.wallet.account.unwrap_or_default(),
+        wallet_id: args.wallet.wallet.unwrap_or_default(),
+        unit: args.unit.unwrap_or_default(),
+        start_time: args.from,
+        end_time: args.to,
+    };
+    let mut client = ctx.client(ReportServiceClient::new).await?;
+    let statement = ctx.call(client.get_statement(request)).await?;
+    match args.csv {
+        None => Ok(ctx.out.one(&statement)?),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(statement::csv(&statement).as_bytes())?;
+            Ok(stdout.flush()?)
+        }
+        Some(path) => {
+            std::fs::write(&path, statement::csv(&statement))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "statement of {} ({} movements) written to {}",
+                statement.wallet_id,
+                statement.movements.len(),
+                path.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -984,6 +1478,168 @@ mod tests {
         assert!(parse(&["accounts", "update", "acct_1"]).is_err());
         assert!(parse(&["accounts", "update", "acct_1", "--state", "suspended"]).is_ok());
         assert!(parse(&["accounts", "update", "acct_1", "--label", "a"]).is_err());
+    }
+
+    #[test]
+    fn adjust_takes_negative_units() {
+        for units in ["-5", "-0.25", "12.5"] {
+            let args = [
+                "adjust", "--wallet", "wal_1", "--units", units, "--reason", "goodwill",
+            ];
+            let ClientCommand::Adjust(adjust) = parse(&args).unwrap() else {
+                panic!()
+            };
+            assert_eq!(adjust.args.units, units);
+            assert_eq!(adjust.args.reason, "goodwill");
+        }
+        assert!(parse(&["adjust", "--wallet", "wal_1", "--units", "-5"]).is_err());
+    }
+
+    fn wallet_update(args: &[&str]) -> Result<proto::UpdateWalletRequest, clap::Error> {
+        let args = [
+            &["wallets", "update", "wal_1", "--request-id", "r"][..],
+            args,
+        ]
+        .concat();
+        match parse(&args)? {
+            ClientCommand::Wallets(Group {
+                command: WalletsCommand::Update(update),
+                ..
+            }) => Ok(update.request()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wallet_updates_mask_the_flags_given_and_none_clears_a_cap() {
+        let request = wallet_update(&["--daily-cap", "none", "--monthly-cap", "500"]).unwrap();
+        let wallet = request.wallet.unwrap();
+        assert_eq!(
+            (
+                wallet.daily_spend_cap.as_str(),
+                wallet.monthly_spend_cap.as_str()
+            ),
+            ("", "500")
+        );
+        assert_eq!(
+            request.update_mask.unwrap().paths,
+            ["daily_spend_cap", "monthly_spend_cap"]
+        );
+        let request = wallet_update(&[
+            "--threshold",
+            "10",
+            "--threshold",
+            "-5",
+            "--overdraft-limit",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(request.wallet.unwrap().low_balance_thresholds, ["10", "-5"]);
+        assert_eq!(
+            request.update_mask.unwrap().paths,
+            ["overdraft_limit", "low_balance_thresholds"]
+        );
+        let request = wallet_update(&["--clear-thresholds"]).unwrap();
+        assert!(request.wallet.unwrap().low_balance_thresholds.is_empty());
+        assert_eq!(
+            request.update_mask.unwrap().paths,
+            ["low_balance_thresholds"]
+        );
+        assert!(wallet_update(&[]).is_err());
+        assert!(wallet_update(&["--daily-cap", ""]).is_err());
+        assert!(wallet_update(&["--threshold", "1", "--clear-thresholds"]).is_err());
+        assert_eq!(cap("NONE"), Ok(String::new()));
+    }
+
+    #[test]
+    fn schedules_roll_over_only_with_a_cap() {
+        let create = |extra: &[&str]| {
+            let args = [
+                &[
+                    "schedules",
+                    "create",
+                    "--wallet",
+                    "wal_1",
+                    "--amount",
+                    "100",
+                ][..],
+                &["--period", "monthly", "--request-id", "r"],
+                extra,
+            ]
+            .concat();
+            match parse(&args).unwrap() {
+                ClientCommand::Schedules(Group {
+                    command: SchedulesCommand::Create(create),
+                    ..
+                }) => create.request().allotment_schedule.unwrap(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let plain = create(&[]);
+        assert_eq!(plain.rollover_policy, proto::RolloverPolicy::None as i32);
+        assert_eq!(plain.period, proto::SchedulePeriod::Monthly as i32);
+        assert_eq!(plain.kind, proto::GrantKind::Contract as i32);
+        let capped = create(&["--rollover-cap", "50", "--kind", "purchase"]);
+        assert_eq!(capped.rollover_policy, proto::RolloverPolicy::Capped as i32);
+        assert_eq!(capped.rollover_cap, "50");
+        assert_eq!(capped.kind, proto::GrantKind::Purchase as i32);
+        assert!(parse(&["schedules", "create", "--wallet", "w", "--amount", "1"]).is_err());
+    }
+
+    #[test]
+    fn holds_are_priced_or_sized() {
+        let reserve = ["reserve", "--account", "acct_1"];
+        let with = |extra: &[&str]| parse(&[&reserve[..], extra].concat());
+        assert!(with(&[]).is_err());
+        assert!(with(&["--qty", "output_tokens=10"]).is_err());
+        assert!(with(&["--units", "5", "--type", "t", "--qty", "a=1"]).is_err());
+        assert!(with(&["--units", "5"]).is_ok());
+        let Ok(ClientCommand::Reserve(hold)) = with(&[
+            "--type",
+            "chat.message",
+            "--qty",
+            "output_tokens=10",
+            "--ttl",
+            "1h30m",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(hold.args.ttl.unwrap().seconds, 5_400);
+        assert_eq!(hold.args.request_type.as_deref(), Some("chat.message"));
+        let capture = |extra: &[&str]| parse(&[&["capture", "rsv_1"][..], extra].concat());
+        assert!(capture(&[]).is_err());
+        assert!(capture(&["--units", "3", "--qty", "a=1"]).is_err());
+        assert!(capture(&["--qty", "a=1", "--qty", "b=2"]).is_ok());
+        assert!(capture(&["--units", "3"]).is_ok());
+    }
+
+    #[test]
+    fn durations_have_units() {
+        let seconds = |text| duration(text).map(|d| d.seconds);
+        assert_eq!(seconds("90s"), Ok(90));
+        assert_eq!(seconds("15m"), Ok(900));
+        assert_eq!(seconds("1h30m"), Ok(5_400));
+        assert_eq!(seconds("1d"), Ok(86_400));
+        for bad in ["", "15", "m", "1.5h", "-5m", "3w", "1h 5m"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn statements_name_an_account_or_a_wallet() {
+        let statement = |extra: &[&str]| parse(&[&["report", "statement"][..], extra].concat());
+        assert!(statement(&[]).is_err());
+        assert!(statement(&["--account", "a", "--wallet", "w"]).is_err());
+        assert!(statement(&["--wallet", "w", "--unit", "credits"]).is_err());
+        assert!(statement(&["--account", "a", "--unit", "credits", "--csv", "-"]).is_ok());
+        let Ok(ClientCommand::Report(group)) =
+            statement(&["--wallet", "w", "--from", "2026-01-01T00:00:00Z"])
+        else {
+            panic!()
+        };
+        let ReportCommand::Statement(args) = group.command;
+        assert_eq!(args.from.unwrap().seconds, 1_767_225_600);
+        assert!(args.to.is_none() && args.csv.is_none());
     }
 
     #[test]

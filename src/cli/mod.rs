@@ -21,6 +21,8 @@ pub enum Command {
     Migrate(server::MigrateArgs),
     /// Mint a token signed with the configured HS256 secret (or the dev secret).
     Token(server::TokenArgs),
+    /// Check every wallet's hash chain and that its stored balances equal its ledger.
+    Verify(server::VerifyArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Serve(args) => server::serve(args).await,
             Command::Migrate(args) => server::migrate(args).await,
             Command::Token(args) => server::token(args),
+            Command::Verify(args) => server::verify(args).await,
             Command::Client(command) => client::run(command).await,
         }
     })

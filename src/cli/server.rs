@@ -1,6 +1,6 @@
-//! `allot serve`, `allot migrate`, `allot token`.
+//! `allot serve`, `allot migrate`, `allot token`, `allot verify`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -10,7 +10,7 @@ use crate::{
     auth::{AuthConfig, Authenticator, Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, mint_hs256},
     clock::Clock,
     server::{self, Settings},
-    store::DEFAULT_DATABASE_URL,
+    store::{DEFAULT_DATABASE_URL, Store, verify},
 };
 
 /// Where `serve --dev` keeps its generated secret, so tokens survive restarts and
@@ -74,6 +74,12 @@ pub struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct TokenArgs {
     /// Role(s): service, account_manager, procurement, operator, admin.
     #[arg(long = "role", required = true, value_delimiter = ',')]
@@ -113,14 +119,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn init_logging(json: bool) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout is for command output (the dev token, client results).
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
-        let _ = fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_current_span(false)
-            .try_init();
+        let _ = builder.json().with_current_span(false).try_init();
     } else {
-        let _ = fmt().with_env_filter(filter).try_init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let _ = builder.with_ansi(ansi).try_init();
     }
 }
 
@@ -232,6 +237,54 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         server::redact_url(&args.database.database_url)
     );
     Ok(())
+}
+
+/// `allot verify`: walks every wallet's hash chain and checks its stored balances against
+/// its entries (read only; does not migrate). Prints a summary, or each mismatch and their
+/// count and fails.
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let url = &args.database.database_url;
+    let shown = server::redact_url(url);
+    if url.starts_with("sqlite:") {
+        // Connecting would create a missing file (`mode=rwc`): say so instead.
+        let options = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid database URL {shown}"))?;
+        let path = options.get_filename();
+        if !url.contains(":memory:") && !path.exists() {
+            bail!("database file {} does not exist ({shown})", path.display());
+        }
+    }
+    let store = Store::connect(url, Clock::system())
+        .await
+        .with_context(|| format!("cannot open database {shown}"))?;
+    let result = verify_store(&store).await;
+    store.close().await;
+    let report = result.with_context(|| format!("cannot verify {shown}"))?;
+    let summary = format!(
+        "verified {} wallet{}, {} entr{}",
+        report.wallets,
+        if report.wallets == 1 { "" } else { "s" },
+        report.entries,
+        if report.entries == 1 { "y" } else { "ies" },
+    );
+    if report.is_ok() {
+        println!("{summary}: OK");
+        return Ok(());
+    }
+    for mismatch in &report.mismatches {
+        println!("{mismatch}");
+    }
+    let count = report.mismatches.len();
+    let mismatches = format!("{count} mismatch{}", if count == 1 { "" } else { "es" });
+    println!("{summary}: {mismatches}");
+    bail!("the ledger does not verify: {mismatches}")
+}
+
+async fn verify_store(store: &Store) -> anyhow::Result<verify::Report> {
+    if let Some(problem) = verify::schema_problem(store.connection()).await? {
+        bail!(problem);
+    }
+    Ok(verify::verify_snapshot(store.connection()).await?)
 }
 
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {

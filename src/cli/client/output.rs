@@ -68,6 +68,11 @@ pub trait Show {
     fn node(&self) -> Node {
         Node::Message(self.fields())
     }
+
+    /// The view for people: `field: value` lines unless the message lays itself out.
+    fn text(&self) -> String {
+        detail(&self.human())
+    }
 }
 
 /// A list response: one page of items and the token of the next.
@@ -96,33 +101,50 @@ page! {
     ListGrantsResponse => Grant.grants,
     ListTransactionsResponse => Transaction.transactions,
     ListRateCardsResponse => RateCard.rate_cards,
+    ListAllotmentSchedulesResponse => AllotmentSchedule.allotment_schedules,
 }
 
 // ---- conversions -----------------------------------------------------------------------------
 
-fn text(value: &str) -> Node {
+pub fn text(value: &str) -> Node {
     Node::Text(value.to_owned())
 }
 
 /// RFC 3339 in UTC, with as many fractional digits as needed.
-pub fn time(value: Option<&Timestamp>) -> Node {
+pub fn rfc3339(value: Option<&Timestamp>) -> Option<String> {
     value
         .and_then(|ts| DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?))
-        .map_or(Node::Null, |t| {
-            Node::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        })
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+/// A timestamp field: RFC 3339, or null when unset.
+pub fn time(value: Option<&Timestamp>) -> Node {
+    rfc3339(value).map_or(Node::Null, Node::Text)
 }
 
 /// An enum field by its proto value name; a number the client does not know stays a number.
-fn name_of<E: TryFrom<i32>>(value: i32, name: fn(&E) -> &'static str) -> Node {
+pub fn name_of<E: TryFrom<i32>>(value: i32, name: fn(&E) -> &'static str) -> Node {
     E::try_from(value).map_or(Node::Int(value.into()), |e| text(name(&e)))
+}
+
+fn texts(values: &[String]) -> Node {
+    Node::List(values.iter().map(|value| text(value)).collect())
+}
+
+/// Amounts of money on one line: `USD 1.25; EUR -0.5` (empty for none).
+pub fn money_line(money: &[proto::Money]) -> String {
+    let parts: Vec<String> = money
+        .iter()
+        .map(|m| format!("{} {}", m.currency, m.amount))
+        .collect();
+    parts.join("; ")
 }
 
 fn map(value: &BTreeMap<String, String>) -> Node {
     Node::Map(value.clone())
 }
 
-fn list<T: Show>(items: &[T]) -> Node {
+pub fn list<T: Show>(items: &[T]) -> Node {
     Node::List(items.iter().map(Show::node).collect())
 }
 
@@ -159,8 +181,14 @@ impl Show for proto::Account {
 }
 
 impl Show for proto::Balance {
-    const COLUMNS: &'static [&'static str] =
-        &["unit", "posted", "reserved", "available", "overdraft_limit"];
+    const COLUMNS: &'static [&'static str] = &[
+        "unit",
+        "posted",
+        "reserved",
+        "available",
+        "overdraft_limit",
+        "crossed_thresholds",
+    ];
 
     fn fields(&self) -> Vec<(&'static str, Node)> {
         vec![
@@ -170,6 +198,7 @@ impl Show for proto::Balance {
             ("reserved", text(&self.reserved)),
             ("available", text(&self.available)),
             ("overdraft_limit", text(&self.overdraft_limit)),
+            ("crossed_thresholds", texts(&self.crossed_thresholds)),
         ]
     }
 }
@@ -182,6 +211,8 @@ impl Show for proto::Wallet {
         "balance.posted",
         "balance.available",
         "overdraft_limit",
+        "daily_spend_cap",
+        "monthly_spend_cap",
     ];
 
     fn fields(&self) -> Vec<(&'static str, Node)> {
@@ -192,6 +223,12 @@ impl Show for proto::Wallet {
             ("overdraft_limit", text(&self.overdraft_limit)),
             ("balance", nested(self.balance.as_ref())),
             ("create_time", time(self.create_time.as_ref())),
+            ("daily_spend_cap", text(&self.daily_spend_cap)),
+            ("monthly_spend_cap", text(&self.monthly_spend_cap)),
+            (
+                "low_balance_thresholds",
+                texts(&self.low_balance_thresholds),
+            ),
         ]
     }
 
@@ -204,6 +241,7 @@ impl Show for proto::Wallet {
             ("posted", text(&balance.posted)),
             ("reserved", text(&balance.reserved)),
             ("available", text(&balance.available)),
+            ("crossed_thresholds", texts(&balance.crossed_thresholds)),
         ]);
         fields
     }
@@ -219,6 +257,7 @@ impl Show for proto::Grant {
         "state",
         "effective_time",
         "expire_time",
+        "schedule_id",
     ];
 
     fn fields(&self) -> Vec<(&'static str, Node)> {
@@ -236,6 +275,9 @@ impl Show for proto::Grant {
             ("contract_ref", text(&self.contract_ref)),
             ("state", name_of(self.state, proto::GrantState::as_str_name)),
             ("create_time", time(self.create_time.as_ref())),
+            ("schedule_id", text(&self.schedule_id)),
+            ("rolled_over", text(&self.rolled_over)),
+            ("void_reason", text(&self.void_reason)),
         ]
     }
 }
@@ -261,6 +303,7 @@ impl Show for proto::Transaction {
         "create_time",
         "kind",
         "units",
+        "delta",
         "balance_after",
         "request_type",
         "request_id",
@@ -287,6 +330,104 @@ impl Show for proto::Transaction {
             ("burns", list(&self.burns)),
             ("provider_cost", text(&self.provider_cost)),
             ("grant_id", text(&self.grant_id)),
+            ("delta", text(&self.delta)),
+            ("reservation_id", text(&self.reservation_id)),
+            (
+                "refunded_transaction_id",
+                text(&self.refunded_transaction_id),
+            ),
+            ("reason", text(&self.reason)),
+            ("hash", text(&self.hash)),
+            ("prev_hash", text(&self.prev_hash)),
+            ("money", list(&self.money)),
+        ]
+    }
+
+    /// Money on one line (`USD -1.25`) instead of a table.
+    fn human(&self) -> Vec<(&'static str, Node)> {
+        let mut fields = self.fields();
+        replace(&mut fields, "money", text(&money_line(&self.money)));
+        fields
+    }
+}
+
+impl Show for proto::Money {
+    const COLUMNS: &'static [&'static str] = &["currency", "amount"];
+
+    fn fields(&self) -> Vec<(&'static str, Node)> {
+        vec![
+            ("currency", text(&self.currency)),
+            ("amount", text(&self.amount)),
+        ]
+    }
+}
+
+impl Show for proto::Reservation {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "state",
+        "units",
+        "captured_units",
+        "expire_time",
+        "request_type",
+    ];
+
+    fn fields(&self) -> Vec<(&'static str, Node)> {
+        vec![
+            ("id", text(&self.id)),
+            ("wallet_id", text(&self.wallet_id)),
+            ("units", text(&self.units)),
+            (
+                "state",
+                name_of(self.state, proto::ReservationState::as_str_name),
+            ),
+            ("expire_time", time(self.expire_time.as_ref())),
+            ("account_id", text(&self.account_id)),
+            ("request_type", text(&self.request_type)),
+            ("quantities", map(&self.quantities)),
+            ("rate_card_version", Node::Int(self.rate_card_version)),
+            ("captured_units", text(&self.captured_units)),
+            ("request_id", text(&self.request_id)),
+            ("create_time", time(self.create_time.as_ref())),
+        ]
+    }
+}
+
+impl Show for proto::AllotmentSchedule {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "amount",
+        "period",
+        "start_time",
+        "end_time",
+        "rollover_policy",
+        "rollover_cap",
+        "next_grant_time",
+    ];
+
+    fn fields(&self) -> Vec<(&'static str, Node)> {
+        vec![
+            ("id", text(&self.id)),
+            ("wallet_id", text(&self.wallet_id)),
+            ("amount", text(&self.amount)),
+            (
+                "period",
+                name_of(self.period, proto::SchedulePeriod::as_str_name),
+            ),
+            ("start_time", time(self.start_time.as_ref())),
+            ("end_time", time(self.end_time.as_ref())),
+            (
+                "rollover_policy",
+                name_of(self.rollover_policy, proto::RolloverPolicy::as_str_name),
+            ),
+            ("rollover_cap", text(&self.rollover_cap)),
+            ("kind", name_of(self.kind, proto::GrantKind::as_str_name)),
+            ("priority", Node::Int(self.priority.into())),
+            ("unit_price", text(&self.unit_price)),
+            ("currency", text(&self.currency)),
+            ("contract_ref", text(&self.contract_ref)),
+            ("next_grant_time", time(self.next_grant_time.as_ref())),
+            ("create_time", time(self.create_time.as_ref())),
         ]
     }
 }
@@ -306,7 +447,7 @@ impl Show for proto::DebitResponse {
         let mut fields = self
             .transaction
             .as_ref()
-            .map(Show::fields)
+            .map(Show::human)
             .unwrap_or_default();
         fields.push(("replayed", Node::Bool(self.replayed)));
         fields
@@ -415,7 +556,7 @@ pub struct Output {
 impl Output {
     /// One message: `field: value` lines (lists of messages as tables below them), or JSON.
     pub fn one<T: Show>(&self, item: &T) -> io::Result<()> {
-        self.print(&item.node(), || detail(&item.human()))
+        self.print(&item.node(), || item.text())
     }
 
     /// One message as a one-row table (balances).
@@ -452,7 +593,7 @@ impl Output {
 }
 
 /// `field: value` lines, aligned; fields holding messages (rates, burns) follow as tables.
-fn detail(fields: &[(&'static str, Node)]) -> String {
+pub fn detail(fields: &[(&'static str, Node)]) -> String {
     let is_table = |node: &Node| match node {
         Node::List(items) => matches!(items.first(), Some(Node::Message(_))),
         _ => false,
