@@ -20,6 +20,7 @@ pub mod pagination;
 pub mod rate_cards;
 pub mod statements;
 pub mod sweeper;
+pub mod verify;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 

@@ -1,0 +1,456 @@
+//! `allot verify`: a read-only pass over the whole ledger that recomputes what the stored
+//! balances claim (issue 3, "Tamper evidence").
+//!
+//! For every wallet (in id order), over its entries in `seq` order:
+//! * each entry's `prev_hash` is the stored `hash` of the entry before it (`''` for the first):
+//!   a removed, inserted or reordered entry breaks the chain;
+//! * each entry's `hash` is [`chain::entry_hash`] of its content: an edited entry no longer
+//!   matches;
+//! * each entry's `delta` agrees with its kind and `units`, and its `balance_after` is the
+//!   running Σ delta;
+//!
+//! and then for the wallet: Σ delta = `posted`, `last_hash` = the hash of its latest entry,
+//! Σ units of its OPEN reservations = `reserved`, and Σ remaining of its ACTIVE grants − `debt`
+//! = `posted`. Entries of wallets that do not exist are reported too.
+//!
+//! The hashes are not keyed: someone able to rewrite the database can rewrite a whole chain
+//! consistently. What this catches is a hand edit of an entry or a balance, a lost or extra
+//! entry, and bugs that let stored balances drift from the ledger.
+//!
+//! [`verify`] reads through whatever connection it is given; [`verify_snapshot`] runs it in
+//! one read transaction so a live server writing meanwhile cannot cause false alarms.
+
+use std::fmt;
+
+use migration::{Migrator, MigratorTrait};
+use rust_decimal::Decimal;
+use sea_orm::{
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionOptions,
+    TransactionTrait,
+};
+
+use super::{
+    chain,
+    entity::{grant, reservation, transaction, wallet},
+    ledger::{GRANT_ACTIVE, HOLD_OPEN},
+};
+
+/// Wallets read per query.
+const WALLET_PAGE: u64 = 500;
+/// Entries of one wallet read per query.
+const ENTRY_PAGE: u64 = 2_000;
+
+/// One thing the stored data claims that its ledger does not support.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub wallet_id: String,
+    /// The entry at fault, when the problem is one entry's.
+    pub entry_id: Option<String>,
+    /// What is wrong, naming the entry if there is one.
+    pub problem: String,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "wallet {}: {}", self.wallet_id, self.problem)
+    }
+}
+
+/// What a verification pass looked at and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub wallets: u64,
+    pub entries: u64,
+    pub mismatches: Vec<Mismatch>,
+}
+
+impl Report {
+    pub fn is_ok(&self) -> bool {
+        self.mismatches.is_empty()
+    }
+
+    /// Mismatches that concern `entry_id`.
+    pub fn for_entry<'a>(&'a self, entry_id: &'a str) -> impl Iterator<Item = &'a Mismatch> {
+        self.mismatches
+            .iter()
+            .filter(move |m| m.entry_id.as_deref() == Some(entry_id))
+    }
+
+    /// Mismatches that concern `wallet_id` (its entries included).
+    pub fn for_wallet<'a>(&'a self, wallet_id: &'a str) -> impl Iterator<Item = &'a Mismatch> {
+        self.mismatches
+            .iter()
+            .filter(move |m| m.wallet_id == wallet_id)
+    }
+}
+
+/// Verifies every wallet's chain and balances through `conn` (read only). For a consistent
+/// view of a database that is being written, use [`verify_snapshot`].
+pub async fn verify(conn: &impl ConnectionTrait) -> Result<Report, DbErr> {
+    let mut report = Report::default();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = wallet::Entity::find()
+            .order_by_asc(wallet::Column::Id)
+            .limit(WALLET_PAGE);
+        if let Some(after) = &after {
+            query = query.filter(wallet::Column::Id.gt(after.as_str()));
+        }
+        let page = query.all(conn).await?;
+        for model in &page {
+            verify_wallet(conn, model, &mut report).await?;
+        }
+        match page.last() {
+            Some(last) if page.len() as u64 == WALLET_PAGE => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    orphan_entries(conn, &mut report).await?;
+    Ok(report)
+}
+
+/// [`verify`] inside one read transaction: on PostgreSQL `REPEATABLE READ, READ ONLY` (one
+/// snapshot of the whole database); on SQLite a deferred transaction, which in WAL mode reads
+/// one snapshot from its first query on.
+pub async fn verify_snapshot(conn: &DatabaseConnection) -> Result<Report, DbErr> {
+    let options = match conn.get_database_backend() {
+        DbBackend::Postgres => TransactionOptions {
+            isolation_level: Some(IsolationLevel::RepeatableRead),
+            access_mode: Some(AccessMode::ReadOnly),
+            sqlite_transaction_mode: None,
+        },
+        _ => TransactionOptions::default(),
+    };
+    let tx = conn.begin_with_options(options).await?;
+    let report = verify(&tx).await;
+    tx.rollback().await?;
+    report
+}
+
+/// Why `verify` cannot run on this database, if it cannot: no allot schema, or migrations
+/// this binary knows that are not applied. Reads only (unlike the migrator, which would
+/// create its bookkeeping table).
+pub async fn schema_problem(conn: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
+    let backend = conn.get_database_backend();
+    let exists = match backend {
+        DbBackend::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'"
+        }
+        _ => {
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = 'seaql_migrations'"
+        }
+    };
+    let found: i64 = match conn
+        .query_one_raw(Statement::from_string(backend, exists))
+        .await?
+    {
+        Some(row) => row.try_get_by_index(0)?,
+        None => 0,
+    };
+    if found == 0 {
+        return Ok(Some(
+            "the database has no allot schema (run `allot migrate`, or check DATABASE_URL)".into(),
+        ));
+    }
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await?;
+    let mut applied = Vec::with_capacity(rows.len());
+    for row in rows {
+        applied.push(row.try_get_by_index::<String>(0)?);
+    }
+    let pending: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .filter(|name| !applied.contains(name))
+        .collect();
+    if !pending.is_empty() {
+        return Ok(Some(format!(
+            "the database schema is not up to date ({} not applied: {}); run `allot migrate`",
+            if pending.len() == 1 {
+                "1 migration"
+            } else {
+                "migrations"
+            },
+            pending.join(", ")
+        )));
+    }
+    Ok(None)
+}
+
+/// Checks one wallet and its entries, holds and grants.
+async fn verify_wallet(
+    conn: &impl ConnectionTrait,
+    model: &wallet::Model,
+    report: &mut Report,
+) -> Result<(), DbErr> {
+    report.wallets += 1;
+    let wallet_id = &model.id;
+    let mut found = Vec::new();
+    let mut mismatch = |entry_id: Option<&str>, problem: String| {
+        found.push(Mismatch {
+            wallet_id: wallet_id.clone(),
+            entry_id: entry_id.map(str::to_string),
+            problem,
+        });
+    };
+
+    // The chain, in seq order, a page at a time.
+    let mut running: i128 = 0;
+    let mut previous: Option<(String, String)> = None; // (id, hash)
+    // balance_after − running Σ of the previous entry. A lost or extra entry shifts every later
+    // balance_after by the same amount: reported at the first, then counted (entry, count).
+    let mut offset: i128 = 0;
+    let mut same_offset: Option<(String, u64)> = None;
+    let repeated = |(id, count): (String, u64), offset: i128| {
+        format!(
+            "the {count} entries after entry {id} have their balance_after off by the same {}",
+            units(offset)
+        )
+    };
+    let mut after_seq: Option<i64> = None;
+    loop {
+        let mut query = transaction::Entity::find()
+            .filter(transaction::Column::WalletId.eq(wallet_id.as_str()))
+            .order_by_asc(transaction::Column::Seq)
+            .limit(ENTRY_PAGE);
+        if let Some(seq) = after_seq {
+            query = query.filter(transaction::Column::Seq.gt(seq));
+        }
+        let entries = query.all(conn).await?;
+        for entry in &entries {
+            report.entries += 1;
+            let id = entry.id.as_str();
+            match &previous {
+                None if !entry.prev_hash.is_empty() => mismatch(
+                    Some(id),
+                    format!(
+                        "entry {id} is the wallet's first but has prev_hash {} (expected empty): \
+                         the chain is broken, an earlier entry was removed?",
+                        short(&entry.prev_hash)
+                    ),
+                ),
+                Some((prev_id, prev_hash)) if entry.prev_hash != *prev_hash => mismatch(
+                    Some(id),
+                    format!(
+                        "entry {id} prev_hash {} does not match the hash {} of the entry before \
+                         it ({prev_id}): the chain is broken (an entry removed, inserted or \
+                         reordered)",
+                        short(&entry.prev_hash),
+                        short(prev_hash)
+                    ),
+                ),
+                _ => {}
+            }
+            if entry.hash.is_empty() {
+                mismatch(
+                    Some(id),
+                    format!("entry {id} has no hash (written before the hash chain, or cleared)"),
+                );
+            } else if entry.hash != chain::entry_hash(entry) {
+                mismatch(
+                    Some(id),
+                    format!(
+                        "entry {id} hash does not match its content (edited after it was written)"
+                    ),
+                );
+            }
+            if let Some(problem) = delta_problem(entry) {
+                mismatch(Some(id), problem);
+            }
+            running += i128::from(entry.delta);
+            let off = i128::from(entry.balance_after) - running;
+            if off == offset {
+                if let Some((_, count)) = &mut same_offset {
+                    *count += 1;
+                }
+            } else {
+                if let Some(run) = same_offset.take().filter(|(_, count)| *count > 0) {
+                    mismatch(None, repeated(run, offset));
+                }
+                if off != 0 {
+                    same_offset = Some((entry.id.clone(), 0));
+                    mismatch(
+                        Some(id),
+                        format!(
+                            "entry {id} balance_after {} but the entries up to it sum to {}",
+                            units(entry.balance_after.into()),
+                            units(running)
+                        ),
+                    );
+                }
+            }
+            offset = off;
+            previous = Some((entry.id.clone(), entry.hash.clone()));
+        }
+        match entries.last() {
+            Some(last) if entries.len() as u64 == ENTRY_PAGE => after_seq = Some(last.seq),
+            _ => break,
+        }
+    }
+    if let Some(run) = same_offset.take().filter(|(_, count)| *count > 0) {
+        mismatch(None, repeated(run, offset));
+    }
+
+    // The wallet row against its entries.
+    if i128::from(model.posted) != running {
+        mismatch(
+            None,
+            format!(
+                "wallet posted {} but its entries sum to {}",
+                units(model.posted.into()),
+                units(running)
+            ),
+        );
+    }
+    match &previous {
+        Some((last_id, last_hash)) if model.last_hash != *last_hash => mismatch(
+            None,
+            format!(
+                "wallet last_hash {} is not the hash {} of its latest entry {last_id}",
+                short(&model.last_hash),
+                short(last_hash)
+            ),
+        ),
+        None if !model.last_hash.is_empty() => mismatch(
+            None,
+            format!(
+                "wallet last_hash is {} but the wallet has no entries",
+                short(&model.last_hash)
+            ),
+        ),
+        _ => {}
+    }
+
+    // Open holds against `reserved`.
+    let holds: Vec<i64> = reservation::Entity::find()
+        .select_only()
+        .column(reservation::Column::Units)
+        .filter(reservation::Column::WalletId.eq(wallet_id.as_str()))
+        .filter(reservation::Column::State.eq(HOLD_OPEN))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let held: i128 = holds.iter().map(|&u| i128::from(u)).sum();
+    if i128::from(model.reserved) != held {
+        mismatch(
+            None,
+            format!(
+                "wallet reserved {} but its open holds ({}) sum to {}",
+                units(model.reserved.into()),
+                holds.len(),
+                units(held)
+            ),
+        );
+    }
+
+    // Active grants less debt against `posted`.
+    let remaining: Vec<i64> = grant::Entity::find()
+        .select_only()
+        .column(grant::Column::Remaining)
+        .filter(grant::Column::WalletId.eq(wallet_id.as_str()))
+        .filter(grant::Column::Status.eq(GRANT_ACTIVE))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let active: i128 = remaining.iter().map(|&u| i128::from(u)).sum();
+    if active - i128::from(model.debt) != i128::from(model.posted) {
+        mismatch(
+            None,
+            format!(
+                "wallet posted {} but its active grants hold {} and its debt is {} (grants − \
+                 debt = {})",
+                units(model.posted.into()),
+                units(active),
+                units(model.debt.into()),
+                units(active - i128::from(model.debt))
+            ),
+        );
+    }
+
+    report.mismatches.append(&mut found);
+    Ok(())
+}
+
+/// Whether an entry's signed `delta` fits its kind and `units`.
+fn delta_problem(entry: &transaction::Model) -> Option<String> {
+    let (id, units, delta) = (&entry.id, entry.units, entry.delta);
+    if units < 0 {
+        return Some(format!(
+            "entry {id} has negative units {}",
+            units_i64(units)
+        ));
+    }
+    let fits = match entry.kind.as_str() {
+        // Adds units: a grant activating, a refund.
+        "GRANT" | "REFUND" => delta == units,
+        // Takes units.
+        "DEBIT" | "CAPTURE" | "EXPIRE" => delta == -units,
+        // Holds do not change `posted`.
+        "RESERVE" | "RELEASE" => delta == 0,
+        // Voiding a pending grant changes nothing posted.
+        "VOID" => delta == -units || delta == 0,
+        "ADJUST" => delta == units || delta == -units,
+        other => return Some(format!("entry {id} has an unknown kind `{other}`")),
+    };
+    (!fits).then(|| {
+        format!(
+            "entry {id} is a {} of {} units but its delta is {}",
+            entry.kind,
+            units_i64(units),
+            units_i64(delta)
+        )
+    })
+}
+
+/// Ledger entries whose wallet does not exist (its row deleted?).
+async fn orphan_entries(conn: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
+    let backend = conn.get_database_backend();
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT wallet_id, COUNT(*) FROM transactions \
+             WHERE wallet_id NOT IN (SELECT id FROM wallets) \
+             GROUP BY wallet_id ORDER BY wallet_id",
+        ))
+        .await?;
+    for row in rows {
+        let wallet_id: String = row.try_get_by_index(0)?;
+        let count: i64 = row.try_get_by_index(1)?;
+        report.mismatches.push(Mismatch {
+            wallet_id,
+            entry_id: None,
+            problem: format!(
+                "{count} ledger entr{} belong to this wallet, which does not exist",
+                if count == 1 { "y" } else { "ies" }
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Micro-units as a decimal number of units.
+fn units(micros: i128) -> String {
+    match Decimal::try_from_i128_with_scale(micros, crate::domain::amount::SCALE) {
+        Ok(value) => crate::domain::amount::format_decimal(value),
+        Err(_) => format!("{micros} micro-units"),
+    }
+}
+
+fn units_i64(micros: i64) -> String {
+    units(micros.into())
+}
+
+/// A hash shortened for messages (the first 12 hex digits), or `''`.
+fn short(hash: &str) -> String {
+    if hash.is_empty() {
+        "''".to_string()
+    } else {
+        hash.chars().take(12).collect()
+    }
+}

@@ -1,0 +1,790 @@
+//! `allot verify` (issue 3, "Tamper evidence"): a history built over gRPC verifies; hand edits
+//! of an entry, a balance or a hold, and a removed entry, are reported naming what is wrong —
+//! by the library pass and by the real `allot verify` binary (exit status 1).
+
+mod common;
+
+use std::time::Duration;
+
+use allot::{
+    proto,
+    store::{
+        entity::transaction,
+        verify::{self, Report},
+    },
+};
+use common::*;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+
+/// What `history` built.
+struct History {
+    /// The busy wallet: grants (one expired, one voided), debits, a partial refund, an
+    /// adjustment, holds (one captured, one released, one still open).
+    wallet: String,
+    /// A wallet that went into overdraft, was repaid by a grant, and refunded overdrawn units.
+    overdrawn: String,
+    /// The hold left open.
+    open_hold: String,
+}
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+async fn create_grant(app: &TestApp, wallet_id: &str, amount: &str, expire_in: Option<Duration>) {
+    let expire_time = expire_in.map(|d| timestamp(app.clock.now_micros() + d.as_micros() as i64));
+    app.grants(&app.admin)
+        .create_grant(proto::CreateGrantRequest {
+            grant: Some(proto::Grant {
+                wallet_id: wallet_id.into(),
+                kind: proto::GrantKind::Purchase as i32,
+                amount: amount.into(),
+                expire_time,
+                unit_price: "0.02".into(),
+                currency: "USD".into(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .expect("create grant");
+}
+
+async fn debit(app: &TestApp, account_id: &str, request_type: &str) -> proto::Transaction {
+    let service = token(&["service"], &["*"]);
+    app.ledger(&service)
+        .debit(proto::DebitRequest {
+            account_id: account_id.into(),
+            request_type: request_type.into(),
+            quantities: if request_type == "chat" {
+                quantities(&[("output_tokens", "2500")])
+            } else {
+                Default::default()
+            },
+            request_id: uuid(),
+            ..Default::default()
+        })
+        .await
+        .expect("debit")
+        .into_inner()
+        .transaction
+        .expect("transaction")
+}
+
+async fn reserve(app: &TestApp, account_id: &str, units: &str) -> proto::Reservation {
+    let service = token(&["service"], &["*"]);
+    app.ledger(&service)
+        .reserve(proto::ReserveRequest {
+            account_id: account_id.into(),
+            units: units.into(),
+            request_id: uuid(),
+            ..Default::default()
+        })
+        .await
+        .expect("reserve")
+        .into_inner()
+}
+
+async fn refund(app: &TestApp, transaction_id: &str, units: &str) {
+    app.ledger(&app.admin)
+        .refund(proto::RefundRequest {
+            transaction_id: transaction_id.into(),
+            units: units.into(),
+            reason: "customer complaint".into(),
+            request_id: uuid(),
+        })
+        .await
+        .expect("refund");
+}
+
+/// Builds a history that touches every kind of entry, on two wallets.
+async fn history(app: &TestApp) -> History {
+    app.publish_standard_card().await;
+    let (account, wallet) = app.funded("acme", "100").await;
+    let ledger = || app.ledger(&app.admin);
+
+    // A grant that expires a minute in (burnt first, units left), one that is voided., one that is voided.
+    create_grant(app, &wallet.id, "20", Some(Duration::from_secs(60))).await;
+    let voided = app.grant(&wallet.id, "30").await;
+    app.grants(&app.admin)
+        .void_grant(proto::VoidGrantRequest {
+            id: voided.id.clone(),
+            reason: "issued twice".into(),
+            request_id: uuid(),
+        })
+        .await
+        .expect("void grant");
+
+    let chat = debit(app, &account.id, "chat").await;
+    let image = debit(app, &account.id, "image").await;
+    debit(app, &account.id, "one").await;
+    refund(app, &image.id, "1.5").await;
+    refund(app, &chat.id, "").await;
+    for units in ["2.25", "-1"] {
+        app.grants(&app.admin)
+            .adjust_balance(proto::AdjustBalanceRequest {
+                wallet_id: wallet.id.clone(),
+                units: units.into(),
+                reason: "goodwill".into(),
+                request_id: uuid(),
+            })
+            .await
+            .expect("adjust balance");
+    }
+
+    let captured = reserve(app, &account.id, "5").await;
+    ledger()
+        .capture_reservation(proto::CaptureReservationRequest {
+            reservation_id: captured.id.clone(),
+            units: "3.5".into(),
+            request_id: uuid(),
+            ..Default::default()
+        })
+        .await
+        .expect("capture");
+    let released = reserve(app, &account.id, "2").await;
+    ledger()
+        .release_reservation(proto::ReleaseReservationRequest {
+            reservation_id: released.id.clone(),
+            request_id: uuid(),
+        })
+        .await
+        .expect("release");
+    let open = reserve(app, &account.id, "6").await;
+
+    // Overdraft: 3 granted, 8 spent (debt 5), repaid by the next grant; then a refund of
+    // overdrawn units goes back to the grant that repaid them.
+    let other = app.create_account("beta", "").await;
+    let overdrawn = app.create_wallet(&other.id, "credits", "10").await;
+    app.grant(&overdrawn.id, "3").await;
+    debit(app, &other.id, "image").await;
+    let second = debit(app, &other.id, "image").await;
+    app.grant(&overdrawn.id, "20").await;
+    refund(app, &second.id, "4").await;
+    debit(app, &other.id, "one").await;
+
+    // The 20-unit grant expires (EXPIRE entry, written by the sweep).
+    app.advance(Duration::from_secs(120)).await;
+    History {
+        wallet: wallet.id,
+        overdrawn: overdrawn.id,
+        open_hold: open.id,
+    }
+}
+
+async fn entries(app: &TestApp, wallet_id: &str) -> Vec<transaction::Model> {
+    transaction::Entity::find()
+        .filter(transaction::Column::WalletId.eq(wallet_id))
+        .order_by_asc(transaction::Column::Seq)
+        .all(app.handles.store.connection())
+        .await
+        .expect("entries")
+}
+
+async fn run_verify(app: &TestApp) -> Report {
+    verify::verify(app.handles.store.connection())
+        .await
+        .expect("verify runs")
+}
+
+async fn sql(app: &TestApp, statement: &str) {
+    let result = app
+        .handles
+        .store
+        .connection()
+        .execute_unprepared(statement)
+        .await
+        .unwrap_or_else(|err| panic!("{statement}: {err}"));
+    assert_eq!(result.rows_affected(), 1, "{statement}");
+}
+
+/// Runs the real `allot verify` against the app's database: (success, stdout, stderr).
+async fn verify_binary(url: &str) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .arg("verify")
+        .env("DATABASE_URL", url)
+        .output()
+        .await
+        .expect("run allot verify");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_ok(report: &Report) {
+    assert!(
+        report.is_ok(),
+        "unexpected mismatches: {:#?}",
+        report.mismatches
+    );
+}
+
+/// Asserts the binary fails and its output names `needle`; returns stdout.
+async fn assert_binary_reports(app: &TestApp, needle: &str) -> String {
+    let (ok, stdout, stderr) = verify_binary(&app.db.url).await;
+    assert!(
+        !ok,
+        "allot verify passed on tampered data:\n{stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains(needle),
+        "`{needle}` not in the output:\n{stdout}"
+    );
+    assert!(stdout.contains("mismatch"), "no count in:\n{stdout}");
+    assert!(stderr.contains("error:"), "stderr: {stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn untampered_history_verifies() {
+    let app = spawn_app().await;
+    let history = history(&app).await;
+    let kinds: std::collections::BTreeSet<String> = entries(&app, &history.wallet)
+        .await
+        .into_iter()
+        .chain(entries(&app, &history.overdrawn).await)
+        .map(|e| e.kind)
+        .collect();
+    for kind in [
+        "GRANT", "DEBIT", "RESERVE", "CAPTURE", "RELEASE", "REFUND", "EXPIRE", "VOID", "ADJUST",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "history has no {kind} entry: {kinds:?}"
+        );
+    }
+
+    let report = run_verify(&app).await;
+    assert_ok(&report);
+    assert_eq!(report.wallets, 2);
+    let total =
+        entries(&app, &history.wallet).await.len() + entries(&app, &history.overdrawn).await.len();
+    assert_eq!(report.entries, total as u64);
+    assert_ok(
+        &verify::verify_snapshot(app.handles.store.connection())
+            .await
+            .expect("verify in a snapshot"),
+    );
+
+    let (ok, stdout, stderr) = verify_binary(&app.db.url).await;
+    assert!(ok, "allot verify failed:\n{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("verified 2 wallets, {total} entries: OK")),
+        "stdout: {stdout}"
+    );
+    app.stop().await;
+}
+
+/// Concurrent debits, holds (captured, released, left to expire), refunds and adjustments on
+/// a few wallets, with grants and holds expiring under a moving clock: the ledger verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_traffic_verifies() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    app.publish_standard_card().await;
+    let mut accounts = Vec::new();
+    for i in 0..3 {
+        let account = app.create_account(&format!("busy-{i}"), "").await;
+        let wallet = app.create_wallet(&account.id, "credits", "4").await;
+        app.grant(&wallet.id, "40").await;
+        create_grant(&app, &wallet.id, "15", Some(Duration::from_secs(90))).await;
+        accounts.push((account.id, wallet.id));
+    }
+    let mut tasks = Vec::new();
+    for n in 0..48usize {
+        let app = app.clone();
+        let (account, wallet) = accounts[(n / 6) % accounts.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let service = token(&["service"], &["*"]);
+            let mut ledger = app.ledger(&service);
+            let request_type = ["chat", "image", "one"][(n / 2) % 3];
+            match n % 6 {
+                0 | 1 => {
+                    let debit = ledger
+                        .debit(proto::DebitRequest {
+                            account_id: account.clone(),
+                            request_type: request_type.into(),
+                            request_id: uuid(),
+                            ..Default::default()
+                        })
+                        .await;
+                    if let (Ok(debit), true) = (debit, n % 4 == 0) {
+                        let id = debit.into_inner().transaction.unwrap().id;
+                        let _ = app
+                            .ledger(&app.admin)
+                            .refund(proto::RefundRequest {
+                                transaction_id: id,
+                                units: "0.5".into(),
+                                reason: "partial".into(),
+                                request_id: uuid(),
+                            })
+                            .await;
+                    }
+                }
+                2 | 3 => {
+                    let hold = ledger
+                        .reserve(proto::ReserveRequest {
+                            account_id: account.clone(),
+                            units: "2".into(),
+                            ttl: Some(prost_types::Duration {
+                                seconds: 45,
+                                nanos: 0,
+                            }),
+                            request_id: uuid(),
+                            ..Default::default()
+                        })
+                        .await;
+                    if let Ok(hold) = hold {
+                        let id = hold.into_inner().id;
+                        let _ = if n % 6 == 2 {
+                            ledger
+                                .capture_reservation(proto::CaptureReservationRequest {
+                                    reservation_id: id,
+                                    units: ["1", "2", "2.5"][n % 3].into(),
+                                    request_id: uuid(),
+                                    ..Default::default()
+                                })
+                                .await
+                                .map(|_| ())
+                        } else if n % 12 == 3 {
+                            ledger
+                                .release_reservation(proto::ReleaseReservationRequest {
+                                    reservation_id: id,
+                                    request_id: uuid(),
+                                })
+                                .await
+                                .map(|_| ())
+                        } else {
+                            Ok(()) // left to expire
+                        };
+                    }
+                }
+                4 => {
+                    let _ = app
+                        .grants(&app.admin)
+                        .adjust_balance(proto::AdjustBalanceRequest {
+                            wallet_id: wallet,
+                            units: if n % 12 == 4 { "1.5" } else { "-0.75" }.into(),
+                            reason: "correction".into(),
+                            request_id: uuid(),
+                        })
+                        .await;
+                }
+                _ => app.advance(Duration::from_secs(20)).await,
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    app.advance(Duration::from_secs(120)).await;
+    let report = run_verify(&app).await;
+    assert_ok(&report);
+    assert_eq!(report.wallets, 3);
+    for (account, wallet) in &accounts {
+        let kinds: std::collections::BTreeSet<String> = entries(&app, wallet)
+            .await
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(
+            kinds.contains("EXPIRE") && kinds.contains("RELEASE"),
+            "{kinds:?}"
+        );
+        assert_eq!(app.balance(account).await.reserved, "0");
+    }
+    let (ok, stdout, stderr) = verify_binary(&app.db.url).await;
+    assert!(ok && stdout.contains(": OK"), "{stdout}{stderr}");
+    match std::sync::Arc::try_unwrap(app) {
+        Ok(app) => app.stop().await,
+        Err(_) => panic!("app still shared"),
+    }
+}
+
+/// Allotment schedules roll units over (and expire the rest) across days: still verifies.
+#[tokio::test]
+async fn schedules_with_rollover_verify() {
+    let app = spawn_app().await;
+    app.publish_standard_card().await;
+    let (account, wallet) = app.funded("scheduled", "").await;
+    app.grants(&app.admin)
+        .create_allotment_schedule(proto::CreateAllotmentScheduleRequest {
+            allotment_schedule: Some(proto::AllotmentSchedule {
+                wallet_id: wallet.id.clone(),
+                amount: "10".into(),
+                period: proto::SchedulePeriod::Daily as i32,
+                start_time: Some(timestamp(app.clock.now_micros())),
+                rollover_policy: proto::RolloverPolicy::Capped as i32,
+                rollover_cap: "4".into(),
+                unit_price: "0.05".into(),
+                currency: "USD".into(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .expect("create schedule");
+    app.sweep().await;
+    for day in 0..4 {
+        for _ in 0..day {
+            debit(&app, &account.id, "image").await;
+        }
+        app.advance(Duration::from_secs(86_400)).await;
+    }
+    let kinds: std::collections::BTreeSet<String> = entries(&app, &wallet.id)
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        kinds.contains("EXPIRE") && kinds.contains("GRANT"),
+        "{kinds:?}"
+    );
+    assert_ok(&run_verify(&app).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn edited_entries_are_named() {
+    let app = spawn_app().await;
+    let history = history(&app).await;
+    let chain = entries(&app, &history.wallet).await;
+    let debit = chain
+        .iter()
+        .find(|e| e.kind == "DEBIT")
+        .expect("a debit")
+        .clone();
+
+    // (b) More units on a debit: its hash no longer matches, nor its delta.
+    sql(
+        &app,
+        &format!(
+            "UPDATE transactions SET units = units + 1000000 WHERE id = '{}'",
+            debit.id
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(!report.is_ok());
+    assert!(
+        report
+            .for_entry(&debit.id)
+            .any(|m| m.problem.contains("hash does not match its content")),
+        "{report:#?}"
+    );
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .all(|m| m.entry_id.as_deref() == Some(debit.id.as_str())
+                && m.wallet_id == history.wallet),
+        "only the edited entry is at fault: {report:#?}"
+    );
+    assert_binary_reports(&app, &debit.id).await;
+
+    // Restored, it verifies again.
+    sql(
+        &app,
+        &format!(
+            "UPDATE transactions SET units = {} WHERE id = '{}'",
+            debit.units, debit.id
+        ),
+    )
+    .await;
+    assert_ok(&run_verify(&app).await);
+
+    // A changed balance_after in the middle of the chain: that entry, and only it.
+    let middle = &chain[chain.len() / 2];
+    sql(
+        &app,
+        &format!(
+            "UPDATE transactions SET balance_after = balance_after - 2000000 WHERE id = '{}'",
+            middle.id
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        report.for_entry(&middle.id).any(|m| m.problem
+            == format!(
+                "entry {} balance_after {} but the entries up to it sum to {}",
+                middle.id,
+                units(middle.balance_after - 2_000_000),
+                units(middle.balance_after)
+            )),
+        "{report:#?}"
+    );
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .all(|m| m.entry_id.as_deref() == Some(middle.id.as_str())),
+        "{report:#?}"
+    );
+    let stdout = assert_binary_reports(&app, &middle.id).await;
+    assert!(stdout.contains(&history.wallet), "{stdout}");
+    sql(
+        &app,
+        &format!(
+            "UPDATE transactions SET balance_after = {} WHERE id = '{}'",
+            middle.balance_after, middle.id
+        ),
+    )
+    .await;
+    assert_ok(&run_verify(&app).await);
+
+    // A rewritten hash (to hide an edit) breaks the link from the next entry.
+    let next = &chain[chain.len() / 2 + 1];
+    sql(
+        &app,
+        &format!(
+            "UPDATE transactions SET hash = '{}' WHERE id = '{}'",
+            "0".repeat(64),
+            middle.id
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(report.for_entry(&middle.id).next().is_some(), "{report:#?}");
+    assert!(
+        report
+            .for_entry(&next.id)
+            .any(|m| m.problem.contains("chain is broken")),
+        "{report:#?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn edited_wallet_balances_are_reported() {
+    let app = spawn_app().await;
+    let history = history(&app).await;
+    let wallet =
+        allot::store::accounts::find_wallet_by_id(app.handles.store.connection(), &history.wallet)
+            .await
+            .expect("read wallet")
+            .expect("wallet exists");
+    assert_eq!(wallet.reserved, 6_000_000);
+
+    // (c) posted.
+    sql(
+        &app,
+        &format!(
+            "UPDATE wallets SET posted = posted + 5000000 WHERE id = '{}'",
+            wallet.id
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    let expected = format!(
+        "wallet posted {} but its entries sum to {}",
+        units(wallet.posted + 5_000_000),
+        units(wallet.posted)
+    );
+    assert!(
+        report
+            .for_wallet(&wallet.id)
+            .any(|m| m.entry_id.is_none() && m.problem == expected),
+        "{report:#?}"
+    );
+    assert!(report.mismatches.iter().all(|m| m.wallet_id == wallet.id));
+    assert_binary_reports(&app, &expected).await;
+    sql(
+        &app,
+        &format!(
+            "UPDATE wallets SET posted = {} WHERE id = '{}'",
+            wallet.posted, wallet.id
+        ),
+    )
+    .await;
+    assert_ok(&run_verify(&app).await);
+
+    // (e) The open hold's units, then `reserved` itself.
+    sql(
+        &app,
+        &format!(
+            "UPDATE reservations SET units = 1000000 WHERE id = '{}' AND state = 'OPEN'",
+            history.open_hold
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        report
+            .for_wallet(&wallet.id)
+            .any(|m| m.problem == "wallet reserved 6 but its open holds (1) sum to 1"),
+        "{report:#?}"
+    );
+    assert_binary_reports(&app, "wallet reserved 6").await;
+    sql(
+        &app,
+        &format!(
+            "UPDATE reservations SET units = 6000000 WHERE id = '{}'",
+            history.open_hold
+        ),
+    )
+    .await;
+    assert_ok(&run_verify(&app).await);
+    sql(
+        &app,
+        &format!("UPDATE wallets SET reserved = 0 WHERE id = '{}'", wallet.id),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        report
+            .for_wallet(&wallet.id)
+            .any(|m| m.problem == "wallet reserved 0 but its open holds (1) sum to 6"),
+        "{report:#?}"
+    );
+    sql(
+        &app,
+        &format!(
+            "UPDATE wallets SET reserved = {} WHERE id = '{}'",
+            wallet.reserved, wallet.id
+        ),
+    )
+    .await;
+    assert_ok(&run_verify(&app).await);
+
+    // A grant's remaining units (the other side of `posted`), and the chain head.
+    let overdrawn = allot::store::accounts::find_wallet_by_id(
+        app.handles.store.connection(),
+        &history.overdrawn,
+    )
+    .await
+    .expect("read wallet")
+    .expect("wallet exists");
+    sql(
+        &app,
+        &format!(
+            "UPDATE wallets SET debt = debt + 1000000, last_hash = '' WHERE id = '{}'",
+            overdrawn.id
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    let problems: Vec<&str> = report
+        .for_wallet(&overdrawn.id)
+        .map(|m| m.problem.as_str())
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("active grants hold")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("wallet last_hash ''")),
+        "{problems:#?}"
+    );
+    assert_eq!(report.mismatches.len(), 2, "{report:#?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn removed_entry_breaks_the_chain() {
+    let app = spawn_app().await;
+    let history = history(&app).await;
+    let chain = entries(&app, &history.wallet).await;
+    // (d) A debit from the middle of the chain disappears.
+    let index = chain
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, e)| e.kind == "DEBIT")
+        .map(|(i, _)| i)
+        .expect("a debit");
+    let (before, removed, after) = (&chain[index - 1], &chain[index], &chain[index + 1]);
+    sql(
+        &app,
+        &format!("DELETE FROM transactions WHERE id = '{}'", removed.id),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        report
+            .for_entry(&after.id)
+            .any(|m| m.problem.contains(&format!(
+                "does not match the hash {} of the entry before it ({})",
+                &before.hash[..12],
+                before.id
+            ))),
+        "{report:#?}"
+    );
+    assert!(
+        report
+            .for_wallet(&history.wallet)
+            .any(|m| m.problem.starts_with("wallet posted")),
+        "{report:#?}"
+    );
+    // Every later balance_after is off by the removed delta: counted, not listed.
+    let shifted = format!(
+        "entries after entry {} have their balance_after off by the same",
+        after.id
+    );
+    assert!(
+        report
+            .for_wallet(&history.wallet)
+            .any(|m| m.problem.contains(&shifted)),
+        "{report:#?}"
+    );
+    assert!(report.mismatches.len() <= 5, "{report:#?}");
+    assert_eq!(report.entries as usize, {
+        entries(&app, &history.wallet).await.len() + entries(&app, &history.overdrawn).await.len()
+    });
+    let stdout = assert_binary_reports(&app, &after.id).await;
+    assert!(stdout.contains("chain is broken"), "{stdout}");
+
+    // The first entry of the other wallet goes too.
+    let other = entries(&app, &history.overdrawn).await;
+    sql(
+        &app,
+        &format!("DELETE FROM transactions WHERE id = '{}'", other[0].id),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        report.for_entry(&other[1].id).any(|m| m
+            .problem
+            .contains("is the wallet's first but has prev_hash")),
+        "{report:#?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn verify_needs_a_migrated_database() {
+    let db = TestDatabase::create().await;
+    if !db.is_postgres() {
+        // A missing SQLite file is reported, not created.
+        let (ok, stdout, stderr) = verify_binary(&db.url).await;
+        assert!(!ok, "{stdout}{stderr}");
+        assert!(stderr.contains("does not exist"), "stderr: {stderr}");
+        let path = db
+            .url
+            .trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .unwrap();
+        assert!(!std::path::Path::new(path).exists());
+        std::fs::File::create(path).expect("create an empty database file");
+    }
+    let (ok, stdout, stderr) = verify_binary(&db.url).await;
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(stderr.contains("no allot schema"), "stderr: {stderr}");
+    // And it did not create the schema.
+    let (ok, _, stderr) = verify_binary(&db.url).await;
+    assert!(!ok && stderr.contains("no allot schema"), "{stderr}");
+    db.drop_database().await;
+}
+
+/// Micro-units as the decimal string `verify` prints.
+fn units(micros: i64) -> String {
+    allot::domain::amount::format_decimal(rust_decimal::Decimal::new(micros, 6))
+}
