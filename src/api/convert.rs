@@ -289,6 +289,9 @@ pub fn parse_grant_kind(value: i32) -> Result<&'static str> {
 pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
     let kind = proto::GrantKind::from_str_name(&format!("GRANT_KIND_{}", model.kind))
         .unwrap_or(proto::GrantKind::Unspecified);
+    // Past its expiry but not yet swept: it no longer counts, so show nothing remaining.
+    let expired_by_time =
+        model.status == ledger::GRANT_ACTIVE && model.expire_time.is_some_and(|t| t <= now);
     let state = match model.status.as_str() {
         ledger::VOIDED => proto::GrantState::Voided,
         ledger::EXPIRED => proto::GrantState::Expired,
@@ -303,7 +306,8 @@ pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
         wallet_id: model.wallet_id.clone(),
         kind: kind as i32,
         amount: Amount::from_micros(model.amount).to_string(),
-        remaining: Amount::from_micros(model.remaining).to_string(),
+        remaining: Amount::from_micros(if expired_by_time { 0 } else { model.remaining })
+            .to_string(),
         priority: model.priority,
         effective_time: Some(timestamp(model.effective_time)),
         expire_time: model.expire_time.map(timestamp),

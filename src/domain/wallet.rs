@@ -509,6 +509,25 @@ impl WalletState {
         };
     }
 
+    /// A refund gives spend back only to the day and month in which it was charged (if those
+    /// are still the current ones): refunding yesterday's debit frees nothing today.
+    fn unrecord_spend(&mut self, units: Amount, charged_at: i64, now: i64) {
+        let (day, month) = self.spent_now(now);
+        let less = |total: Amount, same: bool| {
+            if same {
+                total.saturating_sub(units).max(Amount::ZERO)
+            } else {
+                total
+            }
+        };
+        self.spent = Spent {
+            day: day_of(now),
+            day_units: less(day, day_of(charged_at) == day_of(now)),
+            month: month_of(now),
+            month_units: less(month, month_of(charged_at) == month_of(now)),
+        };
+    }
+
     fn check_available(&self, units: Amount) -> Result<(), Refusal> {
         let available = self.available();
         if units > available {
@@ -630,7 +649,12 @@ impl WalletState {
     /// how many). Units whose grant no longer counts are returned and expire (or are voided)
     /// again at once, in their own movement. Overdrawn units first reduce the debt; what the
     /// debt no longer holds goes back to the grants that repaid it, newest first.
-    pub fn refund(&mut self, returns: &[(Option<String>, Amount)], now: i64) -> Vec<Movement> {
+    pub fn refund(
+        &mut self,
+        returns: &[(Option<String>, Amount)],
+        charged_at: i64,
+        now: i64,
+    ) -> Vec<Movement> {
         let mut refund = Movement::new(MovementKind::Refund, now, Amount::ZERO, 0);
         let mut after = Vec::new();
         let mut total = Amount::ZERO;
@@ -678,7 +702,7 @@ impl WalletState {
         }
         refund.units = total;
         refund.delta = total.micros();
-        self.record_spend(-total.micros(), now);
+        self.unrecord_spend(total, charged_at, now);
         let mut movements = vec![refund];
         movements.extend(after);
         movements

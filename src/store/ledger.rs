@@ -1181,7 +1181,7 @@ impl Batch<'_> {
                     .with("transaction_id", &original.id));
                 }
                 let returns = refund_returns(&original, done, units.micros());
-                let movements = wallet.state.refund(&returns, now);
+                let movements = wallet.state.refund(&returns, original.create_time, now);
                 let ctx = EntryContext {
                     actor: op.actor.clone(),
                     request_id: op.key.request_id.clone(),

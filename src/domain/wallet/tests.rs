@@ -129,7 +129,7 @@ fn overdraft_becomes_debt_and_grants_repay_it() {
     assert_eq!(w.lots[1].repaid, units(7));
 
     // Refunding the overdrawn part goes back to the grant that repaid it.
-    let moved = w.refund(&[(None, units(7))], 0);
+    let moved = w.refund(&[(None, units(7))], 0, 0);
     assert_eq!(moved.len(), 1);
     assert_eq!(moved[0].burns[0].grant_id.as_deref(), Some("b"));
     assert_eq!(w.posted(), units(20));
@@ -186,6 +186,7 @@ fn refunds_return_to_grants_and_expired_ones_expire_again() {
     w.advance(200, &mut ids()); // "a" expires with 0 left: no movement needed
     let moved = w.refund(
         &[(Some("b".into()), units(3)), (Some("a".into()), units(5))],
+        10,
         300,
     );
     assert_eq!(moved[0].kind, MovementKind::Refund);
@@ -251,6 +252,33 @@ fn spend_caps_roll_over_at_day_and_month() {
         })
     ));
     w.debit(units(5), jan31 + 3 * day).unwrap();
+}
+
+#[test]
+fn refunds_free_cap_room_only_in_the_period_charged() {
+    let day = 86_400_000_000;
+    let jan10 = 1_768_003_200_000_000; // 2026-01-10T00:00Z
+    let mut w = wallet(vec![lot("a", 1_000, 0, None, 0)]);
+    w.caps.daily = Some(units(10));
+    let yesterday = w.debit(units(4), jan10).unwrap();
+    let today = w.debit(units(10), jan10 + day).unwrap();
+    let back = |m: &Movement| -> Vec<(Option<String>, Amount)> {
+        m.burns
+            .iter()
+            .map(|b| (b.grant_id.clone(), units(4).min(b.units)))
+            .collect()
+    };
+    w.refund(&back(&yesterday), jan10, jan10 + day);
+    assert!(matches!(
+        w.debit(units(4), jan10 + day),
+        Err(Refusal::SpendCap {
+            period: "daily",
+            ..
+        })
+    ));
+    // A refund of today's debit does give the room back.
+    w.refund(&back(&today), jan10 + day, jan10 + day);
+    w.debit(units(4), jan10 + day).unwrap();
 }
 
 fn schedule(period: Period, rollover: Rollover) -> Schedule {
@@ -470,7 +498,7 @@ proptest! {
                                 want = want.saturating_sub(take);
                             }
                         }
-                        Ok(w.refund(&returns, now))
+                        Ok(w.refund(&returns, now, now))
                     }
                     None => Ok(vec![]),
                 },
