@@ -290,3 +290,152 @@ async fn idempotency_replay_and_reuse() {
     assert!(!retried.replayed, "a rejected request_id may be used again");
     app.stop().await;
 }
+
+/// BatchDebit: each debit gets its own outcome, exactly as it would alone — successes,
+/// rejections (bad input, insufficient credits, out of scope) and duplicates of one
+/// request_id inside one batch (one effect, the copies replay it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_debit_gives_each_debit_its_own_outcome() {
+    let app = spawn_app().await;
+    let (a, _) = app.funded("batch-a", "10").await;
+    let (b, _) = app.funded("batch-b", "100").await;
+    app.publish_standard_card().await;
+    let service = token(&["service"], &[&a.id, &b.id]);
+    let mut debits = Vec::new();
+    // 12 one-unit debits on A (holding 10): 10 succeed, 2 are refused.
+    for i in 0..12 {
+        debits.push(debit_request(&a.id, "one", &format!("a-{i}")));
+    }
+    // Three copies of one image debit on B: one effect.
+    for _ in 0..3 {
+        debits.push(debit_request(&b.id, "image", "b-dup"));
+    }
+    // Bad input in the middle.
+    debits.push(debit_request(&b.id, "one", ""));
+    let mut bad_qty = debit_request(&b.id, "chat", "b-bad");
+    bad_qty.quantities = quantities(&[("output_tokens", "1e3")]);
+    debits.push(bad_qty);
+    // Same id as a copy above, different parameters.
+    debits.push(debit_request(&b.id, "one", "b-dup"));
+    let response = app
+        .ledger(&service)
+        .batch_debit(proto::BatchDebitRequest { debits })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.results.len(), 18);
+    let outcome = |i: usize| response.results[i].result.clone().unwrap();
+    use proto::debit_result::Result as R;
+    let mut ok_a = 0;
+    for i in 0..12 {
+        match outcome(i) {
+            R::Response(r) => {
+                assert!(!r.replayed);
+                ok_a += 1;
+            }
+            R::Error(e) => {
+                assert_eq!(e.code, tonic::Code::FailedPrecondition as i32);
+                assert_eq!(e.reason, "INSUFFICIENT_CREDITS");
+                assert_eq!(e.metadata["available"], "0");
+            }
+        }
+    }
+    assert_eq!(ok_a, 10);
+    let copies: Vec<_> = (12..15)
+        .map(|i| match outcome(i) {
+            R::Response(r) => r,
+            R::Error(e) => panic!("copy failed: {e:?}"),
+        })
+        .collect();
+    assert_eq!(copies.iter().filter(|r| !r.replayed).count(), 1);
+    assert!(
+        copies
+            .iter()
+            .all(|r| r.transaction == copies[0].transaction)
+    );
+    for (i, reason) in [(15, "MISSING_FIELD"), (16, "INVALID_AMOUNT")] {
+        let R::Error(e) = outcome(i) else {
+            panic!("slot {i} should have failed")
+        };
+        assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+        assert_eq!(e.reason, reason);
+    }
+    let R::Error(e) = outcome(17) else {
+        panic!("reused key should fail")
+    };
+    assert_eq!(e.reason, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(app.balance(&a.id).await.posted, "0");
+    assert_eq!(app.balance(&b.id).await.posted, "96");
+    assert_eq!(app.all_transactions(&b.id).await.len(), 2);
+
+    // Limits: empty and over 1,000.
+    let status = app
+        .ledger(&service)
+        .batch_debit(proto::BatchDebitRequest { debits: vec![] })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_FIELD");
+    let too_many = (0..1001)
+        .map(|i| debit_request(&b.id, "one", &format!("many-{i}")))
+        .collect();
+    let status = app
+        .ledger(&service)
+        .batch_debit(proto::BatchDebitRequest { debits: too_many })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_FIELD");
+    assert_eq!(app.balance(&b.id).await.posted, "96");
+    app.stop().await;
+}
+
+/// Many concurrent BatchDebits and unary debits on a few wallets: conservation holds and
+/// every acknowledged debit is in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_conserve_units() {
+    let app = spawn_app().await;
+    let mut accounts = Vec::new();
+    for i in 0..3 {
+        accounts.push(app.funded(&format!("cb-{i}"), "500").await.0);
+    }
+    app.publish_standard_card().await;
+    let service = token(&["service"], &["*"]);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let mut client = app.ledger(&service);
+        let ids: Vec<String> = accounts.iter().map(|a| a.id.clone()).collect();
+        tasks.push(tokio::spawn(async move {
+            let debits = (0..100)
+                .map(|i| debit_request(&ids[(t + i) % 3], "one", &format!("cb-{t}-{i}")))
+                .collect();
+            let response = client
+                .batch_debit(proto::BatchDebitRequest { debits })
+                .await
+                .unwrap()
+                .into_inner();
+            response
+                .results
+                .iter()
+                .filter(|r| matches!(r.result, Some(proto::debit_result::Result::Response(_))))
+                .count()
+        }));
+    }
+    let mut acknowledged = 0;
+    for task in tasks {
+        acknowledged += task.await.unwrap();
+    }
+    assert_eq!(acknowledged, 800);
+    let mut posted = 0i64;
+    for account in &accounts {
+        let balance = app.balance(&account.id).await;
+        posted += balance.posted.parse::<i64>().unwrap();
+        let debits = app
+            .all_transactions(&account.id)
+            .await
+            .iter()
+            .filter(|t| t.kind == TransactionKind::Debit as i32)
+            .count() as i64;
+        assert_eq!(balance.posted.parse::<i64>().unwrap(), 500 - debits);
+    }
+    assert_eq!(posted, 1500 - 800);
+    app.stop().await;
+}

@@ -1,5 +1,7 @@
 //! LedgerService: the request path. Debits are validated here and applied by the batcher.
 
+use std::collections::HashMap;
+
 use tonic::{Request, Response, Status};
 
 use super::{Ctx, READERS, convert, key, reply};
@@ -17,6 +19,8 @@ use crate::{
 };
 
 const DEBITORS: &[Role] = &[Role::Service];
+/// Most debits one BatchDebit may carry.
+pub const MAX_BATCH_DEBITS: usize = 1000;
 /// Backends refund failed requests; account managers refund by goodwill.
 const REFUNDERS: &[Role] = &[Role::Service, Role::AccountManager];
 
@@ -31,7 +35,20 @@ fn redact(caller: &Caller, mut transaction: proto::Transaction) -> proto::Transa
 impl Ctx {
     async fn debit(&self, request: Request<proto::DebitRequest>) -> Result<proto::DebitResponse> {
         let caller = self.caller(&request, "Debit", DEBITORS)?;
-        let request = request.into_inner();
+        let op = self
+            .debit_op(&caller, request.into_inner(), &mut HashMap::new())
+            .await?;
+        self.submit_debit(&caller, op).await
+    }
+
+    /// Validates one debit into a ledger operation. `accounts` caches account lookups
+    /// (a batch often names the same accounts many times).
+    async fn debit_op(
+        &self,
+        caller: &Caller,
+        request: proto::DebitRequest,
+        accounts: &mut HashMap<(String, String), account::Model>,
+    ) -> Result<Op> {
         let unit = convert::unit(&request.unit)?;
         let request_type = convert::name("request_type", &request.request_type, 128)?;
         let quantities = convert::quantities(&request.quantities)?;
@@ -41,9 +58,17 @@ impl Ctx {
         } else {
             Some(convert::non_negative("max_units", &request.max_units)?)
         };
-        let account = self
-            .resolve_account(&caller, &request.account_id, &request.external_id)
-            .await?;
+        let named = (request.account_id.clone(), request.external_id.clone());
+        let account = match accounts.get(&named) {
+            Some(account) => account.clone(),
+            None => {
+                let account = self
+                    .resolve_account(caller, &request.account_id, &request.external_id)
+                    .await?;
+                accounts.insert(named, account.clone());
+                account
+            }
+        };
         let blank = proto::DebitRequest {
             request_id: String::new(),
             ..request.clone()
@@ -54,7 +79,7 @@ impl Ctx {
             "Debit",
             &blank,
         )?;
-        let op = Op::Debit(DebitOp {
+        Ok(Op::Debit(DebitOp {
             key,
             account_id: account.id,
             unit,
@@ -63,10 +88,59 @@ impl Ctx {
             metadata,
             max_units,
             actor: caller.sub.clone(),
-        });
+        }))
+    }
+
+    async fn submit_debit(&self, caller: &Caller, op: Op) -> Result<proto::DebitResponse> {
         let mut response = self.ledger.submit(op).await?.into_debit()?;
-        response.transaction = response.transaction.map(|t| redact(&caller, t));
+        response.transaction = response.transaction.map(|t| redact(caller, t));
         Ok(response)
+    }
+
+    /// Validates every debit, then submits all of them at once: they share group commits,
+    /// and each gets exactly the outcome a unary Debit would have had.
+    async fn batch_debit(
+        &self,
+        request: Request<proto::BatchDebitRequest>,
+    ) -> Result<proto::BatchDebitResponse> {
+        let caller = self.caller(&request, "BatchDebit", DEBITORS)?;
+        let debits = request.into_inner().debits;
+        if debits.is_empty() || debits.len() > MAX_BATCH_DEBITS {
+            return Err(Error::invalid(
+                "INVALID_FIELD",
+                "debits",
+                format!("give 1 to {MAX_BATCH_DEBITS} debits"),
+            )
+            .with("max", MAX_BATCH_DEBITS));
+        }
+        let mut accounts = HashMap::new();
+        let mut prepared = Vec::with_capacity(debits.len());
+        for debit in debits {
+            prepared.push(self.debit_op(&caller, debit, &mut accounts).await);
+        }
+        let outcomes = futures::future::join_all(prepared.into_iter().map(|op| async {
+            match op {
+                Ok(op) => self.submit_debit(&caller, op).await,
+                Err(err) => Err(err),
+            }
+        }))
+        .await;
+        Ok(proto::BatchDebitResponse {
+            results: outcomes
+                .into_iter()
+                .map(|outcome| proto::DebitResult {
+                    result: Some(match outcome {
+                        Ok(response) => proto::debit_result::Result::Response(response),
+                        Err(err) => proto::debit_result::Result::Error(proto::DebitError {
+                            code: err.code as i32,
+                            reason: err.reason.to_string(),
+                            message: err.message,
+                            metadata: err.metadata.into_iter().collect(),
+                        }),
+                    }),
+                })
+                .collect(),
+        })
     }
 
     async fn reserve(&self, request: Request<proto::ReserveRequest>) -> Result<proto::Reservation> {
@@ -376,5 +450,12 @@ impl LedgerService for Ctx {
         request: Request<proto::RefundRequest>,
     ) -> Result<Response<proto::Transaction>, Status> {
         reply(Ctx::refund(self, request).await)
+    }
+
+    async fn batch_debit(
+        &self,
+        request: Request<proto::BatchDebitRequest>,
+    ) -> Result<Response<proto::BatchDebitResponse>, Status> {
+        reply(Ctx::batch_debit(self, request).await)
     }
 }
