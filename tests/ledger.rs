@@ -439,3 +439,37 @@ async fn concurrent_batches_conserve_units() {
     assert_eq!(posted, 1500 - 800);
     app.stop().await;
 }
+
+/// Two replicas on one database: a card published on one prices the very next debit on the
+/// other (its rate-card cache follows the publish generation).
+#[tokio::test]
+async fn replicas_price_with_the_card_in_force() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica().await;
+    let (account, _) = app.funded("replicas", "100").await;
+    app.publish_card(vec![rate("one", "1", &[], "")]).await;
+    let service = token(&["service"], &[&account.id]);
+    let first = replica
+        .ledger(&service)
+        .debit(debit_request(&account.id, "one", "r-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap();
+    assert_eq!(first.units, "1");
+    let v2 = app.publish_card(vec![rate("one", "2", &[], "")]).await;
+    let second = replica
+        .ledger(&service)
+        .debit(debit_request(&account.id, "one", "r-2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap();
+    assert_eq!(second.units, "2");
+    assert_eq!(second.rate_card_version, v2.version);
+    assert_eq!(app.balance(&account.id).await.posted, "97");
+    replica.stop().await;
+    app.stop().await;
+}

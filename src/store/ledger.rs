@@ -739,13 +739,14 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
     let write = store.begin_write().await?;
     let conn = &write.tx;
 
-    rate_cards::lock_head(conn, false).await?;
+    let generation = rate_cards::lock_head(conn, false).await?;
     let now = store.clock.now_micros();
     let needs_card = ops
         .iter()
         .any(|op| matches!(op, Op::Debit(_) | Op::Reserve(_) | Op::Capture(_)));
     let card = if needs_card {
-        rate_cards::in_force(conn, now).await?
+        let cards = store.cards.published(conn, generation).await?;
+        rate_cards::in_force_among(&cards, now).cloned()
     } else {
         None
     };

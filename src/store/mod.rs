@@ -46,6 +46,8 @@ pub struct Store {
     /// SQLite allows one writer; taking this lock first avoids BUSY errors and retries.
     sqlite_writer: Option<Arc<Mutex<()>>>,
     pub clock: Clock,
+    /// Published rate cards as of a head generation (see `rate_cards::CardCache`).
+    pub(crate) cards: rate_cards::CardCache,
 }
 
 /// A write transaction (holding the SQLite writer lock while it lives).
@@ -91,6 +93,7 @@ impl Store {
             db,
             sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             clock,
+            cards: rate_cards::CardCache::default(),
         })
     }
 

@@ -170,6 +170,53 @@ pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Car
     model.map(Card::decode).transpose()
 }
 
+/// Every published card, kept in memory per publish generation. A ledger batch reads the
+/// generation from the head row it has just locked FOR SHARE; a publish (on any replica)
+/// bumps it under FOR UPDATE. So a batch either sees the generation it cached — and no
+/// publish can commit until the batch does — or reloads: the cache can never price with a
+/// card other than the one in force.
+#[derive(Clone, Default)]
+pub struct CardCache {
+    inner: std::sync::Arc<std::sync::Mutex<Option<(i64, std::sync::Arc<Vec<Card>>)>>>,
+}
+
+impl CardCache {
+    /// The published cards as of `generation`, loading them if the cache is older.
+    pub async fn published(
+        &self,
+        conn: &impl ConnectionTrait,
+        generation: i64,
+    ) -> Result<std::sync::Arc<Vec<Card>>> {
+        if let Ok(guard) = self.inner.lock()
+            && let Some((cached, cards)) = guard.as_ref()
+            && *cached == generation
+        {
+            return Ok(cards.clone());
+        }
+        let cards: Vec<Card> = rate_card::Entity::find()
+            .filter(rate_card::Column::State.eq(PUBLISHED))
+            .order_by_asc(rate_card::Column::Version)
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(Card::decode)
+            .collect::<Result<_>>()?;
+        let cards = std::sync::Arc::new(cards);
+        if let Ok(mut guard) = self.inner.lock() {
+            *guard = Some((generation, cards.clone()));
+        }
+        Ok(cards)
+    }
+}
+
+/// The card in force at `at` among published cards (same rule as [`in_force`]).
+pub fn in_force_among(cards: &[Card], at: i64) -> Option<&Card> {
+    cards
+        .iter()
+        .filter(|c| c.model.effective_time.is_some_and(|t| t <= at))
+        .max_by_key(|c| (c.model.effective_time, c.model.version))
+}
+
 pub async fn get(conn: &impl ConnectionTrait, version: i64) -> Result<Option<Card>> {
     let model = rate_card::Entity::find_by_id(version).one(conn).await?;
     model.map(Card::decode).transpose()

@@ -143,6 +143,24 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
     let db = TestDatabase::create().await;
+    spawn_on(db, auth).await
+}
+
+impl TestApp {
+    /// A second server (another replica) on the same database; stopping it leaves the
+    /// database alone.
+    pub async fn spawn_replica(&self) -> TestApp {
+        let db = TestDatabase {
+            url: self.db.url.clone(),
+            admin_url: None,
+            name: String::new(),
+            _dir: None,
+        };
+        spawn_on(db, auth_config()).await
+    }
+}
+
+async fn spawn_on(db: TestDatabase, auth: AuthConfig) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let clock = Clock::system();
