@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_foundation;
 mod m20261127_000002_lifecycle;
+mod m20261127_000003_entry_order;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_foundation::Migration),
             Box::new(m20261127_000002_lifecycle::Migration),
+            Box::new(m20261127_000003_entry_order::Migration),
         ]
     }
 }

@@ -239,6 +239,7 @@ pub async fn create_wallet(
         low_balance_thresholds: Set("[]".to_string()),
         next_due_time: Set(None),
         last_hash: Set(String::new()),
+        last_entry_time: Set(0),
     };
     match model.insert(conn).await {
         Ok(model) => Ok(model),

@@ -62,6 +62,8 @@ pub mod wallet {
         pub next_due_time: Option<i64>,
         /// Hash of the wallet's latest ledger entry (head of its chain).
         pub last_hash: String,
+        /// Time of the wallet's latest ledger entry: new entries are never dated before it.
+        pub last_entry_time: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

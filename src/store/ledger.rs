@@ -479,6 +479,9 @@ struct Loaded {
     /// Running posted balance and chain head: each new entry continues from them.
     posted: i64,
     last_hash: String,
+    /// Time of the latest entry: entries are stamped no earlier (clock skew between
+    /// replicas, or a schedule created with a start in the past, cannot reorder history).
+    last_time: i64,
     grants: HashMap<String, grant::Model>,
     new_grants: HashMap<String, GrantTemplate>,
     void_reasons: HashMap<String, String>,
@@ -496,6 +499,8 @@ impl Loaded {
     /// Turns a movement into a ledger entry, chained after the wallet's previous one.
     fn record(&mut self, movement: Movement, ctx: &EntryContext) -> transaction::Model {
         self.posted += movement.delta;
+        let time = movement.time.max(self.last_time);
+        self.last_time = time;
         let mut burns: Vec<StoredBurn> = movement.burns.iter().map(StoredBurn::from).collect();
         if burns.is_empty()
             && let Some(grant_id) = &movement.grant_id
@@ -544,7 +549,7 @@ impl Loaded {
             burns: json(&burns),
             provider_cost: ctx.provider_cost.clone(),
             grant_id: movement.grant_id.clone(),
-            create_time: movement.time,
+            create_time: time,
             delta: movement.delta,
             ref_id: movement.hold_id.clone().or_else(|| ctx.ref_id.clone()),
             reason: ctx.reason.clone(),
@@ -651,6 +656,7 @@ async fn load_wallets(
         let entry = Loaded {
             posted: model.posted,
             last_hash: model.last_hash.clone(),
+            last_time: model.last_entry_time,
             grants: own_grants
                 .iter()
                 .map(|g| (g.id.clone(), (*g).clone()))
@@ -740,16 +746,6 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
     let conn = &write.tx;
 
     let generation = rate_cards::lock_head(conn, false).await?;
-    let now = store.clock.now_micros();
-    let needs_card = ops
-        .iter()
-        .any(|op| matches!(op, Op::Debit(_) | Op::Reserve(_) | Op::Capture(_)));
-    let card = if needs_card {
-        let cards = store.cards.published(conn, generation).await?;
-        rate_cards::in_force_among(&cards, now).cloned()
-    } else {
-        None
-    };
 
     // Debits and holds name (account, unit); wallets never move, so resolving before
     // locking is safe.
@@ -834,6 +830,18 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
     }
 
     let mut wallets = load_wallets(conn, &wallet_ids, &extra_grants, true).await?;
+    // "Now" is read once every lock is held: no batch that locks these wallets later can
+    // be dated earlier, and no publish can commit before this batch does.
+    let now = store.clock.now_micros();
+    let needs_card = ops
+        .iter()
+        .any(|op| matches!(op, Op::Debit(_) | Op::Reserve(_) | Op::Capture(_)));
+    let card = if needs_card {
+        let cards = store.cards.published(conn, generation).await?;
+        rate_cards::in_force_among(&cards, now).cloned()
+    } else {
+        None
+    };
     for loaded in wallets.values_mut() {
         loaded.advance(now);
     }
@@ -1411,6 +1419,7 @@ fn updated_wallet(wallet: &Loaded, now: i64) -> wallet::Model {
         low_balance_thresholds: json(&wallet.thresholds),
         next_due_time: state.next_due(),
         last_hash: wallet.last_hash.clone(),
+        last_entry_time: wallet.last_time,
         update_time: now,
         ..wallet.model.clone()
     }

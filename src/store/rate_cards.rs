@@ -177,8 +177,11 @@ pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Car
 /// card other than the one in force.
 #[derive(Clone, Default)]
 pub struct CardCache {
-    inner: std::sync::Arc<std::sync::Mutex<Option<(i64, std::sync::Arc<Vec<Card>>)>>>,
+    inner: std::sync::Arc<std::sync::Mutex<Option<CachedCards>>>,
 }
+
+/// A publish generation and the published cards as of it.
+type CachedCards = (i64, std::sync::Arc<Vec<Card>>);
 
 impl CardCache {
     /// The published cards as of `generation`, loading them if the cache is older.
