@@ -8,6 +8,7 @@
 //!   matches;
 //! * each entry's `delta` agrees with its kind and `units`, and its `balance_after` is the
 //!   running Σ delta;
+//! * entries are in time order (statements rely on it);
 //!
 //! and then for the wallet: Σ delta = `posted`, `last_hash` = the hash of its latest entry,
 //! Σ units of its OPEN reservations = `reserved`, and Σ remaining of its ACTIVE grants − `debt`
@@ -214,6 +215,7 @@ async fn verify_wallet(
         )
     };
     let mut after_seq: Option<i64> = None;
+    let mut last_time = i64::MIN;
     loop {
         let mut query = transaction::Entity::find()
             .filter(transaction::Column::WalletId.eq(wallet_id.as_str()))
@@ -263,6 +265,14 @@ async fn verify_wallet(
             if let Some(problem) = delta_problem(entry) {
                 mismatch(Some(id), problem);
             }
+            // Statements rely on a wallet's entries being in time order.
+            if entry.create_time < last_time {
+                mismatch(
+                    Some(id),
+                    format!("entry {id} is dated before the entry written before it"),
+                );
+            }
+            last_time = last_time.max(entry.create_time);
             running += i128::from(entry.delta);
             let off = i128::from(entry.balance_after) - running;
             if off == offset {
