@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, Set,
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
@@ -142,7 +141,7 @@ pub async fn list_accounts(
     parent_id: Option<&str>,
     page: &Page,
 ) -> Result<(Vec<account::Model>, String)> {
-    let mut query = account::Entity::find().order_by_asc(account::Column::Id);
+    let mut query = account::Entity::find();
     if let Some(roots) = within {
         let mut any = Condition::any();
         for root in roots {
@@ -156,11 +155,10 @@ pub async fn list_accounts(
     if let Some(parent) = parent_id {
         query = query.filter(account::Column::ParentId.eq(parent));
     }
-    if let Some(after) = &page.after {
-        query = query.filter(account::Column::Id.gt(after.as_str()));
-    }
-    let rows = query.limit(page.size + 1).all(conn).await?;
-    Ok(pagination::finish("accounts", rows, page, |a| a.id.clone()))
+    pagination::by_id(conn, query, account::Column::Id, "accounts", page, |a| {
+        a.id.clone()
+    })
+    .await
 }
 
 fn escape_like(text: &str) -> String {
@@ -272,12 +270,9 @@ pub async fn list_wallets(
     account_id: &str,
     page: &Page,
 ) -> Result<(Vec<wallet::Model>, String)> {
-    let mut query = wallet::Entity::find()
-        .filter(wallet::Column::AccountId.eq(account_id))
-        .order_by_asc(wallet::Column::Id);
-    if let Some(after) = &page.after {
-        query = query.filter(wallet::Column::Id.gt(after.as_str()));
-    }
-    let rows = query.limit(page.size + 1).all(conn).await?;
-    Ok(pagination::finish("wallets", rows, page, |w| w.id.clone()))
+    let query = wallet::Entity::find().filter(wallet::Column::AccountId.eq(account_id));
+    pagination::by_id(conn, query, wallet::Column::Id, "wallets", page, |w| {
+        w.id.clone()
+    })
+    .await
 }

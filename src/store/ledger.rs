@@ -1603,14 +1603,11 @@ pub async fn list_grants(
     wallet_id: &str,
     page: &Page,
 ) -> Result<(Vec<grant::Model>, String)> {
-    let mut query = grant::Entity::find()
-        .filter(grant::Column::WalletId.eq(wallet_id))
-        .order_by_asc(grant::Column::Id);
-    if let Some(after) = &page.after {
-        query = query.filter(grant::Column::Id.gt(after.as_str()));
-    }
-    let rows = query.limit(page.size + 1).all(conn).await?;
-    Ok(pagination::finish("grants", rows, page, |g| g.id.clone()))
+    let query = grant::Entity::find().filter(grant::Column::WalletId.eq(wallet_id));
+    pagination::by_id(conn, query, grant::Column::Id, "grants", page, |g| {
+        g.id.clone()
+    })
+    .await
 }
 
 /// Allotment schedules of one wallet, oldest first.
@@ -1619,16 +1616,16 @@ pub async fn list_schedules(
     wallet_id: &str,
     page: &Page,
 ) -> Result<(Vec<schedule::Model>, String)> {
-    let mut query = schedule::Entity::find()
-        .filter(schedule::Column::WalletId.eq(wallet_id))
-        .order_by_asc(schedule::Column::Id);
-    if let Some(after) = &page.after {
-        query = query.filter(schedule::Column::Id.gt(after.as_str()));
-    }
-    let rows = query.limit(page.size + 1).all(conn).await?;
-    Ok(pagination::finish("allotment_schedules", rows, page, |s| {
-        s.id.clone()
-    }))
+    let query = schedule::Entity::find().filter(schedule::Column::WalletId.eq(wallet_id));
+    pagination::by_id(
+        conn,
+        query,
+        schedule::Column::Id,
+        "allotment_schedules",
+        page,
+        |s| s.id.clone(),
+    )
+    .await
 }
 
 pub async fn find_reservation(

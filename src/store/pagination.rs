@@ -55,6 +55,29 @@ pub fn token(list: &str, last_key: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{list}|{last_key}"))
 }
 
+/// Runs `query` as one page of a list ordered by the string key `id` (ids are time-ordered,
+/// so this is creation order).
+pub async fn by_id<E, C>(
+    conn: &C,
+    query: sea_orm::Select<E>,
+    id: E::Column,
+    list: &str,
+    page: &Page,
+    key: impl Fn(&E::Model) -> String,
+) -> Result<(Vec<E::Model>, String)>
+where
+    E: sea_orm::EntityTrait,
+    C: sea_orm::ConnectionTrait,
+{
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+    let mut query = query.order_by_asc(id);
+    if let Some(after) = &page.after {
+        query = query.filter(id.gt(after.as_str()));
+    }
+    let rows = query.limit(page.size + 1).all(conn).await?;
+    Ok(finish(list, rows, page, key))
+}
+
 /// Splits one extra fetched row off: returns the page and the next token if more remain.
 pub fn finish<T>(
     list: &str,
