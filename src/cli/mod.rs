@@ -1,6 +1,7 @@
 //! The `allot` command line: `serve`, `migrate`, `token`, and (in `client`) a gRPC client
 //! command for every role. `main.rs` only calls [`main`].
 
+pub mod bench;
 pub mod client;
 pub mod server;
 
@@ -23,6 +24,8 @@ pub enum Command {
     Token(server::TokenArgs),
     /// Check every wallet's hash chain and that its stored balances equal its ledger.
     Verify(server::VerifyArgs),
+    /// Load-test Debit against an in-process (or running) server and a plain-SQL baseline.
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -52,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Migrate(args) => server::migrate(args).await,
             Command::Token(args) => server::token(args),
             Command::Verify(args) => server::verify(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Client(command) => client::run(command).await,
         }
     })

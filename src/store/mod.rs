@@ -26,7 +26,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
     DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -121,18 +121,15 @@ impl Store {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let options = TransactionOptions {
-            isolation_level: None,
-            access_mode: Some(AccessMode::ReadWrite),
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        };
+        // SQLite: BEGIN IMMEDIATE (take the write lock up front); PostgreSQL: the default
+        // read-write transaction (row locks order writers).
         let options = if self.is_postgres() {
-            TransactionOptions {
-                sqlite_transaction_mode: None,
-                ..options
-            }
+            TransactionOptions::default()
         } else {
-            options
+            TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            }
         };
         let tx = self.db.begin_with_options(options).await?;
         Ok(WriteTx {

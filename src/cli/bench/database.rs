@@ -1,0 +1,160 @@
+//! The database a bench run uses: a fresh SQLite file in a temp dir (default), a SQLite URL as
+//! given, or a fresh `allot_bench_<uuid>` database on a PostgreSQL server (dropped at the end).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sea_orm::{ConnectionTrait, Database};
+
+use crate::server::redact_url;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+impl Kind {
+    pub fn of(url: &str) -> anyhow::Result<Kind> {
+        if url.starts_with("sqlite:") {
+            Ok(Kind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Kind::Postgres)
+        } else {
+            anyhow::bail!(
+                "unsupported database URL {}: use sqlite://… or postgres://…",
+                redact_url(url)
+            )
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "sqlite",
+            Kind::Postgres => "postgres",
+        }
+    }
+}
+
+/// A database for one run, and what to remove afterwards.
+pub struct BenchDatabase {
+    pub url: String,
+    pub kind: Kind,
+    /// How it is described in the report.
+    pub description: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Nothing,
+    RemoveDir(PathBuf),
+    DropDatabase { admin_url: String, name: String },
+}
+
+impl BenchDatabase {
+    /// `None`: a fresh SQLite file in a new temp dir. A postgres URL: a fresh database on that
+    /// server. A SQLite URL: that file (created if missing when the URL says `mode=rwc`).
+    pub async fn prepare(url: Option<&str>) -> anyhow::Result<BenchDatabase> {
+        let Some(url) = url else {
+            let dir =
+                std::env::temp_dir().join(format!("allot-bench-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join("allot.db");
+            return Ok(BenchDatabase {
+                url: format!("sqlite://{}?mode=rwc", path.display()),
+                kind: Kind::Sqlite,
+                description: format!("SQLite, fresh file {}", path.display()),
+                cleanup: Cleanup::RemoveDir(dir),
+            });
+        };
+        match Kind::of(url)? {
+            Kind::Sqlite => Ok(BenchDatabase {
+                url: url.to_string(),
+                kind: Kind::Sqlite,
+                description: format!("SQLite, {url}"),
+                cleanup: Cleanup::Nothing,
+            }),
+            Kind::Postgres => {
+                let name = format!("allot_bench_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(url)
+                    .await
+                    .with_context(|| format!("cannot connect to {}", redact_url(url)))?;
+                let created = admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .with_context(|| format!("cannot create database {name}"));
+                admin.close().await.ok();
+                created?;
+                let fresh = replace_database(url, &name);
+                Ok(BenchDatabase {
+                    description: format!("PostgreSQL, fresh database {}", redact_url(&fresh)),
+                    url: fresh,
+                    kind: Kind::Postgres,
+                    cleanup: Cleanup::DropDatabase {
+                        admin_url: url.to_string(),
+                        name,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Removes what `prepare` created (the temp dir, or the fresh database).
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        match self.cleanup {
+            Cleanup::Nothing => Ok(()),
+            Cleanup::RemoveDir(dir) => std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display())),
+            Cleanup::DropDatabase { admin_url, name } => {
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .with_context(|| format!("cannot connect to {}", redact_url(&admin_url)))?;
+                let dropped = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .with_context(|| format!("cannot drop database {name}"));
+                admin.close().await.ok();
+                dropped.map(|_| ())
+            }
+        }
+    }
+}
+
+/// Replaces the database name in a postgres URL (keeping any `?query`).
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{host}/{name}?{query}"),
+        None => format!("{host}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            replace_database("postgres://postgres@127.0.0.1:5432/test", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            replace_database("postgres://u:p@h/test?sslmode=disable", "b"),
+            "postgres://u:p@h/b?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://h:5432", "b"),
+            "postgres://h:5432/b"
+        );
+    }
+}
