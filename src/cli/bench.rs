@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// connection serialises the worker-thread round trips, 64 wait in SQLite's busy handler.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub baseline_connections: Option<u64>,
+    /// Send debits with BatchDebit, N per call (1–1000), instead of unary Debit. The baseline
+    /// stays one transaction per debit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub batch: Option<u64>,
     /// Skip the baseline run.
     #[arg(long)]
     pub no_baseline: bool,
@@ -206,7 +210,10 @@ async fn measure(args: &BenchArgs, database: Option<&BenchDatabase>) -> anyhow::
     let wallets = args.wallets as usize;
     let concurrency = args.concurrency as usize;
     let connections = (args.connections as usize).min(concurrency);
-    let driver = Driver::Unary;
+    let driver = match args.batch {
+        Some(n) => Driver::Batch(n as usize),
+        None => Driver::Unary,
+    };
     let mut notes = Vec::new();
 
     let in_process = match &args.server {
@@ -421,7 +428,10 @@ impl Report {
             "calls": m.calls,
             "late": m.late,
             "elapsed_s": round(m.elapsed.as_secs_f64(), 3),
-            "driver": match self.driver { Driver::Unary => "unary" },
+            "driver": match self.driver {
+                Driver::Unary => "unary",
+                Driver::Batch(_) => "batch",
+            },
             "debits_per_call": self.driver.debits_per_call(),
             "mode": if self.rate.is_some() { "open" } else { "closed" },
             "rate": self.rate,

@@ -327,18 +327,22 @@ pub async fn seed(
 pub enum Driver {
     /// One `Debit` per call.
     Unary,
+    /// `BatchDebit` with this many debits per call.
+    Batch(usize),
 }
 
 impl Driver {
     pub fn debits_per_call(self) -> usize {
         match self {
             Driver::Unary => 1,
+            Driver::Batch(n) => n,
         }
     }
 
     pub fn describe(self) -> String {
         match self {
             Driver::Unary => "unary Debit".into(),
+            Driver::Batch(n) => format!("BatchDebit, {n} per call"),
         }
     }
 }
@@ -440,6 +444,56 @@ impl Target for AllotTarget {
                         .push((wallets[0], request));
                 }
                 vec![outcome]
+            }
+            Driver::Batch(_) => {
+                let requests: Vec<(usize, proto::DebitRequest)> = wallets
+                    .iter()
+                    .map(|&w| {
+                        (
+                            w,
+                            self.request(w, self.next.fetch_add(1, Ordering::Relaxed)),
+                        )
+                    })
+                    .collect();
+                let mut client = self.ledgers[lane % self.ledgers.len()].clone();
+                let call = client
+                    .batch_debit(proto::BatchDebitRequest {
+                        debits: requests.iter().map(|(_, r)| r.clone()).collect(),
+                    })
+                    .await;
+                let results = match call {
+                    Ok(response) => response.into_inner().results,
+                    Err(status) => {
+                        // The whole call failed: each debit's outcome is unknown unless the
+                        // server said it refused the call itself.
+                        let outcome = classify(Err(status));
+                        if matches!(outcome, Outcome::Unknown(_)) {
+                            self.unknown
+                                .lock()
+                                .expect("unknown lock")
+                                .extend(requests.iter().cloned());
+                        }
+                        return vec![outcome; requests.len()];
+                    }
+                };
+                let mut outcomes = Vec::with_capacity(requests.len());
+                for (i, request) in requests.into_iter().enumerate() {
+                    let result = results.get(i).and_then(|r| r.result.clone());
+                    let outcome = match result {
+                        Some(proto::debit_result::Result::Response(response)) => {
+                            classify(Ok(tonic::Response::new(response)))
+                        }
+                        Some(proto::debit_result::Result::Error(error)) => {
+                            classify(Err(Status::new(Code::from(error.code), error.message)))
+                        }
+                        None => Outcome::Unknown("BAD_RESPONSE"),
+                    };
+                    if matches!(outcome, Outcome::Unknown(_)) {
+                        self.unknown.lock().expect("unknown lock").push(request);
+                    }
+                    outcomes.push(outcome);
+                }
+                outcomes
             }
         }
     }
