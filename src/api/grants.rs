@@ -15,12 +15,13 @@ use crate::{
 };
 
 /// ISO 4217-style currency code: three upper-case letters.
-pub fn currency(value: &str, required: bool) -> Result<String> {
+/// The currency of a unit price (`field` names it in errors).
+fn currency(field: &str, value: &str, required: bool) -> Result<String> {
     if value.is_empty() {
         if required {
             return Err(Error::invalid(
                 "MISSING_FIELD",
-                "grant.currency",
+                field,
                 "is required when unit_price is above 0",
             ));
         }
@@ -29,7 +30,7 @@ pub fn currency(value: &str, required: bool) -> Result<String> {
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Error::invalid(
             "INVALID_FIELD",
-            "grant.currency",
+            field,
             "must be a three-letter ISO 4217 code such as USD",
         ));
     }
@@ -50,7 +51,7 @@ impl Ctx {
         let kind = convert::parse_grant_kind(wire.kind)?;
         let amount = convert::positive("grant.amount", &wire.amount)?;
         let unit_price = convert::decimal("grant.unit_price", &wire.unit_price)?;
-        let currency = currency(&wire.currency, !unit_price.is_zero())?;
+        let currency = currency("grant.currency", &wire.currency, !unit_price.is_zero())?;
         let contract_ref = convert::optional("grant.contract_ref", &wire.contract_ref, 256)?;
         let effective_time = convert::micros("grant.effective_time", wire.effective_time.as_ref())?;
         let expire_time = convert::micros("grant.expire_time", wire.expire_time.as_ref())?;
@@ -246,7 +247,11 @@ impl Ctx {
             ));
         }
         let unit_price = convert::decimal("allotment_schedule.unit_price", &wire.unit_price)?;
-        let currency = currency(&wire.currency, !unit_price.is_zero())?;
+        let currency = currency(
+            "allotment_schedule.currency",
+            &wire.currency,
+            !unit_price.is_zero(),
+        )?;
         let contract_ref =
             convert::optional("allotment_schedule.contract_ref", &wire.contract_ref, 256)?;
         let wallet = self.wallet_in_scope(&caller, &wire.wallet_id).await?;

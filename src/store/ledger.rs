@@ -1032,11 +1032,7 @@ impl Batch<'_> {
                     provider_cost,
                     ..Default::default()
                 };
-                let entry = wallet.record(movement, &ctx);
-                Ok(Outcome::Debit(proto::DebitResponse {
-                    transaction: Some(convert::transaction(&entry)),
-                    replayed: false,
-                }))
+                Ok(charged(&wallet.record(movement, &ctx)))
             }
             Op::Grant(op) => {
                 if op.amount > wallet.state.headroom() {
@@ -1143,11 +1139,7 @@ impl Batch<'_> {
                     provider_cost,
                     ..Default::default()
                 };
-                let entry = wallet.record(movement, &ctx);
-                Ok(Outcome::Debit(proto::DebitResponse {
-                    transaction: Some(convert::transaction(&entry)),
-                    replayed: false,
-                }))
+                Ok(charged(&wallet.record(movement, &ctx)))
             }
             Op::Release(op) => {
                 let hold = hold_model(wallet, &op.reservation_id)?;
@@ -1344,6 +1336,14 @@ impl Batch<'_> {
             Op::Sweep { .. } => Ok(Outcome::Swept),
         }
     }
+}
+
+/// The answer to a debit or capture: the entry it wrote.
+fn charged(entry: &transaction::Model) -> Outcome {
+    Outcome::Debit(proto::DebitResponse {
+        transaction: Some(convert::transaction(entry)),
+        replayed: false,
+    })
 }
 
 fn headroom_error(state: &WalletState) -> Error {
