@@ -1,6 +1,6 @@
 //! LedgerService: the request path. Debits are validated here and applied by the batcher.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Request, Response, Status};
 
@@ -11,6 +11,7 @@ use crate::{
     proto::{self, ledger_service_server::LedgerService},
     store::{
         accounts::find_wallet,
+        directory::AccountIdentity,
         entity::{account, reservation, wallet},
         idempotency::Key,
         ledger::{self, CaptureOp, DebitOp, Op, RefundOp, ReleaseOp, ReserveOp},
@@ -47,7 +48,7 @@ impl Ctx {
         &self,
         caller: &Caller,
         request: proto::DebitRequest,
-        accounts: &mut HashMap<(String, String), account::Model>,
+        accounts: &mut HashMap<(String, String), Arc<AccountIdentity>>,
     ) -> Result<Op> {
         let unit = convert::unit(&request.unit)?;
         let request_type = convert::name("request_type", &request.request_type, 128)?;
@@ -63,7 +64,7 @@ impl Ctx {
             Some(account) => account.clone(),
             None => {
                 let account = self
-                    .resolve_account(caller, &request.account_id, &request.external_id)
+                    .resolve_identity(caller, &request.account_id, &request.external_id)
                     .await?;
                 accounts.insert(named, account.clone());
                 account
@@ -81,7 +82,7 @@ impl Ctx {
         )?;
         Ok(Op::Debit(DebitOp {
             key,
-            account_id: account.id,
+            account_id: account.id.clone(),
             unit,
             request_type,
             quantities,
@@ -184,7 +185,7 @@ impl Ctx {
             }
         };
         let account = self
-            .resolve_account(&caller, &request.account_id, &request.external_id)
+            .resolve_identity(&caller, &request.account_id, &request.external_id)
             .await?;
         let blank = proto::ReserveRequest {
             request_id: String::new(),
@@ -198,7 +199,7 @@ impl Ctx {
         )?;
         let op = Op::Reserve(ReserveOp {
             key,
-            account_id: account.id,
+            account_id: account.id.clone(),
             unit,
             request_type,
             quantities,

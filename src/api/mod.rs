@@ -25,6 +25,7 @@ use crate::{
         Store,
         accounts::{ancestry, find_account, find_by_external_id},
         batcher::Ledger,
+        directory::AccountIdentity,
         entity::account,
         idempotency::{Key, validate_request_id},
     },
@@ -126,6 +127,44 @@ impl Ctx {
                 "give account_id or external_id, not both",
             )),
         }
+    }
+
+    /// Like [`Ctx::resolve_account`] but answers only the account's immutable identity,
+    /// from the in-memory directory when it can (the request path of debits and holds: no
+    /// database read once an account is known). The account's state is checked later, by
+    /// the ledger, under its locks.
+    pub async fn resolve_identity(
+        &self,
+        caller: &Caller,
+        account_id: &str,
+        external_id: &str,
+    ) -> Result<Arc<AccountIdentity>> {
+        let directory = &self.store.directory;
+        let cached = match (account_id.is_empty(), external_id.is_empty()) {
+            (false, true) => directory.account(&convert::id("account_id", account_id, "acct")?),
+            (true, false) => directory.account_by_external_id(&convert::required(
+                "external_id",
+                external_id,
+                128,
+            )?),
+            // Both or neither: resolve_account gives the error.
+            _ => None,
+        };
+        if let Some(identity) = cached {
+            let id = if account_id.is_empty() {
+                external_id
+            } else {
+                account_id
+            };
+            if !caller.covers(&identity.ancestry()) {
+                return Err(out_of_scope(id));
+            }
+            return Ok(identity);
+        }
+        let account = self
+            .resolve_account(caller, account_id, external_id)
+            .await?;
+        Ok(directory.remember_account(&account))
     }
 
     pub fn check_scope(

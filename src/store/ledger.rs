@@ -753,30 +753,45 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
         .iter()
         .filter_map(|op| op.account_unit().map(|(a, _)| a.to_string()))
         .collect();
-    let (accounts, by_account_unit) = if account_ids.is_empty() {
-        (HashMap::new(), HashMap::new())
+    let mut by_account_unit = HashMap::new();
+    let mut unmapped = BTreeSet::new();
+    for (account, unit) in ops.iter().filter_map(Op::account_unit) {
+        match store.directory.wallet(account, unit) {
+            Some(id) => {
+                by_account_unit.insert((account.to_string(), unit.to_string()), id);
+            }
+            None => {
+                unmapped.insert(account.to_string());
+            }
+        }
+    }
+    let accounts: HashMap<String, account::Model> = if account_ids.is_empty() {
+        HashMap::new()
     } else {
-        let accounts = account::Entity::find()
+        account::Entity::find()
             .filter(account::Column::Id.is_in(account_ids.iter().cloned()))
             .all(conn)
             .await?
             .into_iter()
             .map(|a| (a.id.clone(), a))
-            .collect();
-        let wallets = wallet::Entity::find()
+            .collect()
+    };
+    if !unmapped.is_empty() {
+        let found = wallet::Entity::find()
             .select_only()
             .column(wallet::Column::Id)
             .column(wallet::Column::AccountId)
             .column(wallet::Column::Unit)
-            .filter(wallet::Column::AccountId.is_in(account_ids.iter().cloned()))
+            .filter(wallet::Column::AccountId.is_in(unmapped.iter().cloned()))
             .into_tuple::<(String, String, String)>()
             .all(conn)
-            .await?
-            .into_iter()
-            .map(|(id, account, unit)| ((account, unit), id))
-            .collect();
-        (accounts, wallets)
-    };
+            .await?;
+        for (id, account, unit) in found {
+            // Committed rows (a batch never creates wallets): safe to remember.
+            store.directory.remember_wallet(&account, &unit, &id);
+            by_account_unit.insert((account, unit), id);
+        }
+    }
     let mut wallet_ids = BTreeSet::new();
     for op in ops {
         if let Some(id) = op.wallet_id() {

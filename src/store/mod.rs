@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod batcher;
 pub mod chain;
+pub mod directory;
 pub mod entity;
 pub mod idempotency;
 pub mod ledger;
@@ -48,6 +49,8 @@ pub struct Store {
     pub clock: Clock,
     /// Published rate cards as of a head generation (see `rate_cards::CardCache`).
     pub(crate) cards: rate_cards::CardCache,
+    /// Identity facts that never change (see `directory`).
+    pub(crate) directory: Arc<directory::Directory>,
 }
 
 /// A write transaction (holding the SQLite writer lock while it lives).
@@ -94,6 +97,7 @@ impl Store {
             sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             clock,
             cards: rate_cards::CardCache::default(),
+            directory: Arc::default(),
         })
     }
 
