@@ -2,6 +2,17 @@
 //! whatever has queued as one batch (`ledger::apply`), one transaction per batch. There is no
 //! linger: a lone request is applied at once, and while a batch commits the next one fills up,
 //! so batch size follows load. A reply is sent only after its batch has committed.
+//!
+//! On PostgreSQL several workers run at once (`POSTGRES_WORKERS`), so one batch's round
+//! trips and commit overlap with the next batch's; each operation goes to the worker chosen
+//! by its idempotency scope (the account), so duplicates of one `request_id` meet in one
+//! batch and one wallet's operations usually do too. Workers that do touch the same wallet
+//! are ordered by its row lock, as replicas are. SQLite has one writer, so one worker.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+};
 
 use tokio::{
     sync::{mpsc, oneshot},
@@ -16,6 +27,8 @@ use crate::error::{Error, Result};
 
 /// The most operations applied in one transaction.
 pub const MAX_BATCH: usize = 512;
+/// Batch workers on PostgreSQL (on SQLite: one).
+pub const POSTGRES_WORKERS: usize = 4;
 const QUEUE_DEPTH: usize = 8192;
 
 struct Job {
@@ -27,35 +40,56 @@ struct Job {
 /// dropped and the queue is drained.
 #[derive(Clone)]
 pub struct Ledger {
-    queue: mpsc::Sender<Job>,
+    queues: Arc<[mpsc::Sender<Job>]>,
 }
 
-/// The running worker; [`Worker::shutdown`] stops it after the queue drains.
+/// The running workers; [`Worker::shutdown`] stops them after their queues drain.
 pub struct Worker {
-    handle: JoinHandle<()>,
-    close: oneshot::Sender<()>,
+    workers: Vec<(JoinHandle<()>, oneshot::Sender<()>)>,
 }
 
 impl Worker {
     /// Refuses new operations (UNAVAILABLE), applies those already queued, and waits.
     pub async fn shutdown(self) {
-        let _ = self.close.send(());
-        let _ = self.handle.await;
+        let mut handles = Vec::new();
+        for (handle, close) in self.workers {
+            let _ = close.send(());
+            handles.push(handle);
+        }
+        for handle in handles {
+            let _ = handle.await;
+        }
     }
 }
 
 impl Ledger {
     pub fn start(store: Store) -> (Ledger, Worker) {
-        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
-        let (close, closed) = oneshot::channel();
-        let handle = tokio::spawn(run(store, jobs, closed));
-        (Ledger { queue }, Worker { handle, close })
+        let count = if store.is_postgres() {
+            POSTGRES_WORKERS
+        } else {
+            1
+        };
+        let mut queues = Vec::with_capacity(count);
+        let mut workers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+            let (close, closed) = oneshot::channel();
+            workers.push((tokio::spawn(run(store.clone(), jobs, closed)), close));
+            queues.push(queue);
+        }
+        (
+            Ledger {
+                queues: queues.into(),
+            },
+            Worker { workers },
+        )
     }
 
     /// Applies `op` (in some batch) and returns its own outcome.
     pub async fn submit(&self, op: Op) -> Result<Outcome> {
         let (reply, outcome) = oneshot::channel();
-        self.queue
+        let queue = &self.queues[shard(&op, self.queues.len())];
+        queue
             .send(Job { op, reply })
             .await
             .map_err(|_| Error::unavailable("the ledger is shutting down"))?;
@@ -63,6 +97,20 @@ impl Ledger {
             .await
             .map_err(|_| Error::unavailable("the ledger stopped before answering"))?
     }
+}
+
+/// The worker for `op`: by idempotency scope (the account), else by wallet.
+fn shard(op: &Op, workers: usize) -> usize {
+    if workers == 1 {
+        return 0;
+    }
+    let mut hasher = DefaultHasher::new();
+    match (op.key(), op.wallet_id()) {
+        (Some(key), _) => key.scope.hash(&mut hasher),
+        (None, Some(wallet)) => wallet.hash(&mut hasher),
+        (None, None) => {}
+    }
+    (hasher.finish() % workers as u64) as usize
 }
 
 async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::Receiver<()>) {

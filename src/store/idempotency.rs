@@ -6,7 +6,7 @@
 
 use prost::Message;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement,
     sea_query::{OnConflict, Query},
 };
 use sha2::{Digest, Sha256};
@@ -109,8 +109,31 @@ pub async fn find_many(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // An OR of (scope, request_id) pairs is planned as one index scan on the scope prefix
+        // with the pairs as a filter when the scopes repeat (one hot account), and a plain join
+        // as a scan of the whole key index: either way every record is read per batch. A
+        // LATERAL lookup per pair (LIMIT 1 keeps it from being flattened into a join) reads
+        // one index entry per key.
+        let pairs: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| serde_json::json!({ "s": k.scope, "r": k.request_id }))
+            .collect();
+        let pairs = serde_json::to_string(&pairs)
+            .map_err(|err| Error::internal(format!("encoding keys: {err}")))?;
+        return Ok(Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT k.* FROM jsonb_to_recordset($1::jsonb) AS p(s text, r text) \
+                 CROSS JOIN LATERAL (SELECT * FROM idempotency_keys \
+                 WHERE scope = p.s AND request_id = p.r LIMIT 1) AS k",
+                [pairs.into()],
+            ))
+            .all(conn)
+            .await?);
+    }
     let mut condition = sea_orm::Condition::any();
-    for key in keys {
+    for key in super::shape::padded(keys.iter().copied()) {
         condition = condition.add(
             sea_orm::Condition::all()
                 .add(Column::Scope.eq(key.scope.as_str()))
@@ -127,9 +150,18 @@ pub async fn record_many(
     entries: &[(&Key, Vec<u8>)],
     now: i64,
 ) -> Result<u64> {
-    if entries.is_empty() {
-        return Ok(0);
+    let mut inserted = 0;
+    for chunk in super::shape::chunks(entries.iter().collect(), 256) {
+        inserted += record_chunk(conn, &chunk, now).await?;
     }
+    Ok(inserted)
+}
+
+async fn record_chunk(
+    conn: &impl ConnectionTrait,
+    entries: &[&(&Key, Vec<u8>)],
+    now: i64,
+) -> Result<u64> {
     let mut insert = Query::insert();
     insert.into_table(Entity).columns([
         Column::Scope,

@@ -34,6 +34,7 @@ use super::{
     locks_rows, new_id,
     pagination::{self, Page},
     rate_cards::{self, Card},
+    shape::{chunks, padded},
 };
 use crate::{
     api::convert,
@@ -189,7 +190,7 @@ pub enum Op {
 }
 
 impl Op {
-    fn key(&self) -> Option<&Key> {
+    pub(crate) fn key(&self) -> Option<&Key> {
         Some(match self {
             Op::Debit(op) => &op.key,
             Op::Grant(op) => &op.key,
@@ -206,7 +207,7 @@ impl Op {
     }
 
     /// The wallet, when the operation names it directly.
-    fn wallet_id(&self) -> Option<&str> {
+    pub(crate) fn wallet_id(&self) -> Option<&str> {
         Some(match self {
             Op::Debit(_) | Op::Reserve(_) => return None,
             Op::Grant(op) => &op.wallet_id,
@@ -617,29 +618,29 @@ async fn load_wallets(
         return Ok(BTreeMap::new());
     }
     let mut query = wallet::Entity::find()
-        .filter(wallet::Column::Id.is_in(ids.iter().cloned()))
+        .filter(wallet::Column::Id.is_in(padded(ids.iter().cloned())))
         .order_by_asc(wallet::Column::Id);
     if lock && locks_rows(conn) {
         query = query.lock_exclusive();
     }
     let wallets = query.all(conn).await?;
     let grants = grant::Entity::find()
-        .filter(grant::Column::WalletId.is_in(ids.iter().cloned()))
+        .filter(grant::Column::WalletId.is_in(padded(ids.iter().cloned())))
         .filter(
             Condition::any()
                 .add(grant::Column::Status.is_in([PENDING, GRANT_ACTIVE]))
                 .add(grant::Column::Repaid.gt(0))
-                .add(grant::Column::Id.is_in(extra_grants.iter().cloned())),
+                .add(grant::Column::Id.is_in(padded(extra_grants.iter().cloned()))),
         )
         .all(conn)
         .await?;
     let holds = reservation::Entity::find()
-        .filter(reservation::Column::WalletId.is_in(ids.iter().cloned()))
+        .filter(reservation::Column::WalletId.is_in(padded(ids.iter().cloned())))
         .filter(reservation::Column::State.eq(HOLD_OPEN))
         .all(conn)
         .await?;
     let schedules = schedule::Entity::find()
-        .filter(schedule::Column::WalletId.is_in(ids.iter().cloned()))
+        .filter(schedule::Column::WalletId.is_in(padded(ids.iter().cloned())))
         .all(conn)
         .await?;
     let mut loaded = BTreeMap::new();
@@ -744,6 +745,13 @@ struct Batch<'a> {
 async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outcome>>>> {
     let write = store.begin_write().await?;
     let conn = &write.tx;
+    if store.is_postgres() {
+        // Every read below is by key. On small tables PostgreSQL's planner would rather
+        // scan the whole table and test each row against the batch's id list, which costs
+        // far more CPU than the index lookups (measured: docs/BENCHMARKS.md).
+        conn.execute_unprepared("SET LOCAL enable_seqscan = off")
+            .await?;
+    }
 
     let generation = rate_cards::lock_head(conn, false).await?;
 
@@ -769,7 +777,7 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
         HashMap::new()
     } else {
         account::Entity::find()
-            .filter(account::Column::Id.is_in(account_ids.iter().cloned()))
+            .filter(account::Column::Id.is_in(padded(account_ids.iter().cloned())))
             .all(conn)
             .await?
             .into_iter()
@@ -782,7 +790,7 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
             .column(wallet::Column::Id)
             .column(wallet::Column::AccountId)
             .column(wallet::Column::Unit)
-            .filter(wallet::Column::AccountId.is_in(unmapped.iter().cloned()))
+            .filter(wallet::Column::AccountId.is_in(padded(unmapped.iter().cloned())))
             .into_tuple::<(String, String, String)>()
             .all(conn)
             .await?;
@@ -815,7 +823,7 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
     let mut extra_grants = BTreeSet::new();
     if !refund_ids.is_empty() {
         let originals = transaction::Entity::find()
-            .filter(transaction::Column::Id.is_in(refund_ids.iter().cloned()))
+            .filter(transaction::Column::Id.is_in(padded(refund_ids.iter().cloned())))
             .all(conn)
             .await?;
         let prior: Vec<(Option<String>, i64)> = transaction::Entity::find()
@@ -823,7 +831,7 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
             .column(transaction::Column::RefId)
             .column(transaction::Column::Units)
             .filter(transaction::Column::Kind.eq(MovementKind::Refund.as_str()))
-            .filter(transaction::Column::RefId.is_in(refund_ids.iter().cloned()))
+            .filter(transaction::Column::RefId.is_in(padded(refund_ids.iter().cloned())))
             .into_tuple()
             .all(conn)
             .await?;
@@ -1566,21 +1574,22 @@ async fn write_effects(
                 active
             })
             .collect();
-        transaction::Entity::insert_many(rows)
-            .exec_without_returning(conn)
-            .await?;
+        for chunk in chunks(rows, ROWS_PER_STATEMENT) {
+            transaction::Entity::insert_many(chunk)
+                .exec_without_returning(conn)
+                .await?;
+        }
     }
     Ok(())
 }
 
-/// Rows per multi-row statement (well under SQLite's and PostgreSQL's parameter limits).
-const ROWS_PER_STATEMENT: usize = 400;
+/// Most rows per multi-row statement (a power of two, well under SQLite's and PostgreSQL's
+/// parameter limits); see `shape`.
+const ROWS_PER_STATEMENT: usize = 256;
 
 async fn upsert_grants(conn: &impl ConnectionTrait, rows: Vec<grant::ActiveModel>) -> Result<()> {
     use grant::Column as C;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+    for chunk in chunks(rows, ROWS_PER_STATEMENT) {
         grant::Entity::insert_many(chunk)
             .on_conflict(
                 OnConflict::column(C::Id)
@@ -1595,9 +1604,7 @@ async fn upsert_grants(conn: &impl ConnectionTrait, rows: Vec<grant::ActiveModel
 
 async fn upsert_wallets(conn: &impl ConnectionTrait, rows: Vec<wallet::ActiveModel>) -> Result<()> {
     use wallet::Column as C;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+    for chunk in chunks(rows, ROWS_PER_STATEMENT) {
         wallet::Entity::insert_many(chunk)
             .on_conflict(
                 OnConflict::column(C::Id)

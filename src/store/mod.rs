@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod pagination;
 pub mod rate_cards;
+pub mod shape;
 pub mod statements;
 pub mod sweeper;
 pub mod verify;
@@ -41,9 +42,15 @@ use crate::{
 /// The default database: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://allot.db?mode=rwc";
 
+/// Prepared statements kept per connection (a batch's statements come in a few power-of-two
+/// shapes each, see `shape`; sqlx keeps 100 by default).
+const STATEMENT_CACHE: usize = 1024;
+
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: DatabaseConnection,
+    /// SQLite: the one connection write transactions use (see `connect`).
+    writer: Option<DatabaseConnection>,
     /// SQLite allows one writer; taking this lock first avoids BUSY errors and retries.
     sqlite_writer: Option<Arc<Mutex<()>>>,
     pub clock: Clock,
@@ -70,35 +77,54 @@ impl Store {
     /// Connects; on SQLite turns on WAL with `synchronous=FULL` (a commit is durable when it
     /// returns) and a busy timeout.
     pub async fn connect(url: &str, clock: Clock) -> anyhow::Result<Self> {
-        let mut options = ConnectOptions::new(url.to_string());
-        options
-            .sqlx_logging(false)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10));
         let is_sqlite = url.starts_with("sqlite:");
         if is_sqlite {
             // Validate early so a bad path gives a clear error.
             SqliteConnectOptions::from_str(url)?;
-            options
-                .max_connections(8)
-                .min_connections(1)
-                .map_sqlx_sqlite_opts(|opts| {
-                    opts.journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Full)
-                        .busy_timeout(Duration::from_secs(10))
-                        .foreign_keys(true)
-                });
-        } else {
-            options.max_connections(16).min_connections(1);
         }
-        let db = Database::connect(options).await?;
+        let db = Database::connect(Self::options(url, if is_sqlite { 8 } else { 16 })).await?;
+        // SQLite has one writer at a time: give it one connection of its own, so its page
+        // cache stays warm from one batch to the next (a connection's cache is dropped when
+        // another connection has written) and it never waits for a pooled connection.
+        let writer = if is_sqlite {
+            Some(Database::connect(Self::options(url, 1)).await?)
+        } else {
+            None
+        };
         Ok(Store {
             db,
+            writer,
             sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             clock,
             cards: rate_cards::CardCache::default(),
             directory: Arc::default(),
         })
+    }
+
+    /// Pool options; on SQLite WAL with `synchronous=FULL` (a commit is durable when it
+    /// returns), a busy timeout and foreign keys.
+    fn options(url: &str, connections: u32) -> ConnectOptions {
+        let mut options = ConnectOptions::new(url.to_string());
+        options
+            .sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(connections)
+            .min_connections(1);
+        if url.starts_with("sqlite:") {
+            options.map_sqlx_sqlite_opts(|opts| {
+                opts.statement_cache_capacity(STATEMENT_CACHE)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+                    // 16 MiB of page cache per connection (the default is 2 MiB).
+                    .pragma("cache_size", "-16384")
+            });
+        } else {
+            options.map_sqlx_postgres_opts(|opts| opts.statement_cache_capacity(STATEMENT_CACHE));
+        }
+        options
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -135,7 +161,12 @@ impl Store {
                 ..TransactionOptions::default()
             }
         };
-        let tx = self.db.begin_with_options(options).await?;
+        let tx = self
+            .writer
+            .as_ref()
+            .unwrap_or(&self.db)
+            .begin_with_options(options)
+            .await?;
         Ok(WriteTx {
             tx,
             _writer: writer,
@@ -149,6 +180,9 @@ impl Store {
     }
 
     pub async fn close(self) {
+        if let Some(writer) = self.writer {
+            let _ = writer.close().await;
+        }
         let _ = self.db.close().await;
     }
 }
