@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_foundation;
 mod m20261127_000002_lifecycle;
 mod m20261127_000003_entry_order;
+mod m20261128_000004_wallet_version;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_foundation::Migration),
             Box::new(m20261127_000002_lifecycle::Migration),
             Box::new(m20261127_000003_entry_order::Migration),
+            Box::new(m20261128_000004_wallet_version::Migration),
         ]
     }
 }

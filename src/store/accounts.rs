@@ -238,6 +238,7 @@ pub async fn create_wallet(
         next_due_time: Set(None),
         last_hash: Set(String::new()),
         last_entry_time: Set(0),
+        version: Set(0),
     };
     match model.insert(conn).await {
         Ok(model) => Ok(model),

@@ -64,6 +64,8 @@ pub mod wallet {
         pub last_hash: String,
         /// Time of the wallet's latest ledger entry: new entries are never dated before it.
         pub last_entry_time: i64,
+        /// Bumped by every batch that writes anything of the wallet (see `wallet_cache`).
+        pub version: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -35,6 +35,7 @@ use super::{
     pagination::{self, Page},
     rate_cards::{self, Card},
     shape::{chunks, padded},
+    wallet_cache::{Rows, WalletCache},
 };
 use crate::{
     api::convert,
@@ -607,12 +608,14 @@ impl Loaded {
 }
 
 /// Loads wallets with their live grants (plus `extra_grants`, e.g. ones a refund returns
-/// to), open holds and schedules; with `lock`, locks the wallets in id order.
+/// to), open holds and schedules; with `lock`, locks the wallets in id order. With `cache`,
+/// a wallet whose row version matches the cached one takes its other rows from memory.
 async fn load_wallets(
     conn: &impl ConnectionTrait,
     ids: &BTreeSet<String>,
     extra_grants: &BTreeSet<String>,
     lock: bool,
+    cache: Option<&WalletCache>,
 ) -> Result<BTreeMap<String, Loaded>> {
     if ids.is_empty() {
         return Ok(BTreeMap::new());
@@ -624,55 +627,65 @@ async fn load_wallets(
         query = query.lock_exclusive();
     }
     let wallets = query.all(conn).await?;
-    let grants = grant::Entity::find()
-        .filter(grant::Column::WalletId.is_in(padded(ids.iter().cloned())))
-        .filter(
-            Condition::any()
-                .add(grant::Column::Status.is_in([PENDING, GRANT_ACTIVE]))
-                .add(grant::Column::Repaid.gt(0))
-                .add(grant::Column::Id.is_in(padded(extra_grants.iter().cloned()))),
-        )
-        .all(conn)
-        .await?;
-    let holds = reservation::Entity::find()
-        .filter(reservation::Column::WalletId.is_in(padded(ids.iter().cloned())))
-        .filter(reservation::Column::State.eq(HOLD_OPEN))
-        .all(conn)
-        .await?;
-    let schedules = schedule::Entity::find()
-        .filter(schedule::Column::WalletId.is_in(padded(ids.iter().cloned())))
-        .all(conn)
-        .await?;
+    let mut rows: HashMap<String, Rows> = HashMap::new();
+    let mut misses = BTreeSet::new();
+    for model in &wallets {
+        match cache.and_then(|c| c.get(&model.id, model.version)) {
+            Some(cached) => {
+                rows.insert(model.id.clone(), (*cached).clone());
+            }
+            None => {
+                misses.insert(model.id.clone());
+            }
+        }
+    }
+    if cfg!(debug_assertions) && !rows.is_empty() {
+        // Debug builds (the tests) check every cache hit against the database.
+        let hits: BTreeSet<String> = rows.keys().cloned().collect();
+        let read = read_rows(conn, &hits).await?;
+        for (id, cached) in &rows {
+            assert_eq!(
+                read.get(id),
+                Some(cached),
+                "wallet cache disagrees with the database for {id}"
+            );
+        }
+    }
+    rows.extend(read_rows(conn, &misses).await?);
+    if !extra_grants.is_empty() {
+        let extra = grant::Entity::find()
+            .filter(grant::Column::Id.is_in(padded(extra_grants.iter().cloned())))
+            .all(conn)
+            .await?;
+        for model in extra {
+            if let Some(own) = rows.get_mut(&model.wallet_id)
+                && !own.grants.iter().any(|g| g.id == model.id)
+            {
+                own.grants.push(model);
+            }
+        }
+    }
     let mut loaded = BTreeMap::new();
     for model in wallets {
-        let own_grants: Vec<&grant::Model> =
-            grants.iter().filter(|g| g.wallet_id == model.id).collect();
-        let own_holds: Vec<&reservation::Model> =
-            holds.iter().filter(|h| h.wallet_id == model.id).collect();
-        let own_schedules: Vec<&schedule::Model> = schedules
-            .iter()
-            .filter(|s| s.wallet_id == model.id)
-            .collect();
-        let state = wallet_state(&model, &own_grants, &own_holds, &own_schedules);
+        let own = rows.remove(&model.id).unwrap_or_default();
+        let grant_refs: Vec<&grant::Model> = own.grants.iter().collect();
+        let hold_refs: Vec<&reservation::Model> = own.holds.iter().collect();
+        let schedule_refs: Vec<&schedule::Model> = own.schedules.iter().collect();
+        let state = wallet_state(&model, &grant_refs, &hold_refs, &schedule_refs);
         let entry = Loaded {
             posted: model.posted,
             last_hash: model.last_hash.clone(),
             last_time: model.last_entry_time,
-            grants: own_grants
-                .iter()
-                .map(|g| (g.id.clone(), (*g).clone()))
-                .collect(),
+            grants: own.grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
             new_grants: HashMap::new(),
             void_reasons: HashMap::new(),
-            holds: own_holds
-                .iter()
-                .map(|h| (h.id.clone(), (*h).clone()))
-                .collect(),
+            holds: own.holds.into_iter().map(|h| (h.id.clone(), h)).collect(),
             new_holds: Vec::new(),
             resolved: HashMap::new(),
-            schedules: own_schedules
-                .iter()
-                .map(|s| (s.id.clone(), (*s).clone()))
+            schedules: own
+                .schedules
+                .into_iter()
+                .map(|s| (s.id.clone(), s))
                 .collect(),
             new_schedules: Vec::new(),
             thresholds: thresholds(&model),
@@ -685,6 +698,60 @@ async fn load_wallets(
     Ok(loaded)
 }
 
+/// Whether a grant row is one `load_wallets` reads (live, or holding repaid debt).
+fn is_live(grant: &grant::Model) -> bool {
+    grant.status == PENDING || grant.status == GRANT_ACTIVE || grant.repaid > 0
+}
+
+/// The live grants, open holds and schedules of `ids` (every id gets an entry).
+async fn read_rows(
+    conn: &impl ConnectionTrait,
+    ids: &BTreeSet<String>,
+) -> Result<HashMap<String, Rows>> {
+    let mut rows: HashMap<String, Rows> =
+        ids.iter().map(|id| (id.clone(), Rows::default())).collect();
+    if ids.is_empty() {
+        return Ok(rows);
+    }
+    let grants = grant::Entity::find()
+        .filter(grant::Column::WalletId.is_in(padded(ids.iter().cloned())))
+        .filter(
+            Condition::any()
+                .add(grant::Column::Status.is_in([PENDING, GRANT_ACTIVE]))
+                .add(grant::Column::Repaid.gt(0)),
+        )
+        .all(conn)
+        .await?;
+    let holds = reservation::Entity::find()
+        .filter(reservation::Column::WalletId.is_in(padded(ids.iter().cloned())))
+        .filter(reservation::Column::State.eq(HOLD_OPEN))
+        .all(conn)
+        .await?;
+    let schedules = schedule::Entity::find()
+        .filter(schedule::Column::WalletId.is_in(padded(ids.iter().cloned())))
+        .all(conn)
+        .await?;
+    for grant in grants {
+        if let Some(own) = rows.get_mut(&grant.wallet_id) {
+            own.grants.push(grant);
+        }
+    }
+    for hold in holds {
+        if let Some(own) = rows.get_mut(&hold.wallet_id) {
+            own.holds.push(hold);
+        }
+    }
+    for schedule in schedules {
+        if let Some(own) = rows.get_mut(&schedule.wallet_id) {
+            own.schedules.push(schedule);
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(id, own)| (id, own.sorted()))
+        .collect())
+}
+
 /// The wallet's balance as of `now` (due events applied in memory; nothing written).
 pub async fn balance(
     conn: &impl ConnectionTrait,
@@ -692,7 +759,7 @@ pub async fn balance(
     now: i64,
 ) -> Result<proto::Balance> {
     let ids = BTreeSet::from([wallet.id.clone()]);
-    let mut loaded = load_wallets(conn, &ids, &BTreeSet::new(), false).await?;
+    let mut loaded = load_wallets(conn, &ids, &BTreeSet::new(), false, None).await?;
     let Some(mut loaded) = loaded.remove(&wallet.id) else {
         return Err(Error::not_found("wallet", &wallet.id));
     };
@@ -852,7 +919,8 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
         }
     }
 
-    let mut wallets = load_wallets(conn, &wallet_ids, &extra_grants, true).await?;
+    let mut wallets =
+        load_wallets(conn, &wallet_ids, &extra_grants, true, Some(&store.wallets)).await?;
     // "Now" is read once every lock is held: no batch that locks these wallets later can
     // be dated earlier, and no publish can commit before this batch does.
     let now = store.clock.now_micros();
@@ -925,13 +993,22 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
         loaded.advance(now);
     }
 
-    write_effects(conn, &batch.wallets, now).await?;
+    let after = write_effects(conn, &batch.wallets, now).await?;
     let inserted = idempotency::record_many(conn, &new_records, now).await?;
     if inserted != new_records.len() as u64 {
         write.tx.rollback().await?;
         return Ok(None);
     }
-    write.commit().await?;
+    if let Err(err) = write.commit().await {
+        // The commit may or may not have happened: read these wallets afresh next time.
+        for (id, _, _) in &after {
+            store.wallets.forget(id);
+        }
+        return Err(err);
+    }
+    for (id, version, rows) in after {
+        store.wallets.put(&id, version, rows);
+    }
     Ok(Some(outcomes))
 }
 
@@ -1497,24 +1574,32 @@ fn grant_view(wallet: &Loaded, id: &str, now: i64) -> proto::Grant {
         .unwrap_or_default()
 }
 
-/// Writes what the batch changed.
+/// Writes what the batch changed. Returns, for the wallet cache, each wallet's version after
+/// the batch and the rows `load_wallets` would then read.
 async fn write_effects(
     conn: &impl ConnectionTrait,
     wallets: &BTreeMap<String, Loaded>,
     now: i64,
-) -> Result<()> {
+) -> Result<Vec<(String, i64, Rows)>> {
     let mut entries = Vec::new();
     // Changed and new grants, changed wallets: one multi-row upsert per table per batch
     // (a statement per row was most of a spread batch's time).
     let mut grant_rows: Vec<grant::ActiveModel> = Vec::new();
     let mut wallet_rows: Vec<wallet::ActiveModel> = Vec::new();
+    let mut after = Vec::with_capacity(wallets.len());
     for wallet in wallets.values() {
+        let mut rows = Rows::default();
+        let mut dirty = !wallet.entries.is_empty();
         for lot in &wallet.state.lots {
             let Some(row) = grant_row(wallet, lot, now) else {
                 continue;
             };
             if wallet.grants.get(&lot.grant_id) != Some(&row) {
-                grant_rows.push(row.into());
+                dirty = true;
+                grant_rows.push(row.clone().into());
+            }
+            if is_live(&row) {
+                rows.grants.push(row);
             }
         }
         for schedule in &wallet.new_schedules {
@@ -1523,8 +1608,10 @@ async fn write_effects(
                 next_period: next,
                 ..schedule.clone()
             };
-            let active: schedule::ActiveModel = model.into();
+            let active: schedule::ActiveModel = model.clone().into();
             active.insert(conn).await?;
+            rows.schedules.push(model);
+            dirty = true;
         }
         for (id, stored) in &wallet.schedules {
             let next = next_period(wallet, id, stored.next_period);
@@ -1532,7 +1619,12 @@ async fn write_effects(
                 let mut active: schedule::ActiveModel = stored.clone().into();
                 active.next_period = Set(next);
                 active.update(conn).await?;
+                dirty = true;
             }
+            rows.schedules.push(schedule::Model {
+                next_period: next,
+                ..stored.clone()
+            });
         }
         for hold in &wallet.new_holds {
             let mut model = hold.clone();
@@ -1541,26 +1633,37 @@ async fn write_effects(
                 model.captured_units = *captured;
                 model.resolve_time = Some(*at);
             }
+            if model.state == HOLD_OPEN {
+                rows.holds.push(model.clone());
+            }
             let active: reservation::ActiveModel = model.into();
             active.insert(conn).await?;
+            dirty = true;
         }
-        for (id, (state, captured, at)) in &wallet.resolved {
-            if let Some(stored) = wallet.holds.get(id) {
-                let mut active: reservation::ActiveModel = stored.clone().into();
-                active.state = Set(state.to_string());
-                active.captured_units = Set(*captured);
-                active.resolve_time = Set(Some(*at));
-                active.update(conn).await?;
+        for (id, stored) in &wallet.holds {
+            match wallet.resolved.get(id) {
+                Some((state, captured, at)) => {
+                    let mut active: reservation::ActiveModel = stored.clone().into();
+                    active.state = Set(state.to_string());
+                    active.captured_units = Set(*captured);
+                    active.resolve_time = Set(Some(*at));
+                    active.update(conn).await?;
+                    dirty = true;
+                }
+                None if stored.state == HOLD_OPEN => rows.holds.push(stored.clone()),
+                None => {}
             }
         }
-        let updated = updated_wallet(wallet, now);
+        let mut updated = updated_wallet(wallet, now);
         let unchanged = wallet::Model {
             update_time: wallet.model.update_time,
             ..updated.clone()
         } == wallet.model;
-        if !unchanged {
-            wallet_rows.push(updated.into());
+        if dirty || !unchanged {
+            updated.version = wallet.model.version + 1;
+            wallet_rows.push(updated.clone().into());
         }
+        after.push((wallet.model.id.clone(), updated.version, rows));
         entries.extend(wallet.entries.iter().cloned());
     }
     upsert_grants(conn, grant_rows).await?;
@@ -1580,7 +1683,7 @@ async fn write_effects(
                 .await?;
         }
     }
-    Ok(())
+    Ok(after)
 }
 
 /// Most rows per multi-row statement (a power of two, well under SQLite's and PostgreSQL's
@@ -1624,6 +1727,7 @@ async fn upsert_wallets(conn: &impl ConnectionTrait, rows: Vec<wallet::ActiveMod
                         C::NextDueTime,
                         C::LastHash,
                         C::LastEntryTime,
+                        C::Version,
                     ])
                     .to_owned(),
             )

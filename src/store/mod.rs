@@ -23,6 +23,7 @@ pub mod shape;
 pub mod statements;
 pub mod sweeper;
 pub mod verify;
+pub mod wallet_cache;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -58,6 +59,8 @@ pub struct Store {
     pub(crate) cards: rate_cards::CardCache,
     /// Identity facts that never change (see `directory`).
     pub(crate) directory: Arc<directory::Directory>,
+    /// Wallets' grants, holds and schedules as of their last write here.
+    pub(crate) wallets: Arc<wallet_cache::WalletCache>,
 }
 
 /// A write transaction (holding the SQLite writer lock while it lives).
@@ -98,6 +101,7 @@ impl Store {
             clock,
             cards: rate_cards::CardCache::default(),
             directory: Arc::default(),
+            wallets: Arc::default(),
         })
     }
 
@@ -120,6 +124,8 @@ impl Store {
                     .foreign_keys(true)
                     // 16 MiB of page cache per connection (the default is 2 MiB).
                     .pragma("cache_size", "-16384")
+                    // Statement journals (multi-row writes) in memory, not temp files.
+                    .pragma("temp_store", "memory")
             });
         } else {
             options.map_sqlx_postgres_opts(|opts| opts.statement_cache_capacity(STATEMENT_CACHE));

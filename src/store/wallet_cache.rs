@@ -1,0 +1,68 @@
+//! What a ledger batch read of a wallet besides its row — live grants, open holds, schedules —
+//! kept in memory after the batch commits, tagged with the wallet's `version`.
+//!
+//! Every batch still reads (and on PostgreSQL locks) the wallet row itself; only when the row's
+//! version equals the cached one are the other rows taken from here. Every write of a wallet's
+//! grants, holds, schedules or entries goes through a ledger batch, which bumps the version in
+//! the same transaction, so a matching version means nothing changed since — whichever replica
+//! wrote last. A mismatch (another replica wrote, a batch failed after writing, an entry was
+//! evicted) just reads the rows again. Debug builds read them anyway and check the two agree
+//! (so the whole test suite checks the cache).
+
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+
+use super::entity::{grant, reservation, schedule};
+
+/// Wallets kept (least recently used beyond that are dropped and read again on need).
+const CAPACITY: usize = 20_000;
+
+/// The rows `ledger::load_wallets` reads for one wallet, each list sorted by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    pub grants: Vec<grant::Model>,
+    pub holds: Vec<reservation::Model>,
+    pub schedules: Vec<schedule::Model>,
+}
+
+impl Rows {
+    pub fn sorted(mut self) -> Self {
+        self.grants.sort_by(|a, b| a.id.cmp(&b.id));
+        self.holds.sort_by(|a, b| a.id.cmp(&b.id));
+        self.schedules.sort_by(|a, b| a.id.cmp(&b.id));
+        self
+    }
+}
+
+pub struct WalletCache {
+    entries: Cache<String, (i64, Arc<Rows>)>,
+}
+
+impl Default for WalletCache {
+    fn default() -> Self {
+        WalletCache {
+            entries: Cache::new(CAPACITY),
+        }
+    }
+}
+
+impl WalletCache {
+    /// The wallet's rows if they were cached at exactly `version`.
+    pub fn get(&self, wallet_id: &str, version: i64) -> Option<Arc<Rows>> {
+        match self.entries.get(wallet_id) {
+            Some((cached, rows)) if cached == version => Some(rows),
+            _ => None,
+        }
+    }
+
+    /// Records the wallet's rows as committed at `version`.
+    pub fn put(&self, wallet_id: &str, version: i64, rows: Rows) {
+        self.entries
+            .insert(wallet_id.to_string(), (version, Arc::new(rows.sorted())));
+    }
+
+    pub fn forget(&self, wallet_id: &str) {
+        self.entries.remove(wallet_id);
+    }
+}
