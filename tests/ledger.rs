@@ -334,7 +334,7 @@ async fn batch_debit_gives_each_debit_its_own_outcome() {
                 ok_a += 1;
             }
             R::Error(e) => {
-                assert_eq!(e.code, tonic::Code::FailedPrecondition as i32);
+                assert_eq!(e.code, Code::FailedPrecondition as i32);
                 assert_eq!(e.reason, "INSUFFICIENT_CREDITS");
                 assert_eq!(e.metadata["available"], "0");
             }
@@ -470,6 +470,41 @@ async fn replicas_price_with_the_card_in_force() {
     assert_eq!(second.units, "2");
     assert_eq!(second.rate_card_version, v2.version);
     assert_eq!(app.balance(&account.id).await.posted, "97");
+    replica.stop().await;
+    app.stop().await;
+}
+
+/// Two replicas writing one wallet in turn: each caches the wallet's grants after its own
+/// writes, and must notice (by the wallet's version) when the other wrote since — a grant
+/// added on one replica is spendable on the other at once, and neither spends a grant the
+/// other exhausted. (Debug builds also compare every cache hit with the database.)
+#[tokio::test]
+async fn replicas_see_each_others_writes_to_a_wallet() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica().await;
+    let (account, wallet) = app.funded("alternating", "3").await;
+    app.publish_card(vec![rate("one", "1", &[], "")]).await;
+    let service = token(&["service"], &[&account.id]);
+    let debit = |on: &TestApp, id: &str| {
+        let mut client = on.ledger(&service);
+        let request = debit_request(&account.id, "one", id);
+        async move { client.debit(request).await }
+    };
+    // Both replicas debit; each write moves the version past the other's cache.
+    for (i, on) in [&app, &replica, &app].into_iter().enumerate() {
+        debit(on, &format!("a-{i}")).await.unwrap();
+    }
+    // The first grant is spent: the replica must not spend it again from a stale cache.
+    let err = debit(&replica, "a-3").await.unwrap_err();
+    assert_error(&err, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
+    // A grant made through one replica is spendable through the other at once.
+    replica.grant(&wallet.id, "2").await;
+    debit(&app, "a-4").await.unwrap();
+    debit(&replica, "a-5").await.unwrap();
+    let err = debit(&app, "a-6").await.unwrap_err();
+    assert_error(&err, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
+    assert_eq!(app.balance(&account.id).await.posted, "0");
+    assert_eq!(replica.balance(&account.id).await.posted, "0");
     replica.stop().await;
     app.stop().await;
 }
