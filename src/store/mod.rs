@@ -6,7 +6,7 @@
 //! * `ledger` — applies a *batch* of ledger operations (grants, debits) in one transaction,
 //!   wallets locked in id order; `batcher` feeds it (group commit).
 //!
-//! Writers on SQLite are serialised in-process (one `BEGIN IMMEDIATE` at a time); on
+//! Writers on SQLite are serialised in-process (one writer connection, `BEGIN IMMEDIATE`); on
 //! PostgreSQL row locks (`FOR UPDATE` on wallets, `FOR SHARE` on the rate-card head) order
 //! concurrent writers, across any number of replicas.
 
@@ -33,7 +33,6 @@ use sea_orm::{
     SqliteTransactionMode, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{
     clock::Clock,
@@ -50,10 +49,9 @@ const STATEMENT_CACHE: usize = 1024;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: DatabaseConnection,
-    /// SQLite: the one connection write transactions use (see `connect`).
+    /// SQLite: a pool of one connection that every write transaction uses, so writers
+    /// queue for it in-process instead of meeting BUSY errors (see `connect`).
     writer: Option<DatabaseConnection>,
-    /// SQLite allows one writer; taking this lock first avoids BUSY errors and retries.
-    sqlite_writer: Option<Arc<Mutex<()>>>,
     pub clock: Clock,
     /// Published rate cards as of a head generation (see `rate_cards::CardCache`).
     pub(crate) cards: rate_cards::CardCache,
@@ -63,10 +61,9 @@ pub struct Store {
     pub(crate) wallets: Arc<wallet_cache::WalletCache>,
 }
 
-/// A write transaction (holding the SQLite writer lock while it lives).
+/// A write transaction (on SQLite: holding the one writer connection while it lives).
 pub struct WriteTx {
     pub tx: DatabaseTransaction,
-    _writer: Option<OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
@@ -97,7 +94,6 @@ impl Store {
         Ok(Store {
             db,
             writer,
-            sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             clock,
             cards: rate_cards::CardCache::default(),
             directory: Arc::default(),
@@ -114,7 +110,10 @@ impl Store {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(10))
             .max_connections(connections)
-            .min_connections(1);
+            .min_connections(1)
+            // Ping only connections idle for a while, not on every acquire (a round trip —
+            // or, on SQLite, a hop to the driver's thread — per batch and per read).
+            .test_before_acquire_if_idle_for(Duration::from_secs(30));
         if url.starts_with("sqlite:") {
             options.map_sqlx_sqlite_opts(|opts| {
                 opts.statement_cache_capacity(STATEMENT_CACHE)
@@ -153,10 +152,6 @@ impl Store {
 
     /// Begins a write transaction.
     pub async fn begin_write(&self) -> Result<WriteTx> {
-        let writer = match &self.sqlite_writer {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
         // SQLite: BEGIN IMMEDIATE (take the write lock up front); PostgreSQL: the default
         // read-write transaction (row locks order writers).
         let options = if self.is_postgres() {
@@ -173,10 +168,7 @@ impl Store {
             .unwrap_or(&self.db)
             .begin_with_options(options)
             .await?;
-        Ok(WriteTx {
-            tx,
-            _writer: writer,
-        })
+        Ok(WriteTx { tx })
     }
 
     /// Checks the database answers (used by health).
