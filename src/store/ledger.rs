@@ -34,7 +34,7 @@ use super::{
     locks_rows, new_id,
     pagination::{self, Page},
     rate_cards::{self, Card},
-    shape::{chunks, padded},
+    shape::{chunks, padded, padded_chunks},
     wallet_cache::{Rows, WalletCache},
 };
 use crate::{
@@ -1677,13 +1677,30 @@ async fn write_effects(
                 active
             })
             .collect();
-        for chunk in chunks(rows, ROWS_PER_STATEMENT) {
+        // Entry ids are new, so only the padding's repeated row can conflict (and is skipped).
+        for chunk in padded_chunks(rows, ROWS_PER_STATEMENT) {
             transaction::Entity::insert_many(chunk)
+                .on_conflict(
+                    OnConflict::column(transaction::Column::Id)
+                        .do_nothing()
+                        .to_owned(),
+                )
                 .exec_without_returning(conn)
                 .await?;
         }
     }
     Ok(after)
+}
+
+/// Upsert statements for `rows`: on SQLite padded like plain inserts (a repeated row just
+/// updates its row again, to the same values); PostgreSQL refuses to update a row twice in
+/// one statement, so there the rows go in power-of-two chunks.
+fn upsert_chunks<T: Clone>(conn: &impl ConnectionTrait, rows: Vec<T>) -> Vec<Vec<T>> {
+    if locks_rows(conn) {
+        chunks(rows, ROWS_PER_STATEMENT)
+    } else {
+        padded_chunks(rows, ROWS_PER_STATEMENT)
+    }
 }
 
 /// Most rows per multi-row statement (a power of two, well under SQLite's and PostgreSQL's
@@ -1692,7 +1709,7 @@ const ROWS_PER_STATEMENT: usize = 256;
 
 async fn upsert_grants(conn: &impl ConnectionTrait, rows: Vec<grant::ActiveModel>) -> Result<()> {
     use grant::Column as C;
-    for chunk in chunks(rows, ROWS_PER_STATEMENT) {
+    for chunk in upsert_chunks(conn, rows) {
         grant::Entity::insert_many(chunk)
             .on_conflict(
                 OnConflict::column(C::Id)
@@ -1707,7 +1724,7 @@ async fn upsert_grants(conn: &impl ConnectionTrait, rows: Vec<grant::ActiveModel
 
 async fn upsert_wallets(conn: &impl ConnectionTrait, rows: Vec<wallet::ActiveModel>) -> Result<()> {
     use wallet::Column as C;
-    for chunk in chunks(rows, ROWS_PER_STATEMENT) {
+    for chunk in upsert_chunks(conn, rows) {
         wallet::Entity::insert_many(chunk)
             .on_conflict(
                 OnConflict::column(C::Id)

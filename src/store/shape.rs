@@ -2,8 +2,9 @@
 //! text (PostgreSQL plans a prepared statement once; SQLite compiles it once), but a batch's
 //! `IN (…)` lists and multi-row `VALUES` vary with the batch size, and a new text means a new
 //! parse and plan — on PostgreSQL the largest part of a batch's cost before this. So lists
-//! are padded to a power of two (repeating a value changes no `IN` result) and multi-row
-//! writes go in chunks whose sizes are powers of two: a handful of texts per statement.
+//! are padded to a power of two (repeating a value changes no `IN` result), inserts that skip
+//! conflicts are padded the same way (a repeated row is skipped), and upserts go in chunks
+//! whose sizes are powers of two: a handful of texts per statement.
 
 /// `values` padded to the next power of two by repeating the last one (empty stays empty).
 pub fn padded<T: Clone>(values: impl IntoIterator<Item = T>) -> Vec<T> {
@@ -29,6 +30,19 @@ pub fn chunks<T>(rows: Vec<T>, max: usize) -> Vec<Vec<T>> {
         };
         out.push(rows.by_ref().take(size).collect());
         left -= size;
+    }
+    out
+}
+
+/// For inserts that skip conflicting rows (`ON CONFLICT DO NOTHING`), where a repeated row
+/// is simply skipped: chunks of `max` rows, the last padded to a power of two — one statement
+/// for any batch up to `max` rows.
+pub fn padded_chunks<T: Clone>(rows: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    debug_assert!(max.is_power_of_two());
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        out.push(padded(rows.by_ref().take(max)));
     }
     out
 }
