@@ -222,12 +222,12 @@ EOF
     "$(section 'allot debit --external-id acme' "$out")" \
     '^units: +1\.3$' '^balance_after: +99998\.7$' '^request_id: +req-0001$' '^replayed: +false$'
   expect_lines "balance after the debit: posted/available 99998.7" \
-    "$(section 'allot balance' "$out")" '^credits +99998\.7 +0 +99998\.7 +0$'
+    "$(section 'allot balance' "$out")" '^credits +99998\.7 +0 +99998\.7 +0 +-$'
   local s
   s=$(section 'allot transactions' "$out")
   [[ $(grep -c 'TRANSACTION_KIND_' <<<"$s") -eq 2 ]] || { echo "$s" >&2; fail "transactions: expected 2 rows"; }
   expect_lines "transactions: the debit and the grant" "$s" \
-    'TRANSACTION_KIND_DEBIT +1\.3 +99998\.7 +chat\.message +req-0001' 'TRANSACTION_KIND_GRANT +100000 +100000 '
+    'TRANSACTION_KIND_DEBIT +1\.3 +-1\.3 +99998\.7 +chat\.message +req-0001' 'TRANSACTION_KIND_GRANT +100000 +100000 +100000 '
   expect_lines "service token (role service, scoped to ACCT): debit image.generate, 4 units" \
     "$(section 'allot debit --token' "$out")" \
     "^account_id: +$ACCT$" '^units: +4$' '^balance_after: +99994\.7$' '^replayed: +false$'
@@ -360,8 +360,9 @@ check_error_shape() {
     -d '{"external_id": "broke", "request_type": "web.search", "request_id": "e1"}' \
     "$SRV_ADDR" allot.v1.LedgerService/Debit >"$dir/error.json" 2>&1 || rc=$?
   [[ $rc -ne 0 ]] || fail "debit on an empty wallet succeeded"
-  # grpcurl cannot render ErrorInfo (reflection does not serve google/rpc/error_details.proto),
-  # so decode the Any's bytes here: ErrorInfo{1 reason, 2 domain, 3 map<string,string> metadata}.
+  # The server's reflection serves google/rpc/error_details.proto, so grpcurl renders ErrorInfo;
+  # a server without it leaves the Any's bytes, decoded here: ErrorInfo{1 reason, 2 domain,
+  # 3 map<string,string> metadata}.
   local decoded
   decoded=$(python3 - "$dir/error.json" <<'EOF'
 import base64, json, sys
@@ -379,10 +380,13 @@ def fields(b):
     return out
 details = status["details"]
 assert len(details) == 1 and details[0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo", details
-info = fields(base64.b64decode(details[0]["@value"]))
-reason = [v.decode() for k, v in info if k == 1][0]
-domain = [v.decode() for k, v in info if k == 2][0]
-meta = dict((lambda e: (e.get(1, b"").decode(), e.get(2, b"").decode()))(dict(fields(v))) for k, v in info if k == 3)
+if "@value" in details[0]:
+    info = fields(base64.b64decode(details[0]["@value"]))
+    reason = [v.decode() for k, v in info if k == 1][0]
+    domain = [v.decode() for k, v in info if k == 2][0]
+    meta = dict((lambda e: (e.get(1, b"").decode(), e.get(2, b"").decode()))(dict(fields(v))) for k, v in info if k == 3)
+else:  # reflection serves google/rpc/error_details.proto: grpcurl decoded it
+    reason, domain, meta = details[0]["reason"], details[0]["domain"], details[0]["metadata"]
 print(status["code"], reason, domain, "required=" + meta["required"], "available=" + meta["available"])
 EOF
   ) || { cat "$dir/error.json" >&2; fail "error is not a Status with one ErrorInfo"; }
