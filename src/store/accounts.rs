@@ -192,11 +192,32 @@ pub async fn update_account(
     if let Some(labels) = changes.labels {
         model.labels = Set(to_json(&labels));
     }
+    let state_changes = changes.state.is_some_and(|s| s != current_state(&model));
     if let Some(state) = changes.state {
         model.state = Set(state.to_string());
     }
     model.update_time = Set(now);
-    Ok(model.update(conn).await?)
+    let updated = model.update(conn).await?;
+    if state_changes {
+        // Ledger batches keep the account's state with each of its wallets in the wallet
+        // cache, checked by the wallet's version: move every version on.
+        wallet::Entity::update_many()
+            .col_expr(
+                wallet::Column::Version,
+                Expr::col(wallet::Column::Version).add(1),
+            )
+            .filter(wallet::Column::AccountId.eq(updated.id.as_str()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(updated)
+}
+
+fn current_state(model: &account::ActiveModel) -> &str {
+    match &model.state {
+        sea_orm::ActiveValue::Set(state) | sea_orm::ActiveValue::Unchanged(state) => state,
+        sea_orm::ActiveValue::NotSet => "",
+    }
 }
 
 pub async fn create_wallet(

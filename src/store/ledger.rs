@@ -477,6 +477,8 @@ struct GrantTemplate {
 /// A wallet loaded (and locked) for the batch, with what the batch did to it.
 struct Loaded {
     model: wallet::Model,
+    /// The account's state as of the wallet lock (for ACCOUNT_NOT_ACTIVE).
+    account_state: String,
     state: WalletState,
     /// Running posted balance and chain head: each new entry continues from them.
     posted: i64,
@@ -628,20 +630,24 @@ async fn load_wallets(
     }
     let wallets = query.all(conn).await?;
     let mut rows: HashMap<String, Rows> = HashMap::new();
-    let mut misses = BTreeSet::new();
+    let mut misses = BTreeMap::new();
     for model in &wallets {
         match cache.and_then(|c| c.get(&model.id, model.version)) {
             Some(cached) => {
                 rows.insert(model.id.clone(), (*cached).clone());
             }
             None => {
-                misses.insert(model.id.clone());
+                misses.insert(model.id.clone(), model.account_id.clone());
             }
         }
     }
     if cfg!(debug_assertions) && !rows.is_empty() {
         // Debug builds (the tests) check every cache hit against the database.
-        let hits: BTreeSet<String> = rows.keys().cloned().collect();
+        let hits: BTreeMap<String, String> = wallets
+            .iter()
+            .filter(|w| rows.contains_key(&w.id))
+            .map(|w| (w.id.clone(), w.account_id.clone()))
+            .collect();
         let read = read_rows(conn, &hits).await?;
         for (id, cached) in &rows {
             assert_eq!(
@@ -673,6 +679,7 @@ async fn load_wallets(
         let schedule_refs: Vec<&schedule::Model> = own.schedules.iter().collect();
         let state = wallet_state(&model, &grant_refs, &hold_refs, &schedule_refs);
         let entry = Loaded {
+            account_state: own.account_state,
             posted: model.posted,
             last_hash: model.last_hash.clone(),
             last_time: model.last_entry_time,
@@ -703,15 +710,35 @@ fn is_live(grant: &grant::Model) -> bool {
     grant.status == PENDING || grant.status == GRANT_ACTIVE || grant.repaid > 0
 }
 
-/// The live grants, open holds and schedules of `ids` (every id gets an entry).
+/// The account state, live grants, open holds and schedules of the wallets in `owners`
+/// (wallet id → account id; every wallet gets an entry).
 async fn read_rows(
     conn: &impl ConnectionTrait,
-    ids: &BTreeSet<String>,
+    owners: &BTreeMap<String, String>,
 ) -> Result<HashMap<String, Rows>> {
-    let mut rows: HashMap<String, Rows> =
-        ids.iter().map(|id| (id.clone(), Rows::default())).collect();
-    if ids.is_empty() {
+    let mut rows: HashMap<String, Rows> = owners
+        .keys()
+        .map(|id| (id.clone(), Rows::default()))
+        .collect();
+    if owners.is_empty() {
         return Ok(rows);
+    }
+    let ids: BTreeSet<String> = owners.keys().cloned().collect();
+    let account_ids: BTreeSet<&String> = owners.values().collect();
+    let states: HashMap<String, String> = account::Entity::find()
+        .select_only()
+        .column(account::Column::Id)
+        .column(account::Column::State)
+        .filter(account::Column::Id.is_in(padded(account_ids.into_iter().cloned())))
+        .into_tuple::<(String, String)>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .collect();
+    for (wallet_id, account_id) in owners {
+        if let (Some(own), Some(state)) = (rows.get_mut(wallet_id), states.get(account_id)) {
+            own.account_state = state.clone();
+        }
     }
     let grants = grant::Entity::find()
         .filter(grant::Column::WalletId.is_in(padded(ids.iter().cloned())))
@@ -800,7 +827,8 @@ pub async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Result<Outcome>>> {
 struct Batch<'a> {
     now: i64,
     card: Option<Card>,
-    accounts: HashMap<String, account::Model>,
+    /// Account id → state.
+    accounts: HashMap<String, String>,
     by_account_unit: HashMap<(String, String), String>,
     wallets: BTreeMap<String, Loaded>,
     /// Refunded entries and how much of each was refunded so far.
@@ -848,17 +876,6 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
             }
         }
     }
-    let accounts: HashMap<String, account::Model> = if account_ids.is_empty() {
-        HashMap::new()
-    } else {
-        account::Entity::find()
-            .filter(account::Column::Id.is_in(padded(account_ids.iter().cloned())))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|a| (a.id.clone(), a))
-            .collect()
-    };
     if !unmapped.is_empty() {
         let found = wallet::Entity::find()
             .select_only()
@@ -929,6 +946,27 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
 
     let mut wallets =
         load_wallets(conn, &wallet_ids, &extra_grants, true, Some(&store.wallets)).await?;
+    // Account states: with each loaded wallet (cached by its version); read for the rest
+    // (an account without the wallet an operation names, or none at all).
+    let mut accounts: HashMap<String, String> = wallets
+        .values()
+        .map(|w| (w.model.account_id.clone(), w.account_state.clone()))
+        .collect();
+    let unread: BTreeSet<&String> = account_ids
+        .iter()
+        .filter(|id| !accounts.contains_key(*id))
+        .collect();
+    if !unread.is_empty() {
+        let read: Vec<(String, String)> = account::Entity::find()
+            .select_only()
+            .column(account::Column::Id)
+            .column(account::Column::State)
+            .filter(account::Column::Id.is_in(padded(unread.into_iter().cloned())))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        accounts.extend(read);
+    }
     // "Now" is read once every lock is held: no batch that locks these wallets later can
     // be dated earlier, and no publish can commit before this batch does.
     let now = store.clock.now_micros();
@@ -1062,17 +1100,17 @@ impl Batch<'_> {
         let wallet_id = match (op.wallet_id(), op.account_unit()) {
             (Some(id), _) => id.to_string(),
             (None, Some((account_id, unit))) => {
-                let account = self
+                let state = self
                     .accounts
                     .get(account_id)
                     .ok_or_else(|| Error::not_found("account", account_id))?;
-                if account.state != ACTIVE {
+                if state != ACTIVE {
                     return Err(Error::precondition(
                         "ACCOUNT_NOT_ACTIVE",
-                        format!("account `{}` is {}", account.id, account.state),
+                        format!("account `{account_id}` is {state}"),
                     )
-                    .with("account_id", &account.id)
-                    .with("state", &account.state));
+                    .with("account_id", account_id)
+                    .with("state", state));
                 }
                 self.by_account_unit
                     .get(&(account_id.to_string(), unit.to_string()))
@@ -1596,7 +1634,10 @@ async fn write_effects(
     let mut wallet_rows: Vec<wallet::ActiveModel> = Vec::new();
     let mut after = Vec::with_capacity(wallets.len());
     for wallet in wallets.values() {
-        let mut rows = Rows::default();
+        let mut rows = Rows {
+            account_state: wallet.account_state.clone(),
+            ..Rows::default()
+        };
         let mut dirty = !wallet.entries.is_empty();
         for lot in &wallet.state.lots {
             let Some(row) = grant_row(wallet, lot, now) else {

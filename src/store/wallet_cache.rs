@@ -1,4 +1,5 @@
-//! What a ledger batch read of a wallet besides its row — live grants, open holds, schedules —
+//! What a ledger batch read of a wallet besides its row — its account's state, live grants,
+//! open holds, schedules —
 //! kept in memory after the batch commits, tagged with the wallet's `version`.
 //!
 //! Every batch still reads (and on PostgreSQL locks) the wallet row itself; only when the row's
@@ -21,6 +22,9 @@ const CAPACITY: usize = 20_000;
 /// The rows `ledger::load_wallets` reads for one wallet, each list sorted by id.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rows {
+    /// The state of the wallet's account (UpdateAccount moves the wallet's version on when
+    /// it changes the state).
+    pub account_state: String,
     pub grants: Vec<grant::Model>,
     pub holds: Vec<reservation::Model>,
     pub schedules: Vec<schedule::Model>,
