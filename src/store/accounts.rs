@@ -185,6 +185,7 @@ pub async fn update_account(
                 .with("account_id", &current.id),
         );
     }
+    let state_changes = changes.state.is_some_and(|s| s != current.state);
     let mut model: account::ActiveModel = current.into();
     if let Some(name) = changes.display_name {
         model.display_name = Set(name);
@@ -192,7 +193,6 @@ pub async fn update_account(
     if let Some(labels) = changes.labels {
         model.labels = Set(to_json(&labels));
     }
-    let state_changes = changes.state.is_some_and(|s| s != current_state(&model));
     if let Some(state) = changes.state {
         model.state = Set(state.to_string());
     }
@@ -211,13 +211,6 @@ pub async fn update_account(
             .await?;
     }
     Ok(updated)
-}
-
-fn current_state(model: &account::ActiveModel) -> &str {
-    match &model.state {
-        sea_orm::ActiveValue::Set(state) | sea_orm::ActiveValue::Unchanged(state) => state,
-        sea_orm::ActiveValue::NotSet => "",
-    }
 }
 
 pub async fn create_wallet(

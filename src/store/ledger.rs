@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost::Message;
 use rust_decimal::Decimal;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, Statement, sea_query::OnConflict,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, sea_query::OnConflict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -840,23 +840,7 @@ struct Batch<'a> {
 async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outcome>>>> {
     let write = store.begin_write().await?;
     let conn = &write.tx;
-    let generation = if store.is_postgres() {
-        // Every read below is by key. On small tables PostgreSQL's planner would rather
-        // scan the whole table and test each row against the batch's id list, which costs
-        // far more CPU than the index lookups (measured: docs/BENCHMARKS.md). The setting
-        // rides on the rate-card head lock: one round trip for both.
-        let row = conn
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT generation, set_config('enable_seqscan', 'off', true) AS seqscan \
-                 FROM rate_card_head WHERE id = 1 FOR SHARE",
-            ))
-            .await?
-            .ok_or_else(|| Error::internal("rate_card_head row missing"))?;
-        row.try_get::<i64>("", "generation")?
-    } else {
-        rate_cards::lock_head(conn, false).await?
-    };
+    let generation = rate_cards::lock_head_for_batch(conn).await?;
 
     // Debits and holds name (account, unit); wallets never move, so resolving before
     // locking is safe.
@@ -1045,13 +1029,9 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
         write.tx.rollback().await?;
         return Ok(None);
     }
-    if let Err(err) = write.commit().await {
-        // The commit may or may not have happened: read these wallets afresh next time.
-        for (id, _, _) in &after {
-            store.wallets.forget(id);
-        }
-        return Err(err);
-    }
+    // If the commit fails the cache is left as it was: its entries carry the versions from
+    // before this batch, which match the database only if the batch did not commit.
+    write.commit().await?;
     for (id, version, rows) in after {
         store.wallets.put(&id, version, rows);
     }

@@ -6,8 +6,8 @@
 //! publish (old card) or after it (new card) — never priced with a card no longer in force.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, Statement,
     sea_query::{Expr, ExprTrait, Query},
 };
 use sha2::{Digest, Sha256};
@@ -95,11 +95,32 @@ pub async fn lock_head(conn: &impl ConnectionTrait, exclusive: bool) -> Result<i
             query.lock_shared()
         };
     }
-    let head = query
-        .one(conn)
-        .await?
-        .ok_or_else(|| Error::internal("rate_card_head row missing"))?;
+    let head = query.one(conn).await?.ok_or_else(head_missing)?;
     Ok(head.generation)
+}
+
+/// [`lock_head`] for a ledger batch (shared). On PostgreSQL the same statement turns off
+/// whole-table scans for the rest of the batch's transaction: every read a batch makes is by
+/// key, and on small tables the planner would rather scan the table and test each row
+/// against the batch's id list, which costs far more CPU (docs/BENCHMARKS.md). One round trip
+/// for both.
+pub async fn lock_head_for_batch(conn: &impl ConnectionTrait) -> Result<i64> {
+    if !locks_rows(conn) {
+        return lock_head(conn, false).await;
+    }
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT generation, set_config('enable_seqscan', 'off', true) AS seqscan \
+             FROM rate_card_head WHERE id = 1 FOR SHARE",
+        ))
+        .await?
+        .ok_or_else(head_missing)?;
+    Ok(row.try_get::<i64>("", "generation")?)
+}
+
+fn head_missing() -> Error {
+    Error::internal("rate_card_head row missing")
 }
 
 pub async fn publish(

@@ -65,8 +65,4 @@ impl WalletCache {
         self.entries
             .insert(wallet_id.to_string(), (version, Arc::new(rows.sorted())));
     }
-
-    pub fn forget(&self, wallet_id: &str) {
-        self.entries.remove(wallet_id);
-    }
 }
