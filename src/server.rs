@@ -114,6 +114,11 @@ pub async fn run(
         settings.sweep_interval,
         sweeper_stopped,
     ));
+    let (checkpointer_stop, checkpointer_stopped) = tokio::sync::oneshot::channel();
+    let checkpointer = tokio::spawn(crate::store::checkpointer::run(
+        store.clone(),
+        checkpointer_stopped,
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES.into_iter().chain([""]) {
@@ -190,6 +195,8 @@ pub async fn run(
     // queued, then close.
     let _ = sweeper_stop.send(());
     let _ = sweeper.await;
+    let _ = checkpointer_stop.send(());
+    let _ = checkpointer.await;
     drop(ctx);
     ledger_worker.shutdown().await;
     store.close().await;

@@ -332,3 +332,50 @@ async fn sigterm_drains_and_exits_zero() {
     store.close().await;
     app_db.drop_database().await;
 }
+
+/// SQLite: the background checkpointer copies the write-ahead log into the database file
+/// while the server runs. (The writer's own automatic checkpoint is only a backstop at
+/// thousands of pages, which these few writes are far from; new pages reach the database
+/// file only through a checkpoint.)
+#[tokio::test]
+async fn sqlite_log_is_checkpointed_in_the_background() {
+    let app = spawn_app().await;
+    if app.db.is_postgres() {
+        app.stop().await;
+        return;
+    }
+    let path = app
+        .db
+        .url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .expect("path")
+        .to_string();
+    let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    app.publish_standard_card().await;
+    let (account, _) = app.funded("wal", "1000").await;
+    // Let a checkpoint take what start-up and seeding wrote.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = size();
+    let mut ledger = app.ledger(&app.admin);
+    for i in 0..200 {
+        ledger
+            .debit(debit_request(&account.id, "one", &format!("wal-{i}")))
+            .await
+            .expect("debit");
+    }
+    let mut grown = false;
+    for _ in 0..40 {
+        if size() > before {
+            grown = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        grown,
+        "database file still {before} bytes: the log was not checkpointed"
+    );
+    app.stop().await;
+}

@@ -148,7 +148,7 @@ fn dev_secret() -> anyhow::Result<String> {
         }
     }
     let bytes: [u8; 32] = rand::rng().random();
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = hex::encode(bytes);
     std::fs::write(DEV_SECRET_FILE, &secret)
         .with_context(|| format!("cannot write {DEV_SECRET_FILE}"))?;
     #[cfg(unix)]

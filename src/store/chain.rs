@@ -32,6 +32,22 @@ pub fn entry_hash(entry: &transaction::Model) -> String {
         entry.reason,
         entry.create_time,
     ]);
-    let digest = Sha256::digest(content.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hasher = Sha256::new();
+    // Writing into a hasher cannot fail.
+    serde_json::to_writer(&mut HashWriter(&mut hasher), &content).expect("hashing entry");
+    hex::encode(hasher.finalize())
+}
+
+/// Feeds serialized bytes straight into the hash (no intermediate string).
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

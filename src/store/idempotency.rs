@@ -39,7 +39,7 @@ impl Key {
             scope,
             request_id: request_id.to_string(),
             method,
-            fingerprint: hex(&digest),
+            fingerprint: hex::encode(digest),
         }
     }
 
@@ -62,10 +62,6 @@ impl Key {
         T::decode(record.response.as_slice())
             .map_err(|err| Error::internal(format!("stored response unreadable: {err}")))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Validates a request_id: required, at most 128 printable ASCII characters.

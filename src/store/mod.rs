@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod batcher;
 pub mod chain;
+pub mod checkpointer;
 pub mod directory;
 pub mod entity;
 pub mod idempotency;
@@ -82,12 +83,13 @@ impl Store {
             // Validate early so a bad path gives a clear error.
             SqliteConnectOptions::from_str(url)?;
         }
-        let db = Database::connect(Self::options(url, if is_sqlite { 8 } else { 16 })).await?;
+        let db =
+            Database::connect(Self::options(url, if is_sqlite { 8 } else { 16 }, false)).await?;
         // SQLite has one writer at a time: give it one connection of its own, so its page
         // cache stays warm from one batch to the next (a connection's cache is dropped when
         // another connection has written) and it never waits for a pooled connection.
         let writer = if is_sqlite {
-            Some(Database::connect(Self::options(url, 1)).await?)
+            Some(Database::connect(Self::options(url, 1, true)).await?)
         } else {
             None
         };
@@ -103,7 +105,7 @@ impl Store {
 
     /// Pool options; on SQLite WAL with `synchronous=FULL` (a commit is durable when it
     /// returns), a busy timeout and foreign keys.
-    fn options(url: &str, connections: u32) -> ConnectOptions {
+    fn options(url: &str, connections: u32, sqlite_writer: bool) -> ConnectOptions {
         let mut options = ConnectOptions::new(url.to_string());
         options
             .sqlx_logging(false)
@@ -115,8 +117,9 @@ impl Store {
             // or, on SQLite, a hop to the driver's thread — per batch and per read).
             .test_before_acquire_if_idle_for(Duration::from_secs(30));
         if url.starts_with("sqlite:") {
-            options.map_sqlx_sqlite_opts(|opts| {
-                opts.statement_cache_capacity(STATEMENT_CACHE)
+            options.map_sqlx_sqlite_opts(move |opts| {
+                let opts = opts
+                    .statement_cache_capacity(STATEMENT_CACHE)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(10))
@@ -124,7 +127,16 @@ impl Store {
                     // 16 MiB of page cache per connection (the default is 2 MiB).
                     .pragma("cache_size", "-16384")
                     // Statement journals (multi-row writes) in memory, not temp files.
-                    .pragma("temp_store", "memory")
+                    .pragma("temp_store", "memory");
+                if sqlite_writer {
+                    // Its automatic checkpoints are a backstop only (see `checkpointer`).
+                    opts.pragma(
+                        "wal_autocheckpoint",
+                        checkpointer::WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                    )
+                } else {
+                    opts
+                }
             });
         } else {
             options.map_sqlx_postgres_opts(|opts| opts.statement_cache_capacity(STATEMENT_CACHE));

@@ -57,10 +57,7 @@ fn etag(rates_json: &str, notes: &str, state: &str, effective_time: Option<i64>)
     hasher.update([0]);
     hasher.update(state.as_bytes());
     hasher.update(effective_time.unwrap_or_default().to_le_bytes());
-    hasher.finalize()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&hasher.finalize()[..12])
 }
 
 pub async fn create_draft(
@@ -104,16 +101,25 @@ pub async fn lock_head(conn: &impl ConnectionTrait, exclusive: bool) -> Result<i
 /// key, and on small tables the planner would rather scan the table and test each row
 /// against the batch's id list, which costs far more CPU (docs/BENCHMARKS.md). One round trip
 /// for both.
+///
+/// On SQLite (where `BEGIN IMMEDIATE` already excludes other writers) a plain read, written
+/// without the `LIMIT ?` a `find_by_id(..).one()` adds: SQLite re-prepares a statement
+/// whose LIMIT is a bound parameter every time it is bound, once per batch.
 pub async fn lock_head_for_batch(conn: &impl ConnectionTrait) -> Result<i64> {
-    if !locks_rows(conn) {
-        return lock_head(conn, false).await;
-    }
-    let row = conn
-        .query_one_raw(Statement::from_string(
+    let statement = if locks_rows(conn) {
+        Statement::from_string(
             DbBackend::Postgres,
             "SELECT generation, set_config('enable_seqscan', 'off', true) AS seqscan \
              FROM rate_card_head WHERE id = 1 FOR SHARE",
-        ))
+        )
+    } else {
+        Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT generation FROM rate_card_head WHERE id = 1",
+        )
+    };
+    let row = conn
+        .query_one_raw(statement)
         .await?
         .ok_or_else(head_missing)?;
     Ok(row.try_get::<i64>("", "generation")?)

@@ -79,7 +79,7 @@ impl InProcess {
     /// sweeper every second) and waits until it has migrated the database.
     pub async fn start(database_url: &str) -> anyhow::Result<InProcess> {
         let secret: [u8; 32] = rand::random();
-        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = hex::encode(secret);
         let auth = Authenticator::from_config(&AuthConfig {
             hs256_secret: Some(secret.clone()),
             ..AuthConfig::default()
