@@ -38,6 +38,8 @@ pub struct Settings {
     pub limits: crate::api::Limits,
     /// How often this replica looks for wallets with something due (expiry, schedules).
     pub sweep_interval: Duration,
+    /// How long idempotency records are kept (`store::idempotency::DEFAULT_RETENTION`).
+    pub idempotency_retention: Duration,
     /// Receives the store and ledger once serving starts (tests drive the sweeper with it).
     pub on_ready: Option<tokio::sync::oneshot::Sender<Handles>>,
     pub auth: Authenticator,
@@ -52,12 +54,16 @@ pub struct Settings {
 pub struct Handles {
     pub store: Store,
     pub ledger: Ledger,
+    pub idempotency_retention: Duration,
 }
 
 impl Handles {
-    /// Records everything due now (what the background sweeper does each interval).
+    /// Records everything due now and prunes idempotency records past their retention (what
+    /// the background sweeper does).
     pub async fn sweep(&self) -> crate::error::Result<usize> {
-        crate::store::sweeper::sweep_once(&self.store, &self.ledger).await
+        let swept = crate::store::sweeper::sweep_once(&self.store, &self.ledger).await?;
+        crate::store::sweeper::prune_idempotency(&self.store, self.idempotency_retention).await?;
+        Ok(swept)
     }
 }
 
@@ -105,6 +111,7 @@ pub async fn run(
         let _ = ready.send(Handles {
             store: store.clone(),
             ledger: ledger.clone(),
+            idempotency_retention: settings.idempotency_retention,
         });
     }
     let (sweeper_stop, sweeper_stopped) = tokio::sync::oneshot::channel();
@@ -112,6 +119,7 @@ pub async fn run(
         store.clone(),
         ledger,
         settings.sweep_interval,
+        settings.idempotency_retention,
         sweeper_stopped,
     ));
     let (checkpointer_stop, checkpointer_stopped) = tokio::sync::oneshot::channel();

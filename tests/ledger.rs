@@ -508,3 +508,48 @@ async fn replicas_see_each_others_writes_to_a_wallet() {
     replica.stop().await;
     app.stop().await;
 }
+
+/// A request_id is remembered for the retention (30 days by default): until then a repeat
+/// gets the original answer and a different request under it is refused; once the sweeper
+/// has pruned the record, the id is a new request.
+#[tokio::test]
+async fn request_ids_are_remembered_for_the_retention_then_forgotten() {
+    let app = spawn_app().await;
+    let (account, _) = app.funded("retention", "100").await;
+    app.publish_standard_card().await;
+    let mut ledger = app.ledger(&app.admin);
+    let first = ledger
+        .debit(debit_request(&account.id, "one", "kept-30-days"))
+        .await
+        .expect("first debit")
+        .into_inner();
+    assert!(!first.replayed);
+
+    app.advance(std::time::Duration::from_secs(29 * 86_400))
+        .await;
+    let repeat = ledger
+        .debit(debit_request(&account.id, "one", "kept-30-days"))
+        .await
+        .expect("repeat")
+        .into_inner();
+    assert!(repeat.replayed, "still remembered after 29 days");
+    assert_eq!(repeat.transaction, first.transaction);
+    let reused = ledger
+        .debit(debit_request(&account.id, "image", "kept-30-days"))
+        .await
+        .expect_err("different parameters under a remembered id");
+    assert_error(&reused, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(app.balance(&account.id).await.posted, "99");
+
+    app.advance(std::time::Duration::from_secs(2 * 86_400))
+        .await;
+    let fresh = ledger
+        .debit(debit_request(&account.id, "image", "kept-30-days"))
+        .await
+        .expect("after the retention the id is new")
+        .into_inner();
+    assert!(!fresh.replayed);
+    assert_ne!(fresh.transaction, first.transaction);
+    assert_eq!(app.balance(&account.id).await.posted, "95");
+    app.stop().await;
+}

@@ -891,6 +891,7 @@ impl Replica {
             shutdown_grace: Duration::from_secs(2),
             limits: allot::api::Limits::default(),
             sweep_interval: Duration::from_secs(3600),
+            idempotency_retention: allot::store::idempotency::DEFAULT_RETENTION,
             on_ready: Some(ready_tx),
         };
         let (shutdown, stop) = oneshot::channel::<()>();

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// How often to record what fell due (grant and hold expiry, schedule periods).
     #[arg(long, env = "ALLOT_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
+    /// How long a request_id is remembered (replayed, or refused with different
+    /// parameters); at least 1h.
+    #[arg(long, env = "ALLOT_IDEMPOTENCY_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +118,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{text}`: use s, m, h or d")),
     };
     Ok(Duration::from_secs(seconds))
+}
+
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let retention = parse_duration(text)?;
+    if retention < Duration::from_secs(3600) {
+        return Err(format!(
+            "`{text}`: idempotency records must be kept at least 1h"
+        ));
+    }
+    Ok(retention)
 }
 
 pub fn init_logging(json: bool) {
@@ -223,6 +237,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         sweep_interval: args.sweep_interval,
+        idempotency_retention: args.idempotency_retention,
         on_ready: None,
     };
     server::run(listener, settings, server::shutdown_signal()).await
@@ -315,4 +330,17 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     );
     println!("{}", mint_hs256(secret.as_bytes(), &claims)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_is_a_duration_of_at_least_an_hour() {
+        assert_eq!(parse_retention("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_retention("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_retention("59m").unwrap_err().contains("at least 1h"));
+        assert!(parse_retention("soon").is_err());
+    }
 }

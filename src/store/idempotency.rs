@@ -2,7 +2,9 @@
 //! requests), the response stored as encoded protobuf. Same id + same parameters → the stored
 //! response again; same id + different parameters → ALREADY_EXISTS `IDEMPOTENCY_KEY_REUSED`.
 //! Records are written in the same transaction as the effect, so a rejected request leaves no
-//! record and its id can be used again.
+//! record and its id can be used again. Records older than the retention (default 30 days,
+//! `--idempotency-retention`) are deleted by the sweeper ([`prune`]); after that the same
+//! `request_id` is a new request.
 
 use prost::Message;
 use sea_orm::{
@@ -16,6 +18,12 @@ use crate::error::{Error, Result};
 
 /// The longest request_id accepted.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// How long records are kept by default (the spec's minimum).
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Records deleted per transaction when pruning (keeps each write transaction short).
+const PRUNE_CHUNK: u64 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
@@ -185,4 +193,55 @@ async fn record_chunk(
     );
     let result = conn.execute(&insert).await?;
     Ok(result.rows_affected())
+}
+
+/// Deletes the records created before `before` (µs), a chunk per write transaction; returns
+/// how many. Replicas may prune at the same time: a record is deleted once, whoever gets it.
+pub async fn prune(store: &super::Store, before: i64) -> Result<u64> {
+    let backend = store.backend();
+    let (probe, delete) = if backend == DbBackend::Postgres {
+        (
+            "SELECT 1 AS one FROM idempotency_keys WHERE create_time < $1 LIMIT 1",
+            "DELETE FROM idempotency_keys WHERE (scope, request_id) IN \
+             (SELECT scope, request_id FROM idempotency_keys WHERE create_time < $1 \
+             ORDER BY create_time LIMIT $2)",
+        )
+    } else {
+        (
+            "SELECT 1 AS one FROM idempotency_keys WHERE create_time < ? LIMIT 1",
+            "DELETE FROM idempotency_keys WHERE (scope, request_id) IN \
+             (SELECT scope, request_id FROM idempotency_keys WHERE create_time < ? \
+             ORDER BY create_time LIMIT ?)",
+        )
+    };
+    // A read first, so a replica with nothing to prune never takes the writer.
+    let due = store
+        .connection()
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            probe,
+            [before.into()],
+        ))
+        .await?;
+    if due.is_none() {
+        return Ok(0);
+    }
+    let mut deleted = 0;
+    loop {
+        let write = store.begin_write().await?;
+        let n = write
+            .tx
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                delete,
+                [before.into(), (PRUNE_CHUNK as i64).into()],
+            ))
+            .await?
+            .rows_affected();
+        write.commit().await?;
+        deleted += n;
+        if n < PRUNE_CHUNK {
+            return Ok(deleted);
+        }
+    }
 }

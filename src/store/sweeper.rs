@@ -3,6 +3,8 @@
 //! each a `Sweep` through the ledger, which records what fell due. Every replica may run one:
 //! sweeps lock the wallet like any other batch and are idempotent, so two replicas sweeping
 //! the same wallet write its entries once.
+//!
+//! It also deletes idempotency records older than the retention (at most once a minute).
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use tokio::sync::oneshot;
 use super::{
     Store,
     batcher::Ledger,
+    idempotency,
     ledger::{self, Op},
 };
 use crate::error::Result;
@@ -43,21 +46,44 @@ pub async fn sweep_once(store: &Store, ledger: &Ledger) -> Result<usize> {
     }
 }
 
-/// Sweeps every `interval` until `stop` fires.
+/// How often the sweeper prunes idempotency records.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes idempotency records older than `retention`; returns how many.
+pub async fn prune_idempotency(store: &Store, retention: Duration) -> Result<u64> {
+    let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    let before = store.clock.now_micros().saturating_sub(retention);
+    let deleted = idempotency::prune(store, before).await?;
+    if deleted > 0 {
+        tracing::info!(deleted, "pruned idempotency records past their retention");
+    }
+    Ok(deleted)
+}
+
+/// Sweeps every `interval` (and prunes idempotency records older than `retention` every
+/// minute) until `stop` fires.
 pub async fn run(
     store: Store,
     ledger: Ledger,
     interval: Duration,
+    retention: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = ticker.tick() => {
                 if let Err(err) = sweep_once(&store, &ledger).await {
                     tracing::warn!(error = %err, "sweep failed; will retry");
+                }
+                if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                    pruned_at = Some(tokio::time::Instant::now());
+                    if let Err(err) = prune_idempotency(&store, retention).await {
+                        tracing::warn!(error = %err, "pruning idempotency records failed; will retry");
+                    }
                 }
             }
         }

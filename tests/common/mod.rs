@@ -173,6 +173,7 @@ async fn spawn_on(db: TestDatabase, auth: AuthConfig) -> TestApp {
         limits: allot::api::Limits::default(),
         // Tests sweep explicitly (`app.sweep()`), after moving the clock.
         sweep_interval: Duration::from_secs(3600),
+        idempotency_retention: allot::store::idempotency::DEFAULT_RETENTION,
         on_ready: Some(ready_tx),
     };
     let (tx, rx) = oneshot::channel::<()>();
