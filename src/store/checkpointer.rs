@@ -39,7 +39,7 @@ pub async fn run(store: Store, mut stop: oneshot::Receiver<()>) {
 }
 
 /// One PASSIVE checkpoint: copies every frame no reader still needs.
-pub async fn checkpoint(store: &Store) -> Result<(), sea_orm::DbErr> {
+async fn checkpoint(store: &Store) -> Result<(), sea_orm::DbErr> {
     store
         .connection()
         .execute_raw(Statement::from_string(

@@ -8,8 +8,8 @@
 
 use prost::Message;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement,
-    sea_query::{OnConflict, Query},
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
+    sea_query::{Expr, ExprTrait, OnConflict, Order, Query},
 };
 use sha2::{Digest, Sha256};
 
@@ -198,46 +198,35 @@ async fn record_chunk(
 /// Deletes the records created before `before` (µs), a chunk per write transaction; returns
 /// how many. Replicas may prune at the same time: a record is deleted once, whoever gets it.
 pub async fn prune(store: &super::Store, before: i64) -> Result<u64> {
-    let backend = store.backend();
-    let (probe, delete) = if backend == DbBackend::Postgres {
-        (
-            "SELECT 1 AS one FROM idempotency_keys WHERE create_time < $1 LIMIT 1",
-            "DELETE FROM idempotency_keys WHERE (scope, request_id) IN \
-             (SELECT scope, request_id FROM idempotency_keys WHERE create_time < $1 \
-             ORDER BY create_time LIMIT $2)",
-        )
-    } else {
-        (
-            "SELECT 1 AS one FROM idempotency_keys WHERE create_time < ? LIMIT 1",
-            "DELETE FROM idempotency_keys WHERE (scope, request_id) IN \
-             (SELECT scope, request_id FROM idempotency_keys WHERE create_time < ? \
-             ORDER BY create_time LIMIT ?)",
-        )
-    };
     // A read first, so a replica with nothing to prune never takes the writer.
-    let due = store
-        .connection()
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            probe,
-            [before.into()],
-        ))
+    let due = Entity::find()
+        .select_only()
+        .column(Column::CreateTime)
+        .filter(Column::CreateTime.lt(before))
+        .into_tuple::<i64>()
+        .one(store.connection())
         .await?;
     if due.is_none() {
         return Ok(0);
     }
+    let oldest = Query::select()
+        .columns([Column::Scope, Column::RequestId])
+        .from(Entity)
+        .and_where(Expr::col(Column::CreateTime).lt(before))
+        .order_by(Column::CreateTime, Order::Asc)
+        .limit(PRUNE_CHUNK)
+        .to_owned();
+    let delete = Query::delete()
+        .from_table(Entity)
+        .and_where(
+            Expr::tuple([Expr::col(Column::Scope), Expr::col(Column::RequestId)])
+                .in_subquery(oldest),
+        )
+        .to_owned();
     let mut deleted = 0;
     loop {
         let write = store.begin_write().await?;
-        let n = write
-            .tx
-            .execute_raw(Statement::from_sql_and_values(
-                backend,
-                delete,
-                [before.into(), (PRUNE_CHUNK as i64).into()],
-            ))
-            .await?
-            .rows_affected();
+        let n = write.tx.execute(&delete).await?.rows_affected();
         write.commit().await?;
         deleted += n;
         if n < PRUNE_CHUNK {

@@ -740,6 +740,7 @@ async fn read_rows(
             own.account_state = state.clone();
         }
     }
+    // Live grants: the rule `is_live` states for the cache.
     let grants = grant::Entity::find()
         .filter(grant::Column::WalletId.is_in(padded(ids.iter().cloned())))
         .filter(

@@ -6,8 +6,8 @@
 //! publish (old card) or after it (new card) — never priced with a card no longer in force.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, Statement,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, Statement,
     sea_query::{Expr, ExprTrait, Query},
 };
 use sha2::{Digest, Sha256};
@@ -82,18 +82,16 @@ pub async fn create_draft(
 }
 
 /// Locks the head row: FOR UPDATE when publishing, FOR SHARE when pricing (PostgreSQL only;
-/// SQLite has one writer at a time). Returns the publish generation.
+/// SQLite has one writer at a time). Returns the publish generation. Written out rather than
+/// `find_by_id(1).one()`, whose `LIMIT ?` makes SQLite re-prepare the statement every time
+/// it is bound — once per ledger batch.
 pub async fn lock_head(conn: &impl ConnectionTrait, exclusive: bool) -> Result<i64> {
-    let mut query = rate_card_head::Entity::find_by_id(1);
-    if locks_rows(conn) {
-        query = if exclusive {
-            query.lock_exclusive()
-        } else {
-            query.lock_shared()
-        };
-    }
-    let head = query.one(conn).await?.ok_or_else(head_missing)?;
-    Ok(head.generation)
+    let sql = match (locks_rows(conn), exclusive) {
+        (false, _) => "SELECT generation FROM rate_card_head WHERE id = 1",
+        (true, false) => "SELECT generation FROM rate_card_head WHERE id = 1 FOR SHARE",
+        (true, true) => "SELECT generation FROM rate_card_head WHERE id = 1 FOR UPDATE",
+    };
+    read_head(conn, sql).await
 }
 
 /// [`lock_head`] for a ledger batch (shared). On PostgreSQL the same statement turns off
@@ -101,25 +99,21 @@ pub async fn lock_head(conn: &impl ConnectionTrait, exclusive: bool) -> Result<i
 /// key, and on small tables the planner would rather scan the table and test each row
 /// against the batch's id list, which costs far more CPU (docs/BENCHMARKS.md). One round trip
 /// for both.
-///
-/// On SQLite (where `BEGIN IMMEDIATE` already excludes other writers) a plain read, written
-/// without the `LIMIT ?` a `find_by_id(..).one()` adds: SQLite re-prepares a statement
-/// whose LIMIT is a bound parameter every time it is bound, once per batch.
 pub async fn lock_head_for_batch(conn: &impl ConnectionTrait) -> Result<i64> {
-    let statement = if locks_rows(conn) {
-        Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT generation, set_config('enable_seqscan', 'off', true) AS seqscan \
-             FROM rate_card_head WHERE id = 1 FOR SHARE",
-        )
-    } else {
-        Statement::from_string(
-            DbBackend::Sqlite,
-            "SELECT generation FROM rate_card_head WHERE id = 1",
-        )
-    };
+    if !locks_rows(conn) {
+        return lock_head(conn, false).await;
+    }
+    read_head(
+        conn,
+        "SELECT generation, set_config('enable_seqscan', 'off', true) AS seqscan \
+         FROM rate_card_head WHERE id = 1 FOR SHARE",
+    )
+    .await
+}
+
+async fn read_head(conn: &impl ConnectionTrait, sql: &'static str) -> Result<i64> {
     let row = conn
-        .query_one_raw(statement)
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
         .await?
         .ok_or_else(head_missing)?;
     Ok(row.try_get::<i64>("", "generation")?)
