@@ -8,6 +8,7 @@ mod m20261126_000001_foundation;
 mod m20261127_000002_lifecycle;
 mod m20261127_000003_entry_order;
 mod m20261128_000004_wallet_version;
+mod m20261129_000005_partial_ref_index;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_lifecycle::Migration),
             Box::new(m20261127_000003_entry_order::Migration),
             Box::new(m20261128_000004_wallet_version::Migration),
+            Box::new(m20261129_000005_partial_ref_index::Migration),
         ]
     }
 }

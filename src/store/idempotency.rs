@@ -154,6 +154,26 @@ pub async fn record_many(
     entries: &[(&Key, Vec<u8>)],
     now: i64,
 ) -> Result<u64> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    if super::locks_rows(conn) {
+        // PostgreSQL: one statement whatever the count (`bulk`).
+        let rows: Vec<idempotency_key::Model> = entries
+            .iter()
+            .map(|(key, response)| idempotency_key::Model {
+                scope: key.scope.clone(),
+                request_id: key.request_id.clone(),
+                method: key.method.to_string(),
+                fingerprint: key.fingerprint.clone(),
+                response: response.clone(),
+                create_time: now,
+            })
+            .collect();
+        let ignore = super::bulk::OnConflict::Ignore(&[Column::Scope, Column::RequestId]);
+        let statement = super::bulk::insert::<Entity>(&rows, &[], Some(ignore));
+        return Ok(conn.execute_raw(statement).await?.rows_affected());
+    }
     let mut inserted = 0;
     // Padding repeats the last record; the repeat conflicts with it and is not counted.
     for chunk in super::shape::padded_chunks(entries.iter().collect(), 256) {

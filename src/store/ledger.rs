@@ -20,21 +20,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost::Message;
 use rust_decimal::Decimal;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, sea_query::OnConflict,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Iterable,
+    PrimaryKeyToColumn, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::OnConflict,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{
     Store,
     accounts::ACTIVE,
-    chain,
+    bulk, chain,
     entity::{account, grant, idempotency_key, reservation, schedule, transaction, wallet},
     idempotency::{self, Key},
     locks_rows, new_id,
     pagination::{self, Page},
     rate_cards::{self, Card},
-    shape::{chunks, padded, padded_chunks},
+    shape::{padded, padded_chunks},
     wallet_cache::{Rows, WalletCache},
 };
 use crate::{
@@ -1611,8 +1611,8 @@ async fn write_effects(
     let mut entries = Vec::new();
     // Changed and new grants, changed wallets: one multi-row upsert per table per batch
     // (a statement per row was most of a spread batch's time).
-    let mut grant_rows: Vec<grant::ActiveModel> = Vec::new();
-    let mut wallet_rows: Vec<wallet::ActiveModel> = Vec::new();
+    let mut grant_rows: Vec<grant::Model> = Vec::new();
+    let mut wallet_rows: Vec<wallet::Model> = Vec::new();
     let mut after = Vec::with_capacity(wallets.len());
     for wallet in wallets.values() {
         let mut rows = Rows {
@@ -1626,7 +1626,7 @@ async fn write_effects(
             };
             if wallet.grants.get(&lot.grant_id) != Some(&row) {
                 dirty = true;
-                grant_rows.push(row.clone().into());
+                grant_rows.push(row.clone());
             }
             if is_live(&row) {
                 rows.grants.push(row);
@@ -1691,59 +1691,81 @@ async fn write_effects(
         } == wallet.model;
         if dirty || !unchanged {
             updated.version = wallet.model.version + 1;
-            wallet_rows.push(updated.clone().into());
+            wallet_rows.push(updated.clone());
         }
         after.push((wallet.model.id.clone(), updated.version, rows));
         entries.extend(wallet.entries.iter().cloned());
     }
-    upsert_grants(conn, grant_rows).await?;
-    upsert_wallets(conn, wallet_rows).await?;
-    if !entries.is_empty() {
-        let rows: Vec<transaction::ActiveModel> = entries
-            .into_iter()
-            .map(|model| {
-                let mut active: transaction::ActiveModel = model.into();
-                active.seq = sea_orm::ActiveValue::NotSet;
-                active
-            })
-            .collect();
-        // Entry ids are new, so only the padding's repeated row can conflict (and is skipped).
-        for chunk in padded_chunks(rows, ROWS_PER_STATEMENT) {
-            transaction::Entity::insert_many(chunk)
-                .on_conflict(
-                    OnConflict::column(transaction::Column::Id)
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(conn)
-                .await?;
-        }
-    }
+    upsert::<grant::Entity>(conn, grant_rows, &GRANT_UPDATES).await?;
+    upsert::<wallet::Entity>(conn, wallet_rows, &WALLET_UPDATES).await?;
+    insert_entries(conn, entries).await?;
     Ok(after)
 }
 
-/// Upsert statements for `rows`: on SQLite padded like plain inserts (a repeated row just
-/// updates its row again, to the same values); PostgreSQL refuses to update a row twice in
-/// one statement, so there the rows go in power-of-two chunks.
-fn upsert_chunks<T: Clone>(conn: &impl ConnectionTrait, rows: Vec<T>) -> Vec<Vec<T>> {
-    if locks_rows(conn) {
-        chunks(rows, ROWS_PER_STATEMENT)
-    } else {
-        padded_chunks(rows, ROWS_PER_STATEMENT)
-    }
-}
-
-/// Most rows per multi-row statement (a power of two, well under SQLite's and PostgreSQL's
-/// parameter limits); see `shape`.
+/// Most rows per multi-row statement on SQLite (a power of two, well under its parameter
+/// limit); see `shape`. PostgreSQL sends a table's rows as one statement (`bulk`).
 const ROWS_PER_STATEMENT: usize = 256;
 
-async fn upsert_grants(conn: &impl ConnectionTrait, rows: Vec<grant::ActiveModel>) -> Result<()> {
-    use grant::Column as C;
-    for chunk in upsert_chunks(conn, rows) {
-        grant::Entity::insert_many(chunk)
+const GRANT_UPDATES: [grant::Column; 5] = [
+    grant::Column::Remaining,
+    grant::Column::Status,
+    grant::Column::Repaid,
+    grant::Column::Voided,
+    grant::Column::VoidReason,
+];
+
+const WALLET_UPDATES: [wallet::Column; 16] = [
+    wallet::Column::OverdraftLimit,
+    wallet::Column::Debt,
+    wallet::Column::Reserved,
+    wallet::Column::UpdateTime,
+    wallet::Column::Posted,
+    wallet::Column::DailySpendCap,
+    wallet::Column::MonthlySpendCap,
+    wallet::Column::SpentDay,
+    wallet::Column::SpentDayUnits,
+    wallet::Column::SpentMonth,
+    wallet::Column::SpentMonthUnits,
+    wallet::Column::LowBalanceThresholds,
+    wallet::Column::NextDueTime,
+    wallet::Column::LastHash,
+    wallet::Column::LastEntryTime,
+    wallet::Column::Version,
+];
+
+/// Writes new and changed rows of `E`, updating `updates` where the id exists already.
+async fn upsert<E>(
+    conn: &impl ConnectionTrait,
+    rows: Vec<E::Model>,
+    updates: &[E::Column],
+) -> Result<()>
+where
+    E: EntityTrait,
+    E::Model: Into<E::ActiveModel>,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let key = E::PrimaryKey::iter()
+        .map(|k| k.into_column())
+        .collect::<Vec<_>>();
+    if locks_rows(conn) {
+        let update = bulk::OnConflict::Update {
+            key: &key,
+            columns: updates,
+        };
+        conn.execute_raw(bulk::insert::<E>(&rows, &[], Some(update)))
+            .await?;
+        return Ok(());
+    }
+    // A padded repeat just updates its row again, to the same values.
+    for chunk in padded_chunks(rows, ROWS_PER_STATEMENT) {
+        let chunk: Vec<E::ActiveModel> = chunk.into_iter().map(Into::into).collect();
+        E::insert_many(chunk)
             .on_conflict(
-                OnConflict::column(C::Id)
-                    .update_columns([C::Remaining, C::Status, C::Repaid, C::Voided, C::VoidReason])
+                OnConflict::columns(key.iter().copied())
+                    .update_columns(updates.iter().copied())
                     .to_owned(),
             )
             .exec_without_returning(conn)
@@ -1752,32 +1774,30 @@ async fn upsert_grants(conn: &impl ConnectionTrait, rows: Vec<grant::ActiveModel
     Ok(())
 }
 
-async fn upsert_wallets(conn: &impl ConnectionTrait, rows: Vec<wallet::ActiveModel>) -> Result<()> {
-    use wallet::Column as C;
-    for chunk in upsert_chunks(conn, rows) {
-        wallet::Entity::insert_many(chunk)
-            .on_conflict(
-                OnConflict::column(C::Id)
-                    .update_columns([
-                        C::OverdraftLimit,
-                        C::Debt,
-                        C::Reserved,
-                        C::UpdateTime,
-                        C::Posted,
-                        C::DailySpendCap,
-                        C::MonthlySpendCap,
-                        C::SpentDay,
-                        C::SpentDayUnits,
-                        C::SpentMonth,
-                        C::SpentMonthUnits,
-                        C::LowBalanceThresholds,
-                        C::NextDueTime,
-                        C::LastHash,
-                        C::LastEntryTime,
-                        C::Version,
-                    ])
-                    .to_owned(),
-            )
+/// Inserts the batch's ledger entries (`seq` is assigned by the database, in this order).
+async fn insert_entries(conn: &impl ConnectionTrait, rows: Vec<transaction::Model>) -> Result<()> {
+    use transaction::Column as C;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if locks_rows(conn) {
+        // Entry ids are new: a clash is an error, not a row to skip.
+        conn.execute_raw(bulk::insert::<transaction::Entity>(&rows, &[C::Seq], None))
+            .await?;
+        return Ok(());
+    }
+    let rows: Vec<transaction::ActiveModel> = rows
+        .into_iter()
+        .map(|model| {
+            let mut active: transaction::ActiveModel = model.into();
+            active.seq = sea_orm::ActiveValue::NotSet;
+            active
+        })
+        .collect();
+    // Entry ids are new, so only the padding's repeated row can conflict (and is skipped).
+    for chunk in padded_chunks(rows, ROWS_PER_STATEMENT) {
+        transaction::Entity::insert_many(chunk)
+            .on_conflict(OnConflict::column(C::Id).do_nothing().to_owned())
             .exec_without_returning(conn)
             .await?;
     }

@@ -12,6 +12,7 @@
 
 pub mod accounts;
 pub mod batcher;
+pub mod bulk;
 pub mod chain;
 pub mod checkpointer;
 pub mod directory;

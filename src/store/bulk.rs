@@ -1,0 +1,215 @@
+//! PostgreSQL: a batch's rows for one table written with one statement, whatever their
+//! number. Each column travels as one typed array parameter and `unnest` turns the arrays
+//! back into rows, so the statement text is the same for every batch (prepared once per
+//! connection and planned cheaply), nothing is padded and nothing is split: a `VALUES` list
+//! has a text per row count, and PostgreSQL refuses an upsert that meets one row twice, so
+//! there a padded list had to go out in power-of-two chunks (a statement each).
+//!
+//! Array elements cannot be NULL through the driver, so a nullable column also sends a
+//! `bool[]` of which rows are NULL.
+
+use sea_orm::{
+    ColumnTrait, ColumnType, DbBackend, EntityTrait, IdenStatic, Iterable, ModelTrait, Statement,
+    Value, sea_query::ArrayType,
+};
+
+/// What happens when a row's key already exists.
+pub enum OnConflict<'a, C> {
+    /// Skip the row (it is not counted in `rows_affected`).
+    Ignore(&'a [C]),
+    /// Update these columns from the new row.
+    Update { key: &'a [C], columns: &'a [C] },
+}
+
+/// `INSERT INTO <table> (<columns>) SELECT … FROM unnest(<arrays>) [ON CONFLICT …]` for
+/// `rows` (every column of the entity except `skip`). Without `conflict`, an existing key is
+/// an error.
+pub fn insert<E: EntityTrait>(
+    rows: &[E::Model],
+    skip: &[E::Column],
+    conflict: Option<OnConflict<'_, E::Column>>,
+) -> Statement {
+    let columns: Vec<E::Column> = E::Column::iter()
+        .filter(|c| !skip.iter().any(|s| s.as_str() == c.as_str()))
+        .collect();
+    let mut values = Vec::new();
+    let mut arrays = Vec::new();
+    let mut names = Vec::new();
+    let mut selected = Vec::new();
+    for column in &columns {
+        let def = column.def();
+        let (pg_type, array_type, default) = array_type(def.get_column_type());
+        let name = column.as_str();
+        let mut cells = Vec::with_capacity(rows.len());
+        let mut nulls = Vec::with_capacity(rows.len());
+        for row in rows {
+            let value = row.get(*column);
+            let null = value == value.as_null();
+            nulls.push(Value::Bool(Some(null)));
+            cells.push(if null { default.clone() } else { value });
+        }
+        values.push(Value::Array(array_type, Some(Box::new(cells))));
+        arrays.push(format!("${}::{pg_type}[]", values.len()));
+        names.push(format!("\"{name}\""));
+        if def.is_null() {
+            values.push(Value::Array(ArrayType::Bool, Some(Box::new(nulls))));
+            arrays.push(format!("${}::bool[]", values.len()));
+            selected.push(format!(
+                "CASE WHEN u.\"{name}__null\" THEN NULL ELSE u.\"{name}\" END"
+            ));
+        } else {
+            selected.push(format!("u.\"{name}\""));
+        }
+    }
+    let aliases: Vec<String> = columns
+        .iter()
+        .flat_map(|c| {
+            let name = c.as_str();
+            let mut out = vec![format!("\"{name}\"")];
+            if c.def().is_null() {
+                out.push(format!("\"{name}__null\""));
+            }
+            out
+        })
+        .collect();
+    let quoted = |cols: &[E::Column]| {
+        cols.iter()
+            .map(|c| format!("\"{}\"", c.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let on_conflict = match conflict {
+        None => String::new(),
+        Some(OnConflict::Ignore(key)) => format!(" ON CONFLICT ({}) DO NOTHING", quoted(key)),
+        Some(OnConflict::Update { key, columns }) => format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            quoted(key),
+            columns
+                .iter()
+                .map(|c| format!("\"{0}\" = EXCLUDED.\"{0}\"", c.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let sql = format!(
+        "INSERT INTO \"{table}\" ({names}) SELECT {selected} FROM unnest({arrays}) AS u({aliases}){on_conflict}",
+        table = E::default().table_name(),
+        names = names.join(", "),
+        selected = selected.join(", "),
+        arrays = arrays.join(", "),
+        aliases = aliases.join(", "),
+    );
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// The PostgreSQL element type, driver array type and NULL stand-in for a column type (the
+/// types the entities use).
+fn array_type(column: &ColumnType) -> (&'static str, ArrayType, Value) {
+    match column {
+        ColumnType::String(_) | ColumnType::Text | ColumnType::Char(_) => (
+            "text",
+            ArrayType::String,
+            Value::String(Some(String::new())),
+        ),
+        ColumnType::BigInteger => ("int8", ArrayType::BigInt, Value::BigInt(Some(0))),
+        ColumnType::Integer => ("int4", ArrayType::Int, Value::Int(Some(0))),
+        ColumnType::Boolean => ("bool", ArrayType::Bool, Value::Bool(Some(false))),
+        ColumnType::Binary(_) | ColumnType::VarBinary(_) | ColumnType::Blob => {
+            ("bytea", ArrayType::Bytes, Value::Bytes(Some(Vec::new())))
+        }
+        other => unreachable!("no bulk array type for column type {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::entity::{grant, idempotency_key};
+
+    #[test]
+    fn one_array_per_column_and_a_null_mask_for_nullable_ones() {
+        let grant = grant::Model {
+            id: "grt_1".into(),
+            wallet_id: "wal_1".into(),
+            kind: "PURCHASE".into(),
+            amount: 5,
+            remaining: 5,
+            priority: 0,
+            effective_time: 1,
+            expire_time: None,
+            unit_price: "0".into(),
+            currency: "USD".into(),
+            contract_ref: String::new(),
+            voided: false,
+            create_time: 1,
+            status: "ACTIVE".into(),
+            repaid: 0,
+            schedule_id: None,
+            period_index: Some(3),
+            rolled_over: 0,
+            void_reason: String::new(),
+        };
+        let rows = [
+            grant.clone(),
+            grant::Model {
+                id: "grt_2".into(),
+                expire_time: Some(9),
+                ..grant
+            },
+        ];
+        let update = OnConflict::Update {
+            key: &[grant::Column::Id],
+            columns: &[grant::Column::Remaining],
+        };
+        let statement = insert::<grant::Entity>(&rows, &[], Some(update));
+        let sql = statement.sql;
+        assert!(
+            sql.starts_with(r#"INSERT INTO "grants" ("id", "wallet_id""#),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(r#"CASE WHEN u."expire_time__null" THEN NULL ELSE u."expire_time" END"#)
+        );
+        assert!(
+            sql.ends_with(r#"ON CONFLICT ("id") DO UPDATE SET "remaining" = EXCLUDED."remaining""#)
+        );
+        let values = statement.values.expect("values").0;
+        // 19 columns, 3 of them nullable (expire_time, schedule_id, period_index).
+        assert_eq!(values.len(), 22);
+        let expire = values.iter().position(|v| {
+            *v == Value::Array(
+                ArrayType::BigInt,
+                Some(Box::new(vec![
+                    Value::BigInt(Some(0)),
+                    Value::BigInt(Some(9)),
+                ])),
+            )
+        });
+        let mask = Value::Array(
+            ArrayType::Bool,
+            Some(Box::new(vec![
+                Value::Bool(Some(true)),
+                Value::Bool(Some(false)),
+            ])),
+        );
+        assert_eq!(
+            values.get(expire.expect("expire_time array") + 1),
+            Some(&mask)
+        );
+    }
+
+    #[test]
+    fn without_conflict_handling_a_clash_is_an_error() {
+        let row = idempotency_key::Model {
+            scope: "s".into(),
+            request_id: "r".into(),
+            method: "Debit".into(),
+            fingerprint: "f".into(),
+            response: vec![1, 2],
+            create_time: 7,
+        };
+        let sql = insert::<idempotency_key::Entity>(&[row], &[], None).sql;
+        assert!(sql.ends_with(r#"$6::int8[]) AS u("scope", "request_id", "method", "fingerprint", "response", "create_time")"#), "{sql}");
+        assert!(sql.contains("$5::bytea[]"));
+    }
+}
