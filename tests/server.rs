@@ -337,6 +337,52 @@ async fn sigterm_drains_and_exits_zero() {
 /// while the server runs. (The writer's own automatic checkpoint is only a backstop at
 /// thousands of pages, which these few writes are far from; new pages reach the database
 /// file only through a checkpoint.)
+/// SQLite: the writer commits without waiting for the disk (`synchronous=NORMAL`) and every
+/// acknowledgement waits for a sync of the log that began after its commit (`log_sync`).
+#[tokio::test]
+async fn sqlite_acknowledges_a_debit_only_after_its_commit_is_synced() {
+    let app = spawn_app().await;
+    let store = app.handles.store.clone();
+    if app.db.is_postgres() {
+        assert!(store.log_counts().is_none(), "PostgreSQL commits durably");
+        app.stop().await;
+        return;
+    }
+    app.publish_standard_card().await;
+    let (account, _) = app.funded("sync", "1000").await;
+    let mut ledger = app.ledger(&app.admin);
+    for i in 0..30 {
+        let (committed_before, _, _) = store.log_counts().expect("SQLite file database");
+        ledger
+            .debit(debit_request(&account.id, "one", &format!("sync-{i}")))
+            .await
+            .expect("debit");
+        let (committed, synced, _) = store.log_counts().expect("counts");
+        assert!(committed > committed_before, "the debit committed");
+        assert!(
+            synced >= committed,
+            "debit {i} was acknowledged before its commit was synced ({synced} of {committed})"
+        );
+    }
+    // Concurrent debits share syncs: fewer syncs than commits.
+    let (_, _, syncs_before) = store.log_counts().expect("counts");
+    let (committed_before, _, _) = store.log_counts().expect("counts");
+    let mut calls = Vec::new();
+    for i in 0..64 {
+        let mut ledger = app.ledger(&app.admin);
+        let request = debit_request(&account.id, "one", &format!("sync-many-{i}"));
+        calls.push(tokio::spawn(async move { ledger.debit(request).await }));
+    }
+    for call in calls {
+        call.await.expect("task").expect("debit");
+    }
+    let (committed, synced, syncs) = store.log_counts().expect("counts");
+    assert!(synced >= committed, "every acknowledged commit was synced");
+    assert!(committed > committed_before);
+    assert!(syncs - syncs_before <= committed - committed_before);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn sqlite_log_is_checkpointed_in_the_background() {
     let app = spawn_app().await;

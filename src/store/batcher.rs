@@ -1,7 +1,8 @@
 //! Group commit: ledger operations from concurrent requests queue here and one worker applies
 //! whatever has queued as one batch (`ledger::apply`), one transaction per batch. There is no
 //! linger: a lone request is applied at once, and while a batch commits the next one fills up,
-//! so batch size follows load. A reply is sent only after its batch has committed.
+//! so batch size follows load. A reply is sent only after its batch's commit is durable
+//! (`log_sync::Durable`).
 //!
 //! On PostgreSQL several workers run at once (`POSTGRES_WORKERS`), so one batch's round
 //! trips and commit overlap with the next batch's; each operation goes to the worker chosen
@@ -115,7 +116,10 @@ fn shard(op: &Op, workers: usize) -> usize {
 
 async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::Receiver<()>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Batches committed whose replies wait for their commit to be durable.
+    let mut replying = tokio::task::JoinSet::new();
     loop {
+        while replying.try_join_next().is_some() {}
         let received = tokio::select! {
             biased;
             n = jobs.recv_many(&mut batch, MAX_BATCH) => n,
@@ -131,10 +135,23 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::R
         let (ops, replies): (Vec<Op>, Vec<_>) =
             batch.drain(..).map(|job| (job.op, job.reply)).unzip();
         match ledger::apply(&store, &ops).await {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
-                }
+            Ok((outcomes, durable)) => {
+                // Reply once the commit is durable; meanwhile the next batch goes ahead (on
+                // SQLite its work overlaps this one's log sync, see `log_sync`).
+                replying.spawn(async move {
+                    match durable.wait().await {
+                        Ok(()) => {
+                            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                                let _ = reply.send(outcome);
+                            }
+                        }
+                        Err(err) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(err.clone()));
+                            }
+                        }
+                    }
+                });
             }
             Err(err) => {
                 tracing::warn!(error = %err, batch = ops.len(), "ledger batch failed");
@@ -144,4 +161,5 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::R
             }
         }
     }
+    while replying.join_next().await.is_some() {}
 }

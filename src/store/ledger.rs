@@ -31,7 +31,9 @@ use super::{
     bulk, chain,
     entity::{account, grant, idempotency_key, reservation, schedule, transaction, wallet},
     idempotency::{self, Key},
-    locks_rows, new_id,
+    locks_rows,
+    log_sync::Durable,
+    new_id,
     pagination::{self, Page},
     rate_cards::{self, Card},
     shape::{padded, padded_chunks},
@@ -806,13 +808,14 @@ pub async fn balance(
 // ---- applying a batch ----------------------------------------------------------------------
 
 /// Applies `ops` in one transaction, retrying the whole batch on write conflicts. The outer
-/// `Err` is for failures that hit the whole batch (database unreachable).
-pub async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Result<Outcome>>> {
+/// `Err` is for failures that hit the whole batch (database unreachable). The outcomes may be
+/// sent once the returned [`Durable`] has been waited for.
+pub async fn apply(store: &Store, ops: &[Op]) -> Result<(Vec<Result<Outcome>>, Durable)> {
     const ATTEMPTS: usize = 5;
     let mut last = Error::aborted("ledger batch kept conflicting");
     for attempt in 0..ATTEMPTS {
         match apply_once(store, ops).await {
-            Ok(Some(outcomes)) => return Ok(outcomes),
+            Ok(Some(applied)) => return Ok(applied),
             Ok(None) => {
                 last = Error::aborted("another writer committed a request_id of this batch");
             }
@@ -838,7 +841,7 @@ struct Batch<'a> {
 }
 
 /// One attempt. `Ok(None)`: an idempotency key raced with another replica; retry.
-async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outcome>>>> {
+async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outcome>>, Durable)>> {
     let write = store.begin_write().await?;
     let conn = &write.tx;
     let generation = rate_cards::lock_head_for_batch(conn).await?;
@@ -1032,11 +1035,11 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<Vec<Result<Outco
     }
     // If the commit fails the cache is left as it was: its entries carry the versions from
     // before this batch, which match the database only if the batch did not commit.
-    write.commit().await?;
+    let durable = write.commit_pending().await?;
     for (id, version, rows) in after {
         store.wallets.put(&id, version, rows);
     }
-    Ok(Some(outcomes))
+    Ok(Some((outcomes, durable)))
 }
 
 fn refusal(refusal: Refusal) -> Error {

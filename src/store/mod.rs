@@ -19,6 +19,7 @@ pub mod directory;
 pub mod entity;
 pub mod idempotency;
 pub mod ledger;
+pub mod log_sync;
 pub mod pagination;
 pub mod rate_cards;
 pub mod shape;
@@ -36,10 +37,20 @@ use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
+use self::log_sync::{Durable, LogSync};
 use crate::{
     clock::Clock,
     error::{Error, Result},
 };
+
+/// The database file of a SQLite URL (`None` for PostgreSQL and in-memory databases).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    Some(options.get_filename().to_path_buf())
+}
 
 /// The default database: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://allot.db?mode=rwc";
@@ -61,23 +72,40 @@ pub struct Store {
     pub(crate) directory: Arc<directory::Directory>,
     /// Wallets' grants, holds and schedules as of their last write here.
     pub(crate) wallets: Arc<wallet_cache::WalletCache>,
+    /// SQLite file databases: the writer's commits wait for a WAL sync here (`log_sync`).
+    log: Option<Arc<LogSync>>,
 }
 
 /// A write transaction (on SQLite: holding the one writer connection while it lives).
 pub struct WriteTx {
     pub tx: DatabaseTransaction,
+    log: Option<Arc<LogSync>>,
 }
 
 impl WriteTx {
+    /// Commits; returns once the commit is durable.
     pub async fn commit(self) -> Result<()> {
+        self.commit_pending().await?.wait().await
+    }
+
+    /// Commits; the commit is durable once the returned [`Durable`] has been waited for
+    /// (SQLite: by a sync of the log, see `log_sync`). Nothing may acknowledge it before.
+    pub async fn commit_pending(self) -> Result<Durable> {
         self.tx.commit().await?;
-        Ok(())
+        Ok(match self.log {
+            Some(log) => {
+                let ticket = log.committed();
+                Durable::after(log, ticket)
+            }
+            None => Durable::now(),
+        })
     }
 }
 
 impl Store {
-    /// Connects; on SQLite turns on WAL with `synchronous=FULL` (a commit is durable when it
-    /// returns) and a busy timeout.
+    /// Connects; on SQLite turns on WAL and a busy timeout, with commits durable before they
+    /// are acknowledged (`synchronous=FULL`, or on the writer `NORMAL` plus a log sync before
+    /// any acknowledgement, see `log_sync`).
     pub async fn connect(url: &str, clock: Clock) -> anyhow::Result<Self> {
         let is_sqlite = url.starts_with("sqlite:");
         if is_sqlite {
@@ -94,6 +122,13 @@ impl Store {
         } else {
             None
         };
+        let log = match sqlite_file(url) {
+            Some(path) => {
+                let path = std::fs::canonicalize(&path).unwrap_or(path);
+                Some(Arc::new(LogSync::new(path)))
+            }
+            None => None,
+        };
         Ok(Store {
             db,
             writer,
@@ -101,12 +136,20 @@ impl Store {
             cards: rate_cards::CardCache::default(),
             directory: Arc::default(),
             wallets: Arc::default(),
+            log,
         })
     }
 
-    /// Pool options; on SQLite WAL with `synchronous=FULL` (a commit is durable when it
-    /// returns), a busy timeout and foreign keys.
+    /// Pool options; on SQLite WAL, `synchronous=FULL` (a commit is durable when it returns;
+    /// the writer of a file database: `NORMAL`, see `connect`), a busy timeout and foreign
+    /// keys.
     fn options(url: &str, connections: u32, sqlite_writer: bool) -> ConnectOptions {
+        // The writer of a file database syncs its log apart from its commits (`log_sync`).
+        let synchronous = if sqlite_writer && sqlite_file(url).is_some() {
+            SqliteSynchronous::Normal
+        } else {
+            SqliteSynchronous::Full
+        };
         let mut options = ConnectOptions::new(url.to_string());
         options
             .sqlx_logging(false)
@@ -122,7 +165,7 @@ impl Store {
                 let opts = opts
                     .statement_cache_capacity(STATEMENT_CACHE)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
+                    .synchronous(synchronous)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
                     // 16 MiB of page cache per connection (the default is 2 MiB).
@@ -181,7 +224,24 @@ impl Store {
             .unwrap_or(&self.db)
             .begin_with_options(options)
             .await?;
-        Ok(WriteTx { tx })
+        Ok(WriteTx {
+            tx,
+            log: self.log.clone(),
+        })
+    }
+
+    /// Returns once every commit made so far is durable (SQLite's log synced; PostgreSQL:
+    /// at once).
+    pub async fn sync_log(&self) -> Result<()> {
+        match &self.log {
+            Some(log) => log.sync_all().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The SQLite writer's commit and log-sync counts (see `log_sync`); `None` elsewhere.
+    pub fn log_counts(&self) -> Option<(u64, u64, u64)> {
+        self.log.as_ref().map(|log| log.counts())
     }
 
     /// Checks the database answers (used by health).
@@ -224,6 +284,8 @@ impl Store {
             let write = self.begin_write().await?;
             if let Some(record) = idempotency::find(&write.tx, key).await? {
                 write.tx.rollback().await?;
+                // The record may be a commit not yet durable: replay it only once it is.
+                self.sync_log().await?;
                 return Ok((key.replay(&record)?, true));
             }
             match op(&write.tx).await {
@@ -240,6 +302,7 @@ impl Store {
                 Err(err) => {
                     write.tx.rollback().await?;
                     if let Some(record) = idempotency::find(&self.db, key).await? {
+                        self.sync_log().await?;
                         return Ok((key.replay(&record)?, true));
                     }
                     if !err.is_retryable() {
