@@ -9,8 +9,8 @@
 //! `bool[]` of which rows are NULL.
 
 use sea_orm::{
-    ColumnTrait, ColumnType, DbBackend, EntityTrait, IdenStatic, Iterable, ModelTrait, Statement,
-    Value, sea_query::ArrayType,
+    ColumnTrait, ColumnType, ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic, Iterable,
+    ModelTrait, Statement, Value, sea_query::ArrayType,
 };
 
 /// What happens when a row's key already exists.
@@ -29,10 +29,83 @@ pub fn insert<E: EntityTrait>(
     skip: &[E::Column],
     conflict: Option<OnConflict<'_, E::Column>>,
 ) -> Statement {
+    let mut values = Vec::new();
+    let sql = insert_sql::<E>(rows, skip, conflict, &mut values);
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// A batch's bulk writes to several tables sent as one statement (data-modifying common table
+/// expressions): one round trip instead of one per table. Each part is planned with the same
+/// snapshot and none reads another's rows; constraints are checked after all of them.
+#[derive(Default)]
+pub struct Writes {
+    parts: Vec<String>,
+    values: Vec<Value>,
+    counted: bool,
+}
+
+impl Writes {
+    /// Adds an insert (see [`insert`]); nothing if `rows` is empty.
+    pub fn insert<E: EntityTrait>(
+        &mut self,
+        rows: &[E::Model],
+        skip: &[E::Column],
+        conflict: Option<OnConflict<'_, E::Column>>,
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let sql = insert_sql::<E>(rows, skip, conflict, &mut self.values);
+        let name = format!("w{}", self.parts.len());
+        self.parts.push(format!("{name} AS ({sql})"));
+    }
+
+    /// Adds the insert whose new rows [`Writes::execute`] counts (at most one per batch).
+    pub fn insert_counted<E: EntityTrait>(
+        &mut self,
+        rows: &[E::Model],
+        conflict: Option<OnConflict<'_, E::Column>>,
+    ) {
+        debug_assert!(!self.counted, "one counted insert per statement");
+        if rows.is_empty() {
+            return;
+        }
+        let sql = insert_sql::<E>(rows, &[], conflict, &mut self.values);
+        self.parts.push(format!("counted AS ({sql} RETURNING 1)"));
+        self.counted = true;
+    }
+
+    /// Runs every part; returns how many rows the counted insert inserted.
+    pub async fn execute(self, conn: &impl ConnectionTrait) -> Result<u64, DbErr> {
+        if self.parts.is_empty() {
+            return Ok(0);
+        }
+        let count = if self.counted {
+            "SELECT count(*) FROM counted"
+        } else {
+            "SELECT 0::int8"
+        };
+        let sql = format!("WITH {} {count}", self.parts.join(", "));
+        let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, self.values);
+        let row = conn
+            .query_one_raw(statement)
+            .await?
+            .ok_or_else(|| DbErr::Custom("bulk write returned no row".into()))?;
+        Ok(row.try_get_by_index::<i64>(0)?.max(0) as u64)
+    }
+}
+
+/// The `INSERT … SELECT … FROM unnest(…)` text of [`insert`]; its arrays are appended to
+/// `values` and numbered after those already there.
+fn insert_sql<E: EntityTrait>(
+    rows: &[E::Model],
+    skip: &[E::Column],
+    conflict: Option<OnConflict<'_, E::Column>>,
+    values: &mut Vec<Value>,
+) -> String {
     let columns: Vec<E::Column> = E::Column::iter()
         .filter(|c| !skip.iter().any(|s| s.as_str() == c.as_str()))
         .collect();
-    let mut values = Vec::new();
     let mut arrays = Vec::new();
     let mut names = Vec::new();
     let mut selected = Vec::new();
@@ -91,15 +164,14 @@ pub fn insert<E: EntityTrait>(
                 .join(", ")
         ),
     };
-    let sql = format!(
+    format!(
         "INSERT INTO \"{table}\" ({names}) SELECT {selected} FROM unnest({arrays}) AS u({aliases}){on_conflict}",
         table = E::default().table_name(),
         names = names.join(", "),
         selected = selected.join(", "),
         arrays = arrays.join(", "),
         aliases = aliases.join(", "),
-    );
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    )
 }
 
 /// The PostgreSQL element type, driver array type and NULL stand-in for a column type (the
@@ -211,5 +283,35 @@ mod tests {
         let sql = insert::<idempotency_key::Entity>(&[row], &[], None).sql;
         assert!(sql.ends_with(r#"$6::int8[]) AS u("scope", "request_id", "method", "fingerprint", "response", "create_time")"#), "{sql}");
         assert!(sql.contains("$5::bytea[]"));
+    }
+
+    #[test]
+    fn writes_number_their_arrays_across_parts_and_count_one() {
+        let key = idempotency_key::Model {
+            scope: "s".into(),
+            request_id: "r".into(),
+            method: "Debit".into(),
+            fingerprint: "f".into(),
+            response: vec![1],
+            create_time: 7,
+        };
+        let mut writes = Writes::default();
+        writes.insert::<idempotency_key::Entity>(&[], &[], None);
+        writes.insert::<idempotency_key::Entity>(std::slice::from_ref(&key), &[], None);
+        let ignore = OnConflict::Ignore(&[
+            idempotency_key::Column::Scope,
+            idempotency_key::Column::RequestId,
+        ]);
+        writes.insert_counted::<idempotency_key::Entity>(&[key], Some(ignore));
+        assert_eq!(writes.parts.len(), 2, "an empty insert adds nothing");
+        assert!(writes.parts[0].starts_with("w0 AS (INSERT INTO \"idempotency_keys\""));
+        assert!(writes.parts[0].contains("unnest($1::text[]"));
+        assert!(
+            writes.parts[1].contains("unnest($7::text[]"),
+            "{}",
+            writes.parts[1]
+        );
+        assert!(writes.parts[1].ends_with("DO NOTHING RETURNING 1)"));
+        assert_eq!(writes.values.len(), 12);
     }
 }

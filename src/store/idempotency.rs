@@ -159,20 +159,9 @@ pub async fn record_many(
     }
     if super::locks_rows(conn) {
         // PostgreSQL: one statement whatever the count (`bulk`).
-        let rows: Vec<idempotency_key::Model> = entries
-            .iter()
-            .map(|(key, response)| idempotency_key::Model {
-                scope: key.scope.clone(),
-                request_id: key.request_id.clone(),
-                method: key.method.to_string(),
-                fingerprint: key.fingerprint.clone(),
-                response: response.clone(),
-                create_time: now,
-            })
-            .collect();
-        let ignore = super::bulk::OnConflict::Ignore(&[Column::Scope, Column::RequestId]);
-        let statement = super::bulk::insert::<Entity>(&rows, &[], Some(ignore));
-        return Ok(conn.execute_raw(statement).await?.rows_affected());
+        let mut writes = super::bulk::Writes::default();
+        add_records(&mut writes, entries, now);
+        return Ok(writes.execute(conn).await?);
     }
     let mut inserted = 0;
     // Padding repeats the last record; the repeat conflicts with it and is not counted.
@@ -180,6 +169,24 @@ pub async fn record_many(
         inserted += record_chunk(conn, &chunk, now).await?;
     }
     Ok(inserted)
+}
+
+/// PostgreSQL: adds the records to a batch's writes as its counted insert (an existing key is
+/// skipped, so a shortfall means another writer committed it first).
+pub fn add_records(writes: &mut super::bulk::Writes, entries: &[(&Key, Vec<u8>)], now: i64) {
+    let rows: Vec<idempotency_key::Model> = entries
+        .iter()
+        .map(|(key, response)| idempotency_key::Model {
+            scope: key.scope.clone(),
+            request_id: key.request_id.clone(),
+            method: key.method.to_string(),
+            fingerprint: key.fingerprint.clone(),
+            response: response.clone(),
+            create_time: now,
+        })
+        .collect();
+    let ignore = super::bulk::OnConflict::Ignore(&[Column::Scope, Column::RequestId]);
+    writes.insert_counted::<Entity>(&rows, Some(ignore));
 }
 
 async fn record_chunk(

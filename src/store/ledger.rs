@@ -1027,8 +1027,15 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
         loaded.advance(now);
     }
 
-    let after = write_effects(conn, &batch.wallets, now).await?;
-    let inserted = idempotency::record_many(conn, &new_records, now).await?;
+    let mut writes = bulk::Writes::default();
+    let after = write_effects(conn, &mut writes, &batch.wallets, now).await?;
+    let inserted = if locks_rows(conn) {
+        // PostgreSQL: every multi-row write and the records in one statement.
+        idempotency::add_records(&mut writes, &new_records, now);
+        writes.execute(conn).await?
+    } else {
+        idempotency::record_many(conn, &new_records, now).await?
+    };
     if inserted != new_records.len() as u64 {
         write.tx.rollback().await?;
         return Ok(None);
@@ -1604,10 +1611,12 @@ fn grant_view(wallet: &Loaded, id: &str, now: i64) -> proto::Grant {
         .unwrap_or_default()
 }
 
-/// Writes what the batch changed. Returns, for the wallet cache, each wallet's version after
-/// the batch and the rows `load_wallets` would then read.
+/// Writes what the batch changed (on PostgreSQL the multi-row writes are added to `writes`,
+/// sent with the idempotency records in one statement). Returns, for the wallet cache, each
+/// wallet's version after the batch and the rows `load_wallets` would then read.
 async fn write_effects(
     conn: &impl ConnectionTrait,
+    writes: &mut bulk::Writes,
     wallets: &BTreeMap<String, Loaded>,
     now: i64,
 ) -> Result<Vec<(String, i64, Rows)>> {
@@ -1699,9 +1708,9 @@ async fn write_effects(
         after.push((wallet.model.id.clone(), updated.version, rows));
         entries.extend(wallet.entries.iter().cloned());
     }
-    upsert::<grant::Entity>(conn, grant_rows, &GRANT_UPDATES).await?;
-    upsert::<wallet::Entity>(conn, wallet_rows, &WALLET_UPDATES).await?;
-    insert_entries(conn, entries).await?;
+    upsert::<grant::Entity>(conn, writes, grant_rows, &GRANT_UPDATES).await?;
+    upsert::<wallet::Entity>(conn, writes, wallet_rows, &WALLET_UPDATES).await?;
+    insert_entries(conn, writes, entries).await?;
     Ok(after)
 }
 
@@ -1736,9 +1745,11 @@ const WALLET_UPDATES: [wallet::Column; 16] = [
     wallet::Column::Version,
 ];
 
-/// Writes new and changed rows of `E`, updating `updates` where the id exists already.
+/// Writes new and changed rows of `E`, updating `updates` where the id exists already (on
+/// PostgreSQL: added to `writes`).
 async fn upsert<E>(
     conn: &impl ConnectionTrait,
+    writes: &mut bulk::Writes,
     rows: Vec<E::Model>,
     updates: &[E::Column],
 ) -> Result<()>
@@ -1758,8 +1769,7 @@ where
             key: &key,
             columns: updates,
         };
-        conn.execute_raw(bulk::insert::<E>(&rows, &[], Some(update)))
-            .await?;
+        writes.insert::<E>(&rows, &[], Some(update));
         return Ok(());
     }
     // A padded repeat just updates its row again, to the same values.
@@ -1778,15 +1788,18 @@ where
 }
 
 /// Inserts the batch's ledger entries (`seq` is assigned by the database, in this order).
-async fn insert_entries(conn: &impl ConnectionTrait, rows: Vec<transaction::Model>) -> Result<()> {
+async fn insert_entries(
+    conn: &impl ConnectionTrait,
+    writes: &mut bulk::Writes,
+    rows: Vec<transaction::Model>,
+) -> Result<()> {
     use transaction::Column as C;
     if rows.is_empty() {
         return Ok(());
     }
     if locks_rows(conn) {
         // Entry ids are new: a clash is an error, not a row to skip.
-        conn.execute_raw(bulk::insert::<transaction::Entity>(&rows, &[C::Seq], None))
-            .await?;
+        writes.insert::<transaction::Entity>(&rows, &[C::Seq], None);
         return Ok(());
     }
     let rows: Vec<transaction::ActiveModel> = rows
