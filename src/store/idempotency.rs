@@ -165,7 +165,9 @@ pub async fn record_many(
     }
     let mut inserted = 0;
     // Padding repeats the last record; the repeat conflicts with it and is not counted.
-    for chunk in super::shape::padded_chunks(entries.iter().collect(), 256) {
+    for chunk in
+        super::shape::padded_chunks(entries.iter().collect(), super::shape::ROWS_PER_STATEMENT)
+    {
         inserted += record_chunk(conn, &chunk, now).await?;
     }
     Ok(inserted)

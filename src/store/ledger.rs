@@ -36,7 +36,7 @@ use super::{
     new_id,
     pagination::{self, Page},
     rate_cards::{self, Card},
-    shape::{padded, padded_chunks},
+    shape::{ROWS_PER_STATEMENT, padded, padded_chunks},
     wallet_cache::{Rows, WalletCache},
 };
 use crate::{
@@ -1713,10 +1713,6 @@ async fn write_effects(
     insert_entries(conn, writes, entries).await?;
     Ok(after)
 }
-
-/// Most rows per multi-row statement on SQLite (a power of two, well under its parameter
-/// limit); see `shape`. PostgreSQL sends a table's rows as one statement (`bulk`).
-const ROWS_PER_STATEMENT: usize = 256;
 
 const GRANT_UPDATES: [grant::Column; 5] = [
     grant::Column::Remaining,

@@ -2,9 +2,16 @@
 //! text (PostgreSQL plans a prepared statement once; SQLite compiles it once), but a batch's
 //! `IN (…)` lists and multi-row `VALUES` vary with the batch size, and a new text means a new
 //! parse and plan — on PostgreSQL the largest part of a batch's cost before this. So lists
-//! are padded to a power of two (repeating a value changes no `IN` result), inserts that skip
-//! conflicts are padded the same way (a repeated row is skipped), and upserts go in chunks
-//! whose sizes are powers of two: a handful of texts per statement.
+//! are padded to a power of two (repeating a value changes no `IN` result), and so are SQLite's
+//! multi-row inserts (a repeated row is skipped) and upserts (it updates its row again, to the
+//! same values): a handful of texts per statement. PostgreSQL refuses an upsert that meets a
+//! row twice; its writes use one array per column instead (`bulk`).
+
+/// Most rows per multi-row statement on SQLite (a power of two). Each shape stays compiled
+/// on the writer connection; at 256 rows (×22 columns) the compiled statements of a
+/// BatchDebit load added some 15 MB to the process, at 64 they do not and throughput is the
+/// same (docs/BENCHMARKS.md). PostgreSQL sends a table's rows as one statement (`bulk`).
+pub const ROWS_PER_STATEMENT: usize = 64;
 
 /// `values` padded to the next power of two by repeating the last one (empty stays empty).
 pub fn padded<T: Clone>(values: impl IntoIterator<Item = T>) -> Vec<T> {
@@ -13,25 +20,6 @@ pub fn padded<T: Clone>(values: impl IntoIterator<Item = T>) -> Vec<T> {
         values.resize(values.len().next_power_of_two(), last);
     }
     values
-}
-
-/// Splits `rows` into chunks of power-of-two sizes, largest first, none above `max` (a power
-/// of two): 13 rows → 8 + 4 + 1.
-pub fn chunks<T>(rows: Vec<T>, max: usize) -> Vec<Vec<T>> {
-    debug_assert!(max.is_power_of_two());
-    let mut out = Vec::new();
-    let mut rows = rows.into_iter();
-    let mut left = rows.len();
-    while left > 0 {
-        let size = if left >= max {
-            max
-        } else {
-            1 << (usize::BITS - 1 - left.leading_zeros())
-        };
-        out.push(rows.by_ref().take(size).collect());
-        left -= size;
-    }
-    out
 }
 
 /// For inserts that skip conflicting rows (`ON CONFLICT DO NOTHING`), where a repeated row
@@ -61,21 +49,18 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_powers_of_two_and_keep_every_row_in_order() {
-        for n in 0..600 {
+    fn padded_chunks_keep_every_row_in_order_and_pad_only_the_last() {
+        for n in 0..300 {
             let rows: Vec<usize> = (0..n).collect();
-            let chunks = chunks(rows.clone(), 256);
+            let chunks = padded_chunks(rows.clone(), 64);
             assert!(
                 chunks
                     .iter()
-                    .all(|c| c.len().is_power_of_two() && c.len() <= 256)
+                    .all(|c| c.len().is_power_of_two() && c.len() <= 64)
             );
-            assert_eq!(chunks.concat(), rows);
+            let mut kept: Vec<usize> = chunks.concat();
+            kept.dedup();
+            assert_eq!(kept, rows);
         }
-        let sizes: Vec<usize> = chunks((0..13).collect(), 256)
-            .iter()
-            .map(Vec::len)
-            .collect();
-        assert_eq!(sizes, vec![8, 4, 1]);
     }
 }
