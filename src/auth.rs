@@ -429,6 +429,21 @@ pub struct Authenticator {
     keys: Vec<VerifyKey>,
     issuer: String,
     audience: String,
+    /// Tokens that verified (see [`Authenticator::verify`]).
+    verified: std::sync::Arc<quick_cache::sync::Cache<String, Verified>>,
+}
+
+/// Tokens remembered after they verified. A backend sends the same token with every request
+/// and checking its signature again was ~3% of the CPU of a debit (docs/BENCHMARKS.md). What
+/// the signature, algorithm, issuer and audience checks establish is a fact of the token's
+/// bytes (the keys are fixed for the life of the process), and `nbf` once passed stays
+/// passed; only `exp` can change its answer, so it is checked on every use.
+const VERIFIED_TOKENS: usize = 4096;
+
+#[derive(Clone)]
+struct Verified {
+    caller: Caller,
+    exp: u64,
 }
 
 impl fmt::Debug for Authenticator {
@@ -486,6 +501,7 @@ impl Authenticator {
             keys,
             issuer: or_default(&cfg.issuer, DEFAULT_ISSUER),
             audience: or_default(&cfg.audience, DEFAULT_AUDIENCE),
+            verified: std::sync::Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)),
         })
     }
 
@@ -518,6 +534,33 @@ impl Authenticator {
 
     /// Verifies a bare JWT (no `Bearer` prefix).
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`Authenticator::verify`] with the clock read by the caller (seconds since the epoch);
+    /// a token not seen before is checked in full (against the system clock).
+    fn verify_at(&self, token: &str, now: u64) -> Result<Caller, AuthError> {
+        if let Some(seen) = self.verified.get(token) {
+            // The same rule as the full check: expired once `exp` is over the leeway behind.
+            if seen.exp < now.saturating_sub(LEEWAY_SECS) {
+                return Err(AuthError::Expired);
+            }
+            return Ok(seen.caller);
+        }
+        let (caller, exp) = self.verify_in_full(token)?;
+        self.verified.insert(
+            token.to_owned(),
+            Verified {
+                caller: caller.clone(),
+                exp,
+            },
+        );
+        Ok(caller)
+    }
+
+    /// Every check: structure, algorithm, key, signature, issuer, audience, time claims.
+    /// Returns the caller and the token's `exp`.
+    fn verify_in_full(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed("token is too long".into()));
         }
@@ -548,7 +591,8 @@ impl Authenticator {
                 Ok(data) => {
                     let claims: Claims = serde_json::from_value(data.claims)
                         .map_err(|e| AuthError::Invalid(format!("claims: {e}")))?;
-                    return Caller::from_claims(claims);
+                    let exp = claims.exp;
+                    return Ok((Caller::from_claims(claims)?, exp));
                 }
                 Err(e) => match e.kind() {
                     // Not this key: try the next candidate.
@@ -1133,6 +1177,46 @@ mod tests {
         let err = bearer(&a, &hs(&c)).expect_err("expired");
         assert!(matches!(err, AuthError::Expired));
         assert_eq!(err.reason(), "TOKEN_EXPIRED");
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let a = hs_auth();
+        let mut c = claims();
+        let exp = now() + 100;
+        c["exp"] = json!(exp);
+        let token = hs(&c);
+        assert!(a.verify_at(&token, now()).is_ok());
+        assert_eq!(a.verified.len(), 1, "remembered after it verified");
+        // From memory now: the same leeway rule as the full check.
+        assert!(a.verify_at(&token, exp + LEEWAY_SECS).is_ok());
+        assert!(matches!(
+            a.verify_at(&token, exp + LEEWAY_SECS + 1),
+            Err(AuthError::Expired)
+        ));
+    }
+
+    #[test]
+    fn only_tokens_that_verify_are_remembered() {
+        let a = hs_auth();
+        let token = hs(&claims());
+        let (head, _) = token.rsplit_once('.').expect("three parts");
+        let forged = format!("{head}.{}", "A".repeat(43));
+        for _ in 0..2 {
+            assert!(matches!(
+                a.verify(&forged),
+                Err(AuthError::InvalidSignature)
+            ));
+        }
+        let mut c = claims();
+        c["exp"] = json!(now() - 120);
+        let expired = hs(&c);
+        for _ in 0..2 {
+            assert!(matches!(a.verify(&expired), Err(AuthError::Expired)));
+        }
+        assert_eq!(a.verified.len(), 0);
+        assert!(a.verify(&token).is_ok());
+        assert_eq!(a.verified.len(), 1);
     }
 
     #[test]
