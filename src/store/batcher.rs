@@ -28,8 +28,11 @@ use crate::error::{Error, Result};
 
 /// The most operations applied in one transaction.
 pub const MAX_BATCH: usize = 512;
-/// Batch workers on PostgreSQL (on SQLite: one).
-pub const POSTGRES_WORKERS: usize = 4;
+/// Batch workers on PostgreSQL (on SQLite: one). Two overlap one batch's round trips with the
+/// other's work; more split the load into smaller batches that cost more CPU per debit on two
+/// cores (session 5, docs/BENCHMARKS.md: 1 / 2 / 4 / 8 workers gave 7.7k / 8.2k / 7.2k /
+/// 5.1k debits/s spread).
+pub const POSTGRES_WORKERS: usize = 2;
 const QUEUE_DEPTH: usize = 8192;
 
 struct Job {
