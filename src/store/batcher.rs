@@ -148,21 +148,22 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::R
                                 let _ = reply.send(outcome);
                             }
                         }
-                        Err(err) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(err.clone()));
-                            }
-                        }
+                        Err(err) => fail(replies, &err),
                     }
                 });
             }
             Err(err) => {
                 tracing::warn!(error = %err, batch = ops.len(), "ledger batch failed");
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+                fail(replies, &err);
             }
         }
     }
     while replying.join_next().await.is_some() {}
+}
+
+/// Answers every operation of a batch with `err`.
+fn fail(replies: Vec<oneshot::Sender<Result<Outcome>>>, err: &Error) {
+    for reply in replies {
+        let _ = reply.send(Err(err.clone()));
+    }
 }

@@ -108,25 +108,35 @@ fn insert_sql<E: EntityTrait>(
         .collect();
     let mut arrays = Vec::new();
     let mut names = Vec::new();
+    let mut aliases = Vec::new();
     let mut selected = Vec::new();
     for column in &columns {
         let def = column.def();
+        let nullable = def.is_null();
         let (pg_type, array_type, default) = array_type(def.get_column_type());
         let name = column.as_str();
         let mut cells = Vec::with_capacity(rows.len());
-        let mut nulls = Vec::with_capacity(rows.len());
+        let mut nulls = Vec::with_capacity(if nullable { rows.len() } else { 0 });
         for row in rows {
             let value = row.get(*column);
-            let null = value == value.as_null();
-            nulls.push(Value::Bool(Some(null)));
-            cells.push(if null { default.clone() } else { value });
+            if nullable && value == value.as_null() {
+                nulls.push(Value::Bool(Some(true)));
+                cells.push(default.clone());
+            } else {
+                if nullable {
+                    nulls.push(Value::Bool(Some(false)));
+                }
+                cells.push(value);
+            }
         }
         values.push(Value::Array(array_type, Some(Box::new(cells))));
         arrays.push(format!("${}::{pg_type}[]", values.len()));
         names.push(format!("\"{name}\""));
-        if def.is_null() {
+        aliases.push(format!("\"{name}\""));
+        if nullable {
             values.push(Value::Array(ArrayType::Bool, Some(Box::new(nulls))));
             arrays.push(format!("${}::bool[]", values.len()));
+            aliases.push(format!("\"{name}__null\""));
             selected.push(format!(
                 "CASE WHEN u.\"{name}__null\" THEN NULL ELSE u.\"{name}\" END"
             ));
@@ -134,17 +144,6 @@ fn insert_sql<E: EntityTrait>(
             selected.push(format!("u.\"{name}\""));
         }
     }
-    let aliases: Vec<String> = columns
-        .iter()
-        .flat_map(|c| {
-            let name = c.as_str();
-            let mut out = vec![format!("\"{name}\"")];
-            if c.def().is_null() {
-                out.push(format!("\"{name}__null\""));
-            }
-            out
-        })
-        .collect();
     let quoted = |cols: &[E::Column]| {
         cols.iter()
             .map(|c| format!("\"{}\"", c.as_str()))

@@ -154,12 +154,19 @@ pub async fn record_many(
     entries: &[(&Key, Vec<u8>)],
     now: i64,
 ) -> Result<u64> {
-    if entries.is_empty() {
-        return Ok(0);
-    }
+    record_with(conn, super::bulk::Writes::default(), entries, now).await
+}
+
+/// [`record_many`] after a batch's other writes: on PostgreSQL the records join `writes` and
+/// everything goes as one statement (`bulk`); on SQLite `writes` is empty (those writes ran
+/// already) and the records go as padded multi-row inserts.
+pub async fn record_with(
+    conn: &impl ConnectionTrait,
+    mut writes: super::bulk::Writes,
+    entries: &[(&Key, Vec<u8>)],
+    now: i64,
+) -> Result<u64> {
     if super::locks_rows(conn) {
-        // PostgreSQL: one statement whatever the count (`bulk`).
-        let mut writes = super::bulk::Writes::default();
         add_records(&mut writes, entries, now);
         return Ok(writes.execute(conn).await?);
     }
@@ -175,7 +182,7 @@ pub async fn record_many(
 
 /// PostgreSQL: adds the records to a batch's writes as its counted insert (an existing key is
 /// skipped, so a shortfall means another writer committed it first).
-pub fn add_records(writes: &mut super::bulk::Writes, entries: &[(&Key, Vec<u8>)], now: i64) {
+fn add_records(writes: &mut super::bulk::Writes, entries: &[(&Key, Vec<u8>)], now: i64) {
     let rows: Vec<idempotency_key::Model> = entries
         .iter()
         .map(|(key, response)| idempotency_key::Model {

@@ -1029,13 +1029,7 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
 
     let mut writes = bulk::Writes::default();
     let after = write_effects(conn, &mut writes, &batch.wallets, now).await?;
-    let inserted = if locks_rows(conn) {
-        // PostgreSQL: every multi-row write and the records in one statement.
-        idempotency::add_records(&mut writes, &new_records, now);
-        writes.execute(conn).await?
-    } else {
-        idempotency::record_many(conn, &new_records, now).await?
-    };
+    let inserted = idempotency::record_with(conn, writes, &new_records, now).await?;
     if inserted != new_records.len() as u64 {
         write.tx.rollback().await?;
         return Ok(None);
