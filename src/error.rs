@@ -8,7 +8,7 @@ use std::fmt;
 use sea_orm::DbErr;
 use tonic::Code;
 
-use crate::domain::AmountError;
+use crate::domain::{AmountError, PricingError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
@@ -45,8 +45,14 @@ impl Error {
         Self::invalid("MISSING_FIELD", field, "is required")
     }
 
+    /// A malformed amount is `INVALID_AMOUNT`; a well-formed one beyond the stated bounds
+    /// (docs/ARCHITECTURE.md, "Numbers") is `AMOUNT_OUT_OF_RANGE`.
     pub fn amount(field: &str, err: AmountError) -> Self {
-        Self::invalid("INVALID_AMOUNT", field, err.to_string())
+        let reason = match err {
+            AmountError::OutOfRange(_) => "AMOUNT_OUT_OF_RANGE",
+            _ => "INVALID_AMOUNT",
+        };
+        Self::invalid(reason, field, err.to_string())
     }
 
     pub fn not_found(kind: &str, id: &str) -> Self {
@@ -94,6 +100,24 @@ impl Error {
     }
 }
 
+impl From<PricingError> for Error {
+    fn from(err: PricingError) -> Self {
+        match &err {
+            PricingError::Overflow => {
+                Error::invalid("PRICE_OUT_OF_RANGE", "quantities", err.to_string())
+            }
+            PricingError::UnknownDimension {
+                request_type,
+                dimension,
+                known,
+            } => Error::invalid("UNKNOWN_DIMENSION", "quantities", err.to_string())
+                .with("request_type", request_type)
+                .with("dimension", dimension)
+                .with("known_dimensions", known),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?} {}: {}", self.code, self.reason, self.message)
@@ -104,14 +128,20 @@ impl std::error::Error for Error {}
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
+        // The database's own text is logged, never sent: it can name tables, hosts and users.
         let text = err.to_string();
         match err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                Error::unavailable(format!("database unreachable: {text}"))
+                tracing::warn!(error = %text, "database unreachable");
+                Error::unavailable("database unreachable; retry with the same request_id")
             }
-            _ if is_conflict(&text) => Error::aborted(format!("write conflict: {text}")),
+            _ if is_conflict(&text) => {
+                tracing::debug!(error = %text, "write conflict");
+                Error::aborted("write conflict; retry with the same request_id")
+            }
             _ if is_connection_loss(&text) => {
-                Error::unavailable(format!("database unreachable: {text}"))
+                tracing::warn!(error = %text, "database connection lost");
+                Error::unavailable("database unreachable; retry with the same request_id")
             }
             _ => {
                 tracing::error!(error = %text, "database error");

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod domain;
 pub mod error;
+pub mod health;
 pub mod server;
 pub mod store;
 

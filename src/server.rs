@@ -6,19 +6,19 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 
 use crate::{
     api::Ctx,
     auth::Authenticator,
     clock::Clock,
+    health::{Health, Statuses},
     proto::{
         self, account_service_server::AccountServiceServer,
         grant_service_server::GrantServiceServer, ledger_service_server::LedgerServiceServer,
         rate_card_service_server::RateCardServiceServer,
         report_service_server::ReportServiceServer,
     },
-    store::{Store, batcher::Ledger},
+    store::{Store, batcher::Ledger, checkpointer, sweeper},
 };
 
 /// Largest request accepted (a rate card with many rates is the biggest legitimate one).
@@ -100,7 +100,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&settings.database_url, settings.clock).await?;
-    let (ledger, ledger_worker) = Ledger::start(store.clone());
+    let health = Health::default();
+    let (ledger, ledger_worker) = Ledger::start(store.clone(), health.clone());
     let ctx = Ctx {
         store: store.clone(),
         ledger: ledger.clone(),
@@ -114,26 +115,50 @@ pub async fn run(
             idempotency_retention: settings.idempotency_retention,
         });
     }
-    let (sweeper_stop, sweeper_stopped) = tokio::sync::oneshot::channel();
-    let sweeper = tokio::spawn(crate::store::sweeper::run(
-        store.clone(),
-        ledger,
-        settings.sweep_interval,
-        settings.idempotency_retention,
-        sweeper_stopped,
-    ));
-    let (checkpointer_stop, checkpointer_stopped) = tokio::sync::oneshot::channel();
-    let checkpointer = tokio::spawn(crate::store::checkpointer::run(
-        store.clone(),
-        checkpointer_stopped,
-    ));
+    // Background tasks stop when `stopping` turns true (after in-flight requests finished).
+    let (stop_tasks, stopping) = tokio::sync::watch::channel(false);
+    let sweeper = {
+        let (store, health_, interval, retention) = (
+            store.clone(),
+            health.clone(),
+            settings.sweep_interval,
+            settings.idempotency_retention,
+        );
+        tokio::spawn(crate::health::supervise(
+            sweeper::TASK,
+            health.clone(),
+            stopping.clone(),
+            move |stop| {
+                sweeper::run(
+                    store.clone(),
+                    ledger.clone(),
+                    health_.clone(),
+                    interval,
+                    retention,
+                    stop,
+                )
+            },
+        ))
+    };
+    let checkpointer = {
+        let (store, health_) = (store.clone(), health.clone());
+        tokio::spawn(crate::health::supervise(
+            checkpointer::TASK,
+            health.clone(),
+            stopping.clone(),
+            move |stop| checkpointer::run(store.clone(), health_.clone(), stop),
+        ))
+    };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    for service in SERVICES.into_iter().chain([""]) {
-        health
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-    }
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let services: Vec<&'static str> = SERVICES.into_iter().chain([""]).collect();
+    let statuses = Statuses::new(reporter, &services).await;
+    let monitor = tokio::spawn(crate::health::monitor(
+        store.clone(),
+        health.clone(),
+        statuses.clone(),
+        stopping.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -149,17 +174,12 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %redact_url(&settings.database_url), "allot serving");
 
-    let health_on_shutdown = health.clone();
     let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
     let graceful = async move {
         shutdown.await;
         let _ = draining_tx.send(true);
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
-        for service in SERVICES.into_iter().chain([""]) {
-            health_on_shutdown
-                .set_service_status(service, ServingStatus::NotServing)
-                .await;
-        }
+        statuses.drain().await;
     };
 
     let serve = Server::builder()
@@ -201,10 +221,10 @@ pub async fn run(
 
     // Handlers have returned (or the grace period is over): stop sweeping, apply what is
     // queued, then close.
-    let _ = sweeper_stop.send(());
+    let _ = stop_tasks.send(true);
     let _ = sweeper.await;
-    let _ = checkpointer_stop.send(());
     let _ = checkpointer.await;
+    let _ = monitor.await;
     drop(ctx);
     ledger_worker.shutdown().await;
     store.close().await;

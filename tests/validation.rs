@@ -24,6 +24,16 @@ const TOO_MANY_DIGITS: &[&str] = &["1.0000001", "1234567890123456789"];
 /// Grammatical, but beyond what an amount of units can hold (i64 micro-units).
 const OUT_OF_RANGE: &[&str] = &["999999999999999999", "9223372036854.775808"];
 
+/// The reason a bad amount from [`bad_amounts`] is refused with: well-formed but beyond the
+/// bounds is AMOUNT_OUT_OF_RANGE, anything else INVALID_AMOUNT.
+fn amount_reason(bad: &str) -> &'static str {
+    if OUT_OF_RANGE.contains(&bad) {
+        "AMOUNT_OUT_OF_RANGE"
+    } else {
+        "INVALID_AMOUNT"
+    }
+}
+
 /// Every malformed, over-long and out-of-range decimal, then `extra`.
 fn bad_amounts(extra: &[&'static str]) -> Vec<&'static str> {
     MALFORMED
@@ -256,7 +266,7 @@ async fn bad_grant_amounts_are_rejected_and_leave_no_trace() {
                 .create_grant(grant_request(&wallet.id, bad, "grant-retry"))
                 .await,
         );
-        assert_invalid(&status, "INVALID_AMOUNT", "grant.amount");
+        assert_invalid(&status, amount_reason(bad), "grant.amount");
     }
     let status = rejected(
         grants
@@ -360,7 +370,7 @@ async fn bad_overdraft_limits_are_rejected_and_leave_no_trace() {
     };
     for bad in bad_amounts(&["-1", "-0.000001"]) {
         let status = rejected(accounts.create_wallet(request(bad)).await);
-        assert_invalid(&status, "INVALID_AMOUNT", "wallet.overdraft_limit");
+        assert_invalid(&status, amount_reason(bad), "wallet.overdraft_limit");
     }
     for (unit, reason) in [
         ("has space", "INVALID_FIELD"),
@@ -433,7 +443,7 @@ async fn bad_quantities_and_max_units_are_rejected_and_leave_no_trace() {
         let mut request = chat("1500");
         request.max_units = bad.into();
         let status = rejected(ledger.debit(request).await);
-        assert_invalid(&status, "INVALID_AMOUNT", "max_units");
+        assert_invalid(&status, amount_reason(bad), "max_units");
     }
 
     // A quantity whose price does not fit an amount of units.
@@ -484,13 +494,13 @@ async fn bad_rate_prices_are_rejected_and_leave_no_trace() {
                 .create_rate_card(draft_request(vec![rate("x", bad, &[], "")], "card-retry"))
                 .await,
         );
-        assert_invalid(&status, "INVALID_AMOUNT", &field("flat_units"));
+        assert_invalid(&status, amount_reason(bad), &field("flat_units"));
         let status = rejected(
             rates
                 .create_rate_card(draft_request(vec![rate("x", "1", &[], bad)], "card-retry"))
                 .await,
         );
-        assert_invalid(&status, "INVALID_AMOUNT", &field("max_units"));
+        assert_invalid(&status, amount_reason(bad), &field("max_units"));
         let status = rejected(
             rates
                 .create_rate_card(draft_request(
@@ -499,7 +509,7 @@ async fn bad_rate_prices_are_rejected_and_leave_no_trace() {
                 ))
                 .await,
         );
-        assert_invalid(&status, "INVALID_AMOUNT", &field("dimensions[0].units"));
+        assert_invalid(&status, amount_reason(bad), &field("dimensions[0].units"));
     }
     for bad in MALFORMED.iter().chain(TOO_MANY_DIGITS).chain(&["-1000"]) {
         let status = rejected(
@@ -520,6 +530,15 @@ async fn bad_rate_prices_are_rejected_and_leave_no_trace() {
             .await,
     );
     assert_invalid(&status, "INVALID_AMOUNT", &field("provider_cost"));
+    // A provider cost beyond the unit-price bound (10¹² per request).
+    let mut huge_cost = rate("x", "1", &[], "");
+    huge_cost.provider_cost = "1000000000000.000001".into();
+    let status = rejected(
+        rates
+            .create_rate_card(draft_request(vec![huge_cost], "card-retry"))
+            .await,
+    );
+    assert_invalid(&status, "AMOUNT_OUT_OF_RANGE", &field("provider_cost"));
     let mut bad_route = rate("x", "1", &[], "");
     bad_route.route = long(257);
     let status = rejected(
@@ -1805,8 +1824,8 @@ async fn quote_and_debit_agree_and_round_up() {
     let cases: [PriceCase; 8] = [
         ("chat", &[("output_tokens", "1500")], "1.3"),
         ("chat", &[], "1"),
-        // Quantities the rate has no dimension for do not count.
-        ("chat", &[("input_tokens", "99999")], "1"),
+        // A dimension with a zero quantity costs nothing.
+        ("chat", &[("output_tokens", "0")], "1"),
         // 1 + 1,000,000/1000 × 0.2 = 201, capped at 50.
         ("chat", &[("output_tokens", "1000000")], "50"),
         // 1/3000 × 0.2 = 0.0000666… → 0.000067.

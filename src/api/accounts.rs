@@ -159,8 +159,9 @@ impl Ctx {
                 let changes = changes.clone();
                 let id = id.clone();
                 Box::pin(async move {
-                    // Re-read inside the transaction: the update applies to the latest row.
-                    let current = accounts::find_account(tx, &id)
+                    // Re-read and lock inside the transaction: the update applies to the
+                    // latest row, and concurrent updates of it run one after the other.
+                    let current = accounts::lock_account(tx, &id, true)
                         .await?
                         .ok_or_else(|| Error::not_found("account", &id))?;
                     let model = accounts::update_account(tx, current, changes, now).await?;
@@ -349,8 +350,9 @@ impl Ctx {
         &self,
         model: &crate::store::entity::wallet::Model,
     ) -> Result<proto::Wallet> {
-        let balance = ledger::balance(&self.store.db, model, self.store.clock.now_micros()).await?;
-        Ok(convert::wallet(model, balance))
+        let (model, balance) =
+            ledger::wallet_balance(&self.store, &model.id, self.store.clock.now_micros()).await?;
+        Ok(convert::wallet(&model, balance))
     }
 }
 

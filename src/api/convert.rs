@@ -164,6 +164,14 @@ pub fn decimal(field: &str, value: &str) -> Result<Decimal> {
     parse_quantity(value).map_err(|err| Error::amount(field, err))
 }
 
+/// A unit price or provider cost: non-negative, at most `MAX_UNIT_PRICE`; empty means 0.
+pub fn unit_price(field: &str, value: &str) -> Result<Decimal> {
+    if value.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    crate::domain::amount::parse_unit_price(value).map_err(|err| Error::amount(field, err))
+}
+
 pub fn quantities(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, Decimal>> {
     if map.len() > 32 {
         return Err(Error::invalid(
@@ -378,8 +386,16 @@ pub fn money(burns: &[StoredBurn], sign: i64) -> Vec<proto::Money> {
         if burn.currency.is_empty() {
             continue;
         }
-        let value: Decimal = burn.money.parse().unwrap_or_default();
-        *totals.entry(burn.currency.clone()).or_default() += value * Decimal::from(sign);
+        // An empty money value was out of range when recorded (see `StoredBurn`).
+        let Ok(value) = burn.money.parse::<Decimal>() else {
+            continue;
+        };
+        let total = totals.entry(burn.currency.clone()).or_default();
+        // Within the API's bounds an entry's total fits; beyond them it saturates rather
+        // than failing the request that records it.
+        *total = total
+            .checked_add(value * Decimal::from(sign.signum()))
+            .unwrap_or(if sign < 0 { Decimal::MIN } else { Decimal::MAX });
     }
     totals
         .into_iter()
@@ -505,7 +521,7 @@ pub fn parse_rate(index: usize, wire: &proto::Rate) -> Result<Rate> {
         Some(non_negative(&field("max_units"), &wire.max_units)?)
     };
     if !wire.provider_cost.is_empty() {
-        decimal(&field("provider_cost"), &wire.provider_cost)?;
+        unit_price(&field("provider_cost"), &wire.provider_cost)?;
     }
     Ok(Rate {
         request_type: name(&field("request_type"), &wire.request_type, 128)?,

@@ -50,7 +50,7 @@ impl Ctx {
             .ok_or_else(|| Error::missing("grant"))?;
         let kind = convert::parse_grant_kind(wire.kind)?;
         let amount = convert::positive("grant.amount", &wire.amount)?;
-        let unit_price = convert::decimal("grant.unit_price", &wire.unit_price)?;
+        let unit_price = convert::unit_price("grant.unit_price", &wire.unit_price)?;
         let currency = currency("grant.currency", &wire.currency, !unit_price.is_zero())?;
         let contract_ref = convert::optional("grant.contract_ref", &wire.contract_ref, 256)?;
         let effective_time = convert::micros("grant.effective_time", wire.effective_time.as_ref())?;
@@ -246,7 +246,7 @@ impl Ctx {
                 "must lie after start_time",
             ));
         }
-        let unit_price = convert::decimal("allotment_schedule.unit_price", &wire.unit_price)?;
+        let unit_price = convert::unit_price("allotment_schedule.unit_price", &wire.unit_price)?;
         let currency = currency(
             "allotment_schedule.currency",
             &wire.currency,

@@ -393,7 +393,10 @@ impl LedgerService for Ctx {
                 let (_, wallet) = self
                     .resolve_wallet(&caller, &r.account_id, &r.external_id, &r.unit)
                     .await?;
-                ledger::balance(&self.store.db, &wallet, self.store.clock.now_micros()).await
+                let now = self.store.clock.now_micros();
+                Ok(ledger::wallet_balance(&self.store, &wallet.id, now)
+                    .await?
+                    .1)
             }
             .await,
         )

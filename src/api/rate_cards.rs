@@ -195,9 +195,7 @@ impl Ctx {
             .await?
             .ok_or_else(unpriced)?;
         let rate = card.rate(&request_type).ok_or_else(unpriced)?;
-        let units = rate
-            .price(&quantities)
-            .map_err(|err| Error::invalid("PRICE_OUT_OF_RANGE", "quantities", err.to_string()))?;
+        let units = rate.price(&quantities)?;
         Ok(proto::Quote {
             units: units.to_string(),
             rate_card_version: card.model.version,

@@ -9,7 +9,7 @@ use super::{Ctx, READERS, convert, reply};
 use crate::{
     error::{Error, Result},
     proto::{self, report_service_server::ReportService},
-    store::{accounts::find_wallet, ledger::Op, statements},
+    store::{accounts::find_wallet, statements},
 };
 
 fn money(values: &BTreeMap<String, Decimal>) -> Vec<proto::Money> {
@@ -55,13 +55,9 @@ impl Ctx {
                 ));
             }
         };
-        // Record whatever fell due (expiry, schedules) before reading the ledger.
-        self.ledger
-            .submit(Op::Sweep {
-                wallet_id: wallet.id.clone(),
-            })
-            .await?;
-        let statement = statements::build(&self.store.db, &wallet.id, start, end).await?;
+        // A read: one snapshot, nothing written (what fell due but is not recorded yet is
+        // worked out in memory, see `statements::build`).
+        let statement = statements::build(&self.store, &wallet.id, start, end, now).await?;
         let operator = caller.has_any_role(&[crate::auth::Role::Operator]);
         Ok(proto::Statement {
             wallet_id: wallet.id.clone(),
@@ -74,15 +70,22 @@ impl Ctx {
             lines: statement
                 .lines
                 .iter()
-                .map(|(kind, line)| proto::StatementLine {
-                    kind: proto::TransactionKind::from_str_name(&format!("TRANSACTION_KIND_{kind}"))
+                .map(|(kind, line)| -> Result<proto::StatementLine> {
+                    Ok(proto::StatementLine {
+                        kind: proto::TransactionKind::from_str_name(&format!(
+                            "TRANSACTION_KIND_{kind}"
+                        ))
                         .unwrap_or(proto::TransactionKind::Unspecified)
-                        as i32,
-                    count: line.count,
-                    units: crate::domain::Amount::from_micros(line.delta).to_string(),
-                    money: money(&line.money),
+                            as i32,
+                        count: line.count,
+                        units: crate::domain::amount::format_decimal(
+                            Decimal::try_from_i128_with_scale(line.units, 6)
+                                .map_err(|_| Error::internal("statement line out of range"))?,
+                        ),
+                        money: money(&line.money),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             movements: statement
                 .movements
                 .iter()

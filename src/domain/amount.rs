@@ -22,12 +22,26 @@ pub enum AmountError {
     Malformed(String),
     #[error("`{0}` has more than 18 integer or 6 fractional digits")]
     TooManyDigits(String),
-    #[error("`{0}` is out of range")]
+    #[error("`{0}` is out of range (see the bounds in docs/ARCHITECTURE.md, \"Numbers\")")]
     OutOfRange(String),
     #[error("`{0}` must be greater than zero")]
     NotPositive(String),
     #[error("`{0}` must not be negative")]
     Negative(String),
+}
+
+/// The largest unit price (and provider cost) accepted: 10¹² per unit. With amounts below
+/// `Amount::MAX` (≈ 9.2 × 10¹² units) every money value (≤ ≈ 9.2 × 10²⁴) and any sum of up
+/// to a thousand of them fits a `Decimal` (≈ 7.9 × 10²⁸).
+pub const MAX_UNIT_PRICE: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
+/// A unit price or provider cost: a non-negative decimal no larger than [`MAX_UNIT_PRICE`].
+pub fn parse_unit_price(text: &str) -> Result<Decimal, AmountError> {
+    let value = parse_quantity(text)?;
+    if value > MAX_UNIT_PRICE {
+        return Err(AmountError::OutOfRange(text.to_string()));
+    }
+    Ok(value)
 }
 
 /// Parses the wire grammar into an exact decimal.
@@ -121,7 +135,11 @@ impl Amount {
         if !micros.fract().is_zero() {
             return None;
         }
-        i64::try_from(micros).ok().map(Amount)
+        // Symmetric: −MAX..=MAX (i64::MIN has no positive counterpart to negate into).
+        i64::try_from(micros)
+            .ok()
+            .filter(|&m| m != i64::MIN)
+            .map(Amount)
     }
 
     /// Rounds up (away from zero for positives, toward +∞) to 6 places; `None` if out of range.
@@ -229,6 +247,33 @@ mod tests {
             Amount::parse_non_negative("-0.5"),
             Err(AmountError::Negative(_))
         ));
+    }
+
+    #[test]
+    fn bounds_are_symmetric_and_prices_bounded() {
+        assert_eq!(Amount::parse("9223372036854.775807"), Ok(Amount::MAX));
+        assert_eq!(
+            Amount::parse("-9223372036854.775807"),
+            Ok(Amount::from_micros(-i64::MAX))
+        );
+        assert!(matches!(
+            Amount::parse("-9223372036854.775808"),
+            Err(AmountError::OutOfRange(_))
+        ));
+        assert_eq!(
+            parse_unit_price("1000000000000"),
+            Ok(Decimal::from(1_000_000_000_000i64))
+        );
+        assert!(matches!(
+            parse_unit_price("1000000000000.000001"),
+            Err(AmountError::OutOfRange(_))
+        ));
+        // The largest money value fits, with room for a thousand of them in a sum.
+        let money = Amount::MAX
+            .to_decimal()
+            .checked_mul(MAX_UNIT_PRICE)
+            .unwrap();
+        assert!(money.checked_mul(Decimal::from(1000)).is_some());
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! lifecycle (holds, refunds, expiry, voids, adjustments, schedules, spend caps). No I/O here;
 //! the store applies these rules inside a database transaction, and they are property-tested.
 
+pub mod account_state;
 pub mod amount;
 pub mod pricing;
 pub mod wallet;
 
+pub use account_state::{AccountState, Action};
 pub use amount::{Amount, AmountError};
 pub use pricing::{Dimension, PricingError, Rate, RateError};
 pub use wallet::{

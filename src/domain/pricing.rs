@@ -57,6 +57,14 @@ pub enum RateError {
 pub enum PricingError {
     #[error("the price of this request is out of range")]
     Overflow,
+    /// A quantity the rate prices no dimension for (most likely a misspelt name).
+    #[error("`{request_type}` has no dimension `{dimension}`; it prices: {known}")]
+    UnknownDimension {
+        request_type: String,
+        dimension: String,
+        /// The rate's dimensions, comma-separated (`(none)` for a flat rate).
+        known: String,
+    },
 }
 
 impl Rate {
@@ -95,9 +103,24 @@ impl Rate {
         Ok(())
     }
 
-    /// Units this request costs. Quantities the rate has no dimension for are ignored (they
-    /// are still recorded on the transaction); a dimension without a quantity counts as 0.
+    /// Units this request costs; a dimension without a quantity counts as 0. A quantity the
+    /// rate has no dimension for is refused: a misspelt `output_tokns` must not bill nothing.
     pub fn price(&self, quantities: &BTreeMap<String, Decimal>) -> Result<Amount, PricingError> {
+        if let Some(unknown) = quantities
+            .keys()
+            .find(|name| !self.dimensions.iter().any(|d| &d.name == *name))
+        {
+            let known: Vec<&str> = self.dimensions.iter().map(|d| d.name.as_str()).collect();
+            return Err(PricingError::UnknownDimension {
+                request_type: self.request_type.clone(),
+                dimension: unknown.clone(),
+                known: if known.is_empty() {
+                    "(none)".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
         match (self.uncapped(quantities), self.max_units) {
             (Some(total), Some(cap)) if total > cap.to_decimal() => Ok(cap),
             // Too large even for a decimal: any cap is lower.
@@ -202,9 +225,21 @@ mod tests {
     }
 
     #[test]
-    fn ignores_unknown_quantities() {
-        let q = quantities(&[("input_tokens", 99_999)]);
-        assert_eq!(chat().price(&q).unwrap(), amount("1"));
+    fn refuses_unknown_quantities() {
+        let q = quantities(&[("output_tokns", 99_999)]);
+        assert_eq!(
+            chat().price(&q),
+            Err(PricingError::UnknownDimension {
+                request_type: "chat".into(),
+                dimension: "output_tokns".into(),
+                known: chat()
+                    .dimensions
+                    .iter()
+                    .map(|d| d.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        );
     }
 
     #[test]

@@ -85,9 +85,14 @@ pub struct Burn {
 }
 
 impl Burn {
-    /// Money value of the units at the grant's unit price.
-    pub fn money(&self) -> Decimal {
-        (self.units.to_decimal() * self.unit_price).normalize()
+    /// Money value of the units at the grant's unit price; `None` if it does not fit a
+    /// decimal (impossible within the bounds the API enforces: units ≤ `Amount::MAX`, unit
+    /// prices ≤ `MAX_UNIT_PRICE`).
+    pub fn money(&self) -> Option<Decimal> {
+        self.units
+            .to_decimal()
+            .checked_mul(self.unit_price)
+            .map(|money| money.normalize())
     }
 }
 
@@ -264,6 +269,8 @@ pub struct WalletState {
     pub caps: SpendCaps,
     pub spent: Spent,
     pub schedules: Vec<Schedule>,
+    /// No schedule period starts while set (the account is closed).
+    pub schedules_paused: bool,
 }
 
 /// UTC day and month indices of a time.
@@ -332,6 +339,7 @@ impl WalletState {
             .schedules
             .iter()
             .enumerate()
+            .filter(|_| !self.schedules_paused)
             .filter_map(|(i, s)| s.next_start().map(|t| (t, Due::Period(i))));
         let lots = self
             .lots
@@ -430,7 +438,8 @@ impl WalletState {
                 movements.push(m);
             }
         }
-        let amount = schedule.amount.min(self.headroom());
+        // The rolled units are back in the new grant: only what is left beyond them is room.
+        let amount = schedule.amount.min(self.headroom().saturating_sub(rolled));
         let lot = Lot {
             grant_id: new_id(),
             remaining: amount.saturating_add(rolled),

@@ -3,17 +3,18 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
 use super::{
     entity::{account, wallet},
-    new_id,
+    locks_rows, new_id,
     pagination::{self, Page},
 };
 use crate::{
-    domain::Amount,
+    domain::{AccountState, Action, Amount},
     error::{Error, Result},
 };
 
@@ -55,11 +56,57 @@ pub fn labels(model: &account::Model) -> BTreeMap<String, String> {
     serde_json::from_str(&model.labels).unwrap_or_default()
 }
 
+/// The account row, locked on PostgreSQL (`exclusive`: FOR UPDATE, else FOR SHARE) so a
+/// decision taken on its state holds until the transaction ends, on every replica. SQLite
+/// writers hold the database's write lock already.
+pub async fn lock_account(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    exclusive: bool,
+) -> Result<Option<account::Model>> {
+    let mut query = account::Entity::find_by_id(id.to_string());
+    if locks_rows(conn) {
+        query = if exclusive {
+            query.lock_exclusive()
+        } else {
+            query.lock_shared()
+        };
+    }
+    Ok(query.one(conn).await?)
+}
+
+/// ACCOUNT_NOT_ACTIVE unless `account`'s state allows `action` (`domain::account_state`).
+pub fn require_state(account: &account::Model, action: Action) -> Result<()> {
+    let state = AccountState::parse(&account.state).ok_or_else(|| {
+        tracing::error!(account_id = %account.id, state = %account.state, "unknown account state stored");
+        Error::internal(format!("account `{}` has an unknown state", account.id))
+    })?;
+    if state.allows(action) {
+        return Ok(());
+    }
+    Err(Error::precondition(
+        "ACCOUNT_NOT_ACTIVE",
+        format!(
+            "account `{}` is {}: {action:?} is not allowed",
+            account.id, account.state
+        ),
+    )
+    .with("account_id", &account.id)
+    .with("state", &account.state))
+}
+
 pub async fn create_account(
     conn: &impl ConnectionTrait,
     new: NewAccount,
     now: i64,
 ) -> Result<account::Model> {
+    if let Some(parent) = &new.parent {
+        // The parent's current state, held until this commits (a concurrent close waits).
+        let parent = lock_account(conn, &parent.id, false)
+            .await?
+            .ok_or_else(|| Error::not_found("account", &parent.id))?;
+        require_state(&parent, Action::CreateSubAccount)?;
+    }
     if find_by_external_id(conn, &new.external_id).await?.is_some() {
         return Err(external_id_taken(&new.external_id));
     }
@@ -185,7 +232,7 @@ pub async fn update_account(
                 .with("account_id", &current.id),
         );
     }
-    let state_changes = changes.state.is_some_and(|s| s != current.state);
+    let state_given = changes.state.is_some();
     let mut model: account::ActiveModel = current.into();
     if let Some(name) = changes.display_name {
         model.display_name = Set(name);
@@ -198,9 +245,21 @@ pub async fn update_account(
     }
     model.update_time = Set(now);
     let updated = model.update(conn).await?;
-    if state_changes {
+    if state_given {
         // Ledger batches keep the account's state with each of its wallets in the wallet
-        // cache, checked by the wallet's version: move every version on.
+        // cache, checked by the wallet's version: move every version on. The wallets are
+        // locked first in id order, the order ledger batches lock them in (no deadlock).
+        if locks_rows(conn) {
+            wallet::Entity::find()
+                .select_only()
+                .column(wallet::Column::Id)
+                .filter(wallet::Column::AccountId.eq(updated.id.as_str()))
+                .order_by_asc(wallet::Column::Id)
+                .lock_exclusive()
+                .into_tuple::<String>()
+                .all(conn)
+                .await?;
+        }
         wallet::Entity::update_many()
             .col_expr(
                 wallet::Column::Version,
@@ -229,6 +288,10 @@ pub async fn create_wallet(
         .with("account_id", &account.id)
         .with("unit", unit)
     };
+    let account = lock_account(conn, &account.id, false)
+        .await?
+        .ok_or_else(|| Error::not_found("account", &account.id))?;
+    require_state(&account, Action::CreateWallet)?;
     if find_wallet(conn, &account.id, unit).await?.is_some() {
         return Err(exists());
     }

@@ -15,6 +15,8 @@ use std::{
     sync::Arc,
 };
 
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -24,7 +26,10 @@ use super::{
     Store,
     ledger::{self, Op, Outcome},
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    health::{Health, panic_message},
+};
 
 /// The most operations applied in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -67,7 +72,7 @@ impl Worker {
 }
 
 impl Ledger {
-    pub fn start(store: Store) -> (Ledger, Worker) {
+    pub fn start(store: Store, health: Health) -> (Ledger, Worker) {
         let count = if store.is_postgres() {
             POSTGRES_WORKERS
         } else {
@@ -78,7 +83,10 @@ impl Ledger {
         for _ in 0..count {
             let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
             let (close, closed) = oneshot::channel();
-            workers.push((tokio::spawn(run(store.clone(), jobs, closed)), close));
+            workers.push((
+                tokio::spawn(run(store.clone(), health.clone(), jobs, closed)),
+                close,
+            ));
             queues.push(queue);
         }
         (
@@ -117,7 +125,12 @@ fn shard(op: &Op, workers: usize) -> usize {
     (hasher.finish() % workers as u64) as usize
 }
 
-async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::Receiver<()>) {
+async fn run(
+    store: Store,
+    health: Health,
+    mut jobs: mpsc::Receiver<Job>,
+    mut closed: oneshot::Receiver<()>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Batches committed whose replies wait for their commit to be durable.
     let mut replying = tokio::task::JoinSet::new();
@@ -137,28 +150,91 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::R
         }
         let (ops, replies): (Vec<Op>, Vec<_>) =
             batch.drain(..).map(|job| (job.op, job.reply)).unzip();
-        match ledger::apply(&store, &ops).await {
-            Ok((outcomes, durable)) => {
+        match AssertUnwindSafe(ledger::apply(&store, &ops))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok((outcomes, durable))) => {
                 // Reply once the commit is durable; meanwhile the next batch goes ahead (on
                 // SQLite its work overlaps this one's log sync, see `log_sync`).
+                let health = health.clone();
                 replying.spawn(async move {
                     match durable.wait().await {
                         Ok(()) => {
+                            health.ledger_committed();
                             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                                 let _ = reply.send(outcome);
                             }
                         }
-                        Err(err) => fail(replies, &err),
+                        Err(err) => {
+                            health.ledger_failed();
+                            fail(replies, &err);
+                        }
                     }
                 });
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 tracing::warn!(error = %err, batch = ops.len(), "ledger batch failed");
+                if err.code != tonic::Code::Aborted {
+                    health.ledger_failed();
+                }
                 fail(replies, &err);
+            }
+            Err(panic) => {
+                tracing::error!(
+                    panic = %panic_message(panic.as_ref()),
+                    batch = ops.len(),
+                    "a ledger batch hit an internal fault; applying its operations one at a time"
+                );
+                one_by_one(&store, &health, ops, replies).await;
             }
         }
     }
     while replying.join_next().await.is_some() {}
+}
+
+/// After a batch panicked (a bug): applies each of its operations in a batch of its own, so
+/// the faulty one fails alone (INTERNAL, logged with its request_id) and the rest are applied
+/// as they would have been.
+async fn one_by_one(
+    store: &Store,
+    health: &Health,
+    ops: Vec<Op>,
+    replies: Vec<oneshot::Sender<Result<Outcome>>>,
+) {
+    for (op, reply) in ops.into_iter().zip(replies) {
+        let outcome = match AssertUnwindSafe(ledger::apply(store, std::slice::from_ref(&op)))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok((mut outcomes, durable))) => match durable.wait().await {
+                Ok(()) => {
+                    health.ledger_committed();
+                    outcomes
+                        .pop()
+                        .unwrap_or_else(|| Err(Error::internal("the ledger returned no outcome")))
+                }
+                Err(err) => {
+                    health.ledger_failed();
+                    Err(err)
+                }
+            },
+            Ok(Err(err)) => Err(err),
+            Err(panic) => {
+                tracing::error!(
+                    panic = %panic_message(panic.as_ref()),
+                    request_id = op.key().map_or("", |k| k.request_id.as_str()),
+                    scope = op.key().map_or("", |k| k.scope.as_str()),
+                    wallet_id = op.wallet_id().unwrap_or(""),
+                    "a ledger operation hit an internal fault; it was not applied"
+                );
+                Err(Error::internal(
+                    "the operation hit an internal fault and was not applied",
+                ))
+            }
+        };
+        let _ = reply.send(outcome);
+    }
 }
 
 /// Answers every operation of a batch with `err`.

@@ -9,9 +9,13 @@
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use super::Store;
+use crate::health::{Health, stopped};
+
+/// The checkpointer's name in health reports.
+pub const TASK: &str = "checkpointer";
 
 /// How often the log is checkpointed.
 pub const INTERVAL: Duration = Duration::from_millis(100);
@@ -19,8 +23,8 @@ pub const INTERVAL: Duration = Duration::from_millis(100);
 /// The writer's own automatic checkpoint threshold, in pages (SQLite's default is 1,000).
 pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 
-/// Checkpoints every [`INTERVAL`] until `stop` fires. Does nothing on PostgreSQL.
-pub async fn run(store: Store, mut stop: oneshot::Receiver<()>) {
+/// Checkpoints every [`INTERVAL`] until `stop` turns true. Does nothing on PostgreSQL.
+pub async fn run(store: Store, health: Health, mut stop: watch::Receiver<bool>) {
     if store.is_postgres() {
         return;
     }
@@ -28,10 +32,12 @@ pub async fn run(store: Store, mut stop: oneshot::Receiver<()>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = stopped(&mut stop) => return,
             _ = ticker.tick() => {
                 if let Err(err) = checkpoint(&store).await {
                     tracing::warn!(error = %err, "WAL checkpoint failed; will retry");
+                } else {
+                    health.task_ok(TASK);
                 }
             }
         }

@@ -26,9 +26,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Store,
-    accounts::ACTIVE,
-    bulk, chain,
+    Store, bulk, chain,
     entity::{account, grant, idempotency_key, reservation, schedule, transaction, wallet},
     idempotency::{self, Key},
     locks_rows,
@@ -42,8 +40,8 @@ use super::{
 use crate::{
     api::convert,
     domain::{
-        Amount, Burn, Hold, Lot, LotStatus, Movement, MovementKind, Period, Refusal, Rollover,
-        Schedule, SpendCaps, Spent, WalletState, amount::format_decimal,
+        AccountState, Action, Amount, Burn, Hold, Lot, LotStatus, Movement, MovementKind, Period,
+        Refusal, Rollover, Schedule, SpendCaps, Spent, WalletState, amount::format_decimal,
     },
     error::{Error, Result},
     proto,
@@ -225,6 +223,24 @@ impl Op {
         })
     }
 
+    /// What the operation does as far as its account's state is concerned (`None`: sweeps,
+    /// which only record what fell due).
+    fn action(&self) -> Option<Action> {
+        Some(match self {
+            Op::Debit(_) => Action::Debit,
+            Op::Reserve(_) => Action::Reserve,
+            Op::Capture(_) => Action::Capture,
+            Op::Release(_) => Action::Release,
+            Op::Refund(_) => Action::Refund,
+            Op::Grant(_) => Action::Grant,
+            Op::Adjust(_) => Action::Adjust,
+            Op::Void(_) => Action::Void,
+            Op::Schedule(_) => Action::CreateSchedule,
+            Op::UpdateWallet(_) => Action::UpdateWallet,
+            Op::Sweep { .. } => return None,
+        })
+    }
+
     /// Debits and holds name (account, unit).
     fn account_unit(&self) -> Option<(&str, &str)> {
         match self {
@@ -310,12 +326,25 @@ pub struct StoredBurn {
 
 impl From<&Burn> for StoredBurn {
     fn from(burn: &Burn) -> Self {
+        let money = match burn.money() {
+            Some(money) => format_decimal(money),
+            None => {
+                // Only a grant stored before unit prices were bounded can get here.
+                tracing::error!(
+                    grant_id = burn.grant_id.as_deref().unwrap_or(""),
+                    units = %burn.units,
+                    unit_price = %burn.unit_price,
+                    "money value out of range; recorded without one"
+                );
+                String::new()
+            }
+        };
         StoredBurn {
             grant_id: burn.grant_id.clone().unwrap_or_default(),
             units: burn.units,
             unit_price: format_decimal(burn.unit_price),
             currency: burn.currency.clone(),
-            money: format_decimal(burn.money()),
+            money,
         }
     }
 }
@@ -438,6 +467,7 @@ fn wallet_state(
             month_units: Amount::from_micros(model.spent_month_units),
         },
         schedules: schedules.iter().map(|s| domain_schedule(s)).collect(),
+        schedules_paused: false,
     }
 }
 
@@ -504,7 +534,12 @@ struct Loaded {
 impl Loaded {
     /// Turns a movement into a ledger entry, chained after the wallet's previous one.
     fn record(&mut self, movement: Movement, ctx: &EntryContext) -> transaction::Model {
-        self.posted += movement.delta;
+        // The domain keeps Σ remaining + overdraft within an Amount (headroom), so this
+        // cannot overflow; if it ever did, the operation fails alone (store/batcher.rs).
+        self.posted = self
+            .posted
+            .checked_add(movement.delta)
+            .expect("posted balance within its bound");
         let time = movement.time.max(self.last_time);
         self.last_time = time;
         let mut burns: Vec<StoredBurn> = movement.burns.iter().map(StoredBurn::from).collect();
@@ -679,7 +714,10 @@ async fn load_wallets(
         let grant_refs: Vec<&grant::Model> = own.grants.iter().collect();
         let hold_refs: Vec<&reservation::Model> = own.holds.iter().collect();
         let schedule_refs: Vec<&schedule::Model> = own.schedules.iter().collect();
-        let state = wallet_state(&model, &grant_refs, &hold_refs, &schedule_refs);
+        let mut state = wallet_state(&model, &grant_refs, &hold_refs, &schedule_refs);
+        // A closed account is granted no more periods (`domain::account_state`).
+        state.schedules_paused = AccountState::parse(&own.account_state)
+            .is_some_and(|s| !s.allows(Action::SchedulePeriod));
         let entry = Loaded {
             account_state: own.account_state,
             posted: model.posted,
@@ -779,6 +817,58 @@ async fn read_rows(
     Ok(rows
         .into_iter()
         .map(|(id, own)| (id, own.sorted()))
+        .collect())
+}
+
+/// The wallet (as of one snapshot) and its balance as of `now` in that same snapshot: never a
+/// balance that did not exist. Reads only.
+pub async fn wallet_balance(
+    store: &Store,
+    wallet_id: &str,
+    now: i64,
+) -> Result<(wallet::Model, proto::Balance)> {
+    let tx = store.read_snapshot().await?;
+    let ids = BTreeSet::from([wallet_id.to_string()]);
+    let loaded = load_wallets(&tx, &ids, &BTreeSet::new(), false, None).await;
+    tx.rollback().await?;
+    let Some(mut loaded) = loaded?.remove(wallet_id) else {
+        return Err(Error::not_found("wallet", wallet_id));
+    };
+    let mut n = 0;
+    loaded.state.advance(now, &mut || {
+        n += 1;
+        format!("preview-{n}")
+    });
+    let balance = convert::balance(&loaded.model, &loaded.state, &loaded.thresholds);
+    Ok((loaded.model, balance))
+}
+
+/// The entries the ledger will write for what fell due on the wallet up to `now` (expiry,
+/// grants becoming active, schedule periods) but the sweeper has not recorded yet, worked
+/// out in memory from what `conn` reads: nothing is written. They carry no id and no hash
+/// (the sweeper assigns both when it records them, within a sweep interval).
+pub async fn pending_entries(
+    conn: &impl ConnectionTrait,
+    wallet_id: &str,
+    now: i64,
+) -> Result<Vec<transaction::Model>> {
+    let ids = BTreeSet::from([wallet_id.to_string()]);
+    let Some(mut loaded) = load_wallets(conn, &ids, &BTreeSet::new(), false, None)
+        .await?
+        .remove(wallet_id)
+    else {
+        return Err(Error::not_found("wallet", wallet_id));
+    };
+    loaded.advance(now);
+    Ok(loaded
+        .entries
+        .into_iter()
+        .map(|entry| transaction::Model {
+            id: String::new(),
+            hash: String::new(),
+            prev_hash: String::new(),
+            ..entry
+        })
         .collect())
 }
 
@@ -891,7 +981,9 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
         }
     }
 
-    // Refunds: the refunded entries, what was refunded of them already, and their grants.
+    // Refunds: the refunded entries (immutable rows, so read before the locks) name the
+    // grants a refund may return to; what was refunded of them already is read below, under
+    // the wallet locks that serialise refunds of one entry on every replica.
     let refund_ids: BTreeSet<String> = ops
         .iter()
         .filter_map(|op| match op {
@@ -899,13 +991,28 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
             _ => None,
         })
         .collect();
-    let mut refunded = HashMap::new();
+    let mut originals = Vec::new();
     let mut extra_grants = BTreeSet::new();
     if !refund_ids.is_empty() {
-        let originals = transaction::Entity::find()
+        originals = transaction::Entity::find()
             .filter(transaction::Column::Id.is_in(padded(refund_ids.iter().cloned())))
             .all(conn)
             .await?;
+        for original in &originals {
+            extra_grants.extend(
+                stored_burns(original)?
+                    .into_iter()
+                    .map(|b| b.grant_id)
+                    .filter(|g| !g.is_empty()),
+            );
+        }
+    }
+
+    let mut wallets =
+        load_wallets(conn, &wallet_ids, &extra_grants, true, Some(&store.wallets)).await?;
+    let mut refunded = HashMap::new();
+    if !originals.is_empty() {
+        // After the locks: a refund committed by another replica a moment ago is counted.
         let prior: Vec<(Option<String>, i64)> = transaction::Entity::find()
             .select_only()
             .column(transaction::Column::RefId)
@@ -916,24 +1023,14 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
             .all(conn)
             .await?;
         for original in originals {
-            let burns: Vec<StoredBurn> = serde_json::from_str(&original.burns).unwrap_or_default();
-            extra_grants.extend(
-                burns
-                    .into_iter()
-                    .map(|b| b.grant_id)
-                    .filter(|g| !g.is_empty()),
-            );
-            let done: i64 = prior
+            let done = prior
                 .iter()
                 .filter(|(r, _)| r.as_deref() == Some(original.id.as_str()))
-                .map(|(_, u)| u)
-                .sum();
+                .try_fold(0i64, |sum, (_, units)| sum.checked_add(*units))
+                .ok_or_else(|| Error::internal("refunded units overflow"))?;
             refunded.insert(original.id.clone(), (original, done));
         }
     }
-
-    let mut wallets =
-        load_wallets(conn, &wallet_ids, &extra_grants, true, Some(&store.wallets)).await?;
     // Account states: with each loaded wallet (cached by its version); read for the rest
     // (an account without the wallet an operation names, or none at all).
     let mut accounts: HashMap<String, String> = wallets
@@ -1043,6 +1140,26 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
     Ok(Some((outcomes, durable)))
 }
 
+/// ACCOUNT_NOT_ACTIVE unless the account's state allows `op` (`domain::account_state`).
+fn check_state(op: &Op, account_id: &str, state: &str) -> Result<()> {
+    let Some(action) = op.action() else {
+        return Ok(());
+    };
+    let parsed = AccountState::parse(state).ok_or_else(|| {
+        tracing::error!(account_id, state, "unknown account state stored");
+        Error::internal(format!("account `{account_id}` has an unknown state"))
+    })?;
+    if parsed.allows(action) {
+        return Ok(());
+    }
+    Err(Error::precondition(
+        "ACCOUNT_NOT_ACTIVE",
+        format!("account `{account_id}` is {state}: {action:?} is not allowed"),
+    )
+    .with("account_id", account_id)
+    .with("state", state))
+}
+
 fn refusal(refusal: Refusal) -> Error {
     match refusal {
         Refusal::Insufficient {
@@ -1089,14 +1206,7 @@ impl Batch<'_> {
                     .accounts
                     .get(account_id)
                     .ok_or_else(|| Error::not_found("account", account_id))?;
-                if state != ACTIVE {
-                    return Err(Error::precondition(
-                        "ACCOUNT_NOT_ACTIVE",
-                        format!("account `{account_id}` is {state}"),
-                    )
-                    .with("account_id", account_id)
-                    .with("state", state));
-                }
+                check_state(op, account_id, state)?;
                 self.by_account_unit
                     .get(&(account_id.to_string(), unit.to_string()))
                     .cloned()
@@ -1111,7 +1221,8 @@ impl Batch<'_> {
         let Some(mut wallet) = self.wallets.remove(&wallet_id) else {
             return Err(Error::not_found("wallet", &wallet_id));
         };
-        let result = self.run(op, &mut wallet);
+        let result = check_state(op, &wallet.model.account_id, &wallet.account_state)
+            .and_then(|()| self.run(op, &mut wallet));
         self.wallets.insert(wallet_id, wallet);
         result
     }
@@ -1130,9 +1241,7 @@ impl Batch<'_> {
         };
         let card = self.card.as_ref().ok_or_else(unpriced)?;
         let rate = card.rate(request_type).ok_or_else(unpriced)?;
-        let units = rate
-            .price(quantities)
-            .map_err(|err| Error::invalid("PRICE_OUT_OF_RANGE", "quantities", err.to_string()))?;
+        let units = rate.price(quantities)?;
         Ok((units, card, rate.provider_cost.clone()))
     }
 
@@ -1166,6 +1275,17 @@ impl Batch<'_> {
                 Ok(charged(&wallet.record(movement, &ctx)))
             }
             Op::Grant(op) => {
+                // The API checked this against its own clock; the batch's `now` is later.
+                if op
+                    .expire_time
+                    .is_some_and(|expiry| expiry <= op.effective_time.unwrap_or(now).max(now))
+                {
+                    return Err(Error::invalid(
+                        "INVALID_FIELD",
+                        "grant.expire_time",
+                        "must lie after now and after effective_time",
+                    ));
+                }
                 if op.amount > wallet.state.headroom() {
                     return Err(headroom_error(&wallet.state));
                 }
@@ -1298,7 +1418,7 @@ impl Batch<'_> {
                     .get(&op.transaction_id)
                     .cloned()
                     .ok_or_else(|| Error::not_found("transaction", &op.transaction_id))?;
-                let refundable = original.units - done;
+                let refundable = original.units.saturating_sub(done);
                 let units = op.units.unwrap_or(Amount::from_micros(refundable));
                 if units.micros() > refundable || refundable == 0 {
                     return Err(Error::precondition(
@@ -1312,7 +1432,12 @@ impl Batch<'_> {
                     .with("refundable", Amount::from_micros(refundable))
                     .with("transaction_id", &original.id));
                 }
-                let returns = refund_returns(&original, done, units.micros());
+                let returns = refund_returns(&original, done, units.micros())?;
+                // Units a debit burnt freed room that a later grant may have filled: the
+                // returned units must still fit the wallet's bound.
+                if units > wallet.state.headroom() {
+                    return Err(headroom_error(&wallet.state));
+                }
                 let movements = wallet.state.refund(&returns, original.create_time, now);
                 let ctx = EntryContext {
                     actor: op.actor.clone(),
@@ -1327,8 +1452,10 @@ impl Batch<'_> {
                     let entry = wallet.record(movement, &ctx);
                     first.get_or_insert(entry);
                 }
-                self.refunded
-                    .insert(original.id.clone(), (original, done + units.micros()));
+                self.refunded.insert(
+                    original.id.clone(),
+                    (original, done.saturating_add(units.micros())),
+                );
                 let entry = first.ok_or_else(|| Error::internal("refund recorded nothing"))?;
                 Ok(Outcome::Transaction(convert::transaction(&entry)))
             }
@@ -1513,8 +1640,8 @@ fn refund_returns(
     original: &transaction::Model,
     done: i64,
     units: i64,
-) -> Vec<(Option<String>, Amount)> {
-    let burns: Vec<StoredBurn> = serde_json::from_str(&original.burns).unwrap_or_default();
+) -> Result<Vec<(Option<String>, Amount)>> {
+    let burns = stored_burns(original)?;
     let mut skip = done;
     let mut want = units;
     let mut returns = Vec::new();
@@ -1530,7 +1657,15 @@ fn refund_returns(
             want -= take;
         }
     }
-    returns
+    Ok(returns)
+}
+
+/// The burns stored on an entry; a row that does not parse is reported, never read as none.
+pub fn stored_burns(entry: &transaction::Model) -> Result<Vec<StoredBurn>> {
+    serde_json::from_str(&entry.burns).map_err(|err| {
+        tracing::error!(transaction_id = %entry.id, error = %err, "stored burns unreadable");
+        Error::internal(format!("the burns of entry `{}` are unreadable", entry.id))
+    })
 }
 
 /// The wallet row with the batch's changes.

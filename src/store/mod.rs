@@ -232,6 +232,13 @@ impl Store {
         })
     }
 
+    /// A read-only transaction that sees one snapshot of the database: on PostgreSQL
+    /// `REPEATABLE READ, READ ONLY`; on SQLite a deferred transaction on a pooled reader,
+    /// which in WAL mode reads one snapshot from its first query on. Roll it back when done.
+    pub async fn read_snapshot(&self) -> Result<DatabaseTransaction> {
+        Ok(snapshot(&self.db).await?)
+    }
+
     /// Returns once every commit made so far is durable (SQLite's log synced; PostgreSQL:
     /// at once).
     pub async fn sync_log(&self) -> Result<()> {
@@ -258,6 +265,21 @@ impl Store {
         }
         let _ = self.db.close().await;
     }
+}
+
+/// See [`Store::read_snapshot`].
+pub async fn snapshot(
+    db: &DatabaseConnection,
+) -> std::result::Result<DatabaseTransaction, sea_orm::DbErr> {
+    let options = match db.get_database_backend() {
+        DbBackend::Postgres => TransactionOptions {
+            isolation_level: Some(sea_orm::IsolationLevel::RepeatableRead),
+            access_mode: Some(sea_orm::AccessMode::ReadOnly),
+            sqlite_transaction_mode: None,
+        },
+        _ => TransactionOptions::default(),
+    };
+    db.begin_with_options(options).await
 }
 
 /// A new resource id: `prefix_` + a time-ordered UUIDv7 in hex (ids sort by creation).

@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{entity::transaction, ledger::StoredBurn};
+use super::{
+    Store,
+    entity::transaction,
+    ledger::{self, stored_burns},
+};
 use crate::{
     domain::{Amount, amount::format_decimal},
     error::{Error, Result},
@@ -18,7 +22,9 @@ use crate::{
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Line {
     pub count: i64,
-    pub delta: i64,
+    /// Σ delta of the kind's entries, in micro-units (wider than a balance: a window's
+    /// grants can add up beyond what one balance may hold).
+    pub units: i128,
     pub money: BTreeMap<String, Decimal>,
 }
 
@@ -34,21 +40,43 @@ pub struct Statement {
 }
 
 /// Signed money of an entry per currency.
-fn money_of(entry: &transaction::Model) -> BTreeMap<String, Decimal> {
-    let burns: Vec<StoredBurn> = serde_json::from_str(&entry.burns).unwrap_or_default();
+fn money_of(entry: &transaction::Model) -> Result<BTreeMap<String, Decimal>> {
     let sign = Decimal::from(entry.delta.signum());
     let mut out = BTreeMap::new();
-    for burn in burns.iter().filter(|b| !b.currency.is_empty()) {
-        let value: Decimal = burn.money.parse().unwrap_or_default();
-        *out.entry(burn.currency.clone()).or_default() += value * sign;
+    for burn in stored_burns(entry)?
+        .iter()
+        .filter(|b| !b.currency.is_empty() && !b.money.is_empty())
+    {
+        let value: Decimal = burn.money.parse().map_err(|_| {
+            Error::internal(format!(
+                "entry `{}` has an unreadable money value",
+                entry.id
+            ))
+        })?;
+        add(&mut out, &burn.currency, value * sign)?;
     }
-    out
+    Ok(out)
 }
 
-fn add_money(into: &mut BTreeMap<String, Decimal>, from: &BTreeMap<String, Decimal>) {
+fn add(into: &mut BTreeMap<String, Decimal>, currency: &str, value: Decimal) -> Result<()> {
+    let total = into.entry(currency.to_string()).or_default();
+    *total = total.checked_add(value).ok_or_else(out_of_range)?;
+    Ok(())
+}
+
+fn add_money(into: &mut BTreeMap<String, Decimal>, from: &BTreeMap<String, Decimal>) -> Result<()> {
     for (currency, value) in from {
-        *into.entry(currency.clone()).or_default() += *value;
+        add(into, currency, *value)?;
     }
+    Ok(())
+}
+
+fn out_of_range() -> Error {
+    Error::new(
+        tonic::Code::OutOfRange,
+        "STATEMENT_OUT_OF_RANGE",
+        "the statement's totals exceed what a decimal holds; ask for a shorter window",
+    )
 }
 
 pub fn format_money(money: &BTreeMap<String, Decimal>) -> Vec<(String, String)> {
@@ -58,49 +86,69 @@ pub fn format_money(money: &BTreeMap<String, Decimal>) -> Vec<(String, String)> 
         .collect()
 }
 
+/// The statement of `wallet_id` for [start, end), read in one snapshot of the database
+/// (nothing is written). Entries for what fell due by `now` but the sweeper has not recorded
+/// yet are included, without id (`ledger::pending_entries`), so the statement is complete.
 pub async fn build(
+    store: &Store,
+    wallet_id: &str,
+    start: i64,
+    end: i64,
+    now: i64,
+) -> Result<Statement> {
+    let tx = store.read_snapshot().await?;
+    let result = read(&tx, wallet_id, start, end, now).await;
+    tx.rollback().await?;
+    result
+}
+
+async fn read(
     conn: &impl ConnectionTrait,
     wallet_id: &str,
     start: i64,
     end: i64,
+    now: i64,
 ) -> Result<Statement> {
-    let before = transaction::Entity::find()
+    let mut entries = transaction::Entity::find()
         .filter(transaction::Column::WalletId.eq(wallet_id))
-        .filter(transaction::Column::CreateTime.lt(start))
-        .order_by_asc(transaction::Column::Seq)
-        .all(conn)
-        .await?;
-    let mut statement = Statement::default();
-    if let Some(last) = before.last() {
-        statement.opening = Amount::from_micros(last.balance_after);
-    }
-    for entry in &before {
-        add_money(&mut statement.opening_money, &money_of(entry));
-    }
-    statement.movements = transaction::Entity::find()
-        .filter(transaction::Column::WalletId.eq(wallet_id))
-        .filter(transaction::Column::CreateTime.gte(start))
         .filter(transaction::Column::CreateTime.lt(end))
         .order_by_asc(transaction::Column::Seq)
         .all(conn)
         .await?;
-    statement.closing_money = statement.opening_money.clone();
-    let mut running = statement.opening.micros();
-    for entry in &statement.movements {
-        let line = statement.lines.entry(entry.kind.clone()).or_default();
-        line.count += 1;
-        line.delta += entry.delta;
-        let money = money_of(entry);
-        add_money(&mut line.money, &money);
-        add_money(&mut statement.closing_money, &money);
-        running += entry.delta;
-        if running != entry.balance_after {
+    entries.extend(
+        ledger::pending_entries(conn, wallet_id, now)
+            .await?
+            .into_iter()
+            .filter(|entry| entry.create_time < end),
+    );
+    let mut statement = Statement::default();
+    let mut running: i128 = 0;
+    for entry in entries {
+        let money = money_of(&entry)?;
+        running += i128::from(entry.delta);
+        if running != i128::from(entry.balance_after) {
             return Err(Error::internal(format!(
                 "ledger of wallet {wallet_id} does not reconcile at entry {}",
                 entry.id
             )));
         }
+        if entry.create_time < start {
+            statement.opening = Amount::from_micros(entry.balance_after);
+            add_money(&mut statement.opening_money, &money)?;
+            continue;
+        }
+        let line = statement.lines.entry(entry.kind.clone()).or_default();
+        line.count += 1;
+        line.units += i128::from(entry.delta);
+        add_money(&mut line.money, &money)?;
+        add_money(&mut statement.closing_money, &money)?;
+        statement.closing = Amount::from_micros(entry.balance_after);
+        statement.movements.push(entry);
     }
-    statement.closing = Amount::from_micros(running);
+    if statement.movements.is_empty() {
+        statement.closing = statement.opening;
+    }
+    let opening = statement.opening_money.clone();
+    add_money(&mut statement.closing_money, &opening)?;
     Ok(statement)
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use super::{
     Store,
@@ -16,7 +16,10 @@ use super::{
     idempotency,
     ledger::{self, Op},
 };
-use crate::error::Result;
+use crate::{
+    error::Result,
+    health::{Health, stopped},
+};
 
 /// Wallets swept per round.
 const ROUND: u64 = 256;
@@ -60,21 +63,25 @@ pub async fn prune_idempotency(store: &Store, retention: Duration) -> Result<u64
     Ok(deleted)
 }
 
+/// The sweeper's name in health reports.
+pub const TASK: &str = "sweeper";
+
 /// Sweeps every `interval` (and prunes idempotency records older than `retention` every
-/// minute) until `stop` fires.
+/// minute) until `stop` turns true. Each round that completes marks the task up in `health`.
 pub async fn run(
     store: Store,
     ledger: Ledger,
+    health: Health,
     interval: Duration,
     retention: Duration,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = stopped(&mut stop) => return,
             _ = ticker.tick() => {
                 if let Err(err) = sweep_once(&store, &ledger).await {
                     tracing::warn!(error = %err, "sweep failed; will retry");
@@ -85,6 +92,7 @@ pub async fn run(
                         tracing::warn!(error = %err, "pruning idempotency records failed; will retry");
                     }
                 }
+                health.task_ok(TASK);
             }
         }
     }

@@ -26,9 +26,8 @@ use std::fmt;
 use migration::{Migrator, MigratorTrait};
 use rust_decimal::Decimal;
 use sea_orm::{
-    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionOptions,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement,
 };
 
 use super::{
@@ -115,15 +114,7 @@ pub async fn verify(conn: &impl ConnectionTrait) -> Result<Report, DbErr> {
 /// snapshot of the whole database); on SQLite a deferred transaction, which in WAL mode reads
 /// one snapshot from its first query on.
 pub async fn verify_snapshot(conn: &DatabaseConnection) -> Result<Report, DbErr> {
-    let options = match conn.get_database_backend() {
-        DbBackend::Postgres => TransactionOptions {
-            isolation_level: Some(IsolationLevel::RepeatableRead),
-            access_mode: Some(AccessMode::ReadOnly),
-            sqlite_transaction_mode: None,
-        },
-        _ => TransactionOptions::default(),
-    };
-    let tx = conn.begin_with_options(options).await?;
+    let tx = super::snapshot(conn).await?;
     let report = verify(&tx).await;
     tx.rollback().await?;
     report

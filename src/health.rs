@@ -1,0 +1,258 @@
+//! What the health service reports, and the supervision of background tasks.
+//!
+//! The service is SERVING only while all of these hold:
+//! * the database answers (a ping every [`CHECK_INTERVAL`]);
+//! * the ledger can commit: after a batch failed as a whole (database error, failed log
+//!   sync), the monitor probes with an empty ledger batch (head lock, commit, durable wait)
+//!   until one succeeds;
+//! * every supervised background task is running: a task that panics is restarted after a
+//!   back-off, and counts as down until its new run completes a round.
+//!
+//! [`monitor`] turns these facts into the `grpc.health.v1` statuses; while the server drains
+//! for shutdown the statuses stay NOT_SERVING.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::FutureExt;
+use tokio::sync::watch;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::store::{Store, ledger};
+
+/// How often the monitor checks the database and the ledger.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// A ping or probe slower than this counts as a failure.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Back-off before a panicked task is restarted (doubling up to [`MAX_BACKOFF`]).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Facts the rest of the service reports about itself; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// A ledger batch failed as a whole and no commit has succeeded since.
+    ledger_failing: AtomicBool,
+    /// Background tasks that are not running (panicked, or not yet through a round since).
+    down: Mutex<BTreeSet<&'static str>>,
+}
+
+impl Health {
+    /// A ledger batch could not be applied or made durable (not a refusal of one operation).
+    pub fn ledger_failed(&self) {
+        self.inner.ledger_failing.store(true, Ordering::Relaxed);
+    }
+
+    /// A ledger batch committed durably.
+    pub fn ledger_committed(&self) {
+        self.inner.ledger_failing.store(false, Ordering::Relaxed);
+    }
+
+    pub fn ledger_failing(&self) -> bool {
+        self.inner.ledger_failing.load(Ordering::Relaxed)
+    }
+
+    /// `task` cannot run (it panicked, or its worker ended).
+    pub fn task_down(&self, task: &'static str) {
+        self.down().insert(task);
+    }
+
+    /// `task` completed a round.
+    pub fn task_ok(&self, task: &'static str) {
+        let mut down = self.down();
+        if !down.is_empty() {
+            down.remove(task);
+        }
+    }
+
+    /// The tasks that are down.
+    pub fn tasks_down(&self) -> Vec<&'static str> {
+        self.down().iter().copied().collect()
+    }
+
+    fn down(&self) -> std::sync::MutexGuard<'_, BTreeSet<&'static str>> {
+        // The set is valid after any panic (inserts and removes are atomic), so a poisoned
+        // lock is taken as it is.
+        self.inner
+            .down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Runs the task `make()` builds until `stop` turns true; if it panics, marks it down,
+/// waits a back-off and runs a new one. The task marks itself up with [`Health::task_ok`].
+pub async fn supervise<F, Fut>(
+    name: &'static str,
+    health: Health,
+    mut stop: watch::Receiver<bool>,
+    make: F,
+) where
+    F: Fn(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let stopping = *stop.borrow();
+        if stopping {
+            return;
+        }
+        let run = AssertUnwindSafe(make(stop.clone())).catch_unwind().await;
+        match run {
+            Ok(()) => return,
+            Err(panic) => {
+                health.task_down(name);
+                tracing::error!(
+                    task = name,
+                    panic = %panic_message(panic.as_ref()),
+                    restart_in = ?backoff,
+                    "background task panicked; restarting it"
+                );
+            }
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Why the service is not serving now, or `None` if it is.
+async fn check(store: &Store, health: &Health) -> Option<String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Some(format!("database ping failed: {err}")),
+        Err(_) => return Some("database ping timed out".into()),
+    }
+    if health.ledger_failing() {
+        // An empty batch: takes the rate-card head lock, commits and waits until durable.
+        match tokio::time::timeout(CHECK_TIMEOUT, ledger::apply(store, &[])).await {
+            Ok(Ok((_, durable))) => match durable.wait().await {
+                Ok(()) => health.ledger_committed(),
+                Err(err) => return Some(format!("the ledger cannot commit durably: {err}")),
+            },
+            Ok(Err(err)) => return Some(format!("the ledger cannot commit: {err}")),
+            Err(_) => return Some("a ledger commit timed out".into()),
+        }
+    }
+    let down = health.tasks_down();
+    if !down.is_empty() {
+        return Some(format!("background tasks not running: {}", down.join(", ")));
+    }
+    None
+}
+
+/// The `grpc.health.v1` statuses of a set of services; once draining, they stay
+/// NOT_SERVING (the monitor and shutdown take one lock, so a check that began before shutdown
+/// cannot turn them back).
+#[derive(Clone)]
+pub struct Statuses {
+    reporter: HealthReporter,
+    services: Arc<[&'static str]>,
+    draining: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Statuses {
+    /// Statuses for `services`, all SERVING.
+    pub async fn new(reporter: HealthReporter, services: &[&'static str]) -> Self {
+        let statuses = Statuses {
+            reporter,
+            services: services.into(),
+            draining: Arc::default(),
+        };
+        statuses.set(ServingStatus::Serving).await;
+        statuses
+    }
+
+    async fn set(&self, status: ServingStatus) {
+        for service in self.services.iter() {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
+
+    /// Sets every status to `status` unless the server is draining; false if it is.
+    async fn set_unless_draining(&self, status: ServingStatus) -> bool {
+        let draining = self.draining.lock().await;
+        if *draining {
+            return false;
+        }
+        self.set(status).await;
+        true
+    }
+
+    /// Shutdown began: NOT_SERVING from now on.
+    pub async fn drain(&self) {
+        let mut draining = self.draining.lock().await;
+        *draining = true;
+        self.set(ServingStatus::NotServing).await;
+    }
+}
+
+/// Keeps `statuses` in line with [`check`] every [`CHECK_INTERVAL`] until `stop` turns true.
+pub async fn monitor(
+    store: Store,
+    health: Health,
+    statuses: Statuses,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    let mut ticker = tokio::time::interval(CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = ticker.tick() => {}
+        }
+        let problem = check(&store, &health).await;
+        match (&problem, serving) {
+            (Some(problem), true) => {
+                tracing::error!(%problem, "health: NOT_SERVING");
+                if !statuses
+                    .set_unless_draining(ServingStatus::NotServing)
+                    .await
+                {
+                    return;
+                }
+                serving = false;
+            }
+            (None, false) => {
+                tracing::info!("health: SERVING again");
+                if !statuses.set_unless_draining(ServingStatus::Serving).await {
+                    return;
+                }
+                serving = true;
+            }
+            _ => {}
+        }
+    }
+}
