@@ -21,6 +21,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod log_sync;
 pub mod pagination;
+pub mod pg_socket;
 pub mod rate_cards;
 pub mod shape;
 pub mod statements;
@@ -186,6 +187,12 @@ impl Store {
             });
         } else {
             options.map_sqlx_postgres_opts(|opts| opts.statement_cache_capacity(STATEMENT_CACHE));
+            // TCP_NODELAY on every connection (see `pg_socket`: sqlx 0.9 leaves Nagle on).
+            options.map_sqlx_postgres_pool_opts(|pool| {
+                pool.after_connect(|conn, _| {
+                    Box::pin(async move { pg_socket::set_nodelay(conn).await.map(drop) })
+                })
+            });
         }
         options
     }

@@ -119,6 +119,12 @@ impl Baseline {
                 let pool = PgPoolOptions::new()
                     .max_connections(connections as u32)
                     .min_connections(connections as u32)
+                    // As a hand-written ledger on libpq would have it (see store/pg_socket.rs).
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            crate::store::pg_socket::set_nodelay(conn).await.map(drop)
+                        })
+                    })
                     .connect(url)
                     .await
                     .with_context(|| format!("cannot connect to {shown}"))?;

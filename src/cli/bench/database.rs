@@ -87,8 +87,16 @@ impl BenchDatabase {
                 admin.close().await.ok();
                 created?;
                 let fresh = replace_database(url, &name);
+                let tls = connection_tls(&fresh).await?;
                 Ok(BenchDatabase {
-                    description: format!("PostgreSQL, fresh database {}", redact_url(&fresh)),
+                    description: format!(
+                        "PostgreSQL, fresh database {}, {}",
+                        redact_url(&fresh),
+                        match &tls {
+                            Some(version) => format!("over TLS ({version})"),
+                            None => "plaintext (no TLS)".to_string(),
+                        }
+                    ),
                     url: fresh,
                     kind: Kind::Postgres,
                     cleanup: Cleanup::DropDatabase {
@@ -119,6 +127,25 @@ impl BenchDatabase {
             }
         }
     }
+}
+
+/// The TLS version a connection to `url` negotiates (as the server reports it), or `None`
+/// for a plaintext connection.
+async fn connection_tls(url: &str) -> anyhow::Result<Option<String>> {
+    let conn = Database::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact_url(url)))?;
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+        ))
+        .await;
+    conn.close().await.ok();
+    Ok(match row? {
+        Some(row) => Some(row.try_get::<String>("", "version")?),
+        None => None,
+    })
 }
 
 /// Replaces the database name in a postgres URL (keeping any `?query`).
