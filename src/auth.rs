@@ -147,6 +147,18 @@ pub enum Scope {
     Accounts(BTreeSet<String>),
 }
 
+/// The shortest HS256 secret accepted (RFC 7518 §3.2: a key as long as the hash output).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// The longest `sub` accepted (OpenID Connect: at most 255 ASCII characters).
+pub const MAX_SUB_BYTES: usize = 255;
+/// The most entries in a token's `roles` claim.
+pub const MAX_ROLES: usize = 32;
+/// The most account ids in a token's `accounts` claim.
+pub const MAX_SCOPE_ACCOUNTS: usize = 1000;
+/// The longest account id in a token's `accounts` claim (ids are at most 64 bytes).
+pub const MAX_ID_BYTES: usize = 64;
+
 /// An authenticated caller, derived from a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
@@ -181,6 +193,31 @@ impl Caller {
     fn from_claims(claims: Claims) -> Result<Self, AuthError> {
         if claims.sub.trim().is_empty() {
             return Err(AuthError::Invalid("`sub` claim is empty".into()));
+        }
+        // Bounds (docs/ARCHITECTURE.md, "Limits"): `sub` is stored (entries' actor,
+        // idempotency scopes), so it is held to OpenID Connect's 255 bytes; the lists only
+        // need to be sane.
+        if claims.sub.len() > MAX_SUB_BYTES {
+            return Err(AuthError::Invalid(format!(
+                "`sub` claim is longer than {MAX_SUB_BYTES} bytes"
+            )));
+        }
+        if claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(
+                "`sub` claim contains control characters".into(),
+            ));
+        }
+        if claims.roles.len() > MAX_ROLES {
+            return Err(AuthError::Invalid(format!(
+                "`roles` claim lists more than {MAX_ROLES} roles"
+            )));
+        }
+        if claims.accounts.len() > MAX_SCOPE_ACCOUNTS
+            || claims.accounts.iter().any(|a| a.len() > MAX_ID_BYTES)
+        {
+            return Err(AuthError::Invalid(format!(
+                "`accounts` claim lists more than {MAX_SCOPE_ACCOUNTS} ids or an id longer than {MAX_ID_BYTES} bytes"
+            )));
         }
         let roles = claims
             .roles
@@ -471,8 +508,12 @@ impl Authenticator {
         let mut keys = Vec::new();
 
         if let Some(secret) = &cfg.hs256_secret {
-            if secret.is_empty() {
-                return Err(ConfigError::InvalidSecret("secret is empty".into()));
+            // RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits).
+            if secret.len() < MIN_HS256_SECRET_BYTES {
+                return Err(ConfigError::InvalidSecret(format!(
+                    "the secret is {} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES} (e.g. `openssl rand -base64 48`)",
+                    secret.len()
+                )));
             }
             keys.push(VerifyKey {
                 kid: None,

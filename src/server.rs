@@ -79,18 +79,38 @@ pub async fn open_store(database_url: &str, clock: Clock) -> anyhow::Result<Stor
     Ok(store)
 }
 
-/// Hides a password in a database URL for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+/// Hides the secrets of a database URL for logs and messages: the password in the user
+/// part and the `password` / `sslpassword` query parameters. A URL that does not parse is
+/// shown as its scheme only (it could hold a secret anywhere).
+pub fn redact_url(text: &str) -> String {
+    const SECRET_PARAMS: [&str; 2] = ["password", "sslpassword"];
+    let Ok(mut url) = url::Url::parse(text) else {
+        return match text.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://(unparsable URL)"),
+            None => "(unparsable URL)".to_string(),
+        };
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    if url
+        .query_pairs()
+        .any(|(key, _)| SECRET_PARAMS.contains(&key.as_ref()))
+    {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if SECRET_PARAMS.contains(&key.as_ref()) {
+                    "***".to_string()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Serves until `shutdown` completes.
@@ -251,5 +271,31 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_every_password() {
+        assert_eq!(
+            redact_url("postgres://allot:s3cret@db:5432/allot"),
+            "postgres://allot:***@db:5432/allot"
+        );
+        assert_eq!(
+            redact_url("postgres://allot@db/allot?password=s3cret&sslmode=require"),
+            "postgres://allot@db/allot?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/allot?sslpassword=k&user=allot"),
+            "postgres://db/allot?sslpassword=***&user=allot"
+        );
+        assert_eq!(
+            redact_url("sqlite://allot.db?mode=rwc"),
+            "sqlite://allot.db?mode=rwc"
+        );
+        assert!(!redact_url("postgres://u:p@[bad/x?password=zz").contains("zz"));
     }
 }

@@ -9,6 +9,7 @@ mod m20261127_000002_lifecycle;
 mod m20261127_000003_entry_order;
 mod m20261128_000004_wallet_version;
 mod m20261129_000005_partial_ref_index;
+mod m20261130_000006_scope_width;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_entry_order::Migration),
             Box::new(m20261128_000004_wallet_version::Migration),
             Box::new(m20261129_000005_partial_ref_index::Migration),
+            Box::new(m20261130_000006_scope_width::Migration),
         ]
     }
 }

@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Ctx, PROVISIONERS, READERS, convert, key, reply};
 use crate::{
-    domain::{Amount, Period, Rollover},
+    domain::{Amount, Period, Rollover, Schedule, wallet::MAX_CATCH_UP_PERIODS},
     error::{Error, Result},
     proto::{self, grant_service_server::GrantService},
     store::{
@@ -127,7 +127,17 @@ impl Ctx {
     ) -> Result<(crate::store::entity::grant::Model, String)> {
         let grant = match found {
             Some(grant) => {
-                let wallet = self.wallet_in_scope(caller, &grant.wallet_id).await?;
+                // Outside scope, the answer names the grant asked for (never its wallet) and
+                // is the same as for a grant that does not exist.
+                let wallet = self
+                    .wallet_in_scope(caller, &grant.wallet_id)
+                    .await
+                    .map_err(|err| match err.code {
+                        tonic::Code::PermissionDenied | tonic::Code::NotFound => {
+                            super::out_of_scope(id)
+                        }
+                        _ => err,
+                    })?;
                 (grant, wallet.account_id)
             }
             None => {
@@ -245,6 +255,31 @@ impl Ctx {
                 "allotment_schedule.end_time",
                 "must lie after start_time",
             ));
+        }
+        // A start in the past is caught up in the creating batch: bounded, so that batch
+        // stays ordinary (docs/ARCHITECTURE.md, "Schedules").
+        let probe = Schedule {
+            id: String::new(),
+            amount,
+            period,
+            start_time,
+            end_time,
+            rollover,
+            next_period: 0,
+            priority: 0,
+            unit_price: Default::default(),
+            currency: String::new(),
+        };
+        if probe.periods_started(now, MAX_CATCH_UP_PERIODS) > MAX_CATCH_UP_PERIODS {
+            return Err(Error::invalid(
+                "SCHEDULE_START_TOO_EARLY",
+                "allotment_schedule.start_time",
+                format!(
+                    "a schedule may start at most {MAX_CATCH_UP_PERIODS} periods before now; \
+                     grant what is older with CreateGrant"
+                ),
+            )
+            .with("max_catch_up_periods", MAX_CATCH_UP_PERIODS));
         }
         let unit_price = convert::unit_price("allotment_schedule.unit_price", &wire.unit_price)?;
         let currency = currency(

@@ -24,12 +24,25 @@ fn operator_view(caller: &Caller) -> bool {
     caller.has_any_role(OPERATORS)
 }
 
+/// Rate cards price every tenant: creating and publishing them needs a token for all
+/// accounts (`"*"`), whatever its role.
+fn require_global(caller: &Caller, method: &str) -> Result<()> {
+    if caller.is_global() {
+        return Ok(());
+    }
+    Err(Error::permission_denied(
+        "GLOBAL_SCOPE_REQUIRED",
+        format!("{method} changes prices for every account: it needs a token for all accounts (\"*\")"),
+    ))
+}
+
 impl Ctx {
     async fn create_rate_card(
         &self,
         request: Request<proto::CreateRateCardRequest>,
     ) -> Result<proto::RateCard> {
         let caller = self.caller(&request, "CreateRateCard", OPERATORS)?;
+        require_global(&caller, "CreateRateCard")?;
         let request = request.into_inner();
         let wire = request
             .rate_card
@@ -75,6 +88,7 @@ impl Ctx {
         request: Request<proto::PublishRateCardRequest>,
     ) -> Result<proto::RateCard> {
         let caller = self.caller(&request, "PublishRateCard", OPERATORS)?;
+        require_global(&caller, "PublishRateCard")?;
         let request = request.into_inner();
         if request.version <= 0 {
             return Err(Error::invalid(
@@ -143,8 +157,10 @@ impl Ctx {
                         )
                     })?
             }
+            // Drafts are for operators: to anyone else one does not exist.
             v => rate_cards::get(&self.store.db, v)
                 .await?
+                .filter(|card| operator_view(&caller) || card.model.state != rate_cards::DRAFT)
                 .ok_or_else(|| Error::not_found("rate card", &v.to_string()))?,
         };
         Ok(convert::rate_card(
@@ -161,9 +177,9 @@ impl Ctx {
         let caller = self.caller(&request, "ListRateCards", PRICE_READERS)?;
         let request = request.into_inner();
         let page = pagination::parse("rate_cards", request.page_size, &request.page_token)?;
-        let (cards, next_page_token) = rate_cards::list(&self.store.db, &page).await?;
-        let current = rate_cards::in_force(&self.store.db, self.store.clock.now_micros()).await?;
         let view = operator_view(&caller);
+        let (cards, next_page_token) = rate_cards::list(&self.store.db, &page, view).await?;
+        let current = rate_cards::in_force(&self.store.db, self.store.clock.now_micros()).await?;
         Ok(proto::ListRateCardsResponse {
             rate_cards: cards
                 .iter()

@@ -37,31 +37,67 @@ use output::{Output, Page, Show};
 
 const CLIENT_OPTIONS: &str = "Client options";
 
-/// Where the server is, who is calling, and how to print. Accepted by every client command.
-#[derive(Debug, Clone, Args)]
+/// The channel endpoint for `--server`: `https://` means TLS (the server's certificate
+/// verified against the system's roots and Mozilla's), `http://` plaintext; nothing else.
+pub fn endpoint(server: &str) -> Result<tonic::transport::Endpoint> {
+    let invalid = || format!("--server `{server}` is not a valid URL");
+    let endpoint = Channel::from_shared(server.to_string())
+        .with_context(invalid)?
+        .connect_timeout(Duration::from_secs(10));
+    match endpoint.uri().scheme_str() {
+        Some("https") => endpoint
+            .tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots())
+            .with_context(|| format!("cannot set up TLS for {server}")),
+        Some("http") => Ok(endpoint),
+        _ => Err(anyhow::anyhow!(
+            "--server `{server}` must start with http:// (plaintext) or https:// (TLS)"
+        )),
+    }
+}
+
+/// The default `--server`.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Where the server is, who is calling, and how to print. Accepted by every client command,
+/// before the command name (`allot --server URL accounts list`) or anywhere after it; a flag
+/// after the command wins over one before it, and either over the environment.
+#[derive(Debug, Clone, Default, Args)]
 pub struct ClientArgs {
-    /// URL of the allot server.
-    #[arg(
-        long,
-        global = true,
-        help_heading = CLIENT_OPTIONS,
-        env = "ALLOT_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
+    /// URL of the allot server: `http://…` for plaintext, `https://…` for TLS (verified
+    /// against the system's root certificates) [env: ALLOT_SERVER] [default:
+    /// http://127.0.0.1:50051]
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    pub server: Option<String>,
     /// Bearer token sent with every call (`allot serve --dev` prints one; `allot token` mints
-    /// more).
-    #[arg(
-        long,
-        global = true,
-        help_heading = CLIENT_OPTIONS,
-        env = "ALLOT_TOKEN",
-        hide_env_values = true
-    )]
+    /// more) [env: ALLOT_TOKEN]
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     pub token: Option<String>,
     /// Print the response message as JSON (proto field names, enum names, RFC 3339 times).
     #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     pub json: bool,
+}
+
+impl ClientArgs {
+    /// These options completed by `outer` (given before the command name), then by the
+    /// environment and the defaults.
+    pub fn resolve(&self, outer: &ClientArgs) -> ClientArgs {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        ClientArgs {
+            server: Some(
+                self.server
+                    .clone()
+                    .or_else(|| outer.server.clone())
+                    .or_else(|| env("ALLOT_SERVER"))
+                    .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            ),
+            token: self
+                .token
+                .clone()
+                .or_else(|| outer.token.clone())
+                .or_else(|| env("ALLOT_TOKEN")),
+            json: self.json || outer.json,
+        }
+    }
 }
 
 /// A command group (`accounts …`) with the client options.
@@ -822,7 +858,10 @@ struct Ctx {
 impl Ctx {
     fn new(args: &ClientArgs) -> Result<Self> {
         Ok(Ctx {
-            server: args.server.clone(),
+            server: args
+                .server
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
             bearer: Bearer::new(args.token.as_deref())?,
             channel: OnceCell::new(),
             out: Output { json: args.json },
@@ -840,13 +879,15 @@ impl Ctx {
     }
 
     async fn connect(&self) -> Result<Channel> {
-        let endpoint = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("--server `{}` is not a valid URL", self.server))?
-            .connect_timeout(Duration::from_secs(10));
-        endpoint
+        let hint = if self.server.starts_with("https://") {
+            " over TLS (if the server serves plaintext, use http://)"
+        } else {
+            ""
+        };
+        endpoint(&self.server)?
             .connect()
             .await
-            .with_context(|| format!("cannot connect to the allot server at {}", self.server))
+            .with_context(|| format!("cannot connect to the allot server at {}{hint}", self.server))
     }
 
     /// Awaits a call; a failure becomes an [`RpcError`].
@@ -951,8 +992,9 @@ impl ClientCommand {
     }
 }
 
-pub async fn run(command: ClientCommand) -> Result<()> {
-    let ctx = Ctx::new(command.client_args())?;
+/// Runs a client command; `outer` holds the client options given before its name.
+pub async fn run(command: ClientCommand, outer: &ClientArgs) -> Result<()> {
+    let ctx = Ctx::new(&command.client_args().resolve(outer))?;
     match command {
         ClientCommand::Accounts(group) => accounts(&ctx, group.command).await,
         ClientCommand::Wallets(group) => wallets(&ctx, group.command).await,
@@ -1403,23 +1445,80 @@ async fn report(ctx: &Ctx, command: ReportCommand) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
     use tonic_types::{ErrorDetails, StatusExt};
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::cli::{Command, parse_from};
 
-    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
-        let cli = Cli::try_parse_from(std::iter::once("allot").chain(args.iter().copied()))?;
+    /// The client command and its options, completed by the ones given before its name.
+    fn parse_full(args: &[&str]) -> Result<(ClientCommand, ClientArgs), clap::Error> {
+        let cli = parse_from(std::iter::once("allot").chain(args.iter().copied()))?;
+        let outer = ClientArgs {
+            server: cli.client.server.clone(),
+            token: cli.client.token.clone(),
+            json: cli.client.json,
+        };
         match cli.command {
-            Command::Client(command) => Ok(command),
+            Command::Client(command) => {
+                let resolved = command.client_args().resolve(&outer);
+                Ok((command, resolved))
+            }
             other => panic!("not a client command: {other:?}"),
         }
     }
 
+    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        parse_full(args).map(|(command, _)| command)
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
+        crate::cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_options_go_before_the_command_name_too() {
+        let (_, resolved) = parse_full(&[
+            "--server",
+            "http://top:1",
+            "--token",
+            "t0",
+            "--json",
+            "accounts",
+            "list",
+        ])
+        .unwrap();
+        assert_eq!(resolved.server.as_deref(), Some("http://top:1"));
+        assert_eq!(resolved.token.as_deref(), Some("t0"));
+        assert!(resolved.json);
+        // After the command name wins over before it.
+        let (_, resolved) = parse_full(&[
+            "--server",
+            "http://top:1",
+            "balance",
+            "--account",
+            "acct_1",
+            "--server",
+            "http://inner:2",
+        ])
+        .unwrap();
+        assert_eq!(resolved.server.as_deref(), Some("http://inner:2"));
+    }
+
+    #[test]
+    fn negative_numbers_are_values_everywhere() {
+        let command = parse(&[
+            "grants", "create", "--wallet", "wal_1", "--amount", "-100",
+        ])
+        .unwrap();
+        let ClientCommand::Grants(Group {
+            command: GrantsCommand::Create(create),
+            ..
+        }) = command
+        else {
+            panic!("not grants create")
+        };
+        assert_eq!(create.amount, "-100");
     }
 
     #[test]
@@ -1442,9 +1541,9 @@ mod tests {
                 "--json",
             ][..],
         ] {
-            let command = parse(args).unwrap();
-            assert_eq!(command.client_args().server, "http://h:1");
-            assert!(command.client_args().json);
+            let (_, resolved) = parse_full(args).unwrap();
+            assert_eq!(resolved.server.as_deref(), Some("http://h:1"));
+            assert!(resolved.json);
         }
     }
 

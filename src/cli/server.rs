@@ -153,24 +153,76 @@ fn auth_config(jwt: &JwtArgs, hs256_secret: Option<String>) -> AuthConfig {
     }
 }
 
-/// Reads the dev secret, creating it (mode 0600) on first use.
+/// Reads the dev secret, creating it on first use: atomically, with mode 0600 from the start
+/// (never readable by others, not even for a moment), and never overwriting a file.
 fn dev_secret() -> anyhow::Result<String> {
-    if let Ok(secret) = std::fs::read_to_string(DEV_SECRET_FILE) {
-        let secret = secret.trim().to_string();
-        if !secret.is_empty() {
+    let path = std::path::Path::new(DEV_SECRET_FILE);
+    loop {
+        if let Some(secret) = read_dev_secret(path)? {
             return Ok(secret);
         }
+        let bytes: [u8; 32] = rand::rng().random();
+        let secret = hex::encode(bytes);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(secret.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .with_context(|| format!("cannot write {DEV_SECRET_FILE}"))?;
+                return Ok(secret);
+            }
+            // Another process created it meanwhile: read that one.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot create {DEV_SECRET_FILE}"));
+            }
+        }
     }
-    let bytes: [u8; 32] = rand::rng().random();
-    let secret = hex::encode(bytes);
-    std::fs::write(DEV_SECRET_FILE, &secret)
-        .with_context(|| format!("cannot write {DEV_SECRET_FILE}"))?;
+}
+
+/// The dev secret in `path`, if the file exists; refuses one that others could have read or
+/// written (not a regular file, not owned by this user, or group/world permissions).
+fn read_dev_secret(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {DEV_SECRET_FILE}")),
+    };
+    if !metadata.file_type().is_file() {
+        bail!("{DEV_SECRET_FILE} is not a regular file; remove it and start again");
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(DEV_SECRET_FILE, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::MetadataExt;
+        if metadata.uid() != rustix::process::getuid().as_raw() {
+            bail!(
+                "{DEV_SECRET_FILE} belongs to another user (uid {}); remove it and start again",
+                metadata.uid()
+            );
+        }
+        if metadata.mode() & 0o077 != 0 {
+            bail!(
+                "{DEV_SECRET_FILE} is readable or writable by others (mode {:o}); anyone who \
+                 read it can mint tokens: remove it and start again (it is re-created with mode 600)",
+                metadata.mode() & 0o777
+            );
+        }
     }
-    Ok(secret)
+    let secret = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {DEV_SECRET_FILE}"))?
+        .trim()
+        .to_string();
+    if secret.len() < crate::auth::MIN_HS256_SECRET_BYTES {
+        bail!("{DEV_SECRET_FILE} holds no usable secret; remove it and start again");
+    }
+    Ok(Some(secret))
 }
 
 fn claims(
@@ -305,14 +357,12 @@ async fn verify_store(store: &Store) -> anyhow::Result<verify::Report> {
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     let secret = match &args.jwt.jwt_hs256_secret {
         Some(secret) => secret.clone(),
-        None => std::fs::read_to_string(DEV_SECRET_FILE)
-            .map(|s| s.trim().to_string())
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no HS256 secret: set ALLOT_JWT_HS256_SECRET (or --jwt-hs256-secret), or run \
-                     `allot serve --dev` here first to create {DEV_SECRET_FILE}"
-                )
-            })?,
+        None => read_dev_secret(std::path::Path::new(DEV_SECRET_FILE))?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no HS256 secret: set ALLOT_JWT_HS256_SECRET (or --jwt-hs256-secret), or run \
+                 `allot serve --dev` here first to create {DEV_SECRET_FILE}"
+            )
+        })?,
     };
     for role in &args.roles {
         role.parse::<crate::auth::Role>().map_err(|_| {

@@ -154,7 +154,18 @@ pub struct Schedule {
     pub currency: String,
 }
 
+/// The most periods a schedule may have due when it is created (a start in the past is
+/// caught up at once, in the batch that creates it: 366 daily periods ≈ an ordinary batch).
+pub const MAX_CATCH_UP_PERIODS: i64 = 366;
+
 impl Schedule {
+    /// How many of its periods have started by `now` (saturating at `limit + 1`).
+    pub fn periods_started(&self, now: i64, limit: i64) -> i64 {
+        (0..=limit)
+            .find(|&k| self.period_start(k).is_none_or(|start| start > now))
+            .unwrap_or(limit + 1)
+    }
+
     /// Start of period `k` (anchored to `start_time`: the 31st stays the 31st where it can).
     pub fn period_start(&self, k: i64) -> Option<i64> {
         let start = DateTime::<Utc>::from_timestamp_micros(self.start_time)?;
@@ -422,7 +433,13 @@ impl WalletState {
         let previous = self
             .lots
             .iter_mut()
-            .find(|lot| lot.counts() && lot.period.as_ref() == Some(&(schedule.id.clone(), k - 1)));
+            .find(|lot| {
+                lot.counts()
+                    && lot
+                        .period
+                        .as_ref()
+                        .is_some_and(|(id, index)| *id == schedule.id && *index == k - 1)
+            });
         if let Some(previous) = previous {
             let left = previous.remaining;
             rolled = match schedule.rollover {

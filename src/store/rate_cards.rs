@@ -246,9 +246,16 @@ pub async fn get(conn: &impl ConnectionTrait, version: i64) -> Result<Option<Car
     model.map(Card::decode).transpose()
 }
 
-/// Newest version first.
-pub async fn list(conn: &impl ConnectionTrait, page: &Page) -> Result<(Vec<Card>, String)> {
+/// Newest version first; drafts only with `drafts`.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    page: &Page,
+    drafts: bool,
+) -> Result<(Vec<Card>, String)> {
     let mut query = rate_card::Entity::find().order_by_desc(rate_card::Column::Version);
+    if !drafts {
+        query = query.filter(rate_card::Column::State.ne(DRAFT));
+    }
     if let Some(after) = &page.after {
         let after: i64 = after.parse().map_err(|_| {
             Error::invalid(

@@ -18,7 +18,7 @@ use tonic::{
     Code, Request, Status,
     metadata::AsciiMetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::Channel,
 };
 
 use super::load::{Outcome, Target};
@@ -152,8 +152,8 @@ pub struct Clients {
 
 impl Clients {
     pub async fn connect(url: &str, token: &str, connections: usize) -> anyhow::Result<Clients> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("invalid server URL {url}"))?
+        // The same rule as every client command: https:// is TLS, http:// plaintext.
+        let endpoint = crate::cli::client::endpoint(url)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         let mut channels = Vec::with_capacity(connections);
