@@ -172,3 +172,25 @@ fn is_connection_loss(text: &str) -> bool {
     ];
     MARKERS.iter().any(|m| text.contains(m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Database text (hosts, users, SQL) is logged, never sent to the client.
+    #[test]
+    fn database_errors_carry_no_database_text() {
+        let secret = "connection to server at \"db.internal\" (10.0.0.7), user \"allot\"";
+        let unreachable = Error::from(DbErr::Conn(sea_orm::RuntimeErr::Internal(
+            secret.to_string(),
+        )));
+        assert_eq!(unreachable.code, Code::Unavailable);
+        assert!(!unreachable.message.contains("db.internal"), "{unreachable}");
+        let lost = Error::from(DbErr::Custom(format!("{secret}: connection reset")));
+        assert_eq!(lost.code, Code::Unavailable);
+        assert!(!lost.message.contains("db.internal"), "{lost}");
+        let other = Error::from(DbErr::Custom(secret.to_string()));
+        assert_eq!(other.code, Code::Internal);
+        assert!(!other.message.contains("db.internal"), "{other}");
+    }
+}

@@ -256,3 +256,64 @@ pub async fn monitor(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A task that panics is marked down and restarted; once a run completes a round it is
+    /// up again; stopping ends the supervision.
+    #[tokio::test]
+    async fn a_panicking_task_is_restarted_and_reported_down_meanwhile() {
+        let health = Health::default();
+        let (stop, stopping) = watch::channel(false);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let supervisor = {
+            let (health, runs) = (health.clone(), runs.clone());
+            tokio::spawn(supervise("flaky", health.clone(), stopping, move |mut stop| {
+                let (health, runs) = (health.clone(), runs.clone());
+                async move {
+                    if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                        panic!("flaky task fails its first two runs");
+                    }
+                    health.task_ok("flaky");
+                    stopped(&mut stop).await;
+                }
+            }))
+        };
+        // Down after the first panic.
+        for _ in 0..100 {
+            if health.tasks_down() == ["flaky"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(health.tasks_down(), ["flaky"]);
+        // Up once the third run completed a round (after 100 + 200 ms of back-off).
+        for _ in 0..200 {
+            if health.tasks_down().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(health.tasks_down().is_empty());
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), supervisor)
+            .await
+            .expect("supervision ends when stopped")
+            .unwrap();
+    }
+
+    #[test]
+    fn ledger_failure_is_cleared_by_a_commit() {
+        let health = Health::default();
+        assert!(!health.ledger_failing());
+        health.ledger_failed();
+        assert!(health.ledger_failing());
+        health.ledger_committed();
+        assert!(!health.ledger_failing());
+    }
+}

@@ -24,6 +24,7 @@ use tonic::{
     transport::Channel,
 };
 use tonic_types::StatusExt;
+pub mod process;
 
 pub const SECRET: &str = "test-secret-for-allot-integration-tests";
 

@@ -1,0 +1,1245 @@
+//! Three real `allot serve` processes (R0, R1, R2) on one database, driven at the same
+//! wallets at the same time: whatever the replicas race on, no money is created and no
+//! effect is applied more often than allowed.
+//!
+//! * refunds: four full refunds of every debit at once → exactly one per debit;
+//! * holds: capture, release and a second capture of every hold at once → exactly one;
+//! * voids: every grant voided three times at once → exactly once;
+//! * negative adjustments and debits competing for 100 units → never more than 100 taken;
+//! * schedules: one grant per period although three background sweepers run;
+//! * account state: a close racing an activation and a suspension always sticks;
+//! * rate cards: one draft published three times at once → once, and every replica prices
+//!   with it afterwards.
+//!
+//! Afterwards `allot verify` passes and every wallet's posted balance is the last entry's
+//! `balance_after` and the sum of its entries' deltas, the same through every replica.
+//!
+//! Calls that answer ABORTED or UNAVAILABLE (write conflicts, a busy SQLite file) are sent
+//! again with the same request_id until they give a definite answer; only definite answers
+//! are counted.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    str::FromStr,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use allot::proto::{
+    self, AccountState, GrantState, RateCardState, RolloverPolicy, SchedulePeriod, TransactionKind,
+};
+use common::{process::ServerProcess, *};
+use futures::future::{BoxFuture, FutureExt, join_all};
+use prost_types::{FieldMask, Timestamp};
+use rust_decimal::Decimal;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// Longest a single call may take before the test gives up on it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an ABORTED / UNAVAILABLE answer is retried (same request_id).
+const MAX_ATTEMPTS: u32 = 40;
+/// How long to wait for the background sweepers to grant a period that has started.
+const SWEEP_WAIT: Duration = Duration::from_secs(30);
+const DAY_SECS: i64 = 86_400;
+
+/// Retries (ABORTED / UNAVAILABLE answers sent again) over the whole test.
+static RETRIES: AtomicUsize = AtomicUsize::new(0);
+
+// ---- harness ---------------------------------------------------------------------------------
+
+/// `definite` for `client.method(request)`, the client made afresh for every attempt.
+macro_rules! call {
+    ($what:expr, $client:expr, $method:ident, $request:expr) => {{
+        let request = &$request;
+        definite($what, || {
+            let mut client = $client;
+            let request = request.clone();
+            async move { client.$method(request).await }
+        })
+        .await
+    }};
+}
+
+/// Sends a call until it gives a definite answer: ABORTED and UNAVAILABLE are sent again
+/// (`call` must repeat the same request, request_id included); a call that does not answer
+/// within `CALL_TIMEOUT` fails the test.
+async fn definite<T, F, Fut>(what: &str, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let mut last = None;
+    for attempt in 0..MAX_ATTEMPTS {
+        match tokio::time::timeout(CALL_TIMEOUT, call()).await {
+            Err(_) => panic!("{what}: no answer within {CALL_TIMEOUT:?} (attempt {attempt})"),
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) if matches!(status.code(), Code::Aborted | Code::Unavailable) => {
+                RETRIES.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "retrying {what} after {:?} {}: {}",
+                    status.code(),
+                    reason(&status),
+                    status.message()
+                );
+                last = Some(status);
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;
+            }
+            Ok(Err(status)) => return Err(status),
+        }
+    }
+    panic!("{what}: still no definite answer after {MAX_ATTEMPTS} attempts: {last:?}");
+}
+
+/// The ErrorInfo reason of a status ("" without one).
+fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+fn outcome_name<T>(result: &Result<T, Status>) -> String {
+    match result {
+        Ok(_) => "OK".to_string(),
+        Err(status) => format!("{:?}/{}", status.code(), reason(status)),
+    }
+}
+
+/// Counts of each outcome (`OK` or `Code/REASON`).
+fn outcomes<T>(results: &[Result<T, Status>]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for result in results {
+        *counts.entry(outcome_name(result)).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Failed checks, collected so that every scenario runs and all failures are reported; the
+/// test fails at the end if there is any.
+#[derive(Default)]
+struct Failures(Mutex<Vec<String>>);
+
+impl Failures {
+    fn check(&self, ok: bool, message: impl FnOnce() -> String) {
+        if !ok {
+            let message = message();
+            eprintln!("CHECK FAILED: {message}");
+            self.0.lock().unwrap().push(message);
+        }
+    }
+
+    /// Every failure has `code` and one of `reasons`.
+    fn only_failures<T>(
+        &self,
+        what: &str,
+        results: &[Result<T, Status>],
+        code: Code,
+        reasons: &[&str],
+    ) {
+        for result in results {
+            if let Err(status) = result {
+                let r = reason(status);
+                self.check(
+                    status.code() == code && reasons.contains(&r.as_str()),
+                    || {
+                        format!(
+                            "{what}: unexpected failure {status:?} (expected {code:?} {reasons:?})"
+                        )
+                    },
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        let failures = self.0.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} check(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+}
+
+fn dec(text: &str) -> Decimal {
+    if text.is_empty() {
+        return Decimal::ZERO;
+    }
+    Decimal::from_str(text).unwrap_or_else(|e| panic!("not a decimal: {text:?}: {e}"))
+}
+
+fn timestamp(seconds: i64) -> Timestamp {
+    Timestamp { seconds, nanos: 0 }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Three replicas on one fresh database.
+struct Cluster {
+    // Dropped first: the processes are killed before their database and logs go away.
+    replicas: Vec<ServerProcess>,
+    db: TestDatabase,
+    _logs: tempfile::TempDir,
+    /// Every account the test funded (label, account id), checked for conservation at the end.
+    accounts: Mutex<Vec<(String, String)>>,
+    failures: Failures,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let db = TestDatabase::create().await;
+        let logs = tempfile::tempdir().expect("log dir");
+        // Sweep often, so the three background sweepers are busy while the test runs.
+        let flags = ["--sweep-interval", "1s"];
+        // R0 creates the schema; R1 and R2 then start together on the migrated database.
+        let r0 = ServerProcess::start("R0", &db.url, &flags, logs.path()).await;
+        let (r1, r2) = tokio::join!(
+            ServerProcess::start("R1", &db.url, &flags, logs.path()),
+            ServerProcess::start("R2", &db.url, &flags, logs.path()),
+        );
+        eprintln!(
+            "replicas on {}: R0 {} (pid {}), R1 {} (pid {}), R2 {} (pid {})",
+            if db.is_postgres() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+            r0.addr,
+            r0.pid(),
+            r1.addr,
+            r1.pid(),
+            r2.addr,
+            r2.pid()
+        );
+        Cluster {
+            replicas: vec![r0, r1, r2],
+            db,
+            _logs: logs,
+            accounts: Mutex::default(),
+            failures: Failures::default(),
+        }
+    }
+
+    fn r(&self, i: usize) -> &ServerProcess {
+        &self.replicas[i % self.replicas.len()]
+    }
+
+    fn check(&self, ok: bool, message: impl FnOnce() -> String) {
+        self.failures.check(ok, message);
+    }
+
+    // ---- provisioning (through R0 unless said otherwise) -------------------------------------
+
+    async fn create_account(&self, external_id: &str) -> proto::Account {
+        let request = proto::CreateAccountRequest {
+            account: Some(proto::Account {
+                external_id: external_id.into(),
+                display_name: format!("{external_id} Inc."),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        };
+        let account = call!(
+            "CreateAccount",
+            self.r(0).accounts(),
+            create_account,
+            request
+        )
+        .unwrap_or_else(|s| panic!("create account {external_id}: {s:?}"));
+        self.accounts
+            .lock()
+            .unwrap()
+            .push((external_id.to_string(), account.id.clone()));
+        account
+    }
+
+    async fn create_wallet(&self, account_id: &str) -> proto::Wallet {
+        let request = proto::CreateWalletRequest {
+            wallet: Some(proto::Wallet {
+                account_id: account_id.into(),
+                unit: "credits".into(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        };
+        call!("CreateWallet", self.r(0).accounts(), create_wallet, request)
+            .unwrap_or_else(|s| panic!("create wallet for {account_id}: {s:?}"))
+    }
+
+    async fn grant(&self, wallet_id: &str, amount: &str) -> proto::Grant {
+        let request = proto::CreateGrantRequest {
+            grant: Some(proto::Grant {
+                wallet_id: wallet_id.into(),
+                kind: proto::GrantKind::Contract as i32,
+                amount: amount.into(),
+                unit_price: "0.01".into(),
+                currency: "USD".into(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        };
+        call!("CreateGrant", self.r(0).grants(), create_grant, request)
+            .unwrap_or_else(|s| panic!("grant {amount} to {wallet_id}: {s:?}"))
+    }
+
+    /// Account + `credits` wallet + one grant of `amount` (if non-empty).
+    async fn funded(&self, external_id: &str, amount: &str) -> (proto::Account, proto::Wallet) {
+        let account = self.create_account(external_id).await;
+        let wallet = self.create_wallet(&account.id).await;
+        if !amount.is_empty() {
+            self.grant(&wallet.id, amount).await;
+        }
+        (account, wallet)
+    }
+
+    /// Creates a draft card with `rates` through R0 (not published).
+    async fn draft_card(&self, rates: Vec<proto::Rate>) -> proto::RateCard {
+        let request = proto::CreateRateCardRequest {
+            rate_card: Some(proto::RateCard {
+                rates,
+                notes: "replicas test card".into(),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        };
+        call!(
+            "CreateRateCard",
+            self.r(0).rates(),
+            create_rate_card,
+            request
+        )
+        .expect("create rate card")
+    }
+
+    async fn publish(&self, i: usize, card: &proto::RateCard) -> Result<proto::RateCard, Status> {
+        let request = proto::PublishRateCardRequest {
+            version: card.version,
+            etag: card.etag.clone(),
+            effective_time: None,
+            request_id: uuid(),
+        };
+        call!(
+            "PublishRateCard",
+            self.r(i).rates(),
+            publish_rate_card,
+            request
+        )
+    }
+
+    // ---- operations (through replica `i`) -----------------------------------------------------
+
+    async fn debit(&self, i: usize, account_id: &str) -> Result<proto::Transaction, Status> {
+        let request = debit_request(account_id, "req", &uuid());
+        call!("Debit", self.r(i).ledger(), debit, request)
+            .map(|r| r.transaction.expect("debit transaction"))
+    }
+
+    async fn reserve(
+        &self,
+        i: usize,
+        account_id: &str,
+        units: &str,
+    ) -> Result<proto::Reservation, Status> {
+        let request = proto::ReserveRequest {
+            account_id: account_id.into(),
+            units: units.into(),
+            request_id: uuid(),
+            ..Default::default()
+        };
+        call!("Reserve", self.r(i).ledger(), reserve, request)
+    }
+
+    async fn capture(
+        &self,
+        i: usize,
+        reservation_id: &str,
+        units: &str,
+    ) -> Result<proto::Transaction, Status> {
+        let request = proto::CaptureReservationRequest {
+            reservation_id: reservation_id.into(),
+            units: units.into(),
+            request_id: uuid(),
+            ..Default::default()
+        };
+        call!(
+            "CaptureReservation",
+            self.r(i).ledger(),
+            capture_reservation,
+            request
+        )
+        .map(|r| r.transaction.expect("capture transaction"))
+    }
+
+    async fn release(&self, i: usize, reservation_id: &str) -> Result<proto::Reservation, Status> {
+        let request = proto::ReleaseReservationRequest {
+            reservation_id: reservation_id.into(),
+            request_id: uuid(),
+        };
+        call!(
+            "ReleaseReservation",
+            self.r(i).ledger(),
+            release_reservation,
+            request
+        )
+    }
+
+    async fn refund(&self, i: usize, transaction_id: &str) -> Result<proto::Transaction, Status> {
+        let request = proto::RefundRequest {
+            transaction_id: transaction_id.into(),
+            units: String::new(),
+            reason: "request failed".into(),
+            request_id: uuid(),
+        };
+        call!("Refund", self.r(i).ledger(), refund, request)
+    }
+
+    async fn void(&self, i: usize, grant_id: &str) -> Result<proto::Grant, Status> {
+        let request = proto::VoidGrantRequest {
+            id: grant_id.into(),
+            reason: "contract cancelled".into(),
+            request_id: uuid(),
+        };
+        call!("VoidGrant", self.r(i).grants(), void_grant, request)
+    }
+
+    async fn adjust(
+        &self,
+        i: usize,
+        wallet_id: &str,
+        units: &str,
+    ) -> Result<proto::Transaction, Status> {
+        let request = proto::AdjustBalanceRequest {
+            wallet_id: wallet_id.into(),
+            units: units.into(),
+            reason: "correction".into(),
+            request_id: uuid(),
+        };
+        call!("AdjustBalance", self.r(i).grants(), adjust_balance, request)
+    }
+
+    async fn set_state(
+        &self,
+        i: usize,
+        account_id: &str,
+        state: AccountState,
+    ) -> Result<proto::Account, Status> {
+        let request = proto::UpdateAccountRequest {
+            account: Some(proto::Account {
+                id: account_id.into(),
+                state: state as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["state".into()],
+            }),
+            request_id: uuid(),
+        };
+        call!(
+            "UpdateAccount",
+            self.r(i).accounts(),
+            update_account,
+            request
+        )
+    }
+
+    // ---- reads (through replica `i`) ----------------------------------------------------------
+
+    async fn balance(&self, i: usize, account_id: &str) -> proto::Balance {
+        let request = proto::GetBalanceRequest {
+            account_id: account_id.into(),
+            ..Default::default()
+        };
+        call!("GetBalance", self.r(i).ledger(), get_balance, request)
+            .unwrap_or_else(|s| panic!("balance of {account_id} through R{i}: {s:?}"))
+    }
+
+    async fn account(&self, i: usize, account_id: &str) -> proto::Account {
+        let request = proto::GetAccountRequest {
+            id: account_id.into(),
+        };
+        call!("GetAccount", self.r(i).accounts(), get_account, request)
+            .unwrap_or_else(|s| panic!("account {account_id} through R{i}: {s:?}"))
+    }
+
+    /// Every entry of the account's `credits` wallet, newest first.
+    async fn transactions(&self, i: usize, account_id: &str) -> Vec<proto::Transaction> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = proto::ListTransactionsRequest {
+                account_id: account_id.into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            };
+            let page = call!(
+                "ListTransactions",
+                self.r(i).ledger(),
+                list_transactions,
+                request
+            )
+            .unwrap_or_else(|s| panic!("transactions of {account_id} through R{i}: {s:?}"));
+            all.extend(page.transactions);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    async fn grants_of(&self, i: usize, wallet_id: &str) -> Vec<proto::Grant> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = proto::ListGrantsRequest {
+                wallet_id: wallet_id.into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+            };
+            let page = call!("ListGrants", self.r(i).grants(), list_grants, request)
+                .unwrap_or_else(|s| panic!("grants of {wallet_id} through R{i}: {s:?}"));
+            all.extend(page.grants);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Posted and reserved as every replica reports them; checks the replicas agree.
+    async fn posted_reserved(&self, what: &str, account_id: &str) -> (Decimal, Decimal) {
+        let mut seen = Vec::new();
+        for i in 0..self.replicas.len() {
+            let b = self.balance(i, account_id).await;
+            seen.push((dec(&b.posted), dec(&b.reserved)));
+        }
+        self.check(seen.iter().all(|s| *s == seen[0]), || {
+            format!("{what}: replicas disagree on (posted, reserved) of {account_id}: {seen:?}")
+        });
+        seen[0]
+    }
+}
+
+fn of_kind(txns: &[proto::Transaction], kind: TransactionKind) -> Vec<&proto::Transaction> {
+    txns.iter().filter(|t| t.kind == kind as i32).collect()
+}
+
+// ---- scenarios -------------------------------------------------------------------------------
+
+/// 30 debits of 10 on 1000, then four full refunds of each debit at once (120 calls, every
+/// debit's refunds on all three replicas): exactly one refund per debit.
+async fn refunds(c: &Cluster) {
+    let (account, _) = c.funded("refunds", "1000").await;
+    let debits = join_all((0..30).map(|k| c.debit(k, &account.id))).await;
+    let debits: Vec<proto::Transaction> = debits
+        .into_iter()
+        .enumerate()
+        .map(|(k, r)| r.unwrap_or_else(|s| panic!("refunds: debit {k} of 30 on 1000: {s:?}")))
+        .collect();
+    let (posted, _) = c.posted_reserved("refunds", &account.id).await;
+    c.check(posted == dec("700"), || {
+        format!("refunds: posted after 30 debits of 10 on 1000 is {posted}, not 700")
+    });
+
+    let mut calls = Vec::new();
+    for (k, debit) in debits.iter().enumerate() {
+        for copy in 0..4 {
+            calls.push(c.refund(k + copy, &debit.id));
+        }
+    }
+    let results = join_all(calls).await;
+    let counts = outcomes(&results);
+    eprintln!("refunds: 120 concurrent full refunds of 30 debits → {counts:?}");
+    let ok: Vec<&proto::Transaction> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    c.check(ok.len() == 30, || {
+        format!(
+            "refunds: {} of 120 refunds succeeded, expected exactly 30 ({counts:?})",
+            ok.len()
+        )
+    });
+    for (k, debit) in debits.iter().enumerate() {
+        let n = results[4 * k..4 * k + 4]
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        c.check(n == 1, || {
+            format!(
+                "refunds: debit {} was refunded {n} times (of 4 concurrent)",
+                debit.id
+            )
+        });
+    }
+    c.failures.only_failures(
+        "refunds",
+        &results,
+        Code::FailedPrecondition,
+        &["REFUND_EXCEEDS_CHARGE"],
+    );
+    let (posted, reserved) = c.posted_reserved("refunds", &account.id).await;
+    c.check(posted == dec("1000") && reserved.is_zero(), || {
+        format!("refunds: final posted {posted} reserved {reserved}, expected 1000 / 0")
+    });
+    let txns = c.transactions(0, &account.id).await;
+    let refunds = of_kind(&txns, TransactionKind::Refund);
+    let refunded: BTreeSet<&str> = refunds
+        .iter()
+        .map(|t| t.refunded_transaction_id.as_str())
+        .collect();
+    c.check(refunds.len() == 30 && refunded.len() == 30, || {
+        format!(
+            "refunds: ledger has {} REFUND entries for {} distinct debits, expected 30 / 30",
+            refunds.len(),
+            refunded.len()
+        )
+    });
+}
+
+/// 20 holds of 10; each captured, released and captured again at once through the three
+/// replicas: exactly one of the three per hold.
+async fn holds(c: &Cluster) {
+    let (account, _) = c.funded("holds", "1000").await;
+    let holds = join_all((0..20).map(|k| c.reserve(k, &account.id, "10"))).await;
+    let holds: Vec<proto::Reservation> = holds
+        .into_iter()
+        .enumerate()
+        .map(|(k, r)| r.unwrap_or_else(|s| panic!("holds: reserve {k} of 20: {s:?}")))
+        .collect();
+    let (posted, reserved) = c.posted_reserved("holds", &account.id).await;
+    c.check(posted == dec("1000") && reserved == dec("200"), || {
+        format!(
+            "holds: after 20 holds of 10: posted {posted} reserved {reserved}, expected 1000 / 200"
+        )
+    });
+
+    // Per hold: capture via R(k), release via R(k+1), capture via R(k+2).
+    #[derive(Debug)]
+    enum Done {
+        Captured,
+        Released,
+    }
+    let mut calls: Vec<BoxFuture<'_, Result<Done, Status>>> = Vec::new();
+    for (k, hold) in holds.iter().enumerate() {
+        calls.push(
+            c.capture(k, &hold.id, "10")
+                .map(|r| r.map(|_| Done::Captured))
+                .boxed(),
+        );
+        calls.push(
+            c.release(k + 1, &hold.id)
+                .map(|r| r.map(|_| Done::Released))
+                .boxed(),
+        );
+        calls.push(
+            c.capture(k + 2, &hold.id, "10")
+                .map(|r| r.map(|_| Done::Captured))
+                .boxed(),
+        );
+    }
+    let results = join_all(calls).await;
+    let counts = outcomes(&results);
+    let captures = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Done::Captured)))
+        .count();
+    let releases = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Done::Released)))
+        .count();
+    eprintln!(
+        "holds: 60 concurrent capture/release/capture of 20 holds → {counts:?} \
+         ({captures} captures, {releases} releases)"
+    );
+    for (k, hold) in holds.iter().enumerate() {
+        let mine = &results[3 * k..3 * k + 3];
+        let n = mine.iter().filter(|r| r.is_ok()).count();
+        c.check(n == 1, || {
+            format!(
+                "holds: {} had {n} successful capture/release calls of 3: {:?}",
+                hold.id,
+                mine.iter().map(outcome_name).collect::<Vec<_>>()
+            )
+        });
+    }
+    c.failures.only_failures(
+        "holds",
+        &results,
+        Code::FailedPrecondition,
+        &["RESERVATION_NOT_OPEN"],
+    );
+    let (posted, reserved) = c.posted_reserved("holds", &account.id).await;
+    let expected = dec("1000") - Decimal::from(10 * captures as i64);
+    c.check(posted == expected && reserved.is_zero(), || {
+        format!(
+            "holds: final posted {posted} reserved {reserved}, expected {expected} / 0 \
+             ({captures} captures, {releases} releases)"
+        )
+    });
+    let txns = c.transactions(0, &account.id).await;
+    let capture_entries = of_kind(&txns, TransactionKind::Capture);
+    let release_entries = of_kind(&txns, TransactionKind::Release);
+    c.check(
+        capture_entries.len() == captures && release_entries.len() == releases,
+        || {
+            format!(
+                "holds: ledger has {} CAPTURE / {} RELEASE entries, calls reported {captures} / {releases}",
+                capture_entries.len(),
+                release_entries.len()
+            )
+        },
+    );
+    let mut settled: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in capture_entries.iter().chain(release_entries.iter()) {
+        *settled.entry(t.reservation_id.as_str()).or_insert(0) += 1;
+    }
+    c.check(
+        settled.len() == 20 && settled.values().all(|n| *n == 1),
+        || {
+            format!(
+                "holds: CAPTURE/RELEASE entries per hold: {settled:?} (expected 20 holds once each)"
+            )
+        },
+    );
+}
+
+/// 10 grants of 50 (and one of 7 left alone), each voided three times at once: exactly one
+/// void per grant.
+async fn voids(c: &Cluster) {
+    let (account, wallet) = c.funded("voids", "7").await;
+    let mut grants = Vec::new();
+    for _ in 0..10 {
+        grants.push(c.grant(&wallet.id, "50").await);
+    }
+    let (posted, _) = c.posted_reserved("voids", &account.id).await;
+    c.check(posted == dec("507"), || {
+        format!("voids: posted before voiding is {posted}, expected 507")
+    });
+    let mut calls = Vec::new();
+    for (k, grant) in grants.iter().enumerate() {
+        for copy in 0..3 {
+            calls.push(c.void(k + copy, &grant.id));
+        }
+    }
+    let results = join_all(calls).await;
+    let counts = outcomes(&results);
+    eprintln!("voids: 30 concurrent voids of 10 grants → {counts:?}");
+    for (k, grant) in grants.iter().enumerate() {
+        let n = results[3 * k..3 * k + 3]
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        c.check(n == 1, || {
+            format!(
+                "voids: grant {} voided successfully {n} times of 3",
+                grant.id
+            )
+        });
+    }
+    for grant in results.iter().filter_map(|r| r.as_ref().ok()) {
+        c.check(grant.state == GrantState::Voided as i32, || {
+            format!("voids: a successful void answered {grant:?}")
+        });
+    }
+    c.failures.only_failures(
+        "voids",
+        &results,
+        Code::FailedPrecondition,
+        &["GRANT_NOT_ACTIVE"],
+    );
+    let (posted, _) = c.posted_reserved("voids", &account.id).await;
+    c.check(posted == dec("7"), || {
+        format!("voids: posted after voiding 10 × 50 of 507 is {posted}, expected 7")
+    });
+    let txns = c.transactions(0, &account.id).await;
+    let voids = of_kind(&txns, TransactionKind::Void);
+    let voided: BTreeSet<&str> = voids.iter().map(|t| t.grant_id.as_str()).collect();
+    c.check(voids.len() == 10 && voided.len() == 10, || {
+        format!(
+            "voids: ledger has {} VOID entries for {} distinct grants, expected 10 / 10",
+            voids.len(),
+            voided.len()
+        )
+    });
+    let listed = c.grants_of(2, &wallet.id).await;
+    let states: BTreeMap<i32, usize> = listed.iter().fold(BTreeMap::new(), |mut m, g| {
+        *m.entry(g.state).or_insert(0) += 1;
+        m
+    });
+    c.check(
+        states.get(&(GrantState::Voided as i32)) == Some(&10)
+            && states.get(&(GrantState::Active as i32)) == Some(&1),
+        || format!("voids: grant states (by enum value) {states:?}, expected 10 VOIDED + 1 ACTIVE"),
+    );
+}
+
+/// 30 debits of 10 and 10 adjustments of −10 compete for 100 units through the three
+/// replicas: at most 10 succeed and posted is 100 − 10 × successes, never negative.
+async fn adjustments_and_debits(c: &Cluster) {
+    let (account, wallet) = c.funded("adjust-debit", "100").await;
+    #[derive(Debug)]
+    enum Took {
+        Debit,
+        Adjust,
+    }
+    let mut calls: Vec<BoxFuture<'_, Result<Took, Status>>> = Vec::new();
+    for k in 0..40 {
+        if k % 4 == 3 {
+            calls.push(
+                c.adjust(k, &wallet.id, "-10")
+                    .map(|r| r.map(|_| Took::Adjust))
+                    .boxed(),
+            );
+        } else {
+            calls.push(
+                c.debit(k, &account.id)
+                    .map(|r| r.map(|_| Took::Debit))
+                    .boxed(),
+            );
+        }
+    }
+    let results = join_all(calls).await;
+    let counts = outcomes(&results);
+    let debits = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Took::Debit)))
+        .count();
+    let adjusts = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Took::Adjust)))
+        .count();
+    let successes = debits + adjusts;
+    eprintln!(
+        "adjust+debit: 30 debits of 10 and 10 adjustments of -10 on 100 → {counts:?} \
+         ({debits} debits, {adjusts} adjustments)"
+    );
+    c.check(successes * 10 <= 100, || {
+        format!(
+            "adjust+debit: MONEY CREATED: {successes} × 10 units taken from a wallet of 100 \
+             ({debits} debits, {adjusts} adjustments)"
+        )
+    });
+    c.failures.only_failures(
+        "adjust+debit",
+        &results,
+        Code::FailedPrecondition,
+        &["INSUFFICIENT_CREDITS"],
+    );
+    let (posted, _) = c.posted_reserved("adjust+debit", &account.id).await;
+    let expected = dec("100") - Decimal::from(10 * successes as i64);
+    c.check(posted == expected && !posted.is_sign_negative(), || {
+        format!(
+            "adjust+debit: posted {posted}, expected 100 − 10 × {successes} = {expected} (never negative)"
+        )
+    });
+    // Every refusal was made while fewer than 10 units were left: all 100 units are taken.
+    c.check(successes == 10, || {
+        format!(
+            "adjust+debit: only {successes} of 40 calls succeeded although 100 units allowed 10 \
+             (a refusal on a stale balance?) {counts:?}"
+        )
+    });
+    let txns = c.transactions(1, &account.id).await;
+    let entries = of_kind(&txns, TransactionKind::Debit).len()
+        + of_kind(&txns, TransactionKind::Adjust).len();
+    c.check(entries == successes, || {
+        format!(
+            "adjust+debit: ledger has {entries} DEBIT/ADJUST entries, calls reported {successes}"
+        )
+    });
+}
+
+/// A daily schedule of 5 units.
+fn daily_schedule(wallet_id: &str, start: i64) -> proto::AllotmentSchedule {
+    proto::AllotmentSchedule {
+        wallet_id: wallet_id.into(),
+        amount: "5".into(),
+        period: SchedulePeriod::Daily as i32,
+        start_time: Some(timestamp(start)),
+        rollover_policy: RolloverPolicy::None as i32,
+        unit_price: "0.01".into(),
+        currency: "USD".into(),
+        ..Default::default()
+    }
+}
+
+struct Scheduled {
+    label: String,
+    account_id: String,
+    wallet_id: String,
+    schedule: proto::AllotmentSchedule,
+    start: i64,
+    granted_at_creation: usize,
+}
+
+/// Creates (through R0) the schedules: one starting 10 days and a minute ago (periods 0..=10
+/// caught up on creation), and three whose 11th period starts a few seconds after creation,
+/// so the three replicas' background sweepers race to grant it.
+async fn create_schedules(c: &Cluster) -> Vec<Scheduled> {
+    let now = now_secs();
+    let starts = [
+        ("schedule-caught-up", now - 10 * DAY_SECS - 60),
+        ("schedule-swept-a", now - 10 * DAY_SECS + 4),
+        ("schedule-swept-b", now - 10 * DAY_SECS + 5),
+        ("schedule-swept-c", now - 10 * DAY_SECS + 6),
+    ];
+    let mut out = Vec::new();
+    for (label, start) in starts {
+        let (account, wallet) = c.funded(label, "").await;
+        let request = proto::CreateAllotmentScheduleRequest {
+            allotment_schedule: Some(daily_schedule(&wallet.id, start)),
+            request_id: uuid(),
+        };
+        let schedule = call!(
+            "CreateAllotmentSchedule",
+            c.r(0).grants(),
+            create_allotment_schedule,
+            request
+        )
+        .unwrap_or_else(|s| panic!("{label}: create schedule: {s:?}"));
+        let granted = c
+            .grants_of(0, &wallet.id)
+            .await
+            .iter()
+            .filter(|g| g.schedule_id == schedule.id)
+            .count();
+        eprintln!(
+            "{label}: schedule {} starting {}s before now: {granted} grant(s) right after creation",
+            schedule.id,
+            now_secs() - start
+        );
+        out.push(Scheduled {
+            label: label.to_string(),
+            account_id: account.id,
+            wallet_id: wallet.id,
+            schedule,
+            start,
+            granted_at_creation: granted,
+        });
+    }
+    out
+}
+
+/// Each scheduled wallet holds exactly one grant per started period (11: periods 0..=10),
+/// the earlier ten expired, as every replica sees it.
+async fn check_schedules(c: &Cluster, scheduled: &[Scheduled], when: &str) {
+    // Wait until the sweepers have granted period 10 everywhere (polling, bounded).
+    let deadline = Instant::now() + SWEEP_WAIT;
+    for s in scheduled {
+        let period_10 = s.start + 10 * DAY_SECS;
+        loop {
+            let grants = c.grants_of(0, &s.wallet_id).await;
+            let has_10 = grants.iter().any(|g| {
+                g.schedule_id == s.schedule.id
+                    && g.effective_time.as_ref().map(|t| t.seconds) == Some(period_10)
+            });
+            if has_10 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for s in scheduled {
+        for i in 0..c.replicas.len() {
+            let grants = c.grants_of(i, &s.wallet_id).await;
+            let mine: Vec<&proto::Grant> = grants
+                .iter()
+                .filter(|g| g.schedule_id == s.schedule.id)
+                .collect();
+            let mut per_period: BTreeMap<i64, usize> = BTreeMap::new();
+            for g in &mine {
+                let at = g.effective_time.as_ref().map_or(-1, |t| t.seconds);
+                let k = if (at - s.start) % DAY_SECS == 0 {
+                    (at - s.start) / DAY_SECS
+                } else {
+                    -1
+                };
+                *per_period.entry(k).or_insert(0) += 1;
+            }
+            let expected: BTreeMap<i64, usize> = (0..=10).map(|k| (k, 1)).collect();
+            c.check(per_period == expected && grants.len() == 11, || {
+                format!(
+                    "{} ({when}, R{i}): grants per period {per_period:?} ({} grants on the wallet), \
+                     expected one for each of periods 0..=10",
+                    s.label,
+                    grants.len()
+                )
+            });
+            let active = mine
+                .iter()
+                .filter(|g| g.state == GrantState::Active as i32)
+                .count();
+            let expired = mine
+                .iter()
+                .filter(|g| g.state == GrantState::Expired as i32)
+                .count();
+            c.check(active == 1 && expired == 10, || {
+                format!("{} ({when}, R{i}): {active} active / {expired} expired grants, expected 1 / 10", s.label)
+            });
+        }
+        let (posted, _) = c.posted_reserved(&s.label, &s.account_id).await;
+        c.check(posted == dec("5"), || {
+            format!(
+                "{} ({when}): posted {posted}, expected 5 (this period's grant)",
+                s.label
+            )
+        });
+        let txns = c.transactions(2, &s.account_id).await;
+        let grant_entries = of_kind(&txns, TransactionKind::Grant).len();
+        let expire_entries = of_kind(&txns, TransactionKind::Expire).len();
+        c.check(grant_entries == 11 && expire_entries == 10, || {
+            format!(
+                "{} ({when}): {grant_entries} GRANT / {expire_entries} EXPIRE entries, expected 11 / 10",
+                s.label
+            )
+        });
+        eprintln!(
+            "{} ({when}): {} grant(s) at creation, {grant_entries} GRANT and {expire_entries} EXPIRE entries",
+            s.label, s.granted_at_creation
+        );
+    }
+}
+
+/// Rounds of: an ACTIVE account (its wallet used through every replica first) is closed,
+/// activated and suspended at once through the three replicas; the close always sticks, and
+/// afterwards no replica lets the account spend.
+async fn account_states(c: &Cluster) {
+    for round in 0..8 {
+        let label = format!("state-{round}");
+        let (account, _) = c.funded(&label, "100").await;
+        // Every replica has the account's wallet (and state) in its caches.
+        for i in 0..3 {
+            c.debit(i, &account.id)
+                .await
+                .unwrap_or_else(|s| panic!("{label}: warm-up debit through R{i}: {s:?}"));
+        }
+        let (close_at, activate_at, suspend_at) = (round + 1, round + 2, round);
+        let (closed, activated, suspended) = tokio::join!(
+            c.set_state(close_at, &account.id, AccountState::Closed),
+            c.set_state(activate_at, &account.id, AccountState::Active),
+            c.set_state(suspend_at, &account.id, AccountState::Suspended),
+        );
+        eprintln!(
+            "{label}: CLOSED via R{} {}, ACTIVE via R{} {}, SUSPENDED via R{} {}",
+            close_at % 3,
+            outcome_name(&closed),
+            activate_at % 3,
+            outcome_name(&activated),
+            suspend_at % 3,
+            outcome_name(&suspended)
+        );
+        c.check(closed.is_ok(), || {
+            format!("{label}: closing failed: {closed:?}")
+        });
+        let others = [activated, suspended];
+        c.failures.only_failures(
+            &label,
+            &others,
+            Code::FailedPrecondition,
+            &["ACCOUNT_CLOSED"],
+        );
+        for i in 0..3 {
+            let state = c.account(i, &account.id).await.state;
+            c.check(
+                closed.is_err() || state == AccountState::Closed as i32,
+                || {
+                    format!(
+                        "{label}: CLOSED REOPENED: the close succeeded but R{i} reads state {:?}",
+                        AccountState::try_from(state)
+                    )
+                },
+            );
+        }
+        for i in 0..3 {
+            let result = c.debit(i, &account.id).await;
+            match &result {
+                Err(status) => c.check(
+                    status.code() == Code::FailedPrecondition
+                        && reason(status) == "ACCOUNT_NOT_ACTIVE",
+                    || format!("{label}: debit of the closed account through R{i}: {status:?}"),
+                ),
+                Ok(t) => c.check(false, || {
+                    format!("{label}: debit of the CLOSED account through R{i} succeeded: {t:?}")
+                }),
+            }
+        }
+        let (posted, _) = c.posted_reserved(&label, &account.id).await;
+        c.check(posted == dec("70"), || {
+            format!("{label}: posted {posted}, expected 70 (100 − three warm-up debits)")
+        });
+    }
+}
+
+/// One draft published at once through the three replicas: exactly one publish; every
+/// replica then prices with the new card.
+async fn rate_card_publish(c: &Cluster) {
+    let draft = c.draft_card(vec![rate("req", "20", &[], "")]).await;
+    let results = join_all((0..3).map(|i| c.publish(i, &draft))).await;
+    let counts = outcomes(&results);
+    eprintln!(
+        "rate card: version {} published at once through R0/R1/R2 → {counts:?}",
+        draft.version
+    );
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    c.check(ok == 1, || {
+        format!("rate card: {ok} of 3 concurrent publishes succeeded, expected 1 ({counts:?})")
+    });
+    c.failures.only_failures(
+        "rate card",
+        &results,
+        Code::FailedPrecondition,
+        &["RATE_CARD_NOT_DRAFT"],
+    );
+    for i in 0..3 {
+        let request = proto::GetRateCardRequest {
+            version: 0,
+            time: None,
+        };
+        let card =
+            call!("GetRateCard", c.r(i).rates(), get_rate_card, request).expect("card in force");
+        c.check(
+            card.version == draft.version && card.state == RateCardState::Published as i32,
+            || {
+                format!(
+                    "rate card: R{i} has version {} ({:?}) in force, expected {} published",
+                    card.version,
+                    RateCardState::try_from(card.state),
+                    draft.version
+                )
+            },
+        );
+    }
+    // Every replica charges the new price.
+    let (account, _) = c.funded("new-price", "1000").await;
+    for i in 0..3 {
+        match c.debit(i, &account.id).await {
+            Ok(t) => c.check(
+                dec(&t.units) == dec("20") && t.rate_card_version == draft.version,
+                || {
+                    format!(
+                        "rate card: a debit through R{i} after the publish charged {} by version {}, \
+                         expected 20 by version {}",
+                        t.units, t.rate_card_version, draft.version
+                    )
+                },
+            ),
+            Err(s) => c.check(false, || format!("rate card: debit through R{i}: {s:?}")),
+        }
+    }
+}
+
+/// Every funded wallet: posted is the newest entry's balance_after and Σ delta, the same
+/// through every replica; holds are all settled or open as `reserved` says.
+async fn conservation(c: &Cluster) {
+    let accounts = c.accounts.lock().unwrap().clone();
+    for (label, account_id) in &accounts {
+        let (posted, _) = c.posted_reserved(label, account_id).await;
+        let txns = c.transactions(0, account_id).await;
+        let sum: Decimal = txns.iter().map(|t| dec(&t.delta)).sum();
+        let last = txns.first().map(|t| dec(&t.balance_after));
+        c.check(
+            sum == posted && last.unwrap_or(Decimal::ZERO) == posted,
+            || {
+                format!(
+                    "conservation of {label} ({account_id}): posted {posted}, Σ delta {sum}, \
+                     newest balance_after {last:?} over {} entries",
+                    txns.len()
+                )
+            },
+        );
+        c.check(!posted.is_sign_negative() || posted.is_zero(), || {
+            format!("conservation of {label}: posted {posted} is negative")
+        });
+    }
+    eprintln!("conservation checked on {} wallets", accounts.len());
+}
+
+// ---- the test --------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_racing_on_one_database_never_create_money() {
+    let started = Instant::now();
+    let mut c = Cluster::start().await;
+
+    // The card every scenario debits with: `req` costs a flat 10 units.
+    let card = c.draft_card(vec![rate("req", "10", &[], "")]).await;
+    c.publish(0, &card).await.expect("publish the first card");
+
+    // First, so the sweepers race on the period that starts a few seconds from now while the
+    // other scenarios run.
+    let scheduled = create_schedules(&c).await;
+
+    refunds(&c).await;
+    holds(&c).await;
+    voids(&c).await;
+    adjustments_and_debits(&c).await;
+    check_schedules(&c, &scheduled, "after the sweep").await;
+    account_states(&c).await;
+    rate_card_publish(&c).await;
+    // Whatever the sweepers did meanwhile: still one grant per period.
+    check_schedules(&c, &scheduled, "at the end").await;
+    conservation(&c).await;
+
+    // Every replica is still running.
+    for r in c.replicas.iter_mut() {
+        let status = r.exit_status();
+        let name = r.name.clone();
+        c.failures.check(status.is_none(), || {
+            format!("{name} exited during the test: {status:?}")
+        });
+    }
+    let warnings: usize = c
+        .replicas
+        .iter()
+        .map(|r| r.log_text().lines().filter(|l| l.contains("WARN")).count())
+        .sum();
+    let errors: Vec<String> = c
+        .replicas
+        .iter()
+        .flat_map(|r| {
+            r.log_text()
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(|l| format!("{}: {l}", r.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    eprintln!(
+        "{} retried call(s); {warnings} warning(s) and {} error(s) in the replicas' logs",
+        RETRIES.load(Ordering::Relaxed),
+        errors.len()
+    );
+    for line in errors.iter().take(20) {
+        eprintln!("  {line}");
+    }
+    // Stop the replicas, then verify the whole ledger offline.
+    c.replicas.clear();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .arg("verify")
+        .env("DATABASE_URL", &c.db.url)
+        .output()
+        .await
+        .expect("run allot verify");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("allot verify: {}\n{stdout}{stderr}", output.status);
+    c.failures.check(output.status.success(), || {
+        format!("allot verify exited {}:\n{stdout}\n{stderr}", output.status)
+    });
+
+    eprintln!("replicas test took {:?}", started.elapsed());
+    c.db.drop_database().await;
+    c.failures.finish();
+}
