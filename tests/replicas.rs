@@ -2,9 +2,11 @@
 //! wallets at the same time: whatever the replicas race on, no money is created and no
 //! effect is applied more often than allowed.
 //!
-//! * refunds: four full refunds of every debit at once → exactly one per debit;
+//! * refunds: four full refunds of every debit at once → exactly one per debit (four
+//!   refunds of half → exactly two);
 //! * holds: capture, release and a second capture of every hold at once → exactly one;
-//! * voids: every grant voided three times at once → exactly once;
+//! * voids: every grant voided three times at once → exactly once (also with debits racing
+//!   the voids: every grant's units voided or burnt, never both);
 //! * negative adjustments and debits competing for 100 units → never more than 100 taken;
 //! * schedules: one grant per period although three background sweepers run;
 //! * account state: a close racing an activation and a suspension always sticks;
@@ -120,6 +122,17 @@ fn outcomes<T>(results: &[Result<T, Status>]) -> BTreeMap<String, usize> {
         *counts.entry(outcome_name(result)).or_insert(0) += 1;
     }
     counts
+}
+
+/// Successes per replica, when call `n` went through replica `replica_of(n)`.
+fn wins<T>(results: &[Result<T, Status>], replica_of: impl Fn(usize) -> usize) -> String {
+    let mut by = [0usize; 3];
+    for (n, result) in results.iter().enumerate() {
+        if result.is_ok() {
+            by[replica_of(n) % 3] += 1;
+        }
+    }
+    format!("won through R0/R1/R2: {}/{}/{}", by[0], by[1], by[2])
 }
 
 /// Failed checks, collected so that every scenario runs and all failures are reported; the
@@ -397,10 +410,15 @@ impl Cluster {
         )
     }
 
-    async fn refund(&self, i: usize, transaction_id: &str) -> Result<proto::Transaction, Status> {
+    async fn refund(
+        &self,
+        i: usize,
+        transaction_id: &str,
+        units: &str,
+    ) -> Result<proto::Transaction, Status> {
         let request = proto::RefundRequest {
             transaction_id: transaction_id.into(),
-            units: String::new(),
+            units: units.into(),
             reason: "request failed".into(),
             request_id: uuid(),
         };
@@ -540,35 +558,44 @@ fn of_kind(txns: &[proto::Transaction], kind: TransactionKind) -> Vec<&proto::Tr
 
 // ---- scenarios -------------------------------------------------------------------------------
 
-/// 30 debits of 10 on 1000, then four full refunds of each debit at once (120 calls, every
-/// debit's refunds on all three replicas): exactly one refund per debit.
-async fn refunds(c: &Cluster) {
-    let (account, _) = c.funded("refunds", "1000").await;
+/// 30 debits of 10 on 1000, then four refunds of each debit at once (120 calls, every debit's
+/// refunds on all three replicas): with full refunds (`units` empty) exactly one per debit,
+/// with refunds of 5 exactly two per debit.
+async fn refunds(c: &Cluster, units: &str) {
+    let (label, per_debit) = if units.is_empty() {
+        ("refunds-full", 1)
+    } else {
+        ("refunds-half", 2)
+    };
+    let (account, _) = c.funded(label, "1000").await;
     let debits = join_all((0..30).map(|k| c.debit(k, &account.id))).await;
     let debits: Vec<proto::Transaction> = debits
         .into_iter()
         .enumerate()
-        .map(|(k, r)| r.unwrap_or_else(|s| panic!("refunds: debit {k} of 30 on 1000: {s:?}")))
+        .map(|(k, r)| r.unwrap_or_else(|s| panic!("{label}: debit {k} of 30 on 1000: {s:?}")))
         .collect();
-    let (posted, _) = c.posted_reserved("refunds", &account.id).await;
+    let (posted, _) = c.posted_reserved(label, &account.id).await;
     c.check(posted == dec("700"), || {
-        format!("refunds: posted after 30 debits of 10 on 1000 is {posted}, not 700")
+        format!("{label}: posted after 30 concurrent debits of 10 on 1000 is {posted}, not 700")
     });
 
     let mut calls = Vec::new();
     for (k, debit) in debits.iter().enumerate() {
         for copy in 0..4 {
-            calls.push(c.refund(k + copy, &debit.id));
+            calls.push(c.refund(k + copy, &debit.id, units));
         }
     }
     let results = join_all(calls).await;
     let counts = outcomes(&results);
-    eprintln!("refunds: 120 concurrent full refunds of 30 debits → {counts:?}");
-    let ok: Vec<&proto::Transaction> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    c.check(ok.len() == 30, || {
+    eprintln!(
+        "{label}: 120 concurrent refunds ({units:?} units) of 30 debits → {counts:?}, {}",
+        wins(&results, |n| n / 4 + n % 4)
+    );
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    c.check(ok == 30 * per_debit, || {
         format!(
-            "refunds: {} of 120 refunds succeeded, expected exactly 30 ({counts:?})",
-            ok.len()
+            "{label}: {ok} of 120 refunds succeeded, expected exactly {} ({counts:?})",
+            30 * per_debit
         )
     });
     for (k, debit) in debits.iter().enumerate() {
@@ -576,36 +603,46 @@ async fn refunds(c: &Cluster) {
             .iter()
             .filter(|r| r.is_ok())
             .count();
-        c.check(n == 1, || {
+        c.check(n == per_debit, || {
             format!(
-                "refunds: debit {} was refunded {n} times (of 4 concurrent)",
+                "{label}: debit {} was refunded {n} times of 4 concurrent, expected {per_debit}",
                 debit.id
             )
         });
     }
     c.failures.only_failures(
-        "refunds",
+        label,
         &results,
         Code::FailedPrecondition,
         &["REFUND_EXCEEDS_CHARGE"],
     );
-    let (posted, reserved) = c.posted_reserved("refunds", &account.id).await;
+    let (posted, reserved) = c.posted_reserved(label, &account.id).await;
     c.check(posted == dec("1000") && reserved.is_zero(), || {
-        format!("refunds: final posted {posted} reserved {reserved}, expected 1000 / 0")
+        format!(
+            "{label}: final posted {posted} reserved {reserved}, expected 1000 / 0 \
+             ({ok} refunds succeeded)"
+        )
     });
     let txns = c.transactions(0, &account.id).await;
     let refunds = of_kind(&txns, TransactionKind::Refund);
-    let refunded: BTreeSet<&str> = refunds
-        .iter()
-        .map(|t| t.refunded_transaction_id.as_str())
-        .collect();
-    c.check(refunds.len() == 30 && refunded.len() == 30, || {
-        format!(
-            "refunds: ledger has {} REFUND entries for {} distinct debits, expected 30 / 30",
-            refunds.len(),
-            refunded.len()
-        )
-    });
+    let mut per_original: BTreeMap<&str, Decimal> = BTreeMap::new();
+    for t in &refunds {
+        *per_original
+            .entry(t.refunded_transaction_id.as_str())
+            .or_default() += dec(&t.units);
+    }
+    c.check(
+        refunds.len() == 30 * per_debit
+            && per_original.len() == 30
+            && per_original.values().all(|u| *u == dec("10")),
+        || {
+            format!(
+                "{label}: ledger has {} REFUND entries; units refunded per debit: {per_original:?} \
+                 (expected 10 for each of 30 debits)",
+                refunds.len()
+            )
+        },
+    );
 }
 
 /// 20 holds of 10; each captured, released and captured again at once through the three
@@ -661,7 +698,8 @@ async fn holds(c: &Cluster) {
         .count();
     eprintln!(
         "holds: 60 concurrent capture/release/capture of 20 holds → {counts:?} \
-         ({captures} captures, {releases} releases)"
+         ({captures} captures, {releases} releases), {}",
+        wins(&results, |n| n / 3 + n % 3)
     );
     for (k, hold) in holds.iter().enumerate() {
         let mine = &results[3 * k..3 * k + 3];
@@ -716,16 +754,20 @@ async fn holds(c: &Cluster) {
 }
 
 /// 10 grants of 50 (and one of 7 left alone), each voided three times at once: exactly one
-/// void per grant.
-async fn voids(c: &Cluster) {
-    let (account, wallet) = c.funded("voids", "7").await;
+/// void per grant. With `debits`, 10 debits of 10 race the voids through the three
+/// replicas: every grant's units are voided or burnt, never both, and what is left is what
+/// neither took.
+async fn voids(c: &Cluster, debits: bool) {
+    let label = if debits { "voids+debits" } else { "voids" };
+    let (account, wallet) = c.funded(label, "7").await;
+    let small = c.grants_of(0, &wallet.id).await;
     let mut grants = Vec::new();
     for _ in 0..10 {
         grants.push(c.grant(&wallet.id, "50").await);
     }
-    let (posted, _) = c.posted_reserved("voids", &account.id).await;
+    let (posted, _) = c.posted_reserved(label, &account.id).await;
     c.check(posted == dec("507"), || {
-        format!("voids: posted before voiding is {posted}, expected 507")
+        format!("{label}: posted before voiding is {posted}, expected 507")
     });
     let mut calls = Vec::new();
     for (k, grant) in grants.iter().enumerate() {
@@ -733,9 +775,15 @@ async fn voids(c: &Cluster) {
             calls.push(c.void(k + copy, &grant.id));
         }
     }
-    let results = join_all(calls).await;
+    let debit_calls = (0..if debits { 10 } else { 0 }).map(|k| c.debit(k, &account.id));
+    let (results, debit_results) = tokio::join!(join_all(calls), join_all(debit_calls));
     let counts = outcomes(&results);
-    eprintln!("voids: 30 concurrent voids of 10 grants → {counts:?}");
+    let debited = debit_results.iter().filter(|r| r.is_ok()).count();
+    eprintln!(
+        "{label}: 30 concurrent voids of 10 grants → {counts:?}, {}; debits alongside → {:?}",
+        wins(&results, |n| n / 3 + n % 3),
+        outcomes(&debit_results)
+    );
     for (k, grant) in grants.iter().enumerate() {
         let n = results[3 * k..3 * k + 3]
             .iter()
@@ -743,52 +791,92 @@ async fn voids(c: &Cluster) {
             .count();
         c.check(n == 1, || {
             format!(
-                "voids: grant {} voided successfully {n} times of 3",
+                "{label}: grant {} voided successfully {n} times of 3",
                 grant.id
             )
         });
     }
     for grant in results.iter().filter_map(|r| r.as_ref().ok()) {
         c.check(grant.state == GrantState::Voided as i32, || {
-            format!("voids: a successful void answered {grant:?}")
+            format!("{label}: a successful void answered {grant:?}")
         });
     }
     c.failures.only_failures(
-        "voids",
+        label,
         &results,
         Code::FailedPrecondition,
         &["GRANT_NOT_ACTIVE"],
     );
-    let (posted, _) = c.posted_reserved("voids", &account.id).await;
-    c.check(posted == dec("7"), || {
-        format!("voids: posted after voiding 10 × 50 of 507 is {posted}, expected 7")
-    });
+    c.failures.only_failures(
+        label,
+        &debit_results,
+        Code::FailedPrecondition,
+        &["INSUFFICIENT_CREDITS"],
+    );
+
     let txns = c.transactions(0, &account.id).await;
     let voids = of_kind(&txns, TransactionKind::Void);
     let voided: BTreeSet<&str> = voids.iter().map(|t| t.grant_id.as_str()).collect();
     c.check(voids.len() == 10 && voided.len() == 10, || {
         format!(
-            "voids: ledger has {} VOID entries for {} distinct grants, expected 10 / 10",
+            "{label}: ledger has {} VOID entries for {} distinct grants, expected 10 / 10",
             voids.len(),
             voided.len()
         )
     });
-    let listed = c.grants_of(2, &wallet.id).await;
-    let states: BTreeMap<i32, usize> = listed.iter().fold(BTreeMap::new(), |mut m, g| {
-        *m.entry(g.state).or_insert(0) += 1;
-        m
-    });
+    // Per grant: voided + burnt = granted.
+    let mut taken: BTreeMap<String, Decimal> = BTreeMap::new();
+    for t in &voids {
+        *taken.entry(t.grant_id.clone()).or_default() -= dec(&t.delta);
+    }
+    for t in of_kind(&txns, TransactionKind::Debit) {
+        for burn in &t.burns {
+            *taken.entry(burn.grant_id.clone()).or_default() += dec(&burn.units);
+        }
+    }
+    for grant in &grants {
+        let took = taken.get(&grant.id).copied().unwrap_or_default();
+        c.check(took == dec("50"), || {
+            format!(
+                "{label}: grant {} of 50 had {took} units voided or burnt in all, expected 50",
+                grant.id
+            )
+        });
+    }
+    let small_burnt = small
+        .first()
+        .and_then(|g| taken.get(&g.id))
+        .copied()
+        .unwrap_or_default();
+    let (posted, _) = c.posted_reserved(label, &account.id).await;
+    let voided_units: Decimal = voids.iter().map(|t| -dec(&t.delta)).sum();
+    let expected = dec("507") - voided_units - Decimal::from(10 * debited as i64);
     c.check(
-        states.get(&(GrantState::Voided as i32)) == Some(&10)
-            && states.get(&(GrantState::Active as i32)) == Some(&1),
-        || format!("voids: grant states (by enum value) {states:?}, expected 10 VOIDED + 1 ACTIVE"),
+        posted == expected && posted == dec("7") - small_burnt && !posted.is_sign_negative(),
+        || {
+            format!(
+                "{label}: posted {posted}; expected 507 − {voided_units} voided − 10 × {debited} \
+                 debits = {expected}, and the 7-unit grant's remaining {}",
+                dec("7") - small_burnt
+            )
+        },
     );
+    let listed = c.grants_of(2, &wallet.id).await;
+    let voided_listed = listed
+        .iter()
+        .filter(|g| g.state == GrantState::Voided as i32)
+        .count();
+    c.check(voided_listed == 10, || {
+        format!("{label}: {voided_listed} grants listed VOIDED, expected 10: {listed:?}")
+    });
 }
 
 /// 30 debits of 10 and 10 adjustments of −10 compete for 100 units through the three
 /// replicas: at most 10 succeed and posted is 100 − 10 × successes, never negative.
-async fn adjustments_and_debits(c: &Cluster) {
-    let (account, wallet) = c.funded("adjust-debit", "100").await;
+async fn adjustments_and_debits(c: &Cluster, adjust_at: usize) {
+    let label = format!("adjust+debit-{adjust_at}");
+    let label = label.as_str();
+    let (account, wallet) = c.funded(label, "100").await;
     #[derive(Debug)]
     enum Took {
         Debit,
@@ -796,7 +884,7 @@ async fn adjustments_and_debits(c: &Cluster) {
     }
     let mut calls: Vec<BoxFuture<'_, Result<Took, Status>>> = Vec::new();
     for k in 0..40 {
-        if k % 4 == 3 {
+        if k % 4 == adjust_at {
             calls.push(
                 c.adjust(k, &wallet.id, "-10")
                     .map(|r| r.map(|_| Took::Adjust))
@@ -822,32 +910,33 @@ async fn adjustments_and_debits(c: &Cluster) {
         .count();
     let successes = debits + adjusts;
     eprintln!(
-        "adjust+debit: 30 debits of 10 and 10 adjustments of -10 on 100 → {counts:?} \
-         ({debits} debits, {adjusts} adjustments)"
+        "{label}: 30 debits of 10 and 10 adjustments of -10 on 100 → {counts:?} \
+         ({debits} debits, {adjusts} adjustments), {}",
+        wins(&results, |n| n)
     );
     c.check(successes * 10 <= 100, || {
         format!(
-            "adjust+debit: MONEY CREATED: {successes} × 10 units taken from a wallet of 100 \
+            "{label}: MONEY CREATED: {successes} × 10 units taken from a wallet of 100 \
              ({debits} debits, {adjusts} adjustments)"
         )
     });
     c.failures.only_failures(
-        "adjust+debit",
+        label,
         &results,
         Code::FailedPrecondition,
         &["INSUFFICIENT_CREDITS"],
     );
-    let (posted, _) = c.posted_reserved("adjust+debit", &account.id).await;
+    let (posted, _) = c.posted_reserved(label, &account.id).await;
     let expected = dec("100") - Decimal::from(10 * successes as i64);
     c.check(posted == expected && !posted.is_sign_negative(), || {
         format!(
-            "adjust+debit: posted {posted}, expected 100 − 10 × {successes} = {expected} (never negative)"
+            "{label}: posted {posted}, expected 100 − 10 × {successes} = {expected} (never negative)"
         )
     });
     // Every refusal was made while fewer than 10 units were left: all 100 units are taken.
     c.check(successes == 10, || {
         format!(
-            "adjust+debit: only {successes} of 40 calls succeeded although 100 units allowed 10 \
+            "{label}: only {successes} of 40 calls succeeded although 100 units allowed 10 \
              (a refusal on a stale balance?) {counts:?}"
         )
     });
@@ -855,9 +944,7 @@ async fn adjustments_and_debits(c: &Cluster) {
     let entries = of_kind(&txns, TransactionKind::Debit).len()
         + of_kind(&txns, TransactionKind::Adjust).len();
     c.check(entries == successes, || {
-        format!(
-            "adjust+debit: ledger has {entries} DEBIT/ADJUST entries, calls reported {successes}"
-        )
+        format!("{label}: ledger has {entries} DEBIT/ADJUST entries, calls reported {successes}")
     });
 }
 
@@ -1089,8 +1176,9 @@ async fn rate_card_publish(c: &Cluster) {
     let results = join_all((0..3).map(|i| c.publish(i, &draft))).await;
     let counts = outcomes(&results);
     eprintln!(
-        "rate card: version {} published at once through R0/R1/R2 → {counts:?}",
-        draft.version
+        "rate card: version {} published at once through R0/R1/R2 → {counts:?}, {}",
+        draft.version,
+        wins(&results, |n| n)
     );
     let ok = results.iter().filter(|r| r.is_ok()).count();
     c.check(ok == 1, || {
@@ -1181,10 +1269,14 @@ async fn replicas_racing_on_one_database_never_create_money() {
     // other scenarios run.
     let scheduled = create_schedules(&c).await;
 
-    refunds(&c).await;
+    refunds(&c, "").await;
+    refunds(&c, "5").await;
     holds(&c).await;
-    voids(&c).await;
-    adjustments_and_debits(&c).await;
+    voids(&c, false).await;
+    voids(&c, true).await;
+    // The adjustments first, then last, in each group of four calls.
+    adjustments_and_debits(&c, 0).await;
+    adjustments_and_debits(&c, 3).await;
     check_schedules(&c, &scheduled, "after the sweep").await;
     account_states(&c).await;
     rate_card_publish(&c).await;
@@ -1242,4 +1334,70 @@ async fn replicas_racing_on_one_database_never_create_money() {
     eprintln!("replicas test took {:?}", started.elapsed());
     c.db.drop_database().await;
     c.failures.finish();
+}
+
+/// Three replicas started at the same moment on an empty database (a fresh deployment): each
+/// migrates on start, and all three must come up and serve the one schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_started_together_on_an_empty_database_all_serve() {
+    let db = TestDatabase::create().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let flags = ["--sweep-interval", "1s"];
+    let (r0, r1, r2) = tokio::join!(
+        ServerProcess::try_start("R0", &db.url, &flags, logs.path()),
+        ServerProcess::try_start("R1", &db.url, &flags, logs.path()),
+        ServerProcess::try_start("R2", &db.url, &flags, logs.path()),
+    );
+    let mut started = Vec::new();
+    let mut refused = Vec::new();
+    for result in [r0, r1, r2] {
+        match result {
+            Ok(process) => started.push(process),
+            Err(why) => refused.push(why),
+        }
+    }
+    eprintln!(
+        "cold start of 3 replicas on an empty {} database: {} serving, {} failed",
+        if db.is_postgres() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        started.len(),
+        refused.len()
+    );
+    // Whichever came up serves a complete schema.
+    for replica in &started {
+        let account = replica
+            .accounts()
+            .create_account(proto::CreateAccountRequest {
+                account: Some(proto::Account {
+                    external_id: format!("cold-{}", replica.name),
+                    ..Default::default()
+                }),
+                request_id: uuid(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{}: create account: {s:?}", replica.name))
+            .into_inner();
+        replica
+            .accounts()
+            .create_wallet(proto::CreateWalletRequest {
+                wallet: Some(proto::Wallet {
+                    account_id: account.id.clone(),
+                    ..Default::default()
+                }),
+                request_id: uuid(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{}: create wallet: {s:?}", replica.name));
+    }
+    drop(started);
+    db.drop_database().await;
+    assert!(
+        refused.is_empty(),
+        "{} of 3 replicas started together on an empty database did not come up:\n{}",
+        refused.len(),
+        refused.join("\n")
+    );
 }

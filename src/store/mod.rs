@@ -75,6 +75,8 @@ pub struct Store {
     pub(crate) wallets: Arc<wallet_cache::WalletCache>,
     /// SQLite file databases: the writer's commits wait for a WAL sync here (`log_sync`).
     log: Option<Arc<LogSync>>,
+    /// SQLite file databases: the file.
+    file: Option<std::path::PathBuf>,
 }
 
 /// A write transaction (on SQLite: holding the one writer connection while it lives).
@@ -123,13 +125,8 @@ impl Store {
         } else {
             None
         };
-        let log = match sqlite_file(url) {
-            Some(path) => {
-                let path = std::fs::canonicalize(&path).unwrap_or(path);
-                Some(Arc::new(LogSync::new(path)))
-            }
-            None => None,
-        };
+        let file = sqlite_file(url).map(|path| std::fs::canonicalize(&path).unwrap_or(path));
+        let log = file.clone().map(|path| Arc::new(LogSync::new(path)));
         Ok(Store {
             db,
             writer,
@@ -138,6 +135,7 @@ impl Store {
             directory: Arc::default(),
             wallets: Arc::default(),
             log,
+            file,
         })
     }
 
@@ -197,7 +195,30 @@ impl Store {
         options
     }
 
+    /// Applies the migrations this binary knows. Replicas starting together take turns: on
+    /// PostgreSQL under a session advisory lock, on a SQLite file under an exclusive lock on
+    /// `<file>.migrate-lock`; whoever comes second finds the schema up to date.
     pub async fn migrate(&self) -> anyhow::Result<()> {
+        if self.is_postgres() {
+            // One pooled connection holds the lock; the migrator may use others.
+            let mut lock = self.db.get_postgres_connection_pool().acquire().await?;
+            sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *lock)
+                .await?;
+            let migrated = Migrator::up(&self.db, None).await;
+            let unlocked = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *lock)
+                .await;
+            migrated?;
+            unlocked?;
+            return Ok(());
+        }
+        let _lock = match &self.file {
+            Some(file) => Some(lock_file(file)?),
+            None => None,
+        };
         Migrator::up(&self.db, None).await?;
         Ok(())
     }
@@ -272,6 +293,22 @@ impl Store {
         }
         let _ = self.db.close().await;
     }
+}
+
+/// The PostgreSQL advisory lock key migrations run under ("allot" in ASCII).
+const MIGRATION_LOCK: i64 = 0x616c_6c6f_74;
+
+/// An exclusive lock on `<database>.migrate-lock`, held while the returned file lives.
+fn lock_file(database: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut path = database.as_os_str().to_owned();
+    path.push(".migrate-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// See [`Store::read_snapshot`].

@@ -62,10 +62,23 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `allot serve` on `database_url` with `extra` flags; its stderr goes to a file in
-    /// `log_dir`. Returns once the process answers its health check with SERVING.
+    /// `log_dir`. Returns once the process answers its health check with SERVING; panics with
+    /// the process's log if it does not.
     pub async fn start(name: &str, database_url: &str, extra: &[&str], log_dir: &Path) -> Self {
+        Self::try_start(name, database_url, extra, log_dir)
+            .await
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// As `start`, but a process that exits or does not serve is an `Err` with its log. Only a
+    /// port taken before the process could bind it is tried again (on another port).
+    pub async fn try_start(
+        name: &str,
+        database_url: &str,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> Result<Self, String> {
         let mut failures = Vec::new();
-        // A port picked free may be taken before the process binds it: try a few.
         for attempt in 0..3 {
             let addr = format!("127.0.0.1:{}", free_port());
             let log = log_dir.join(format!("{name}-{attempt}.log"));
@@ -83,23 +96,28 @@ impl ServerProcess {
                 .expect("spawn allot serve");
             match wait_ready(&mut child, &addr).await {
                 Ok(channel) => {
-                    return ServerProcess {
+                    return Ok(ServerProcess {
                         name: name.to_string(),
                         addr,
                         channel,
                         admin: token(&["admin"], &["*"]),
                         child,
                         log,
-                    };
+                    });
                 }
                 Err(why) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    failures.push(format!("{addr}: {why}\n{}", tail(&log, 40)));
+                    let text = tail(&log, 40);
+                    let port_taken = text.contains("in use") || text.contains("os error 98");
+                    failures.push(format!("{addr}: {why}\n{text}"));
+                    if !port_taken {
+                        break;
+                    }
                 }
             }
         }
-        panic!("{name} did not start:\n{}", failures.join("\n"));
+        Err(format!("{name} did not start:\n{}", failures.join("\n")))
     }
 
     pub fn pid(&self) -> u32 {
