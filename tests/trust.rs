@@ -377,13 +377,13 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
         .await
         .unwrap_err();
     let metadata = assert_error(&status, Code::InvalidArgument, "SCHEDULE_START_TOO_EARLY");
-    assert_eq!(metadata["max_catch_up_periods"], "366");
-    // 366 daily periods is the bound: caught up at once.
-    let start = now_seconds() - 365 * DAY - 60;
+    assert_eq!(metadata["max_catch_up_periods"], "100");
+    // 100 daily periods is the bound: caught up at once.
+    let start = now_seconds() - 99 * DAY - 60;
     grants
         .create_allotment_schedule(schedule(start, proto::SchedulePeriod::Daily))
         .await
-        .expect("a year of daily periods");
+        .expect("100 daily periods");
     assert_eq!(app.balance(&account.id).await.posted, "10");
     let grants_count = app
         .all_transactions(&account.id)
@@ -391,15 +391,24 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
         .iter()
         .filter(|t| t.kind == proto::TransactionKind::Grant as i32)
         .count();
-    assert_eq!(grants_count, 366);
+    assert_eq!(grants_count, 100);
+    // One period more is refused.
+    let status = grants
+        .create_allotment_schedule(schedule(
+            now_seconds() - 100 * DAY - 60,
+            proto::SchedulePeriod::Daily,
+        ))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "SCHEDULE_START_TOO_EARLY");
     // Monthly periods reach further back within the same bound.
     grants
         .create_allotment_schedule(schedule(
-            now_seconds() - 20 * 365 * DAY,
+            now_seconds() - 8 * 365 * DAY,
             proto::SchedulePeriod::Monthly,
         ))
         .await
-        .expect("twenty years of monthly periods is 240 periods");
+        .expect("eight years of monthly periods is 97 periods");
     app.stop().await;
 }
 

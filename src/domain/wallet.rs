@@ -154,9 +154,11 @@ pub struct Schedule {
     pub currency: String,
 }
 
-/// The most periods a schedule may have due when it is created (a start in the past is
-/// caught up at once, in the batch that creates it: 366 daily periods ≈ an ordinary batch).
-pub const MAX_CATCH_UP_PERIODS: i64 = 366;
+/// The most periods a schedule may have due when it is created. A start in the past is
+/// caught up at once, in the batch that creates it (a grant row and two entries a period):
+/// 100 periods keep that batch smaller than an ordinary full one (512 debits), and cover
+/// eight years of monthly, two of weekly or three months of daily allotments.
+pub const MAX_CATCH_UP_PERIODS: i64 = 100;
 
 impl Schedule {
     /// How many of its periods have started by `now` (saturating at `limit + 1`).
