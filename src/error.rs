@@ -185,7 +185,10 @@ mod tests {
             secret.to_string(),
         )));
         assert_eq!(unreachable.code, Code::Unavailable);
-        assert!(!unreachable.message.contains("db.internal"), "{unreachable}");
+        assert!(
+            !unreachable.message.contains("db.internal"),
+            "{unreachable}"
+        );
         let lost = Error::from(DbErr::Custom(format!("{secret}: connection reset")));
         assert_eq!(lost.code, Code::Unavailable);
         assert!(!lost.message.contains("db.internal"), "{lost}");

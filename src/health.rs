@@ -272,16 +272,21 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let supervisor = {
             let (health, runs) = (health.clone(), runs.clone());
-            tokio::spawn(supervise("flaky", health.clone(), stopping, move |mut stop| {
-                let (health, runs) = (health.clone(), runs.clone());
-                async move {
-                    if runs.fetch_add(1, Ordering::SeqCst) < 2 {
-                        panic!("flaky task fails its first two runs");
+            tokio::spawn(supervise(
+                "flaky",
+                health.clone(),
+                stopping,
+                move |mut stop| {
+                    let (health, runs) = (health.clone(), runs.clone());
+                    async move {
+                        if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                            panic!("flaky task fails its first two runs");
+                        }
+                        health.task_ok("flaky");
+                        stopped(&mut stop).await;
                     }
-                    health.task_ok("flaky");
-                    stopped(&mut stop).await;
-                }
-            }))
+                },
+            ))
         };
         // Down after the first panic.
         for _ in 0..100 {

@@ -12,19 +12,8 @@ use std::{
 use common::*;
 
 fn binary(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_allot"));
-    for var in [
-        "ALLOT_JWT_HS256_SECRET",
-        "ALLOT_JWT_PUBLIC_KEYS",
-        "ALLOT_JWT_JWKS",
-        "ALLOT_LISTEN",
-        "ALLOT_TOKEN",
-        "ALLOT_SERVER",
-        "DATABASE_URL",
-    ] {
-        command.env_remove(var);
-    }
-    command.current_dir(dir);
+    let mut command = common::process::binary();
+    command.env_remove("DATABASE_URL").current_dir(dir);
     command
 }
 
@@ -127,7 +116,11 @@ async fn the_dev_secret_is_private_from_the_start() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(text(&output).contains("readable or writable by others"), "{}", text(&output));
+    assert!(
+        text(&output).contains("readable or writable by others"),
+        "{}",
+        text(&output)
+    );
     let output = binary(dir.path())
         .args(["token", "--role", "admin", "--account", "*"])
         .output()
@@ -215,7 +208,11 @@ async fn the_command_line_as_users_type_it() {
         "list",
     ]);
     assert!(!bad_scheme.status.success());
-    assert!(text(&bad_scheme).contains("http://"), "{}", text(&bad_scheme));
+    assert!(
+        text(&bad_scheme).contains("http://"),
+        "{}",
+        text(&bad_scheme)
+    );
 }
 
 /// PostgreSQL: `sslmode=require` and `verify-full` with the server's CA work; `verify-full`
@@ -262,7 +259,10 @@ async fn postgres_tls_modes() {
     let dir = tempfile::tempdir().unwrap();
     for url in [
         with("127.0.0.1", "sslmode=require"),
-        with("localhost", &format!("sslmode=verify-full&sslrootcert={cert}")),
+        with(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={cert}"),
+        ),
     ] {
         let output = binary(dir.path())
             .args(["migrate"])
@@ -277,12 +277,18 @@ async fn postgres_tls_modes() {
             .unwrap();
         assert!(verified.status.success(), "{url}: {}", text(&verified));
     }
-    let wrong_host = with("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={cert}"));
+    let wrong_host = with(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={cert}"),
+    );
     let output = binary(dir.path())
         .args(["migrate"])
         .env("DATABASE_URL", &wrong_host)
         .output()
         .unwrap();
-    assert!(!output.status.success(), "a certificate for localhost is not 127.0.0.1's");
+    assert!(
+        !output.status.success(),
+        "a certificate for localhost is not 127.0.0.1's"
+    );
     db.drop_database().await;
 }

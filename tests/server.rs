@@ -133,17 +133,7 @@ async fn oversized_requests_are_refused() {
 }
 
 fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_allot"));
-    for var in [
-        "ALLOT_JWT_HS256_SECRET",
-        "ALLOT_JWT_PUBLIC_KEYS",
-        "ALLOT_JWT_JWKS",
-        "ALLOT_LISTEN",
-        "ALLOT_TOKEN",
-    ] {
-        command.env_remove(var);
-    }
-    command
+    common::process::binary()
 }
 
 #[tokio::test]

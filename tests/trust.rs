@@ -48,6 +48,23 @@ fn grant_request(wallet_id: &str, amount: &str, unit_price: &str) -> proto::Crea
     }
 }
 
+async fn set_state(app: &TestApp, account_id: &str, state: AccountState) {
+    app.accounts(&app.admin)
+        .update_account(proto::UpdateAccountRequest {
+            account: Some(proto::Account {
+                id: account_id.into(),
+                state: state as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["state".into()],
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .expect("set the account's state");
+}
+
 async fn entry_count(app: &TestApp) -> i64 {
     let backend = app.handles.store.backend();
     app.handles
@@ -107,7 +124,11 @@ async fn extreme_prices_are_refused_and_the_bounds_work() {
         .await
         .unwrap_err();
     assert_error(&status, Code::InvalidArgument, "AMOUNT_OUT_OF_RANGE");
-    assert_eq!(entry_count(&app).await, before, "a refused grant wrote nothing");
+    assert_eq!(
+        entry_count(&app).await,
+        before,
+        "a refused grant wrote nothing"
+    );
 
     // The largest amount at the largest price: money is exact and every read works.
     let max_amount = "9223372036854.775807";
@@ -187,7 +208,10 @@ async fn a_refund_never_overflows_the_balance() {
         .await
         .unwrap_err();
     assert_error(&status, Code::InvalidArgument, "BALANCE_OUT_OF_RANGE");
-    assert_eq!(app.balance(&account.id).await.posted, "9223372036854.775807");
+    assert_eq!(
+        app.balance(&account.id).await.posted,
+        "9223372036854.775807"
+    );
     app.stop().await;
 }
 
@@ -236,7 +260,9 @@ async fn a_faulty_operation_fails_alone() {
             "the client gets no internals: {status:?}"
         );
         for debit in debits {
-            debit.unwrap().expect("a batch-mate of the faulty operation");
+            debit
+                .unwrap()
+                .expect("a batch-mate of the faulty operation");
         }
     }
     for account in &healthy {
@@ -260,7 +286,16 @@ async fn health_follows_the_database() {
     };
     app.publish_standard_card().await;
     let (account, _) = app.funded("health", "100").await;
-    let name = app.db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    let name = app
+        .db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
     let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
     let run = |sql: String| {
         let admin = admin.clone();
@@ -361,16 +396,17 @@ async fn long_subjects_work_up_to_the_bound_on_both_databases() {
 async fn schedules_catch_up_a_bounded_number_of_periods() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("old-schedule", "").await;
-    let schedule = |start: i64, period: proto::SchedulePeriod| proto::CreateAllotmentScheduleRequest {
-        allotment_schedule: Some(proto::AllotmentSchedule {
-            wallet_id: wallet.id.clone(),
-            amount: "10".into(),
-            period: period as i32,
-            start_time: Some(at(start)),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    };
+    let schedule =
+        |start: i64, period: proto::SchedulePeriod| proto::CreateAllotmentScheduleRequest {
+            allotment_schedule: Some(proto::AllotmentSchedule {
+                wallet_id: wallet.id.clone(),
+                amount: "10".into(),
+                period: period as i32,
+                start_time: Some(at(start)),
+                ..Default::default()
+            }),
+            request_id: uuid(),
+        };
     let mut grants = app.grants(&app.admin);
     let status = grants
         .create_allotment_schedule(schedule(0, proto::SchedulePeriod::Daily))
@@ -532,7 +568,11 @@ async fn void_grant_out_of_scope_looks_like_a_missing_grant() {
 async fn the_account_state_matrix_holds_for_every_operation() {
     let app = spawn_app().await;
     app.publish_standard_card().await;
-    for state in [AccountState::Active, AccountState::Suspended, AccountState::Closed] {
+    for state in [
+        AccountState::Active,
+        AccountState::Suspended,
+        AccountState::Closed,
+    ] {
         let name = format!("{state:?}").to_lowercase();
         let (account, wallet) = app.funded(&name, "1000").await;
         let mut ledger = app.ledger(&app.admin);
@@ -557,20 +597,7 @@ async fn the_account_state_matrix_holds_for_every_operation() {
         let to_release = ledger.reserve(hold("5")).await.unwrap().into_inner();
         let to_void = app.grant(&wallet.id, "7").await;
         if state != AccountState::Active {
-            accounts
-                .update_account(proto::UpdateAccountRequest {
-                    account: Some(proto::Account {
-                        id: account.id.clone(),
-                        state: state as i32,
-                        ..Default::default()
-                    }),
-                    update_mask: Some(FieldMask {
-                        paths: vec!["state".into()],
-                    }),
-                    request_id: uuid(),
-                })
-                .await
-                .unwrap();
+            set_state(&app, &account.id, state).await;
         }
         let mut results: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
         results.push((
@@ -591,10 +618,9 @@ async fn the_account_state_matrix_holds_for_every_operation() {
             "BatchDebit",
             match &batch.results[0].result {
                 Some(proto::debit_result::Result::Response(_)) => Ok(()),
-                Some(proto::debit_result::Result::Error(e)) => Err(tonic::Status::new(
-                    Code::from(e.code),
-                    e.reason.clone(),
-                )),
+                Some(proto::debit_result::Result::Error(e)) => {
+                    Err(tonic::Status::new(Code::from(e.code), e.reason.clone()))
+                }
                 None => panic!("no outcome"),
             },
         ));
@@ -641,7 +667,11 @@ async fn the_account_state_matrix_holds_for_every_operation() {
         ));
         for units in ["2", "-2"] {
             results.push((
-                if units == "2" { "AdjustUp" } else { "AdjustDown" },
+                if units == "2" {
+                    "AdjustUp"
+                } else {
+                    "AdjustDown"
+                },
                 grants
                     .adjust_balance(proto::AdjustBalanceRequest {
                         wallet_id: wallet.id.clone(),
@@ -774,20 +804,7 @@ async fn closed_accounts_receive_no_more_allotments() {
             })
             .await
             .unwrap();
-        app.accounts(&app.admin)
-            .update_account(proto::UpdateAccountRequest {
-                account: Some(proto::Account {
-                    id: account.id.clone(),
-                    state: state as i32,
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["state".into()],
-                }),
-                request_id: uuid(),
-            })
-            .await
-            .unwrap();
+        set_state(&app, &account.id, state).await;
         app.advance(Duration::from_secs(2 * DAY as u64 + 60)).await;
         let granted = app
             .all_transactions(&account.id)
@@ -824,7 +841,11 @@ async fn statements_are_reads() {
     .await
     .expect("statement")
     .into_inner();
-    assert_eq!(entry_count(&app).await, before, "a statement writes nothing");
+    assert_eq!(
+        entry_count(&app).await,
+        before,
+        "a statement writes nothing"
+    );
     assert_eq!(statement.closing_balance, "0");
     let expiry = statement
         .movements

@@ -32,7 +32,9 @@ fn require_global(caller: &Caller, method: &str) -> Result<()> {
     }
     Err(Error::permission_denied(
         "GLOBAL_SCOPE_REQUIRED",
-        format!("{method} changes prices for every account: it needs a token for all accounts (\"*\")"),
+        format!(
+            "{method} changes prices for every account: it needs a token for all accounts (\"*\")"
+        ),
     ))
 }
 

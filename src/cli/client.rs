@@ -884,10 +884,12 @@ impl Ctx {
         } else {
             ""
         };
-        endpoint(&self.server)?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to the allot server at {}{hint}", self.server))
+        endpoint(&self.server)?.connect().await.with_context(|| {
+            format!(
+                "cannot connect to the allot server at {}{hint}",
+                self.server
+            )
+        })
     }
 
     /// Awaits a call; a failure becomes an [`RpcError`].
@@ -1507,10 +1509,8 @@ mod tests {
 
     #[test]
     fn negative_numbers_are_values_everywhere() {
-        let command = parse(&[
-            "grants", "create", "--wallet", "wal_1", "--amount", "-100",
-        ])
-        .unwrap();
+        let command =
+            parse(&["grants", "create", "--wallet", "wal_1", "--amount", "-100"]).unwrap();
         let ClientCommand::Grants(Group {
             command: GrantsCommand::Create(create),
             ..

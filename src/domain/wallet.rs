@@ -432,16 +432,13 @@ impl WalletState {
         self.schedules[index].next_period += 1;
         // The previous period's grant: roll over what the policy allows, expire the rest.
         let mut rolled = Amount::ZERO;
-        let previous = self
-            .lots
-            .iter_mut()
-            .find(|lot| {
-                lot.counts()
-                    && lot
-                        .period
-                        .as_ref()
-                        .is_some_and(|(id, index)| *id == schedule.id && *index == k - 1)
-            });
+        let previous = self.lots.iter_mut().find(|lot| {
+            lot.counts()
+                && lot
+                    .period
+                    .as_ref()
+                    .is_some_and(|(id, index)| *id == schedule.id && *index == k - 1)
+        });
         if let Some(previous) = previous {
             let left = previous.remaining;
             rolled = match schedule.rollover {

@@ -296,7 +296,7 @@ impl Store {
 }
 
 /// The PostgreSQL advisory lock key migrations run under ("allot" in ASCII).
-const MIGRATION_LOCK: i64 = 0x616c_6c6f_74;
+const MIGRATION_LOCK: i64 = 0x0061_6c6c_6f74;
 
 /// An exclusive lock on `<database>.migrate-lock`, held while the returned file lives.
 fn lock_file(database: &std::path::Path) -> anyhow::Result<std::fs::File> {

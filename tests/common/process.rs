@@ -34,6 +34,7 @@ pub fn binary() -> Command {
         "ALLOT_JWT_AUDIENCE",
         "ALLOT_LISTEN",
         "ALLOT_TOKEN",
+        "ALLOT_SERVER",
         "ALLOT_LOG_JSON",
         "ALLOT_MAX_HOLD_TTL",
         "ALLOT_SWEEP_INTERVAL",
