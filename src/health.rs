@@ -1,12 +1,16 @@
 //! What the health service reports, and the supervision of background tasks.
 //!
-//! The service is SERVING only while all of these hold:
-//! * the database answers (a ping every [`CHECK_INTERVAL`]);
-//! * the ledger can commit: after a batch failed as a whole (database error, failed log
-//!   sync), the monitor probes with an empty ledger batch (head lock, commit, durable wait)
-//!   until one succeeds;
+//! The service is SERVING only while all of these hold, checked every [`CHECK_INTERVAL`]:
+//! * the database answers a ping within [`CHECK_TIMEOUT`];
+//! * the ledger can commit: an empty ledger batch (the rate-card head lock, a commit, the
+//!   wait until it is durable — on SQLite a sync of the log) completes within
+//!   [`CHECK_TIMEOUT`];
 //! * every supervised background task is running: a task that panics is restarted after a
 //!   back-off, and counts as down until its new run completes a round.
+//!
+//! A check that is slow is never cancelled mid-statement (that could leave a connection in
+//! an unknown state): it runs in a task of its own, the monitor stops waiting for it after
+//! [`CHECK_TIMEOUT`] and reports it slow, and the next round waits for the same task.
 //!
 //! [`monitor`] turns these facts into the `grpc.health.v1` statuses; while the server drains
 //! for shutdown the statuses stay NOT_SERVING.
@@ -15,10 +19,7 @@ use std::{
     collections::BTreeSet,
     future::Future,
     panic::AssertUnwindSafe,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -30,7 +31,7 @@ use crate::store::{Store, ledger};
 
 /// How often the monitor checks the database and the ledger.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// A ping or probe slower than this counts as a failure.
+/// A ping or ledger commit slower than this counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Back-off before a panicked task is restarted (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -44,27 +45,11 @@ pub struct Health {
 
 #[derive(Default)]
 struct Inner {
-    /// A ledger batch failed as a whole and no commit has succeeded since.
-    ledger_failing: AtomicBool,
     /// Background tasks that are not running (panicked, or not yet through a round since).
     down: Mutex<BTreeSet<&'static str>>,
 }
 
 impl Health {
-    /// A ledger batch could not be applied or made durable (not a refusal of one operation).
-    pub fn ledger_failed(&self) {
-        self.inner.ledger_failing.store(true, Ordering::Relaxed);
-    }
-
-    /// A ledger batch committed durably.
-    pub fn ledger_committed(&self) {
-        self.inner.ledger_failing.store(false, Ordering::Relaxed);
-    }
-
-    pub fn ledger_failing(&self) -> bool {
-        self.inner.ledger_failing.load(Ordering::Relaxed)
-    }
-
     /// `task` cannot run (it panicked, or its worker ended).
     pub fn task_down(&self, task: &'static str) {
         self.down().insert(task);
@@ -147,29 +132,66 @@ pub async fn supervise<F, Fut>(
     }
 }
 
-/// Why the service is not serving now, or `None` if it is.
-async fn check(store: &Store, health: &Health) -> Option<String> {
-    match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => return Some(format!("database ping failed: {err}")),
-        Err(_) => return Some("database ping timed out".into()),
-    }
-    if health.ledger_failing() {
-        // An empty batch: takes the rate-card head lock, commits and waits until durable.
-        match tokio::time::timeout(CHECK_TIMEOUT, ledger::apply(store, &[])).await {
-            Ok(Ok((_, durable))) => match durable.wait().await {
-                Ok(()) => health.ledger_committed(),
-                Err(err) => return Some(format!("the ledger cannot commit durably: {err}")),
-            },
-            Ok(Err(err)) => return Some(format!("the ledger cannot commit: {err}")),
-            Err(_) => return Some("a ledger commit timed out".into()),
+/// One kind of check, run in a task of its own (see the module docs).
+#[derive(Default)]
+struct Probe {
+    running: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl Probe {
+    /// The outcome of the check `start` begins (or of the one still running from an earlier
+    /// round), waiting at most [`CHECK_TIMEOUT`].
+    async fn outcome<F>(&mut self, start: impl FnOnce() -> F) -> Result<(), String>
+    where
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let running = self.running.get_or_insert_with(|| tokio::spawn(start()));
+        match tokio::time::timeout(CHECK_TIMEOUT, running).await {
+            Ok(joined) => {
+                self.running = None;
+                joined.unwrap_or_else(|err| Err(format!("the check failed: {err}")))
+            }
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
         }
     }
-    let down = health.tasks_down();
-    if !down.is_empty() {
-        return Some(format!("background tasks not running: {}", down.join(", ")));
+}
+
+/// The monitor's checks of the database and the ledger.
+#[derive(Default)]
+struct Checks {
+    ping: Probe,
+    commit: Probe,
+}
+
+impl Checks {
+    /// Why the service is not serving now, or `None` if it is.
+    async fn problem(&mut self, store: &Store, health: &Health) -> Option<String> {
+        let ping = {
+            let store = store.clone();
+            move || async move { store.ping().await.map_err(|err| err.to_string()) }
+        };
+        if let Err(err) = self.ping.outcome(ping).await {
+            return Some(format!("database ping: {err}"));
+        }
+        let commit = {
+            let store = store.clone();
+            move || async move {
+                // An empty batch: the head lock, a commit, the wait until it is durable.
+                let (_, durable) = ledger::apply(&store, &[])
+                    .await
+                    .map_err(|err| err.to_string())?;
+                durable.wait().await.map_err(|err| err.to_string())
+            }
+        };
+        if let Err(err) = self.commit.outcome(commit).await {
+            return Some(format!("ledger commit: {err}"));
+        }
+        let down = health.tasks_down();
+        if !down.is_empty() {
+            return Some(format!("background tasks not running: {}", down.join(", ")));
+        }
+        None
     }
-    None
 }
 
 /// The `grpc.health.v1` statuses of a set of services; once draining, they stay
@@ -226,6 +248,7 @@ pub async fn monitor(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut serving = true;
+    let mut checks = Checks::default();
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -233,7 +256,7 @@ pub async fn monitor(
             _ = stopped(&mut stop) => return,
             _ = ticker.tick() => {}
         }
-        let problem = check(&store, &health).await;
+        let problem = checks.problem(&store, &health).await;
         match (&problem, serving) {
             (Some(problem), true) => {
                 tracing::error!(%problem, "health: NOT_SERVING");
@@ -259,7 +282,7 @@ pub async fn monitor(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -310,15 +333,5 @@ mod tests {
             .await
             .expect("supervision ends when stopped")
             .unwrap();
-    }
-
-    #[test]
-    fn ledger_failure_is_cleared_by_a_commit() {
-        let health = Health::default();
-        assert!(!health.ledger_failing());
-        health.ledger_failed();
-        assert!(health.ledger_failing());
-        health.ledger_committed();
-        assert!(!health.ledger_failing());
     }
 }

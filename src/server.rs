@@ -121,7 +121,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&settings.database_url, settings.clock).await?;
     let health = Health::default();
-    let (ledger, ledger_worker) = Ledger::start(store.clone(), health.clone());
+    let (ledger, ledger_worker) = Ledger::start(store.clone());
     let ctx = Ctx {
         store: store.clone(),
         ledger: ledger.clone(),

@@ -1350,11 +1350,19 @@ async fn admin_can_call_every_method() {
             panic!("admin {method}: {status:?}");
         }
     }
-    // A scoped admin is still bound by scope, but has every role inside it.
+    // A scoped admin is still bound by scope, but has every role inside it — except for
+    // rate cards, which price every tenant and need a token for all accounts.
     let scoped_admin = token(&["admin"], &[&w.a.id]);
     for (method, result) in call_every_method(&app, &scoped_admin, &w).await {
-        if let Err(status) = result {
-            panic!("scoped admin {method}: {status:?}");
+        match (method, result) {
+            ("CreateRateCard" | "PublishRateCard", Err(status)) => {
+                assert_error(&status, Code::PermissionDenied, "GLOBAL_SCOPE_REQUIRED");
+            }
+            ("CreateRateCard" | "PublishRateCard", Ok(())) => {
+                panic!("scoped admin {method}: a scoped token changed prices for everyone")
+            }
+            (_, Err(status)) => panic!("scoped admin {method}: {status:?}"),
+            (_, Ok(())) => {}
         }
     }
     denied(

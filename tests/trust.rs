@@ -343,6 +343,63 @@ async fn health_follows_the_database() {
     app.stop().await;
 }
 
+/// Health follows the ledger's ability to commit: while another connection holds the lock
+/// every ledger batch needs (SQLite: the database's write lock; PostgreSQL: the rate-card
+/// head), NOT_SERVING; SERVING again once it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_ledger_commit() {
+    use sea_orm::sqlx::{self, Connection};
+
+    let app = spawn_app().await;
+    let wait_for = |wanted: i32| {
+        let app = &app;
+        async move {
+            for _ in 0..150 {
+                if serving(app).await == wanted {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(1).await, "SERVING at start");
+    if app.db.is_postgres() {
+        let mut locker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+        sqlx::query("LOCK TABLE rate_card_head IN EXCLUSIVE MODE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        assert!(
+            wait_for(2).await,
+            "NOT_SERVING while the ledger cannot commit"
+        );
+        sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+        locker.close().await.unwrap();
+    } else {
+        let mut locker = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        assert!(
+            wait_for(2).await,
+            "NOT_SERVING while the ledger cannot commit"
+        );
+        sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+        locker.close().await.unwrap();
+    }
+    assert!(wait_for(1).await, "SERVING again once it can");
+    app.publish_standard_card().await;
+    let (account, _) = app.funded("after-lock", "10").await;
+    app.ledger(&app.admin)
+        .debit(debit_request(&account.id, "one", &uuid()))
+        .await
+        .expect("debits work again");
+    app.stop().await;
+}
+
 // ---- 4. long claims -----------------------------------------------------------------------
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    health::{Health, panic_message},
+    health::panic_message,
 };
 
 /// The most operations applied in one transaction.
@@ -72,7 +72,7 @@ impl Worker {
 }
 
 impl Ledger {
-    pub fn start(store: Store, health: Health) -> (Ledger, Worker) {
+    pub fn start(store: Store) -> (Ledger, Worker) {
         let count = if store.is_postgres() {
             POSTGRES_WORKERS
         } else {
@@ -83,10 +83,7 @@ impl Ledger {
         for _ in 0..count {
             let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
             let (close, closed) = oneshot::channel();
-            workers.push((
-                tokio::spawn(run(store.clone(), health.clone(), jobs, closed)),
-                close,
-            ));
+            workers.push((tokio::spawn(run(store.clone(), jobs, closed)), close));
             queues.push(queue);
         }
         (
@@ -125,12 +122,7 @@ fn shard(op: &Op, workers: usize) -> usize {
     (hasher.finish() % workers as u64) as usize
 }
 
-async fn run(
-    store: Store,
-    health: Health,
-    mut jobs: mpsc::Receiver<Job>,
-    mut closed: oneshot::Receiver<()>,
-) {
+async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::Receiver<()>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Batches committed whose replies wait for their commit to be durable.
     let mut replying = tokio::task::JoinSet::new();
@@ -157,27 +149,19 @@ async fn run(
             Ok(Ok((outcomes, durable))) => {
                 // Reply once the commit is durable; meanwhile the next batch goes ahead (on
                 // SQLite its work overlaps this one's log sync, see `log_sync`).
-                let health = health.clone();
                 replying.spawn(async move {
                     match durable.wait().await {
                         Ok(()) => {
-                            health.ledger_committed();
                             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                                 let _ = reply.send(outcome);
                             }
                         }
-                        Err(err) => {
-                            health.ledger_failed();
-                            fail(replies, &err);
-                        }
+                        Err(err) => fail(replies, &err),
                     }
                 });
             }
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, batch = ops.len(), "ledger batch failed");
-                if err.code != tonic::Code::Aborted {
-                    health.ledger_failed();
-                }
                 fail(replies, &err);
             }
             Err(panic) => {
@@ -186,7 +170,7 @@ async fn run(
                     batch = ops.len(),
                     "a ledger batch hit an internal fault; applying its operations one at a time"
                 );
-                one_by_one(&store, &health, ops, replies).await;
+                one_by_one(&store, ops, replies).await;
             }
         }
     }
@@ -196,28 +180,17 @@ async fn run(
 /// After a batch panicked (a bug): applies each of its operations in a batch of its own, so
 /// the faulty one fails alone (INTERNAL, logged with its request_id) and the rest are applied
 /// as they would have been.
-async fn one_by_one(
-    store: &Store,
-    health: &Health,
-    ops: Vec<Op>,
-    replies: Vec<oneshot::Sender<Result<Outcome>>>,
-) {
+async fn one_by_one(store: &Store, ops: Vec<Op>, replies: Vec<oneshot::Sender<Result<Outcome>>>) {
     for (op, reply) in ops.into_iter().zip(replies) {
         let outcome = match AssertUnwindSafe(ledger::apply(store, std::slice::from_ref(&op)))
             .catch_unwind()
             .await
         {
             Ok(Ok((mut outcomes, durable))) => match durable.wait().await {
-                Ok(()) => {
-                    health.ledger_committed();
-                    outcomes
-                        .pop()
-                        .unwrap_or_else(|| Err(Error::internal("the ledger returned no outcome")))
-                }
-                Err(err) => {
-                    health.ledger_failed();
-                    Err(err)
-                }
+                Ok(()) => outcomes
+                    .pop()
+                    .unwrap_or_else(|| Err(Error::internal("the ledger returned no outcome"))),
+                Err(err) => Err(err),
             },
             Ok(Err(err)) => Err(err),
             Err(panic) => {
