@@ -205,6 +205,8 @@ pub async fn run(
     let serve = Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Authentication and roles for every method, before any handler (`api::access`).
+        .layer(crate::api::access::AccessLayer::new(ctx.auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, PROVISIONERS, READERS, convert, key, reply};
+use super::{Ctx, convert, key, reply};
 use crate::{
     auth::Scope,
     domain::Amount,
@@ -29,7 +29,7 @@ impl Ctx {
         &self,
         request: Request<proto::CreateAccountRequest>,
     ) -> Result<proto::Account> {
-        let caller = self.caller(&request, "CreateAccount", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let wire = request
             .account
@@ -85,7 +85,7 @@ impl Ctx {
         &self,
         request: Request<proto::UpdateAccountRequest>,
     ) -> Result<proto::Account> {
-        let caller = self.caller(&request, "UpdateAccount", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let wire = request
             .account
@@ -176,7 +176,7 @@ impl Ctx {
         &self,
         request: Request<proto::ListAccountsRequest>,
     ) -> Result<proto::ListAccountsResponse> {
-        let caller = self.caller(&request, "ListAccounts", READERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let page = pagination::parse("accounts", request.page_size, &request.page_token)?;
         let parent = if request.parent_id.is_empty() {
@@ -201,7 +201,7 @@ impl Ctx {
         &self,
         request: Request<proto::CreateWalletRequest>,
     ) -> Result<proto::Wallet> {
-        let caller = self.caller(&request, "CreateWallet", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let wire = request
             .wallet
@@ -243,7 +243,7 @@ impl Ctx {
         &self,
         request: Request<proto::UpdateWalletRequest>,
     ) -> Result<proto::Wallet> {
-        let caller = self.caller(&request, "UpdateWallet", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let wire = request
             .wallet
@@ -371,7 +371,7 @@ impl AccountService for Ctx {
     ) -> Result<Response<proto::Account>, Status> {
         reply(
             async {
-                let caller = self.caller(&request, "GetAccount", READERS)?;
+                let caller = super::access::caller(&request)?;
                 let id = convert::id("id", &request.get_ref().id, "acct")?;
                 let account = self.account_in_scope(&caller, &id).await?;
                 Ok(convert::account(&account))
@@ -407,7 +407,7 @@ impl AccountService for Ctx {
     ) -> Result<Response<proto::Wallet>, Status> {
         reply(
             async {
-                let caller = self.caller(&request, "GetWallet", READERS)?;
+                let caller = super::access::caller(&request)?;
                 let wallet = self.wallet_in_scope(&caller, &request.get_ref().id).await?;
                 self.wallet_with_balance(&wallet).await
             }
@@ -428,7 +428,7 @@ impl AccountService for Ctx {
     ) -> Result<Response<proto::ListWalletsResponse>, Status> {
         reply(
             async {
-                let caller = self.caller(&request, "ListWallets", READERS)?;
+                let caller = super::access::caller(&request)?;
                 let request = request.into_inner();
                 let account_id = convert::id("account_id", &request.account_id, "acct")?;
                 let account = self.account_in_scope(&caller, &account_id).await?;

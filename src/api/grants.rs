@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, PROVISIONERS, READERS, convert, key, reply};
+use super::{Ctx, convert, key, reply};
 use crate::{
     domain::{Amount, Period, Rollover, Schedule, wallet::MAX_CATCH_UP_PERIODS},
     error::{Error, Result},
@@ -42,7 +42,7 @@ impl Ctx {
         &self,
         request: Request<proto::CreateGrantRequest>,
     ) -> Result<proto::Grant> {
-        let caller = self.caller(&request, "CreateGrant", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let wire = request
             .grant
@@ -93,7 +93,7 @@ impl Ctx {
     }
 
     async fn void_grant(&self, request: Request<proto::VoidGrantRequest>) -> Result<proto::Grant> {
-        let caller = self.caller(&request, "VoidGrant", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let id = convert::id("id", &request.id, "grt")?;
         let reason = convert::optional("reason", &request.reason, 512)?;
@@ -155,7 +155,7 @@ impl Ctx {
         &self,
         request: Request<proto::AdjustBalanceRequest>,
     ) -> Result<proto::Transaction> {
-        let caller = self.caller(&request, "AdjustBalance", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         if request.units.is_empty() {
             return Err(Error::missing("units"));
@@ -193,7 +193,7 @@ impl Ctx {
         &self,
         request: Request<proto::CreateAllotmentScheduleRequest>,
     ) -> Result<proto::AllotmentSchedule> {
-        let caller = self.caller(&request, "CreateAllotmentSchedule", PROVISIONERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let wire = request
             .allotment_schedule
@@ -333,7 +333,7 @@ impl GrantService for Ctx {
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
         reply(
             async {
-                let caller = self.caller(&request, "ListGrants", READERS)?;
+                let caller = super::access::caller(&request)?;
                 let request = request.into_inner();
                 let wallet = self.wallet_in_scope(&caller, &request.wallet_id).await?;
                 let page = pagination::parse("grants", request.page_size, &request.page_token)?;
@@ -376,7 +376,7 @@ impl GrantService for Ctx {
     ) -> Result<Response<proto::ListAllotmentSchedulesResponse>, Status> {
         reply(
             async {
-                let caller = self.caller(&request, "ListAllotmentSchedules", READERS)?;
+                let caller = super::access::caller(&request)?;
                 let request = request.into_inner();
                 let wallet = self.wallet_in_scope(&caller, &request.wallet_id).await?;
                 let page = pagination::parse(

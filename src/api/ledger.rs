@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, READERS, convert, key, reply};
+use super::{Ctx, convert, key, reply};
 use crate::{
     auth::{Caller, Role},
     error::{Error, Result},
@@ -19,11 +19,8 @@ use crate::{
     },
 };
 
-const DEBITORS: &[Role] = &[Role::Service];
 /// Most debits one BatchDebit may carry.
 pub const MAX_BATCH_DEBITS: usize = 1000;
-/// Backends refund failed requests; account managers refund by goodwill.
-const REFUNDERS: &[Role] = &[Role::Service, Role::AccountManager];
 
 /// Provider costs are for operators; everyone else gets the entry without them.
 fn redact(caller: &Caller, mut transaction: proto::Transaction) -> proto::Transaction {
@@ -35,7 +32,7 @@ fn redact(caller: &Caller, mut transaction: proto::Transaction) -> proto::Transa
 
 impl Ctx {
     async fn debit(&self, request: Request<proto::DebitRequest>) -> Result<proto::DebitResponse> {
-        let caller = self.caller(&request, "Debit", DEBITORS)?;
+        let caller = super::access::caller(&request)?;
         let op = self
             .debit_op(&caller, request.into_inner(), &mut HashMap::new())
             .await?;
@@ -104,7 +101,7 @@ impl Ctx {
         &self,
         request: Request<proto::BatchDebitRequest>,
     ) -> Result<proto::BatchDebitResponse> {
-        let caller = self.caller(&request, "BatchDebit", DEBITORS)?;
+        let caller = super::access::caller(&request)?;
         let debits = request.into_inner().debits;
         if debits.is_empty() || debits.len() > MAX_BATCH_DEBITS {
             return Err(Error::invalid(
@@ -145,7 +142,7 @@ impl Ctx {
     }
 
     async fn reserve(&self, request: Request<proto::ReserveRequest>) -> Result<proto::Reservation> {
-        let caller = self.caller(&request, "Reserve", DEBITORS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let unit = convert::unit(&request.unit)?;
         let quantities = convert::quantities(&request.quantities)?;
@@ -222,7 +219,7 @@ impl Ctx {
         &self,
         request: Request<proto::CaptureReservationRequest>,
     ) -> Result<proto::DebitResponse> {
-        let caller = self.caller(&request, "CaptureReservation", DEBITORS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let quantities = convert::quantities(&request.quantities)?;
         let units = match (request.units.is_empty(), request.quantities.is_empty()) {
@@ -280,7 +277,7 @@ impl Ctx {
         &self,
         request: Request<proto::ReleaseReservationRequest>,
     ) -> Result<proto::Reservation> {
-        let caller = self.caller(&request, "ReleaseReservation", DEBITORS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let hold = self
             .reservation_in_scope(&caller, &request.reservation_id)
@@ -305,7 +302,7 @@ impl Ctx {
     }
 
     async fn refund(&self, request: Request<proto::RefundRequest>) -> Result<proto::Transaction> {
-        let caller = self.caller(&request, "Refund", REFUNDERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let id = convert::id("transaction_id", &request.transaction_id, "txn")?;
         let units = if request.units.is_empty() {
@@ -388,7 +385,7 @@ impl LedgerService for Ctx {
     ) -> Result<Response<proto::Balance>, Status> {
         reply(
             async {
-                let caller = self.caller(&request, "GetBalance", READERS)?;
+                let caller = super::access::caller(&request)?;
                 let r = request.get_ref();
                 let (_, wallet) = self
                     .resolve_wallet(&caller, &r.account_id, &r.external_id, &r.unit)
@@ -408,7 +405,7 @@ impl LedgerService for Ctx {
     ) -> Result<Response<proto::ListTransactionsResponse>, Status> {
         reply(
             async {
-                let caller = self.caller(&request, "ListTransactions", READERS)?;
+                let caller = super::access::caller(&request)?;
                 let r = request.into_inner();
                 let page = pagination::parse("transactions", r.page_size, &r.page_token)?;
                 let (_, wallet) = self

@@ -1,11 +1,12 @@
-//! The gRPC surface: thin tonic handlers. Each one authenticates the caller, checks its role
-//! and account scope, validates the request into domain values (`convert`), calls the store,
+//! The gRPC surface: thin tonic handlers. The access layer (`access`) has authenticated the
+//! caller and checked its role before a handler runs; each handler checks account scope, validates the request into domain values (`convert`), calls the store,
 //! and maps errors (`status`). No business rule lives here.
 //!
 //! Scope is checked before existence: a caller whose token does not cover an account gets
 //! PERMISSION_DENIED whether or not the account exists; only callers whose scope covers the
 //! id (`"*"`, or a token listing that very id) see NOT_FOUND.
 
+pub mod access;
 pub mod accounts;
 pub mod convert;
 pub mod grants;
@@ -15,11 +16,11 @@ pub mod reports;
 
 use std::sync::Arc;
 
-use tonic::{Request, Status, metadata::MetadataMap};
+use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    auth::{Authenticator, Caller, Role},
+    auth::{Authenticator, Caller},
     error::{Error, Result},
     store::{
         Store,
@@ -58,11 +59,6 @@ impl Default for Limits {
     }
 }
 
-/// Roles that may read accounts, wallets, grants and balances (admin always may).
-pub const READERS: &[Role] = &[Role::Service, Role::AccountManager, Role::Procurement];
-/// Roles that provision accounts, wallets and grants.
-pub const PROVISIONERS: &[Role] = &[Role::AccountManager];
-
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let metadata: std::collections::HashMap<String, String> =
@@ -73,26 +69,6 @@ impl From<Error> for Status {
 }
 
 impl Ctx {
-    /// Authenticates the request and checks that its token carries one of `roles`.
-    pub fn caller<T>(&self, request: &Request<T>, method: &str, roles: &[Role]) -> Result<Caller> {
-        self.caller_from(request.metadata(), method, roles)
-    }
-
-    fn caller_from(&self, metadata: &MetadataMap, method: &str, roles: &[Role]) -> Result<Caller> {
-        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        let caller = self.auth.authenticate(header).map_err(|err| {
-            Error::new(tonic::Code::Unauthenticated, err.reason(), err.to_string())
-        })?;
-        if !caller.has_any_role(roles) {
-            return Err(Error::permission_denied(
-                "ROLE_NOT_ALLOWED",
-                format!("no role of this token may call {method}"),
-            )
-            .with("method", method));
-        }
-        Ok(caller)
-    }
-
     /// Loads an account by id, checking scope first (see the module docs).
     pub async fn account_in_scope(&self, caller: &Caller, id: &str) -> Result<account::Model> {
         let found = find_account(&self.store.db, id).await?;

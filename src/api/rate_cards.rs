@@ -12,13 +12,6 @@ use crate::{
 };
 
 const OPERATORS: &[Role] = &[Role::Operator];
-/// Anyone may read prices; only operators see routes and provider costs.
-const PRICE_READERS: &[Role] = &[
-    Role::Service,
-    Role::AccountManager,
-    Role::Procurement,
-    Role::Operator,
-];
 
 fn operator_view(caller: &Caller) -> bool {
     caller.has_any_role(OPERATORS)
@@ -43,7 +36,7 @@ impl Ctx {
         &self,
         request: Request<proto::CreateRateCardRequest>,
     ) -> Result<proto::RateCard> {
-        let caller = self.caller(&request, "CreateRateCard", OPERATORS)?;
+        let caller = super::access::caller(&request)?;
         require_global(&caller, "CreateRateCard")?;
         let request = request.into_inner();
         let wire = request
@@ -89,7 +82,7 @@ impl Ctx {
         &self,
         request: Request<proto::PublishRateCardRequest>,
     ) -> Result<proto::RateCard> {
-        let caller = self.caller(&request, "PublishRateCard", OPERATORS)?;
+        let caller = super::access::caller(&request)?;
         require_global(&caller, "PublishRateCard")?;
         let request = request.into_inner();
         if request.version <= 0 {
@@ -135,7 +128,7 @@ impl Ctx {
         &self,
         request: Request<proto::GetRateCardRequest>,
     ) -> Result<proto::RateCard> {
-        let caller = self.caller(&request, "GetRateCard", PRICE_READERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let now = self.store.clock.now_micros();
         let current = rate_cards::in_force(&self.store.db, now).await?;
@@ -176,7 +169,7 @@ impl Ctx {
         &self,
         request: Request<proto::ListRateCardsRequest>,
     ) -> Result<proto::ListRateCardsResponse> {
-        let caller = self.caller(&request, "ListRateCards", PRICE_READERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let page = pagination::parse("rate_cards", request.page_size, &request.page_token)?;
         let view = operator_view(&caller);
@@ -195,7 +188,7 @@ impl Ctx {
         &self,
         request: Request<proto::QuotePriceRequest>,
     ) -> Result<proto::Quote> {
-        let caller = self.caller(&request, "QuotePrice", PRICE_READERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         convert::unit(&request.unit)?;
         let request_type = convert::name("request_type", &request.request_type, 128)?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, READERS, convert, reply};
+use super::{Ctx, convert, reply};
 use crate::{
     error::{Error, Result},
     proto::{self, report_service_server::ReportService},
@@ -24,7 +24,7 @@ impl Ctx {
         &self,
         request: Request<proto::GetStatementRequest>,
     ) -> Result<proto::Statement> {
-        let caller = self.caller(&request, "GetStatement", READERS)?;
+        let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let now = self.store.clock.now_micros();
         let start = convert::micros("start_time", request.start_time.as_ref())?.unwrap_or(0);
