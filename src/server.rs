@@ -35,6 +35,8 @@ pub const SERVICES: [&str; 5] = [
 
 pub struct Settings {
     pub database_url: String,
+    /// Tests: assert on every ledger batch that the wallet cache agrees with the database.
+    pub check_wallet_cache: bool,
     pub limits: crate::api::Limits,
     /// How often this replica looks for wallets with something due (expiry, schedules).
     pub sweep_interval: Duration,
@@ -119,7 +121,9 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = open_store(&settings.database_url, settings.clock).await?;
+    let store = open_store(&settings.database_url, settings.clock)
+        .await?
+        .checking_cache(settings.check_wallet_cache);
     let health = Health::default();
     let (ledger, ledger_worker) = Ledger::start(store.clone());
     let ctx = Ctx {

@@ -885,6 +885,7 @@ impl Replica {
         let addr = listener.local_addr().expect("addr");
         let (ready_tx, ready_rx) = oneshot::channel();
         let settings = Settings {
+            check_wallet_cache: true,
             database_url: app.db.url.clone(),
             auth: Authenticator::from_config(&auth_config()).expect("auth config"),
             clock: app.clock.clone(),

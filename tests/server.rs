@@ -166,7 +166,12 @@ async fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = binary()
         .current_dir(dir.path())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--check-wallet-cache",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("DATABASE_URL", &db.url)
         .env("ALLOT_JWT_HS256_SECRET", SECRET)
         .stdout(Stdio::null())

@@ -100,10 +100,9 @@ pub fn access(path: &str) -> Option<Access> {
     {
         return Some(Access::Public);
     }
-    ROUTES
-        .iter()
-        .find(|(route, _)| *route == path)
-        .map(|(_, access)| *access)
+    static TABLE: std::sync::LazyLock<std::collections::HashMap<&'static str, Access>> =
+        std::sync::LazyLock::new(|| ROUTES.iter().copied().collect());
+    TABLE.get(path).copied()
 }
 
 /// The caller the access layer verified for this request.
@@ -199,10 +198,8 @@ where
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
                 }
-                // The clone that was made ready is the one that serves (tower's convention).
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+                // `poll_ready` was forwarded to this very service; its future owns what it needs.
+                Box::pin(self.inner.call(request))
             }
             Err(err) => {
                 let status: Status = err.into();

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// parameters); at least 1h.
     #[arg(long, env = "ALLOT_IDEMPOTENCY_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub idempotency_retention: Duration,
+    /// For tests: every ledger batch also reads what it took from the wallet cache and
+    /// asserts the two agree (slower).
+    #[arg(long, hide = true)]
+    pub check_wallet_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +289,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let settings = Settings {
+        check_wallet_cache: args.check_wallet_cache,
         database_url: args.database.database_url,
         auth,
         clock: Clock::system(),

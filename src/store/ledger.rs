@@ -654,8 +654,12 @@ async fn load_wallets(
     ids: &BTreeSet<String>,
     extra_grants: &BTreeSet<String>,
     lock: bool,
-    cache: Option<&WalletCache>,
+    cache: Option<(&WalletCache, bool)>,
 ) -> Result<BTreeMap<String, Loaded>> {
+    let (cache, check_cache) = match cache {
+        Some((cache, check)) => (Some(cache), check),
+        None => (None, false),
+    };
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -678,8 +682,8 @@ async fn load_wallets(
             }
         }
     }
-    if cfg!(debug_assertions) && !rows.is_empty() {
-        // Debug builds (the tests) check every cache hit against the database.
+    if check_cache && !rows.is_empty() {
+        // Tests check every cache hit against the database (`Store::checking_cache`).
         let hits: BTreeMap<String, String> = wallets
             .iter()
             .filter(|w| rows.contains_key(&w.id))
@@ -1008,8 +1012,14 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
         }
     }
 
-    let mut wallets =
-        load_wallets(conn, &wallet_ids, &extra_grants, true, Some(&store.wallets)).await?;
+    let mut wallets = load_wallets(
+        conn,
+        &wallet_ids,
+        &extra_grants,
+        true,
+        Some((&store.wallets, store.check_cache)),
+    )
+    .await?;
     let mut refunded = HashMap::new();
     if !originals.is_empty() {
         // After the locks: a refund committed by another replica a moment ago is counted.

@@ -7,8 +7,9 @@
 //! grants, holds, schedules or entries goes through a ledger batch, which bumps the version in
 //! the same transaction, so a matching version means nothing changed since — whichever replica
 //! wrote last. A mismatch (another replica wrote, a batch failed after writing, an entry was
-//! evicted) just reads the rows again. Debug builds read them anyway and check the two agree
-//! (so the whole test suite checks the cache).
+//! evicted) just reads the rows again. Tests (in any build profile) turn on
+//! `Store::checking_cache`: every batch then also reads the rows and asserts the two agree,
+//! on the same code path production takes.
 
 use std::sync::Arc;
 

@@ -167,6 +167,7 @@ async fn spawn_on(db: TestDatabase, auth: AuthConfig) -> TestApp {
     let clock = Clock::system();
     let (ready_tx, ready_rx) = oneshot::channel();
     let settings = Settings {
+        check_wallet_cache: true,
         database_url: db.url.clone(),
         auth: Authenticator::from_config(&auth).expect("auth config"),
         clock: clock.clone(),

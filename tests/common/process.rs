@@ -86,7 +86,7 @@ impl ServerProcess {
             let stderr = File::create(&log).expect("create log file");
             let mut child = binary()
                 .current_dir(log_dir)
-                .args(["serve", "--listen", &addr])
+                .args(["serve", "--check-wallet-cache", "--listen", &addr])
                 .args(extra)
                 .env("DATABASE_URL", database_url)
                 .env("ALLOT_JWT_HS256_SECRET", SECRET)

@@ -88,6 +88,7 @@ impl InProcess {
         let addr = listener.local_addr()?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let settings = Settings {
+            check_wallet_cache: false,
             database_url: database_url.to_string(),
             limits: crate::api::Limits::default(),
             sweep_interval: Duration::from_secs(1),
