@@ -55,11 +55,7 @@ impl Ctx {
             Some(parent) => Key::account_scope(&parent.id),
             None => Key::caller_scope(&caller.sub),
         };
-        let blank = proto::CreateAccountRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(scope, &request.request_id, "CreateAccount", &blank)?;
+        let key = key(scope, &request)?;
         let new = NewAccount {
             external_id,
             display_name,
@@ -142,16 +138,7 @@ impl Ctx {
                 }
             }
         }
-        let blank = proto::UpdateAccountRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&id),
-            &request.request_id,
-            "UpdateAccount",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&id), &request)?;
         let now = self.store.clock.now_micros();
         let (account, _) = self
             .store
@@ -212,16 +199,7 @@ impl Ctx {
         let overdraft_limit =
             convert::non_negative("wallet.overdraft_limit", &wire.overdraft_limit)?;
         let account = self.account_in_scope(&caller, &account_id).await?;
-        let blank = proto::CreateWalletRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&account.id),
-            &request.request_id,
-            "CreateWallet",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&account.id), &request)?;
         let now = self.store.clock.now_micros();
         let (wallet, _) = self
             .store
@@ -328,16 +306,7 @@ impl Ctx {
             }
         }
         let wallet = self.wallet_in_scope(&caller, &wire.id).await?;
-        let blank = proto::UpdateWalletRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&wallet.account_id),
-            &request.request_id,
-            "UpdateWallet",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&wallet.account_id), &request)?;
         let op = Op::UpdateWallet(WalletUpdateOp {
             key,
             wallet_id: wallet.id,

@@ -66,16 +66,7 @@ impl Ctx {
             ));
         }
         let wallet = self.wallet_in_scope(&caller, &wire.wallet_id).await?;
-        let blank = proto::CreateGrantRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&wallet.account_id),
-            &request.request_id,
-            "CreateGrant",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&wallet.account_id), &request)?;
         let op = Op::Grant(GrantOp {
             key,
             wallet_id: wallet.id,
@@ -99,15 +90,7 @@ impl Ctx {
         let reason = convert::optional("reason", &request.reason, 512)?;
         let found = ledger::find_grant(&self.store.db, &id).await?;
         let grant = self.owned_grant(&caller, found, &id).await?;
-        let key = key(
-            Key::account_scope(&grant.1),
-            &request.request_id,
-            "VoidGrant",
-            &proto::VoidGrantRequest {
-                request_id: String::new(),
-                ..request.clone()
-            },
-        )?;
+        let key = key(Key::account_scope(&grant.1), &request)?;
         let op = Op::Void(VoidOp {
             key,
             wallet_id: grant.0.wallet_id,
@@ -170,15 +153,7 @@ impl Ctx {
         }
         let reason = convert::required("reason", &request.reason, 512)?;
         let wallet = self.wallet_in_scope(&caller, &request.wallet_id).await?;
-        let key = key(
-            Key::account_scope(&wallet.account_id),
-            &request.request_id,
-            "AdjustBalance",
-            &proto::AdjustBalanceRequest {
-                request_id: String::new(),
-                ..request.clone()
-            },
-        )?;
+        let key = key(Key::account_scope(&wallet.account_id), &request)?;
         let op = Op::Adjust(AdjustOp {
             key,
             wallet_id: wallet.id,
@@ -290,15 +265,7 @@ impl Ctx {
         let contract_ref =
             convert::optional("allotment_schedule.contract_ref", &wire.contract_ref, 256)?;
         let wallet = self.wallet_in_scope(&caller, &wire.wallet_id).await?;
-        let key = key(
-            Key::account_scope(&wallet.account_id),
-            &request.request_id,
-            "CreateAllotmentSchedule",
-            &proto::CreateAllotmentScheduleRequest {
-                request_id: String::new(),
-                ..request.clone()
-            },
-        )?;
+        let key = key(Key::account_scope(&wallet.account_id), &request)?;
         let op = Op::Schedule(ScheduleOp {
             key,
             wallet_id: wallet.id,

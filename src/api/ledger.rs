@@ -67,16 +67,7 @@ impl Ctx {
                 account
             }
         };
-        let blank = proto::DebitRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&account.id),
-            &request.request_id,
-            "Debit",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&account.id), &request)?;
         Ok(Op::Debit(DebitOp {
             key,
             account_id: account.id.clone(),
@@ -184,16 +175,7 @@ impl Ctx {
         let account = self
             .resolve_identity(&caller, &request.account_id, &request.external_id)
             .await?;
-        let blank = proto::ReserveRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&account.id),
-            &request.request_id,
-            "Reserve",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&account.id), &request)?;
         let op = Op::Reserve(ReserveOp {
             key,
             account_id: account.id.clone(),
@@ -250,16 +232,7 @@ impl Ctx {
                 "this reservation has no request_type to price quantities with; give units",
             ));
         }
-        let blank = proto::CaptureReservationRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&hold.account_id),
-            &request.request_id,
-            "CaptureReservation",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&hold.account_id), &request)?;
         let op = Op::Capture(CaptureOp {
             key,
             wallet_id: hold.wallet_id,
@@ -282,16 +255,7 @@ impl Ctx {
         let hold = self
             .reservation_in_scope(&caller, &request.reservation_id)
             .await?;
-        let blank = proto::ReleaseReservationRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&hold.account_id),
-            &request.request_id,
-            "ReleaseReservation",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&hold.account_id), &request)?;
         let op = Op::Release(ReleaseOp {
             key,
             wallet_id: hold.wallet_id,
@@ -325,16 +289,7 @@ impl Ctx {
             )
             .with("kind", &original.kind));
         }
-        let blank = proto::RefundRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::account_scope(&original.account_id),
-            &request.request_id,
-            "Refund",
-            &blank,
-        )?;
+        let key = key(Key::account_scope(&original.account_id), &request)?;
         let op = Op::Refund(RefundOp {
             key,
             wallet_id: original.wallet_id,

@@ -167,16 +167,60 @@ pub fn out_of_scope(id: &str) -> Error {
     .with("id", id)
 }
 
-/// Validates the request_id and builds the idempotency key from the request with its
-/// request_id cleared (`blank`).
-pub fn key<M: prost::Message>(
-    scope: String,
-    request_id: &str,
-    method: &'static str,
-    blank: &M,
-) -> Result<Key> {
-    validate_request_id(request_id)?;
-    Ok(Key::new(scope, request_id, method, blank))
+/// A request that changes something, carrying a `request_id` (its idempotency key).
+pub trait Mutation: prost::Message + Clone {
+    /// The method, as idempotency records name it.
+    const METHOD: &'static str;
+    fn request_id(&self) -> &str;
+    /// The request without its `request_id`: what the key's fingerprint covers.
+    fn blank(&self) -> Self;
+}
+
+macro_rules! mutations {
+    ($($message:ident => $method:literal),* $(,)?) => {$(
+        impl Mutation for crate::proto::$message {
+            const METHOD: &'static str = $method;
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            fn blank(&self) -> Self {
+                Self {
+                    request_id: String::new(),
+                    ..self.clone()
+                }
+            }
+        }
+    )*};
+}
+
+mutations! {
+    CreateAccountRequest => "CreateAccount",
+    UpdateAccountRequest => "UpdateAccount",
+    CreateWalletRequest => "CreateWallet",
+    UpdateWalletRequest => "UpdateWallet",
+    CreateGrantRequest => "CreateGrant",
+    VoidGrantRequest => "VoidGrant",
+    AdjustBalanceRequest => "AdjustBalance",
+    CreateAllotmentScheduleRequest => "CreateAllotmentSchedule",
+    CreateRateCardRequest => "CreateRateCard",
+    PublishRateCardRequest => "PublishRateCard",
+    DebitRequest => "Debit",
+    ReserveRequest => "Reserve",
+    CaptureReservationRequest => "CaptureReservation",
+    ReleaseReservationRequest => "ReleaseReservation",
+    RefundRequest => "Refund",
+}
+
+/// The idempotency key of `request` in `scope`: its request_id (validated) and the SHA-256
+/// of the request with the request_id cleared. The one way every mutation derives its key.
+pub fn key<M: Mutation>(scope: String, request: &M) -> Result<Key> {
+    validate_request_id(request.request_id())?;
+    Ok(Key::new(
+        scope,
+        request.request_id(),
+        M::METHOD,
+        &request.blank(),
+    ))
 }
 
 /// Converts the handler's result to a tonic response, logging failures (INTERNAL and

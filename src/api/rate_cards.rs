@@ -53,16 +53,7 @@ impl Ctx {
             Error::invalid("INVALID_RATE_CARD", "rate_card.rates", err.to_string())
         })?;
         let notes = convert::optional("rate_card.notes", &wire.notes, 4096)?;
-        let blank = proto::CreateRateCardRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::caller_scope(&caller.sub),
-            &request.request_id,
-            "CreateRateCard",
-            &blank,
-        )?;
+        let key = key(Key::caller_scope(&caller.sub), &request)?;
         let now = self.store.clock.now_micros();
         let (card, _) = self
             .store
@@ -103,16 +94,7 @@ impl Ctx {
             write.commit().await?;
             return Ok(card);
         }
-        let blank = proto::PublishRateCardRequest {
-            request_id: String::new(),
-            ..request.clone()
-        };
-        let key = key(
-            Key::caller_scope(&caller.sub),
-            &request.request_id,
-            "PublishRateCard",
-            &blank,
-        )?;
+        let key = key(Key::caller_scope(&caller.sub), &request)?;
         let (card, _) = self
             .store
             .idempotent(&key, |tx| {

@@ -27,6 +27,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
+pub use self::database::replace_database;
 use self::{
     allot::{AllotTarget, Clients, Driver, InProcess},
     baseline::Baseline,

@@ -28,6 +28,7 @@ use tonic::{
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
+use crate::error::code_name;
 use crate::proto::{
     self, account_service_client::AccountServiceClient, grant_service_client::GrantServiceClient,
     ledger_service_client::LedgerServiceClient, rate_card_service_client::RateCardServiceClient,
@@ -834,18 +835,6 @@ impl fmt::Display for RpcError {
 }
 
 impl std::error::Error for RpcError {}
-
-/// `FailedPrecondition` → `FAILED_PRECONDITION`.
-fn code_name(code: tonic::Code) -> String {
-    let mut name = String::new();
-    for (i, c) in format!("{code:?}").char_indices() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
-}
 
 /// What every command works with: a connection made on first use, and the printer.
 struct Ctx {

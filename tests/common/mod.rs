@@ -55,7 +55,7 @@ impl TestDatabase {
                     .await
                     .expect("create test database");
                 admin.close().await.ok();
-                let url = replace_database(&base, &name);
+                let url = allot::cli::bench::replace_database(&base, &name);
                 TestDatabase {
                     url,
                     admin_url: Some(base),
@@ -88,24 +88,6 @@ impl TestDatabase {
             let _ = admin.execute_unprepared(&sql).await;
             admin.close().await.ok();
         }
-    }
-}
-
-/// Replaces the database name in a postgres URL.
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
-    let host = match path_start {
-        Some(i) => &base[..i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{host}/{name}?{q}"),
-        None => format!("{host}/{name}"),
     }
 }
 

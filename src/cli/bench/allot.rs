@@ -25,6 +25,7 @@ use super::load::{Outcome, Target};
 use crate::{
     auth::{AuthConfig, Authenticator, Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, mint_hs256},
     clock::Clock,
+    error::code_name,
     proto::{
         self, account_service_client::AccountServiceClient,
         grant_service_client::GrantServiceClient, ledger_service_client::LedgerServiceClient,
@@ -588,29 +589,6 @@ pub async fn verify(
         }
     }
     Ok(report)
-}
-
-/// UPPER_SNAKE name of a gRPC code (as in the gRPC spec).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]

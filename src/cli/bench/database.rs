@@ -148,20 +148,16 @@ async fn connection_tls(url: &str) -> anyhow::Result<Option<String>> {
     })
 }
 
-/// Replaces the database name in a postgres URL (keeping any `?query`).
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{host}/{name}?{query}"),
-        None => format!("{host}/{name}"),
+/// Replaces the database name in a postgres URL, keeping everything else (user, password,
+/// host, port, `?query`).
+pub fn replace_database(url: &str, name: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            parsed.set_path(&format!("/{name}"));
+            parsed.to_string()
+        }
+        // Not a URL the driver would take either: leave it for the connect to refuse.
+        Err(_) => url.to_string(),
     }
 }
 
