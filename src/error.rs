@@ -153,20 +153,16 @@ impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
         // The database's own text is logged, never sent: it can name tables, hosts and users.
         let text = err.to_string();
-        match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+        match classify(&err) {
+            DbFailure::Unreachable => {
                 tracing::warn!(error = %text, "database unreachable");
                 Error::unavailable("database unreachable; retry with the same request_id")
             }
-            _ if is_conflict(&text) => {
+            DbFailure::Conflict => {
                 tracing::debug!(error = %text, "write conflict");
                 Error::aborted("write conflict; retry with the same request_id")
             }
-            _ if is_connection_loss(&text) => {
-                tracing::warn!(error = %text, "database connection lost");
-                Error::unavailable("database unreachable; retry with the same request_id")
-            }
-            _ => {
+            DbFailure::Other => {
                 tracing::error!(error = %text, "database error");
                 Error::internal("database error")
             }
@@ -174,26 +170,55 @@ impl From<DbErr> for Error {
     }
 }
 
-/// Serialization failures, deadlocks and busy SQLite: retrying the transaction may succeed.
-fn is_conflict(text: &str) -> bool {
-    const MARKERS: [&str; 5] = [
-        "could not serialize",
-        "deadlock detected",
-        "database is locked",
-        "(code: 5)",
-        "40001",
-    ];
-    MARKERS.iter().any(|m| text.contains(m))
+/// What a database error means for the request, told by the driver's codes (SQLSTATE on
+/// PostgreSQL, result codes on SQLite), never by matching message text.
+#[derive(Debug, PartialEq, Eq)]
+enum DbFailure {
+    /// The database cannot be reached (or the connection was lost): UNAVAILABLE.
+    Unreachable,
+    /// Serialization failure, deadlock, busy SQLite: retrying the transaction may succeed.
+    Conflict,
+    /// Anything else: a bug, INTERNAL.
+    Other,
 }
 
-fn is_connection_loss(text: &str) -> bool {
-    const MARKERS: [&str; 4] = [
-        "Connection refused",
-        "connection reset",
-        "broken pipe",
-        "terminating connection",
-    ];
-    MARKERS.iter().any(|m| text.contains(m))
+fn classify(err: &DbErr) -> DbFailure {
+    use sea_orm::{RuntimeErr, sqlx};
+
+    let sqlx_error = match err {
+        DbErr::ConnectionAcquire(_) => return DbFailure::Unreachable,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => e.as_ref(),
+        DbErr::Conn(_) => return DbFailure::Unreachable,
+        _ => return DbFailure::Other,
+    };
+    match sqlx_error {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // PostgreSQL: serialization_failure, deadlock_detected.
+            Some("40001" | "40P01") => DbFailure::Conflict,
+            // PostgreSQL: connection exceptions (08…) and operator intervention such as
+            // admin_shutdown "terminating connection" (57P…).
+            Some(code) if code.starts_with("08") || code.starts_with("57P") => {
+                DbFailure::Unreachable
+            }
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            Some(code)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)) =>
+            {
+                DbFailure::Conflict
+            }
+            _ => DbFailure::Other,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => DbFailure::Unreachable,
+        _ => DbFailure::Other,
+    }
 }
 
 #[cfg(test)]
@@ -212,11 +237,57 @@ mod tests {
             !unreachable.message.contains("db.internal"),
             "{unreachable}"
         );
-        let lost = Error::from(DbErr::Custom(format!("{secret}: connection reset")));
+        let lost = Error::from(DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+            std::sync::Arc::new(sea_orm::sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                secret,
+            ))),
+        )));
         assert_eq!(lost.code, Code::Unavailable);
         assert!(!lost.message.contains("db.internal"), "{lost}");
         let other = Error::from(DbErr::Custom(secret.to_string()));
         assert_eq!(other.code, Code::Internal);
         assert!(!other.message.contains("db.internal"), "{other}");
+    }
+
+    /// A real SQLITE_BUSY from the driver is a conflict (retried), told by its code.
+    #[tokio::test]
+    async fn sqlite_busy_is_a_conflict() {
+        use sea_orm::sqlx::{self, Connection, sqlite::SqliteConnectOptions};
+        use std::str::FromStr;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/busy.db?mode=rwc", dir.path().display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut first = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        let mut second = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut first)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut first)
+            .await
+            .unwrap();
+        let busy = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut second)
+            .await
+            .unwrap_err();
+        let err = DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(busy)));
+        assert_eq!(classify(&err), DbFailure::Conflict);
+        assert_eq!(Error::from(err).code, Code::Aborted);
+        // Any other database error is a bug, not a retry.
+        let other = sqlx::query("SELECT * FROM missing")
+            .execute(&mut first)
+            .await
+            .unwrap_err();
+        let err = DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(other)));
+        assert_eq!(classify(&err), DbFailure::Other);
     }
 }
