@@ -38,7 +38,7 @@ use allot::proto::{
 };
 use common::{process::ServerProcess, *};
 use futures::future::{BoxFuture, FutureExt, join_all};
-use prost_types::{FieldMask, Timestamp};
+use prost_types::Timestamp;
 use rust_decimal::Decimal;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -294,17 +294,7 @@ impl Cluster {
     }
 
     async fn grant(&self, wallet_id: &str, amount: &str) -> proto::Grant {
-        let request = proto::CreateGrantRequest {
-            grant: Some(proto::Grant {
-                wallet_id: wallet_id.into(),
-                kind: proto::GrantKind::Contract as i32,
-                amount: amount.into(),
-                unit_price: "0.01".into(),
-                currency: "USD".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        };
+        let request = grant_request(wallet_id, amount, "0.01");
         call!("CreateGrant", self.r(0).grants(), create_grant, request)
             .unwrap_or_else(|s| panic!("grant {amount} to {wallet_id}: {s:?}"))
     }
@@ -455,17 +445,7 @@ impl Cluster {
         account_id: &str,
         state: AccountState,
     ) -> Result<proto::Account, Status> {
-        let request = proto::UpdateAccountRequest {
-            account: Some(proto::Account {
-                id: account_id.into(),
-                state: state as i32,
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["state".into()],
-            }),
-            request_id: uuid(),
-        };
+        let request = state_request(account_id, state);
         call!(
             "UpdateAccount",
             self.r(i).accounts(),

@@ -34,33 +34,9 @@ async fn serving(app: &TestApp) -> i32 {
         .status
 }
 
-fn grant_request(wallet_id: &str, amount: &str, unit_price: &str) -> proto::CreateGrantRequest {
-    proto::CreateGrantRequest {
-        grant: Some(proto::Grant {
-            wallet_id: wallet_id.into(),
-            kind: proto::GrantKind::Contract as i32,
-            amount: amount.into(),
-            unit_price: unit_price.into(),
-            currency: "USD".into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    }
-}
-
 async fn set_state(app: &TestApp, account_id: &str, state: AccountState) {
     app.accounts(&app.admin)
-        .update_account(proto::UpdateAccountRequest {
-            account: Some(proto::Account {
-                id: account_id.into(),
-                state: state as i32,
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["state".into()],
-            }),
-            request_id: uuid(),
-        })
+        .update_account(state_request(account_id, state))
         .await
         .expect("set the account's state");
 }
@@ -408,28 +384,23 @@ async fn long_subjects_work_up_to_the_bound_on_both_databases() {
     let mut claims = claims(&["admin"], &["*"]);
     claims.sub = "s".repeat(255);
     let long = allot::auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap();
+    let create = || proto::CreateAccountRequest {
+        account: Some(proto::Account {
+            external_id: "long-sub".into(),
+            ..Default::default()
+        }),
+        request_id: "long-sub-1".into(),
+    };
     let created = app
         .accounts(&long)
-        .create_account(proto::CreateAccountRequest {
-            account: Some(proto::Account {
-                external_id: "long-sub".into(),
-                ..Default::default()
-            }),
-            request_id: "long-sub-1".into(),
-        })
+        .create_account(create())
         .await
         .expect("a 255-byte sub is a valid caller")
         .into_inner();
     // Its idempotency record works too: the retry replays.
     let replayed = app
         .accounts(&long)
-        .create_account(proto::CreateAccountRequest {
-            account: Some(proto::Account {
-                external_id: "long-sub".into(),
-                ..Default::default()
-            }),
-            request_id: "long-sub-1".into(),
-        })
+        .create_account(create())
         .await
         .expect("replay")
         .into_inner();

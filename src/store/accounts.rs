@@ -75,24 +75,22 @@ pub async fn lock_account(
     Ok(query.one(conn).await?)
 }
 
-/// ACCOUNT_NOT_ACTIVE unless `account`'s state allows `action` (`domain::account_state`).
-pub fn require_state(account: &account::Model, action: Action) -> Result<()> {
-    let state = AccountState::parse(&account.state).ok_or_else(|| {
-        tracing::error!(account_id = %account.id, state = %account.state, "unknown account state stored");
-        Error::internal(format!("account `{}` has an unknown state", account.id))
+/// ACCOUNT_NOT_ACTIVE unless the account's stored `state` allows `action`
+/// (`domain::account_state`); a state that does not parse is reported, never taken as ACTIVE.
+pub fn require_state(account_id: &str, state: &str, action: Action) -> Result<()> {
+    let parsed = AccountState::parse(state).ok_or_else(|| {
+        tracing::error!(account_id, state, "unknown account state stored");
+        Error::internal(format!("account `{account_id}` has an unknown state"))
     })?;
-    if state.allows(action) {
+    if parsed.allows(action) {
         return Ok(());
     }
     Err(Error::precondition(
         "ACCOUNT_NOT_ACTIVE",
-        format!(
-            "account `{}` is {}: {action:?} is not allowed",
-            account.id, account.state
-        ),
+        format!("account `{account_id}` is {state}: {action:?} is not allowed"),
     )
-    .with("account_id", &account.id)
-    .with("state", &account.state))
+    .with("account_id", account_id)
+    .with("state", state))
 }
 
 pub async fn create_account(
@@ -105,7 +103,7 @@ pub async fn create_account(
         let parent = lock_account(conn, &parent.id, false)
             .await?
             .ok_or_else(|| Error::not_found("account", &parent.id))?;
-        require_state(&parent, Action::CreateSubAccount)?;
+        require_state(&parent.id, &parent.state, Action::CreateSubAccount)?;
     }
     if find_by_external_id(conn, &new.external_id).await?.is_some() {
         return Err(external_id_taken(&new.external_id));
@@ -291,7 +289,7 @@ pub async fn create_wallet(
     let account = lock_account(conn, &account.id, false)
         .await?
         .ok_or_else(|| Error::not_found("account", &account.id))?;
-    require_state(&account, Action::CreateWallet)?;
+    require_state(&account.id, &account.state, Action::CreateWallet)?;
     if find_wallet(conn, &account.id, unit).await?.is_some() {
         return Err(exists());
     }

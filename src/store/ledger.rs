@@ -26,7 +26,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Store, bulk, chain,
+    Store, accounts, bulk, chain,
     entity::{account, grant, idempotency_key, reservation, schedule, transaction, wallet},
     idempotency::{self, Key},
     locks_rows,
@@ -654,12 +654,8 @@ async fn load_wallets(
     ids: &BTreeSet<String>,
     extra_grants: &BTreeSet<String>,
     lock: bool,
-    cache: Option<(&WalletCache, bool)>,
+    cache: Option<&WalletCache>,
 ) -> Result<BTreeMap<String, Loaded>> {
-    let (cache, check_cache) = match cache {
-        Some((cache, check)) => (Some(cache), check),
-        None => (None, false),
-    };
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -682,7 +678,7 @@ async fn load_wallets(
             }
         }
     }
-    if check_cache && !rows.is_empty() {
+    if cache.is_some_and(WalletCache::checked) && !rows.is_empty() {
         // Tests check every cache hit against the database (`Store::checking_cache`).
         let hits: BTreeMap<String, String> = wallets
             .iter()
@@ -824,20 +820,22 @@ async fn read_rows(
         .collect())
 }
 
-/// The wallet (as of one snapshot) and its balance as of `now` in that same snapshot: never a
-/// balance that did not exist. Reads only.
-pub async fn wallet_balance(
-    store: &Store,
+/// One wallet as `conn` reads it, unlocked and without the cache (for reads).
+async fn load_one(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<Loaded> {
+    let ids = BTreeSet::from([wallet_id.to_string()]);
+    load_wallets(conn, &ids, &BTreeSet::new(), false, None)
+        .await?
+        .remove(wallet_id)
+        .ok_or_else(|| Error::not_found("wallet", wallet_id))
+}
+
+/// The wallet and its balance as of `now` (due events applied in memory; nothing written).
+async fn read_balance(
+    conn: &impl ConnectionTrait,
     wallet_id: &str,
     now: i64,
 ) -> Result<(wallet::Model, proto::Balance)> {
-    let tx = store.read_snapshot().await?;
-    let ids = BTreeSet::from([wallet_id.to_string()]);
-    let loaded = load_wallets(&tx, &ids, &BTreeSet::new(), false, None).await;
-    tx.rollback().await?;
-    let Some(mut loaded) = loaded?.remove(wallet_id) else {
-        return Err(Error::not_found("wallet", wallet_id));
-    };
+    let mut loaded = load_one(conn, wallet_id).await?;
     let mut n = 0;
     loaded.state.advance(now, &mut || {
         n += 1;
@@ -845,6 +843,28 @@ pub async fn wallet_balance(
     });
     let balance = convert::balance(&loaded.model, &loaded.state, &loaded.thresholds);
     Ok((loaded.model, balance))
+}
+
+/// [`read_balance`] in one snapshot of the database: never a balance that did not exist.
+pub async fn wallet_balance(
+    store: &Store,
+    wallet_id: &str,
+    now: i64,
+) -> Result<(wallet::Model, proto::Balance)> {
+    let tx = store.read_snapshot().await?;
+    let read = read_balance(&tx, wallet_id, now).await;
+    tx.rollback().await?;
+    read
+}
+
+/// The wallet's balance as of `now`, read through `conn` (e.g. the transaction that just
+/// created the wallet).
+pub async fn balance(
+    conn: &impl ConnectionTrait,
+    wallet: &wallet::Model,
+    now: i64,
+) -> Result<proto::Balance> {
+    Ok(read_balance(conn, &wallet.id, now).await?.1)
 }
 
 /// The entries the ledger will write for what fell due on the wallet up to `now` (expiry,
@@ -856,13 +876,7 @@ pub async fn pending_entries(
     wallet_id: &str,
     now: i64,
 ) -> Result<Vec<transaction::Model>> {
-    let ids = BTreeSet::from([wallet_id.to_string()]);
-    let Some(mut loaded) = load_wallets(conn, &ids, &BTreeSet::new(), false, None)
-        .await?
-        .remove(wallet_id)
-    else {
-        return Err(Error::not_found("wallet", wallet_id));
-    };
+    let mut loaded = load_one(conn, wallet_id).await?;
     loaded.advance(now);
     Ok(loaded
         .entries
@@ -874,29 +888,6 @@ pub async fn pending_entries(
             ..entry
         })
         .collect())
-}
-
-/// The wallet's balance as of `now` (due events applied in memory; nothing written).
-pub async fn balance(
-    conn: &impl ConnectionTrait,
-    wallet: &wallet::Model,
-    now: i64,
-) -> Result<proto::Balance> {
-    let ids = BTreeSet::from([wallet.id.clone()]);
-    let mut loaded = load_wallets(conn, &ids, &BTreeSet::new(), false, None).await?;
-    let Some(mut loaded) = loaded.remove(&wallet.id) else {
-        return Err(Error::not_found("wallet", &wallet.id));
-    };
-    let mut n = 0;
-    loaded.state.advance(now, &mut || {
-        n += 1;
-        format!("preview-{n}")
-    });
-    Ok(convert::balance(
-        &loaded.model,
-        &loaded.state,
-        &loaded.thresholds,
-    ))
 }
 
 // ---- applying a batch ----------------------------------------------------------------------
@@ -1012,14 +1003,8 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
         }
     }
 
-    let mut wallets = load_wallets(
-        conn,
-        &wallet_ids,
-        &extra_grants,
-        true,
-        Some((&store.wallets, store.check_cache)),
-    )
-    .await?;
+    let mut wallets =
+        load_wallets(conn, &wallet_ids, &extra_grants, true, Some(&store.wallets)).await?;
     let mut refunded = HashMap::new();
     if !originals.is_empty() {
         // After the locks: a refund committed by another replica a moment ago is counted.
@@ -1152,22 +1137,10 @@ async fn apply_once(store: &Store, ops: &[Op]) -> Result<Option<(Vec<Result<Outc
 
 /// ACCOUNT_NOT_ACTIVE unless the account's state allows `op` (`domain::account_state`).
 fn check_state(op: &Op, account_id: &str, state: &str) -> Result<()> {
-    let Some(action) = op.action() else {
-        return Ok(());
-    };
-    let parsed = AccountState::parse(state).ok_or_else(|| {
-        tracing::error!(account_id, state, "unknown account state stored");
-        Error::internal(format!("account `{account_id}` has an unknown state"))
-    })?;
-    if parsed.allows(action) {
-        return Ok(());
+    match op.action() {
+        Some(action) => accounts::require_state(account_id, state, action),
+        None => Ok(()),
     }
-    Err(Error::precondition(
-        "ACCOUNT_NOT_ACTIVE",
-        format!("account `{account_id}` is {state}: {action:?} is not allowed"),
-    )
-    .with("account_id", account_id)
-    .with("state", state))
 }
 
 fn refusal(refusal: Refusal) -> Error {
@@ -1209,30 +1182,38 @@ impl Batch<'_> {
     /// (the domain's refusals leave the state untouched — property-tested), so a rejected
     /// operation leaves no trace in the batch.
     fn evaluate(&mut self, op: &Op) -> Result<Outcome> {
-        let wallet_id = match (op.wallet_id(), op.account_unit()) {
-            (Some(id), _) => id.to_string(),
+        // The account's state is checked once: for debits and holds (which name an account)
+        // before their wallet is resolved, for the rest on the wallet's own account.
+        let (wallet_id, state_checked) = match (op.wallet_id(), op.account_unit()) {
+            (Some(id), _) => (id.to_string(), false),
             (None, Some((account_id, unit))) => {
                 let state = self
                     .accounts
                     .get(account_id)
                     .ok_or_else(|| Error::not_found("account", account_id))?;
                 check_state(op, account_id, state)?;
-                self.by_account_unit
+                let wallet_id = self
+                    .by_account_unit
                     .get(&(account_id.to_string(), unit.to_string()))
                     .cloned()
                     .ok_or_else(|| {
                         Error::not_found("wallet", &format!("{account_id}/{unit}"))
                             .with("account_id", account_id)
                             .with("unit", unit)
-                    })?
+                    })?;
+                (wallet_id, true)
             }
             (None, None) => return Err(Error::internal("operation names no wallet")),
         };
         let Some(mut wallet) = self.wallets.remove(&wallet_id) else {
             return Err(Error::not_found("wallet", &wallet_id));
         };
-        let result = check_state(op, &wallet.model.account_id, &wallet.account_state)
-            .and_then(|()| self.run(op, &mut wallet));
+        let result = if state_checked {
+            Ok(())
+        } else {
+            check_state(op, &wallet.model.account_id, &wallet.account_state)
+        }
+        .and_then(|()| self.run(op, &mut wallet));
         self.wallets.insert(wallet_id, wallet);
         result
     }

@@ -77,9 +77,6 @@ pub struct Store {
     log: Option<Arc<LogSync>>,
     /// SQLite file databases: the file.
     file: Option<std::path::PathBuf>,
-    /// Tests: every ledger batch also reads the rows it took from the wallet cache and
-    /// asserts they agree (the same code path otherwise; see `wallet_cache`).
-    pub(crate) check_cache: bool,
 }
 
 /// A write transaction (on SQLite: holding the one writer connection while it lives).
@@ -139,7 +136,6 @@ impl Store {
             wallets: Arc::default(),
             log,
             file,
-            check_cache: false,
         })
     }
 
@@ -202,7 +198,7 @@ impl Store {
     /// With `on`, every ledger batch asserts that the rows it takes from the wallet cache equal
     /// the database's (for tests, in any build profile).
     pub fn checking_cache(mut self, on: bool) -> Self {
-        self.check_cache = on;
+        self.wallets = Arc::new(wallet_cache::WalletCache::new(on));
         self
     }
 

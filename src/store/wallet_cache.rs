@@ -42,17 +42,30 @@ impl Rows {
 
 pub struct WalletCache {
     entries: Cache<String, (i64, Arc<Rows>)>,
+    /// Tests: every hit is also read from the database and compared (`ledger::load_wallets`).
+    checked: bool,
 }
 
 impl Default for WalletCache {
     fn default() -> Self {
-        WalletCache {
-            entries: Cache::new(CAPACITY),
-        }
+        Self::new(false)
     }
 }
 
 impl WalletCache {
+    /// An empty cache; with `checked`, its hits are compared with the database.
+    pub fn new(checked: bool) -> Self {
+        WalletCache {
+            entries: Cache::new(CAPACITY),
+            checked,
+        }
+    }
+
+    /// Whether each hit is compared with the database.
+    pub fn checked(&self) -> bool {
+        self.checked
+    }
+
     /// The wallet's rows if they were cached at exactly `version`.
     pub fn get(&self, wallet_id: &str, version: i64) -> Option<Arc<Rows>> {
         match self.entries.get(wallet_id) {

@@ -281,17 +281,7 @@ impl TestApp {
 
     pub async fn grant(&self, wallet_id: &str, amount: &str) -> proto::Grant {
         self.grants(&self.admin)
-            .create_grant(proto::CreateGrantRequest {
-                grant: Some(proto::Grant {
-                    wallet_id: wallet_id.into(),
-                    kind: proto::GrantKind::Contract as i32,
-                    amount: amount.into(),
-                    unit_price: "0.01".into(),
-                    currency: "USD".into(),
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_grant(grant_request(wallet_id, amount, "0.01"))
             .await
             .expect("create grant")
             .into_inner()
@@ -394,6 +384,36 @@ pub fn rate(request_type: &str, flat: &str, dims: &[(&str, &str, &str)], max: &s
         max_units: max.into(),
         route: "provider/model-a".into(),
         provider_cost: "0.001".into(),
+    }
+}
+
+/// A CONTRACT grant of `amount` at `unit_price` USD, with a fresh request_id.
+pub fn grant_request(wallet_id: &str, amount: &str, unit_price: &str) -> proto::CreateGrantRequest {
+    proto::CreateGrantRequest {
+        grant: Some(proto::Grant {
+            wallet_id: wallet_id.into(),
+            kind: proto::GrantKind::Contract as i32,
+            amount: amount.into(),
+            unit_price: unit_price.into(),
+            currency: "USD".into(),
+            ..Default::default()
+        }),
+        request_id: uuid(),
+    }
+}
+
+/// Sets an account's state (update mask `state`), with a fresh request_id.
+pub fn state_request(account_id: &str, state: proto::AccountState) -> proto::UpdateAccountRequest {
+    proto::UpdateAccountRequest {
+        account: Some(proto::Account {
+            id: account_id.into(),
+            state: state as i32,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["state".into()],
+        }),
+        request_id: uuid(),
     }
 }
 
