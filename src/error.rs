@@ -8,7 +8,7 @@ use std::fmt;
 use sea_orm::DbErr;
 use tonic::Code;
 
-use crate::domain::{AmountError, PricingError};
+use crate::domain::{AmountError, PricingError, Refusal};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
@@ -120,6 +120,48 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The domain's refusals, as the API reports them.
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::Insufficient {
+                required,
+                available,
+            } => Error::precondition("INSUFFICIENT_CREDITS", message)
+                .with("required", required)
+                .with("available", available),
+            Refusal::SpendCap {
+                period,
+                cap,
+                used,
+                required,
+            } => Error::precondition("SPEND_CAP_REACHED", message)
+                .with("period", period)
+                .with("cap", cap)
+                .with("used", used)
+                .with("required", required),
+            Refusal::HoldNotOpen => Error::precondition("RESERVATION_NOT_OPEN", message),
+            Refusal::GrantNotActive => Error::precondition("GRANT_NOT_ACTIVE", message),
+            Refusal::OutOfRange { headroom } => {
+                Error::invalid("BALANCE_OUT_OF_RANGE", "units", message).with("headroom", headroom)
+            }
+            Refusal::OverdraftInUse { debt } => {
+                Error::precondition("OVERDRAFT_IN_USE", message).with("debt", debt)
+            }
+            Refusal::OverCallerCap {
+                required,
+                max_units,
+            } => Error::precondition("OVER_CALLER_CAP", message)
+                .with("required", required)
+                .with("max_units", max_units),
+            Refusal::RefundExceedsCharge { refundable } => {
+                Error::precondition("REFUND_EXCEEDS_CHARGE", message).with("refundable", refundable)
+            }
+        }
     }
 }
 

@@ -177,7 +177,7 @@ impl Checks {
             let store = store.clone();
             move || async move {
                 // An empty batch: the head lock, a commit, the wait until it is durable.
-                let (_, durable) = ledger::apply(&store, &[])
+                let (_, durable) = ledger::apply(&store, &[], |_| Vec::new())
                     .await
                     .map_err(|err| err.to_string())?;
                 durable.wait().await.map_err(|err| err.to_string())

@@ -125,7 +125,7 @@ pub async fn run(
         .await?
         .checking_cache(settings.check_wallet_cache);
     let health = Health::default();
-    let (ledger, ledger_worker) = Ledger::start(store.clone());
+    let (ledger, ledger_worker) = Ledger::start(store.clone(), crate::api::outcome::encode);
     let ctx = Ctx {
         store: store.clone(),
         ledger: ledger.clone(),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, convert, key, reply};
+use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     auth::Scope,
     domain::Amount,
@@ -210,7 +210,7 @@ impl Ctx {
                     let model =
                         accounts::create_wallet(tx, &account, &unit, overdraft_limit, now).await?;
                     let balance = ledger::balance(tx, &model, now).await?;
-                    Ok(convert::wallet(&model, balance))
+                    Ok(convert::wallet(&model, convert::balance(&model, &balance)))
                 })
             })
             .await?;
@@ -312,7 +312,7 @@ impl Ctx {
             wallet_id: wallet.id,
             changes,
         });
-        self.ledger.submit(op).await?.into_wallet()
+        proto::Wallet::respond(self.ledger.submit(op).await?)
     }
 
     async fn wallet_with_balance(
@@ -321,7 +321,7 @@ impl Ctx {
     ) -> Result<proto::Wallet> {
         let (model, balance) =
             ledger::wallet_balance(&self.store, &model.id, self.store.clock.now_micros()).await?;
-        Ok(convert::wallet(&model, balance))
+        Ok(convert::wallet(&model, convert::balance(&model, &balance)))
     }
 }
 

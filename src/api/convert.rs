@@ -7,7 +7,7 @@ use prost_types::Timestamp;
 use rust_decimal::Decimal;
 
 use crate::{
-    domain::{Amount, Dimension, Rate, WalletState, amount::parse_quantity},
+    domain::{Amount, Balance, Dimension, Rate, amount::parse_quantity},
     error::{Error, Result},
     proto,
     store::{
@@ -233,22 +233,17 @@ pub fn account(model: &account::Model) -> proto::Account {
 
 /// A wallet's balance from its (already advanced) state; `thresholds` at or above
 /// `available` are reported as crossed.
-pub fn balance(
-    wallet: &wallet::Model,
-    state: &WalletState,
-    thresholds: &[Amount],
-) -> proto::Balance {
-    let available = state.available();
+pub fn balance(wallet: &wallet::Model, balance: &Balance) -> proto::Balance {
     proto::Balance {
         wallet_id: wallet.id.clone(),
         unit: wallet.unit.clone(),
-        posted: state.posted().to_string(),
-        reserved: state.reserved().to_string(),
-        available: available.to_string(),
-        overdraft_limit: state.overdraft_limit.to_string(),
-        crossed_thresholds: thresholds
+        posted: balance.posted.to_string(),
+        reserved: balance.reserved.to_string(),
+        available: balance.available.to_string(),
+        overdraft_limit: balance.overdraft_limit.to_string(),
+        crossed_thresholds: balance
+            .crossed_thresholds
             .iter()
-            .filter(|t| available <= **t)
             .map(Amount::to_string)
             .collect(),
     }

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, convert, key, reply};
+use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     domain::{Amount, Period, Rollover, Schedule, wallet::MAX_CATCH_UP_PERIODS},
     error::{Error, Result},
@@ -80,7 +80,7 @@ impl Ctx {
             contract_ref,
             actor: caller.sub,
         });
-        self.ledger.submit(op).await?.into_grant()
+        proto::Grant::respond(self.ledger.submit(op).await?)
     }
 
     async fn void_grant(&self, request: Request<proto::VoidGrantRequest>) -> Result<proto::Grant> {
@@ -98,7 +98,7 @@ impl Ctx {
             reason,
             actor: caller.sub,
         });
-        self.ledger.submit(op).await?.into_grant()
+        proto::Grant::respond(self.ledger.submit(op).await?)
     }
 
     /// A grant (by id) whose wallet's account is in scope, with that account id.
@@ -161,7 +161,7 @@ impl Ctx {
             reason,
             actor: caller.sub,
         });
-        self.ledger.submit(op).await?.into_transaction()
+        proto::Transaction::respond(self.ledger.submit(op).await?)
     }
 
     async fn create_allotment_schedule(
@@ -281,7 +281,7 @@ impl Ctx {
             contract_ref,
             actor: caller.sub,
         });
-        self.ledger.submit(op).await?.into_schedule()
+        proto::AllotmentSchedule::respond(self.ledger.submit(op).await?)
     }
 }
 

@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, convert, key, reply};
+use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     auth::{Caller, Role},
     error::{Error, Result},
@@ -81,7 +81,7 @@ impl Ctx {
     }
 
     async fn submit_debit(&self, caller: &Caller, op: Op) -> Result<proto::DebitResponse> {
-        let mut response = self.ledger.submit(op).await?.into_debit()?;
+        let mut response = proto::DebitResponse::respond(self.ledger.submit(op).await?)?;
         response.transaction = response.transaction.map(|t| redact(caller, t));
         Ok(response)
     }
@@ -186,7 +186,7 @@ impl Ctx {
             ttl_micros: i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX),
             actor: caller.sub,
         });
-        self.ledger.submit(op).await?.into_reservation()
+        proto::Reservation::respond(self.ledger.submit(op).await?)
     }
 
     /// A reservation by id whose account is in scope.
@@ -241,7 +241,7 @@ impl Ctx {
             units,
             actor: caller.sub.clone(),
         });
-        let mut response = self.ledger.submit(op).await?.into_debit()?;
+        let mut response = proto::DebitResponse::respond(self.ledger.submit(op).await?)?;
         response.transaction = response.transaction.map(|t| redact(&caller, t));
         Ok(response)
     }
@@ -262,7 +262,7 @@ impl Ctx {
             reservation_id: hold.id,
             actor: caller.sub,
         });
-        self.ledger.submit(op).await?.into_reservation()
+        proto::Reservation::respond(self.ledger.submit(op).await?)
     }
 
     async fn refund(&self, request: Request<proto::RefundRequest>) -> Result<proto::Transaction> {
@@ -298,7 +298,7 @@ impl Ctx {
             reason,
             actor: caller.sub.clone(),
         });
-        let transaction = self.ledger.submit(op).await?.into_transaction()?;
+        let transaction = proto::Transaction::respond(self.ledger.submit(op).await?)?;
         Ok(redact(&caller, transaction))
     }
 
@@ -346,9 +346,8 @@ impl LedgerService for Ctx {
                     .resolve_wallet(&caller, &r.account_id, &r.external_id, &r.unit)
                     .await?;
                 let now = self.store.clock.now_micros();
-                Ok(ledger::wallet_balance(&self.store, &wallet.id, now)
-                    .await?
-                    .1)
+                let (model, balance) = ledger::wallet_balance(&self.store, &wallet.id, now).await?;
+                Ok(convert::balance(&model, &balance))
             }
             .await,
         )

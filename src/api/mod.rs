@@ -11,6 +11,7 @@ pub mod accounts;
 pub mod convert;
 pub mod grants;
 pub mod ledger;
+pub mod outcome;
 pub mod rate_cards;
 pub mod reports;
 

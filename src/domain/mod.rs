@@ -11,6 +11,6 @@ pub use account_state::{AccountState, Action};
 pub use amount::{Amount, AmountError};
 pub use pricing::{Dimension, PricingError, Rate, RateError};
 pub use wallet::{
-    Burn, Hold, Lot, LotStatus, Movement, MovementKind, Period, Refusal, Rollover, Schedule,
-    SpendCaps, Spent, WalletState,
+    Balance, Burn, Hold, Lot, LotStatus, Movement, MovementKind, Period, Refusal, Rollover,
+    Schedule, SpendCaps, Spent, WalletState, check_caller_cap, refund_returns,
 };

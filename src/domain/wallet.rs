@@ -253,7 +253,7 @@ impl Movement {
     }
 }
 
-/// Why a debit, hold, capture or negative adjustment was refused. Nothing changed.
+/// Why an operation on a wallet was refused. Nothing changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("insufficient credits: required {required}, available {available}")]
@@ -269,6 +269,73 @@ pub enum Refusal {
     HoldNotOpen,
     #[error("the grant is no longer active")]
     GrantNotActive,
+    /// The wallet's grants plus its overdraft limit would no longer fit an [`Amount`].
+    #[error(
+        "the wallet's grants and overdraft limit would exceed {} units",
+        Amount::MAX
+    )]
+    OutOfRange { headroom: Amount },
+    #[error("{debt} units of overdraft are in use; the limit cannot go below that")]
+    OverdraftInUse { debt: Amount },
+    #[error("the request costs {required} units, more than max_units {max_units}")]
+    OverCallerCap { required: Amount, max_units: Amount },
+    #[error("at most {refundable} units of the transaction can still be refunded")]
+    RefundExceedsCharge { refundable: Amount },
+}
+
+/// A wallet's balance at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub posted: Amount,
+    pub reserved: Amount,
+    pub available: Amount,
+    pub overdraft_limit: Amount,
+    pub crossed_thresholds: Vec<Amount>,
+}
+
+/// A request's price against the caller's own ceiling (`max_units`): a request dearer than
+/// the caller allowed is refused before anything is taken.
+pub fn check_caller_cap(units: Amount, max_units: Option<Amount>) -> Result<(), Refusal> {
+    match max_units {
+        Some(max_units) if units > max_units => Err(Refusal::OverCallerCap {
+            required: units,
+            max_units,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Where refunded units go, in order: a grant (`None`: the overdraft) and how many.
+pub type Returns = Vec<(Option<String>, Amount)>;
+
+/// What a refund of `asked` units (all that is left when `None`) of a charge returns, and
+/// where: the charge's burns (grant or overdraft, units) from the last one backwards, after
+/// skipping what earlier refunds (`refunded` units) returned the same way. Never more than
+/// the charge minus earlier refunds (`RefundExceedsCharge`), never nothing.
+pub fn refund_returns(
+    burns: &[(Option<String>, Amount)],
+    charged: Amount,
+    refunded: Amount,
+    asked: Option<Amount>,
+) -> Result<(Amount, Returns), Refusal> {
+    let refundable = charged.saturating_sub(refunded).max(Amount::ZERO);
+    let units = asked.unwrap_or(refundable);
+    if units > refundable || refundable.is_zero() {
+        return Err(Refusal::RefundExceedsCharge { refundable });
+    }
+    let mut skip = refunded;
+    let mut want = units;
+    let mut returns = Vec::new();
+    for (grant, burnt) in burns.iter().rev() {
+        let skipped = skip.min(*burnt);
+        skip = skip.saturating_sub(skipped);
+        let take = want.min(burnt.saturating_sub(skipped));
+        if take.is_positive() {
+            returns.push((grant.clone(), take));
+            want = want.saturating_sub(take);
+        }
+    }
+    Ok((units, returns))
 }
 
 /// One wallet's state: its grants, holds, schedules and counters.
@@ -340,6 +407,42 @@ impl WalletState {
             + i128::from(self.overdraft_limit.micros());
         let left = i128::from(i64::MAX) - used;
         Amount::from_micros(i64::try_from(left.max(0)).unwrap_or(i64::MAX))
+    }
+
+    /// Refuses `units` more on the wallet's grants when they would not fit (headroom).
+    pub fn check_headroom(&self, units: Amount) -> Result<(), Refusal> {
+        let headroom = self.headroom();
+        if units > headroom {
+            return Err(Refusal::OutOfRange { headroom });
+        }
+        Ok(())
+    }
+
+    /// Sets the overdraft limit: never below the debt in use, never past the headroom.
+    pub fn set_overdraft_limit(&mut self, limit: Amount) -> Result<(), Refusal> {
+        if limit < self.debt {
+            return Err(Refusal::OverdraftInUse { debt: self.debt });
+        }
+        self.check_headroom(limit.saturating_sub(self.overdraft_limit))?;
+        self.overdraft_limit = limit;
+        Ok(())
+    }
+
+    /// The balance as a reader sees it, with the low-balance thresholds it has crossed
+    /// (available at or below the threshold).
+    pub fn balance(&self, thresholds: &[Amount]) -> Balance {
+        let available = self.available();
+        Balance {
+            posted: self.posted(),
+            reserved: self.reserved(),
+            available,
+            overdraft_limit: self.overdraft_limit,
+            crossed_thresholds: thresholds
+                .iter()
+                .copied()
+                .filter(|t| available <= *t)
+                .collect(),
+        }
     }
 
     /// The earliest moment something falls due (for the background sweeper), if any.

@@ -24,7 +24,7 @@ use tokio::{
 
 use super::{
     Store,
-    ledger::{self, Op, Outcome},
+    ledger::{self, Encode, Op, Outcome},
 };
 use crate::{
     error::{Error, Result},
@@ -72,7 +72,9 @@ impl Worker {
 }
 
 impl Ledger {
-    pub fn start(store: Store) -> (Ledger, Worker) {
+    /// Starts the workers; `encode` gives the response an operation's idempotency record
+    /// stores (the API's encoding of its outcome).
+    pub fn start(store: Store, encode: Encode) -> (Ledger, Worker) {
         let count = if store.is_postgres() {
             POSTGRES_WORKERS
         } else {
@@ -83,7 +85,10 @@ impl Ledger {
         for _ in 0..count {
             let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
             let (close, closed) = oneshot::channel();
-            workers.push((tokio::spawn(run(store.clone(), jobs, closed)), close));
+            workers.push((
+                tokio::spawn(run(store.clone(), encode, jobs, closed)),
+                close,
+            ));
             queues.push(queue);
         }
         (
@@ -122,7 +127,12 @@ fn shard(op: &Op, workers: usize) -> usize {
     (hasher.finish() % workers as u64) as usize
 }
 
-async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::Receiver<()>) {
+async fn run(
+    store: Store,
+    encode: Encode,
+    mut jobs: mpsc::Receiver<Job>,
+    mut closed: oneshot::Receiver<()>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Batches committed whose replies wait for their commit to be durable.
     let mut replying = tokio::task::JoinSet::new();
@@ -142,7 +152,7 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::R
         }
         let (ops, replies): (Vec<Op>, Vec<_>) =
             batch.drain(..).map(|job| (job.op, job.reply)).unzip();
-        match AssertUnwindSafe(ledger::apply(&store, &ops))
+        match AssertUnwindSafe(ledger::apply(&store, &ops, encode))
             .catch_unwind()
             .await
         {
@@ -170,7 +180,7 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::R
                     batch = ops.len(),
                     "a ledger batch hit an internal fault; applying its operations one at a time"
                 );
-                one_by_one(&store, ops, replies).await;
+                one_by_one(&store, encode, ops, replies).await;
             }
         }
     }
@@ -180,32 +190,38 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, mut closed: oneshot::R
 /// After a batch panicked (a bug): applies each of its operations in a batch of its own, so
 /// the faulty one fails alone (INTERNAL, logged with its request_id) and the rest are applied
 /// as they would have been.
-async fn one_by_one(store: &Store, ops: Vec<Op>, replies: Vec<oneshot::Sender<Result<Outcome>>>) {
+async fn one_by_one(
+    store: &Store,
+    encode: Encode,
+    ops: Vec<Op>,
+    replies: Vec<oneshot::Sender<Result<Outcome>>>,
+) {
     for (op, reply) in ops.into_iter().zip(replies) {
-        let outcome = match AssertUnwindSafe(ledger::apply(store, std::slice::from_ref(&op)))
-            .catch_unwind()
-            .await
-        {
-            Ok(Ok((mut outcomes, durable))) => match durable.wait().await {
-                Ok(()) => outcomes
-                    .pop()
-                    .unwrap_or_else(|| Err(Error::internal("the ledger returned no outcome"))),
-                Err(err) => Err(err),
-            },
-            Ok(Err(err)) => Err(err),
-            Err(panic) => {
-                tracing::error!(
-                    panic = %panic_message(panic.as_ref()),
-                    request_id = op.key().map_or("", |k| k.request_id.as_str()),
-                    scope = op.key().map_or("", |k| k.scope.as_str()),
-                    wallet_id = op.wallet_id().unwrap_or(""),
-                    "a ledger operation hit an internal fault; it was not applied"
-                );
-                Err(Error::internal(
-                    "the operation hit an internal fault and was not applied",
-                ))
-            }
-        };
+        let outcome =
+            match AssertUnwindSafe(ledger::apply(store, std::slice::from_ref(&op), encode))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok((mut outcomes, durable))) => match durable.wait().await {
+                    Ok(()) => outcomes
+                        .pop()
+                        .unwrap_or_else(|| Err(Error::internal("the ledger returned no outcome"))),
+                    Err(err) => Err(err),
+                },
+                Ok(Err(err)) => Err(err),
+                Err(panic) => {
+                    tracing::error!(
+                        panic = %panic_message(panic.as_ref()),
+                        request_id = op.key().map_or("", |k| k.request_id.as_str()),
+                        scope = op.key().map_or("", |k| k.scope.as_str()),
+                        wallet_id = op.wallet_id().unwrap_or(""),
+                        "a ledger operation hit an internal fault; it was not applied"
+                    );
+                    Err(Error::internal(
+                        "the operation hit an internal fault and was not applied",
+                    ))
+                }
+            };
         let _ = reply.send(outcome);
     }
 }

@@ -61,15 +61,38 @@ impl Key {
         format!("sub:{sub}")
     }
 
-    /// Answers a request whose key already has `record`: the stored response, or
-    /// `IDEMPOTENCY_KEY_REUSED` if the parameters differ.
-    pub fn replay<T: Message + Default>(&self, record: &idempotency_key::Model) -> Result<T> {
+    /// Whether `record` (stored under this key) answers this very request: same method and
+    /// parameters, else `IDEMPOTENCY_KEY_REUSED`.
+    pub fn check(&self, record: &idempotency_key::Model) -> Result<()> {
         if record.method != self.method || record.fingerprint != self.fingerprint {
             return Err(Error::idempotency_key_reused(&self.request_id));
         }
-        T::decode(record.response.as_slice())
-            .map_err(|err| Error::internal(format!("stored response unreadable: {err}")))
+        Ok(())
     }
+
+    /// Answers a request whose key already has `record`: the stored response, or
+    /// `IDEMPOTENCY_KEY_REUSED` if the parameters differ.
+    pub fn replay<T: Message + Default>(&self, record: &idempotency_key::Model) -> Result<T> {
+        self.check(record)?;
+        decode(&record.response)
+    }
+
+    /// The record that answers this request with `response` from now on.
+    pub fn record(&self, response: Vec<u8>, now: i64) -> idempotency_key::Model {
+        idempotency_key::Model {
+            scope: self.scope.clone(),
+            request_id: self.request_id.clone(),
+            method: self.method.to_string(),
+            fingerprint: self.fingerprint.clone(),
+            response,
+            create_time: now,
+        }
+    }
+}
+
+/// A stored response, decoded as the message its method answers with.
+pub fn decode<T: Message + Default>(response: &[u8]) -> Result<T> {
+    T::decode(response).map_err(|err| Error::internal(format!("stored response unreadable: {err}")))
 }
 
 /// Validates a request_id: required, at most 128 printable ASCII characters.
@@ -149,59 +172,31 @@ pub async fn find_many(
 
 /// Records responses; returns how many were new. Fewer than given means another writer
 /// (another replica) committed one of the keys first: the caller rolls back and retries.
+/// (A ledger batch writes its records with its other rows: `store/ledger/write.rs`.)
 pub async fn record_many(
     conn: &impl ConnectionTrait,
-    entries: &[(&Key, Vec<u8>)],
-    now: i64,
+    records: &[idempotency_key::Model],
 ) -> Result<u64> {
-    record_with(conn, super::bulk::Writes::default(), entries, now).await
-}
-
-/// [`record_many`] after a batch's other writes: on PostgreSQL the records join `writes` and
-/// everything goes as one statement (`bulk`); on SQLite `writes` is empty (those writes ran
-/// already) and the records go as padded multi-row inserts.
-pub async fn record_with(
-    conn: &impl ConnectionTrait,
-    mut writes: super::bulk::Writes,
-    entries: &[(&Key, Vec<u8>)],
-    now: i64,
-) -> Result<u64> {
-    if super::locks_rows(conn) {
-        add_records(&mut writes, entries, now);
-        return Ok(writes.execute(conn).await?);
-    }
     let mut inserted = 0;
     // Padding repeats the last record; the repeat conflicts with it and is not counted.
     for chunk in
-        super::shape::padded_chunks(entries.iter().collect(), super::shape::ROWS_PER_STATEMENT)
+        super::shape::padded_chunks(records.iter().collect(), super::shape::ROWS_PER_STATEMENT)
     {
-        inserted += record_chunk(conn, &chunk, now).await?;
+        inserted += record_chunk(conn, &chunk).await?;
     }
     Ok(inserted)
 }
 
 /// PostgreSQL: adds the records to a batch's writes as its counted insert (an existing key is
 /// skipped, so a shortfall means another writer committed it first).
-fn add_records(writes: &mut super::bulk::Writes, entries: &[(&Key, Vec<u8>)], now: i64) {
-    let rows: Vec<idempotency_key::Model> = entries
-        .iter()
-        .map(|(key, response)| idempotency_key::Model {
-            scope: key.scope.clone(),
-            request_id: key.request_id.clone(),
-            method: key.method.to_string(),
-            fingerprint: key.fingerprint.clone(),
-            response: response.clone(),
-            create_time: now,
-        })
-        .collect();
+pub fn add_records(writes: &mut super::bulk::Writes, records: &[idempotency_key::Model]) {
     let ignore = super::bulk::OnConflict::Ignore(&[Column::Scope, Column::RequestId]);
-    writes.insert_counted::<Entity>(&rows, Some(ignore));
+    writes.insert_counted::<Entity>(records, Some(ignore));
 }
 
 async fn record_chunk(
     conn: &impl ConnectionTrait,
-    entries: &[&(&Key, Vec<u8>)],
-    now: i64,
+    records: &[&idempotency_key::Model],
 ) -> Result<u64> {
     let mut insert = Query::insert();
     insert.into_table(Entity).columns([
@@ -212,14 +207,14 @@ async fn record_chunk(
         Column::Response,
         Column::CreateTime,
     ]);
-    for (key, response) in entries {
+    for record in records {
         insert.values_panic([
-            key.scope.clone().into(),
-            key.request_id.clone().into(),
-            key.method.into(),
-            key.fingerprint.clone().into(),
-            response.clone().into(),
-            now.into(),
+            record.scope.clone().into(),
+            record.request_id.clone().into(),
+            record.method.clone().into(),
+            record.fingerprint.clone().into(),
+            record.response.clone().into(),
+            record.create_time.into(),
         ]);
     }
     insert.on_conflict(

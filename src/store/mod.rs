@@ -365,9 +365,8 @@ impl Store {
             }
             match op(&write.tx).await {
                 Ok(response) => {
-                    let now = self.clock.now_micros();
-                    let entry = [(key, response.encode_to_vec())];
-                    if idempotency::record_many(&write.tx, &entry, now).await? == 1 {
+                    let record = key.record(response.encode_to_vec(), self.clock.now_micros());
+                    if idempotency::record_many(&write.tx, &[record]).await? == 1 {
                         write.commit().await?;
                         return Ok((response, false));
                     }

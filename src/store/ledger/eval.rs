@@ -1,0 +1,779 @@
+//! Evaluation: a batch's operations applied in arrival order to the state loaded under the
+//! batch's locks. A pure function of (state, operations, now, prices) — no I/O — so it is
+//! property-tested without a database (`tests.rs`). Money rules come from `domain`; this
+//! file turns their movements into ledger entries (hash-chained per wallet) and rows.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rust_decimal::Decimal;
+
+use super::{
+    SYSTEM_ACTOR,
+    ops::{Encode, Op, Outcome},
+    rows::{
+        HOLD_CAPTURED, HOLD_EXPIRED, HOLD_OPEN, HOLD_RELEASED, StoredBurn, domain_schedule, json,
+        period_str, quantity_strings, status_str, stored_burns, thresholds, wallet_state,
+    },
+};
+use crate::{
+    domain::{
+        AccountState, Action, Amount, Burn, Lot, LotStatus, Movement, MovementKind, Rollover,
+        WalletState, amount::format_decimal, check_caller_cap, refund_returns,
+    },
+    error::{Error, Result},
+    store::{
+        accounts, chain,
+        entity::{grant, idempotency_key, reservation, schedule, transaction, wallet},
+        new_id,
+        rate_cards::Card,
+        wallet_cache::Rows,
+    },
+};
+
+/// What an entry records besides the movement itself.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EntryContext {
+    actor: String,
+    request_id: String,
+    request_type: String,
+    quantities: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+    rate_card_version: Option<i64>,
+    provider_cost: String,
+    ref_id: Option<String>,
+    reason: String,
+}
+
+impl EntryContext {
+    fn system() -> Self {
+        EntryContext {
+            actor: SYSTEM_ACTOR.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Grant fields the domain does not carry, for grants created in this batch.
+#[derive(Debug, Clone)]
+pub(super) struct GrantTemplate {
+    /// Units the grant was created with (an allotment plus what rolled into it).
+    amount: i64,
+    kind: String,
+    contract_ref: String,
+    rolled_over: i64,
+}
+
+/// A wallet loaded (and locked) for the batch, with what the batch did to it.
+pub(super) struct Loaded {
+    pub(super) model: wallet::Model,
+    /// The account's state as of the wallet lock (for ACCOUNT_NOT_ACTIVE).
+    pub(super) account_state: String,
+    pub(super) state: WalletState,
+    /// Running posted balance and chain head: each new entry continues from them.
+    pub(super) posted: i64,
+    pub(super) last_hash: String,
+    /// Time of the latest entry: entries are stamped no earlier (clock skew between
+    /// replicas, or a schedule created with a start in the past, cannot reorder history).
+    pub(super) last_time: i64,
+    pub(super) grants: HashMap<String, grant::Model>,
+    pub(super) new_grants: HashMap<String, GrantTemplate>,
+    pub(super) void_reasons: HashMap<String, String>,
+    pub(super) holds: HashMap<String, reservation::Model>,
+    pub(super) new_holds: Vec<reservation::Model>,
+    /// Holds resolved in this batch: state, captured units, time.
+    pub(super) resolved: HashMap<String, (&'static str, Option<i64>, i64)>,
+    pub(super) schedules: HashMap<String, schedule::Model>,
+    pub(super) new_schedules: Vec<schedule::Model>,
+    pub(super) thresholds: Vec<Amount>,
+    pub(super) entries: Vec<transaction::Model>,
+}
+
+impl Loaded {
+    /// A wallet as stored (its row and the rows `load.rs` reads with it), nothing done yet.
+    pub(super) fn new(model: wallet::Model, own: Rows) -> Self {
+        let grant_refs: Vec<&grant::Model> = own.grants.iter().collect();
+        let hold_refs: Vec<&reservation::Model> = own.holds.iter().collect();
+        let schedule_refs: Vec<&schedule::Model> = own.schedules.iter().collect();
+        let mut state = wallet_state(&model, &grant_refs, &hold_refs, &schedule_refs);
+        // A closed account is granted no more periods (`domain::account_state`).
+        state.schedules_paused = AccountState::parse(&own.account_state)
+            .is_some_and(|s| !s.allows(Action::SchedulePeriod));
+        Loaded {
+            account_state: own.account_state,
+            posted: model.posted,
+            last_hash: model.last_hash.clone(),
+            last_time: model.last_entry_time,
+            grants: own.grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
+            new_grants: HashMap::new(),
+            void_reasons: HashMap::new(),
+            holds: own.holds.into_iter().map(|h| (h.id.clone(), h)).collect(),
+            new_holds: Vec::new(),
+            resolved: HashMap::new(),
+            schedules: own
+                .schedules
+                .into_iter()
+                .map(|s| (s.id.clone(), s))
+                .collect(),
+            new_schedules: Vec::new(),
+            thresholds: thresholds(&model),
+            entries: Vec::new(),
+            state,
+            model,
+        }
+    }
+
+    /// Turns a movement into a ledger entry, chained after the wallet's previous one.
+    fn record(&mut self, movement: Movement, ctx: &EntryContext) -> transaction::Model {
+        // The domain keeps Σ remaining + overdraft within an Amount (headroom), so this
+        // cannot overflow; if it ever did, the operation fails alone (store/batcher.rs).
+        self.posted = self
+            .posted
+            .checked_add(movement.delta)
+            .expect("posted balance within its bound");
+        let time = movement.time.max(self.last_time);
+        self.last_time = time;
+        let mut burns: Vec<StoredBurn> = movement.burns.iter().map(StoredBurn::from).collect();
+        if burns.is_empty()
+            && let Some(grant_id) = &movement.grant_id
+            && let Some(lot) = self.state.lots.iter().find(|l| &l.grant_id == grant_id)
+        {
+            // Grant-level entries carry the grant's price, so every entry has a money value.
+            burns.push(StoredBurn::from(&Burn {
+                grant_id: Some(grant_id.clone()),
+                units: movement.units,
+                unit_price: lot.unit_price,
+                currency: lot.currency.clone(),
+            }));
+        }
+        if movement.kind == MovementKind::Release
+            && let Some(hold) = &movement.hold_id
+            && !self.resolved.contains_key(hold)
+        {
+            self.resolved
+                .insert(hold.clone(), (HOLD_EXPIRED, None, movement.time));
+        }
+        if let Some(template) = movement
+            .grant_id
+            .as_ref()
+            .and_then(|id| self.new_grants.get_mut(id))
+        {
+            template.rolled_over += movement.rolled_over.micros();
+        }
+        let mut metadata = ctx.metadata.clone();
+        if movement.rolled_over.is_positive() {
+            metadata.insert("rolled_over".into(), movement.rolled_over.to_string());
+        }
+        let mut entry = transaction::Model {
+            seq: 0,
+            id: new_id("txn"),
+            kind: movement.kind.as_str().to_string(),
+            wallet_id: self.model.id.clone(),
+            account_id: self.model.account_id.clone(),
+            units: movement.units.micros(),
+            balance_after: self.posted,
+            request_type: ctx.request_type.clone(),
+            quantities: json(&ctx.quantities),
+            rate_card_version: ctx.rate_card_version,
+            request_id: ctx.request_id.clone(),
+            actor: ctx.actor.clone(),
+            metadata: json(&metadata),
+            burns: json(&burns),
+            provider_cost: ctx.provider_cost.clone(),
+            grant_id: movement.grant_id.clone(),
+            create_time: time,
+            delta: movement.delta,
+            ref_id: movement.hold_id.clone().or_else(|| ctx.ref_id.clone()),
+            reason: ctx.reason.clone(),
+            hash: String::new(),
+            prev_hash: self.last_hash.clone(),
+        };
+        entry.hash = chain::entry_hash(&entry);
+        self.last_hash = entry.hash.clone();
+        self.entries.push(entry.clone());
+        entry
+    }
+
+    /// Applies every due event up to `now`, recording each.
+    pub(super) fn advance(&mut self, now: i64) {
+        let mut created = Vec::new();
+        let mut new_grant_id = || {
+            let id = new_id("grt");
+            created.push(id.clone());
+            id
+        };
+        let movements = self.state.advance(now, &mut new_grant_id);
+        for id in created {
+            let Some(lot) = self.state.lots.iter().find(|l| l.grant_id == id) else {
+                continue;
+            };
+            let amount = lot.remaining.micros() + lot.repaid.micros();
+            let (kind, contract_ref) = lot
+                .period
+                .as_ref()
+                .and_then(|(schedule_id, _)| self.schedule_model(schedule_id))
+                .map(|s| (s.kind.clone(), s.contract_ref.clone()))
+                .unwrap_or_else(|| ("CONTRACT".into(), String::new()));
+            self.new_grants.insert(
+                id,
+                GrantTemplate {
+                    amount,
+                    kind,
+                    contract_ref,
+                    rolled_over: 0,
+                },
+            );
+        }
+        let system = EntryContext::system();
+        for movement in movements {
+            self.record(movement, &system);
+        }
+    }
+
+    fn schedule_model(&self, id: &str) -> Option<&schedule::Model> {
+        self.schedules
+            .get(id)
+            .or_else(|| self.new_schedules.iter().find(|s| s.id == id))
+    }
+}
+
+/// Everything a batch's operations are evaluated against, read under the batch's locks
+/// (`load.rs`), and — as evaluation goes — what they did to it.
+pub(super) struct Batch {
+    /// The batch's time: read once every lock was held.
+    pub now: i64,
+    /// The rate card in force at `now` (loaded only when an operation needs a price).
+    pub card: Option<Card>,
+    /// Account id → state, for every account the batch names.
+    pub accounts: HashMap<String, String>,
+    /// (account, unit) → wallet id, for debits and holds.
+    pub by_account_unit: HashMap<(String, String), String>,
+    pub wallets: BTreeMap<String, Loaded>,
+    /// Refunded entries and how much of each was refunded so far.
+    pub refunded: HashMap<String, (transaction::Model, i64)>,
+    /// The stored idempotency records of the batch's keys, by (scope, request_id); records
+    /// of operations that succeed in this batch are added as they go.
+    pub records: HashMap<(String, String), idempotency_key::Model>,
+}
+
+/// What evaluation decided: one outcome per operation, and the idempotency records of the
+/// ones that succeeded (to be written with the batch's other rows).
+pub(super) struct Evaluated {
+    pub outcomes: Vec<Result<Outcome>>,
+    pub records: Vec<idempotency_key::Model>,
+}
+
+/// ACCOUNT_NOT_ACTIVE unless the account's state allows `op` (`domain::account_state`).
+fn check_state(op: &Op, account_id: &str, state: &str) -> Result<()> {
+    match op.action() {
+        Some(action) => accounts::require_state(account_id, state, action),
+        None => Ok(()),
+    }
+}
+
+impl Batch {
+    /// Evaluates `ops` in arrival order. A request answered before (its key has a record)
+    /// replays that answer; every other operation sees the state the previous ones left,
+    /// and one that is refused leaves none of its own.
+    pub(super) fn evaluate_all(&mut self, ops: &[Op], encode: Encode) -> Evaluated {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut records = Vec::new();
+        for op in ops {
+            let key = op.key();
+            let record_key = key.map(|k| (k.scope.clone(), k.request_id.clone()));
+            if let (Some(key), Some(record)) =
+                (key, record_key.as_ref().and_then(|k| self.records.get(k)))
+            {
+                outcomes.push(
+                    key.check(record)
+                        .map(|()| Outcome::Replayed(record.response.clone())),
+                );
+                continue;
+            }
+            let result = self.evaluate(op);
+            if let (Ok(outcome), Some(key), Some(record_key)) = (&result, key, record_key) {
+                let record = idempotency_key::Model {
+                    scope: key.scope.clone(),
+                    request_id: key.request_id.clone(),
+                    method: key.method.to_string(),
+                    fingerprint: key.fingerprint.clone(),
+                    response: encode(outcome),
+                    create_time: self.now,
+                };
+                self.records.insert(record_key, record.clone());
+                records.push(record);
+            }
+            outcomes.push(result);
+        }
+        for wallet in self.wallets.values_mut() {
+            // New schedules may have periods due already.
+            wallet.advance(self.now);
+        }
+        Evaluated { outcomes, records }
+    }
+
+    /// Runs one operation on its wallet. Every operation checks before it changes anything
+    /// (the domain's refusals leave the state untouched — property-tested), so a rejected
+    /// operation leaves no trace in the batch.
+    fn evaluate(&mut self, op: &Op) -> Result<Outcome> {
+        // The account's state is checked once: for debits and holds (which name an account)
+        // before their wallet is resolved, for the rest on the wallet's own account.
+        let (wallet_id, state_checked) = match (op.wallet_id(), op.account_unit()) {
+            (Some(id), _) => (id.to_string(), false),
+            (None, Some((account_id, unit))) => {
+                let state = self
+                    .accounts
+                    .get(account_id)
+                    .ok_or_else(|| Error::not_found("account", account_id))?;
+                check_state(op, account_id, state)?;
+                let wallet_id = self
+                    .by_account_unit
+                    .get(&(account_id.to_string(), unit.to_string()))
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::not_found("wallet", &format!("{account_id}/{unit}"))
+                            .with("account_id", account_id)
+                            .with("unit", unit)
+                    })?;
+                (wallet_id, true)
+            }
+            (None, None) => return Err(Error::internal("operation names no wallet")),
+        };
+        let Some(mut wallet) = self.wallets.remove(&wallet_id) else {
+            return Err(Error::not_found("wallet", &wallet_id));
+        };
+        let result = if state_checked {
+            Ok(())
+        } else {
+            check_state(op, &wallet.model.account_id, &wallet.account_state)
+        }
+        .and_then(|()| self.run(op, &mut wallet));
+        self.wallets.insert(wallet_id, wallet);
+        result
+    }
+
+    fn price(
+        &self,
+        request_type: &str,
+        quantities: &BTreeMap<String, Decimal>,
+    ) -> Result<(Amount, &Card, String)> {
+        let unpriced = || {
+            Error::precondition(
+                "UNPRICED_REQUEST_TYPE",
+                format!("no rate in force for request type `{request_type}`"),
+            )
+            .with("request_type", request_type)
+        };
+        let card = self.card.as_ref().ok_or_else(unpriced)?;
+        let rate = card.rate(request_type).ok_or_else(unpriced)?;
+        let units = rate.price(quantities)?;
+        Ok((units, card, rate.provider_cost.clone()))
+    }
+
+    fn run(&mut self, op: &Op, wallet: &mut Loaded) -> Result<Outcome> {
+        let now = self.now;
+        match op {
+            Op::Debit(op) => {
+                let (units, card, provider_cost) = self.price(&op.request_type, &op.quantities)?;
+                check_caller_cap(units, op.max_units)?;
+                let version = card.model.version;
+                let movement = wallet.state.debit(units, now)?;
+                let ctx = EntryContext {
+                    actor: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                    request_type: op.request_type.clone(),
+                    quantities: quantity_strings(&op.quantities),
+                    metadata: op.metadata.clone(),
+                    rate_card_version: Some(version),
+                    provider_cost,
+                    ..Default::default()
+                };
+                Ok(Outcome::Charged(wallet.record(movement, &ctx)))
+            }
+            Op::Grant(op) => {
+                // The API checked this against its own clock; the batch's `now` is later.
+                if op
+                    .expire_time
+                    .is_some_and(|expiry| expiry <= op.effective_time.unwrap_or(now).max(now))
+                {
+                    return Err(Error::invalid(
+                        "INVALID_FIELD",
+                        "grant.expire_time",
+                        "must lie after now and after effective_time",
+                    ));
+                }
+                wallet.state.check_headroom(op.amount)?;
+                let id = new_id("grt");
+                let lot = Lot {
+                    grant_id: id.clone(),
+                    remaining: op.amount,
+                    priority: op.priority,
+                    effective_time: op.effective_time.unwrap_or(now),
+                    expire_time: op.expire_time,
+                    seq: now,
+                    unit_price: op.unit_price,
+                    currency: op.currency.clone(),
+                    status: LotStatus::Pending,
+                    repaid: Amount::ZERO,
+                    period: None,
+                };
+                wallet.new_grants.insert(
+                    id.clone(),
+                    GrantTemplate {
+                        amount: op.amount.micros(),
+                        kind: op.kind.to_string(),
+                        contract_ref: op.contract_ref.clone(),
+                        rolled_over: 0,
+                    },
+                );
+                if let Some(movement) = wallet.state.add_grant(lot, now) {
+                    let ctx = EntryContext {
+                        actor: op.actor.clone(),
+                        request_id: op.key.request_id.clone(),
+                        ..Default::default()
+                    };
+                    wallet.record(movement, &ctx);
+                }
+                grant_outcome(wallet, &id, now)
+            }
+            Op::Reserve(op) => {
+                let (units, version) = match op.units {
+                    Some(units) => (units, None),
+                    None => {
+                        let (units, card, _) = self.price(&op.request_type, &op.quantities)?;
+                        (units, Some(card.model.version))
+                    }
+                };
+                let id = new_id("rsv");
+                let expire_time = now.saturating_add(op.ttl_micros);
+                let movement = wallet.state.reserve(id.clone(), units, expire_time, now)?;
+                let model = reservation::Model {
+                    id: id.clone(),
+                    wallet_id: wallet.model.id.clone(),
+                    account_id: wallet.model.account_id.clone(),
+                    units: units.micros(),
+                    state: HOLD_OPEN.to_string(),
+                    expire_time,
+                    request_type: op.request_type.clone(),
+                    quantities: json(&quantity_strings(&op.quantities)),
+                    rate_card_version: version,
+                    captured_units: None,
+                    request_id: op.key.request_id.clone(),
+                    actor: op.actor.clone(),
+                    create_time: now,
+                    resolve_time: None,
+                };
+                wallet.new_holds.push(model.clone());
+                let ctx = EntryContext {
+                    actor: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                    request_type: op.request_type.clone(),
+                    quantities: quantity_strings(&op.quantities),
+                    rate_card_version: version,
+                    ..Default::default()
+                };
+                wallet.record(movement, &ctx);
+                Ok(Outcome::Reservation(model))
+            }
+            Op::Capture(op) => {
+                let hold = hold_model(wallet, &op.reservation_id)?;
+                let (units, version, provider_cost) = match op.units {
+                    Some(units) => (units, hold.rate_card_version, String::new()),
+                    None => {
+                        let (units, card, cost) = self.price(&hold.request_type, &op.quantities)?;
+                        (units, Some(card.model.version), cost)
+                    }
+                };
+                let movement = wallet.state.capture(&op.reservation_id, units, now)?;
+                wallet.resolved.insert(
+                    op.reservation_id.clone(),
+                    (HOLD_CAPTURED, Some(units.micros()), now),
+                );
+                let ctx = EntryContext {
+                    actor: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                    request_type: hold.request_type.clone(),
+                    quantities: quantity_strings(&op.quantities),
+                    rate_card_version: version,
+                    provider_cost,
+                    ..Default::default()
+                };
+                Ok(Outcome::Charged(wallet.record(movement, &ctx)))
+            }
+            Op::Release(op) => {
+                let hold = hold_model(wallet, &op.reservation_id)?;
+                let movement = wallet.state.release(&op.reservation_id, now)?;
+                wallet
+                    .resolved
+                    .insert(op.reservation_id.clone(), (HOLD_RELEASED, None, now));
+                let ctx = EntryContext {
+                    actor: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                    request_type: hold.request_type.clone(),
+                    ..Default::default()
+                };
+                wallet.record(movement, &ctx);
+                // The answer shows the hold released (as it was stored, with its new state).
+                Ok(Outcome::Reservation(reservation::Model {
+                    state: HOLD_RELEASED.to_string(),
+                    ..hold
+                }))
+            }
+            Op::Refund(op) => {
+                let (original, done) = self
+                    .refunded
+                    .get(&op.transaction_id)
+                    .cloned()
+                    .ok_or_else(|| Error::not_found("transaction", &op.transaction_id))?;
+                let burns: Vec<(Option<String>, Amount)> = stored_burns(&original)?
+                    .into_iter()
+                    .map(|b| ((!b.grant_id.is_empty()).then_some(b.grant_id), b.units))
+                    .collect();
+                let charged = Amount::from_micros(original.units);
+                let (units, returns) =
+                    refund_returns(&burns, charged, Amount::from_micros(done), op.units)
+                        .map_err(|r| Error::from(r).with("transaction_id", &original.id))?;
+                // Units a debit burnt freed room that a later grant may have filled: the
+                // returned units must still fit the wallet's bound.
+                wallet.state.check_headroom(units)?;
+                let movements = wallet.state.refund(&returns, original.create_time, now);
+                let ctx = EntryContext {
+                    actor: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                    request_type: original.request_type.clone(),
+                    ref_id: Some(original.id.clone()),
+                    reason: op.reason.clone(),
+                    ..Default::default()
+                };
+                let mut first = None;
+                for movement in movements {
+                    let entry = wallet.record(movement, &ctx);
+                    first.get_or_insert(entry);
+                }
+                self.refunded.insert(
+                    original.id.clone(),
+                    (original, done.saturating_add(units.micros())),
+                );
+                let entry = first.ok_or_else(|| Error::internal("refund recorded nothing"))?;
+                Ok(Outcome::Entry(entry))
+            }
+            Op::Void(op) => {
+                let movement = wallet.state.void(&op.grant_id, now)?;
+                wallet
+                    .void_reasons
+                    .insert(op.grant_id.clone(), op.reason.clone());
+                let ctx = EntryContext {
+                    actor: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                    reason: op.reason.clone(),
+                    ..Default::default()
+                };
+                wallet.record(movement, &ctx);
+                grant_outcome(wallet, &op.grant_id, now)
+            }
+            Op::Adjust(op) => {
+                let ctx = EntryContext {
+                    actor: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                    reason: op.reason.clone(),
+                    ..Default::default()
+                };
+                let movement = if op.units > 0 {
+                    let units = Amount::from_micros(op.units);
+                    wallet.state.check_headroom(units)?;
+                    let id = new_id("grt");
+                    wallet.new_grants.insert(
+                        id.clone(),
+                        GrantTemplate {
+                            amount: units.micros(),
+                            kind: "ADJUSTMENT".into(),
+                            contract_ref: String::new(),
+                            rolled_over: 0,
+                        },
+                    );
+                    wallet.state.adjust_up(
+                        Lot {
+                            grant_id: id,
+                            remaining: units,
+                            priority: 0,
+                            effective_time: now,
+                            expire_time: None,
+                            seq: now,
+                            unit_price: Decimal::ZERO,
+                            currency: String::new(),
+                            status: LotStatus::Pending,
+                            repaid: Amount::ZERO,
+                            period: None,
+                        },
+                        now,
+                    )
+                } else {
+                    let units = Amount::from_micros(op.units.saturating_neg());
+                    wallet.state.adjust_down(units, now)?
+                };
+                let entry = wallet.record(movement, &ctx);
+                Ok(Outcome::Entry(entry))
+            }
+            Op::Schedule(op) => {
+                let model = schedule::Model {
+                    id: new_id("sch"),
+                    wallet_id: wallet.model.id.clone(),
+                    account_id: wallet.model.account_id.clone(),
+                    amount: op.amount.micros(),
+                    period: period_str(op.period).to_string(),
+                    start_time: op.start_time,
+                    end_time: op.end_time,
+                    rollover_policy: match op.rollover {
+                        Rollover::None => "NONE".into(),
+                        Rollover::Capped(_) => "CAPPED".into(),
+                    },
+                    rollover_cap: match op.rollover {
+                        Rollover::None => None,
+                        Rollover::Capped(cap) => Some(cap.micros()),
+                    },
+                    next_period: 0,
+                    kind: op.kind.to_string(),
+                    priority: op.priority,
+                    unit_price: format_decimal(op.unit_price),
+                    currency: op.currency.clone(),
+                    contract_ref: op.contract_ref.clone(),
+                    create_time: now,
+                };
+                wallet.state.schedules.push(domain_schedule(&model));
+                wallet.new_schedules.push(model.clone());
+                // Periods already due are granted before the batch commits.
+                wallet.advance(now);
+                let next = wallet
+                    .state
+                    .schedules
+                    .iter()
+                    .find(|s| s.id == model.id)
+                    .map(|s| s.next_period)
+                    .unwrap_or_default();
+                Ok(Outcome::Schedule(schedule::Model {
+                    next_period: next,
+                    ..model
+                }))
+            }
+            Op::UpdateWallet(op) => {
+                let changes = &op.changes;
+                if let Some(limit) = changes.overdraft_limit {
+                    wallet.state.set_overdraft_limit(limit)?;
+                }
+                if let Some(daily) = changes.daily_spend_cap {
+                    wallet.state.caps.daily = daily;
+                }
+                if let Some(monthly) = changes.monthly_spend_cap {
+                    wallet.state.caps.monthly = monthly;
+                }
+                if let Some(thresholds) = &changes.low_balance_thresholds {
+                    wallet.thresholds = thresholds.clone();
+                }
+                Ok(Outcome::Wallet {
+                    row: updated_wallet(wallet, now),
+                    balance: wallet.state.balance(&wallet.thresholds),
+                })
+            }
+            Op::Sweep { .. } => Ok(Outcome::Swept),
+        }
+    }
+}
+
+/// The open hold's stored row (loaded or created in this batch).
+fn hold_model(wallet: &Loaded, id: &str) -> Result<reservation::Model> {
+    let open = wallet.state.holds.iter().any(|h| h.id == id);
+    let model = wallet
+        .holds
+        .get(id)
+        .cloned()
+        .or_else(|| wallet.new_holds.iter().find(|h| h.id == id).cloned());
+    match model {
+        Some(model) if open => Ok(model),
+        _ => Err(Error::precondition(
+            "RESERVATION_NOT_OPEN",
+            format!("reservation `{id}` is no longer open"),
+        )
+        .with("reservation_id", id)),
+    }
+}
+
+/// The wallet row with the batch's changes.
+pub(super) fn updated_wallet(wallet: &Loaded, now: i64) -> wallet::Model {
+    let state = &wallet.state;
+    wallet::Model {
+        overdraft_limit: state.overdraft_limit.micros(),
+        debt: state.debt.micros(),
+        reserved: state.reserved().micros(),
+        posted: wallet.posted,
+        daily_spend_cap: state.caps.daily.map(Amount::micros),
+        monthly_spend_cap: state.caps.monthly.map(Amount::micros),
+        spent_day: state.spent.day,
+        spent_day_units: state.spent.day_units.micros(),
+        spent_month: state.spent.month,
+        spent_month_units: state.spent.month_units.micros(),
+        low_balance_thresholds: json(&wallet.thresholds),
+        next_due_time: state.next_due(),
+        last_hash: wallet.last_hash.clone(),
+        last_entry_time: wallet.last_time,
+        update_time: now,
+        ..wallet.model.clone()
+    }
+}
+
+/// The grant row as it will be after the batch.
+pub(super) fn grant_row(wallet: &Loaded, lot: &Lot, now: i64) -> Option<grant::Model> {
+    let status = status_str(lot.status).to_string();
+    let void_reason = wallet.void_reasons.get(&lot.grant_id).cloned();
+    if let Some(stored) = wallet.grants.get(&lot.grant_id) {
+        return Some(grant::Model {
+            remaining: lot.remaining.micros(),
+            voided: lot.status == LotStatus::Voided,
+            status,
+            repaid: lot.repaid.micros(),
+            void_reason: void_reason.unwrap_or_else(|| stored.void_reason.clone()),
+            ..stored.clone()
+        });
+    }
+    let template = wallet.new_grants.get(&lot.grant_id)?;
+    Some(grant::Model {
+        id: lot.grant_id.clone(),
+        wallet_id: wallet.model.id.clone(),
+        kind: template.kind.clone(),
+        amount: template.amount,
+        remaining: lot.remaining.micros(),
+        priority: lot.priority,
+        effective_time: lot.effective_time,
+        expire_time: lot.expire_time,
+        unit_price: format_decimal(lot.unit_price),
+        currency: lot.currency.clone(),
+        contract_ref: template.contract_ref.clone(),
+        voided: lot.status == LotStatus::Voided,
+        create_time: lot.seq.min(now),
+        status,
+        repaid: lot.repaid.micros(),
+        schedule_id: lot.period.as_ref().map(|(s, _)| s.clone()),
+        period_index: lot.period.as_ref().map(|(_, k)| *k),
+        rolled_over: template.rolled_over,
+        void_reason: void_reason.unwrap_or_default(),
+    })
+}
+
+/// The answer to a grant or void: the grant's row as it will be after the batch.
+fn grant_outcome(wallet: &Loaded, id: &str, now: i64) -> Result<Outcome> {
+    wallet
+        .state
+        .lots
+        .iter()
+        .find(|l| l.grant_id == id)
+        .and_then(|lot| grant_row(wallet, lot, now))
+        .map(|row| Outcome::Grant { row, now })
+        .ok_or_else(|| Error::internal(format!("grant `{id}` left no row")))
+}
+
+pub(super) fn next_period(wallet: &Loaded, schedule_id: &str, stored: i64) -> i64 {
+    wallet
+        .state
+        .schedules
+        .iter()
+        .find(|s| s.id == schedule_id)
+        .map_or(stored, |s| s.next_period)
+}
