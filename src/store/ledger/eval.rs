@@ -777,3 +777,6 @@ pub(super) fn next_period(wallet: &Loaded, schedule_id: &str, stored: i64) -> i6
         .find(|s| s.id == schedule_id)
         .map_or(stored, |s| s.next_period)
 }
+
+#[cfg(test)]
+mod tests;
