@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::{
     entity::{account, wallet},
-    locks_rows, new_id,
+    is_postgres, new_id,
     pagination::{self, Page},
 };
 use crate::{
@@ -65,7 +65,7 @@ pub async fn lock_account(
     exclusive: bool,
 ) -> Result<Option<account::Model>> {
     let mut query = account::Entity::find_by_id(id.to_string());
-    if locks_rows(conn) {
+    if is_postgres(conn) {
         query = if exclusive {
             query.lock_exclusive()
         } else {
@@ -247,7 +247,7 @@ pub async fn update_account(
         // Ledger batches keep the account's state with each of its wallets in the wallet
         // cache, checked by the wallet's version: move every version on. The wallets are
         // locked first in id order, the order ledger batches lock them in (no deadlock).
-        if locks_rows(conn) {
+        if is_postgres(conn) {
             wallet::Entity::find()
                 .select_only()
                 .column(wallet::Column::Id)

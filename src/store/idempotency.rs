@@ -136,7 +136,7 @@ pub async fn find_many(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    if conn.get_database_backend() == DbBackend::Postgres {
+    if super::is_postgres(conn) {
         // An OR of (scope, request_id) pairs is planned as one index scan on the scope prefix
         // with the pairs as a filter when the scopes repeat (one hot account), and a plain join
         // as a scan of the whole key index: either way every record is read per batch. A

@@ -240,7 +240,7 @@ impl Store {
     }
 
     pub fn is_postgres(&self) -> bool {
-        self.backend() == DbBackend::Postgres
+        is_postgres(&self.db)
     }
 
     /// Begins a write transaction.
@@ -322,13 +322,14 @@ fn lock_file(database: &std::path::Path) -> anyhow::Result<std::fs::File> {
 pub async fn snapshot(
     db: &DatabaseConnection,
 ) -> std::result::Result<DatabaseTransaction, sea_orm::DbErr> {
-    let options = match db.get_database_backend() {
-        DbBackend::Postgres => TransactionOptions {
+    let options = if is_postgres(db) {
+        TransactionOptions {
             isolation_level: Some(sea_orm::IsolationLevel::RepeatableRead),
             access_mode: Some(sea_orm::AccessMode::ReadOnly),
             sqlite_transaction_mode: None,
-        },
-        _ => TransactionOptions::default(),
+        }
+    } else {
+        TransactionOptions::default()
     };
     db.begin_with_options(options).await
 }
@@ -338,8 +339,9 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Whether a connection is on PostgreSQL (row locks) or SQLite (no lock clauses).
-pub(crate) fn locks_rows(conn: &impl ConnectionTrait) -> bool {
+/// Whether a connection is on PostgreSQL (row locks, bulk `unnest` writes) or SQLite (no
+/// lock clauses, one writer): the one place the store asks.
+pub(crate) fn is_postgres(conn: &impl ConnectionTrait) -> bool {
     conn.get_database_backend() == DbBackend::Postgres
 }
 

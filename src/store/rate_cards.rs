@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     entity::{rate_card, rate_card_head},
-    locks_rows,
+    is_postgres,
     pagination::{self, Page},
 };
 use crate::{
@@ -86,7 +86,7 @@ pub async fn create_draft(
 /// `find_by_id(1).one()`, whose `LIMIT ?` makes SQLite re-prepare the statement every time
 /// it is bound — once per ledger batch.
 pub async fn lock_head(conn: &impl ConnectionTrait, exclusive: bool) -> Result<i64> {
-    let sql = match (locks_rows(conn), exclusive) {
+    let sql = match (is_postgres(conn), exclusive) {
         (false, _) => "SELECT generation FROM rate_card_head WHERE id = 1",
         (true, false) => "SELECT generation FROM rate_card_head WHERE id = 1 FOR SHARE",
         (true, true) => "SELECT generation FROM rate_card_head WHERE id = 1 FOR UPDATE",
@@ -100,7 +100,7 @@ pub async fn lock_head(conn: &impl ConnectionTrait, exclusive: bool) -> Result<i
 /// against the batch's id list, which costs far more CPU (docs/BENCHMARKS.md). One round trip
 /// for both.
 pub async fn lock_head_for_batch(conn: &impl ConnectionTrait) -> Result<i64> {
-    if !locks_rows(conn) {
+    if !is_postgres(conn) {
         return lock_head(conn, false).await;
     }
     read_head(

@@ -19,7 +19,7 @@ use crate::{
         Store,
         entity::{account, grant, reservation, schedule, transaction, wallet},
         idempotency::{self, Key},
-        locks_rows, rate_cards,
+        is_postgres, rate_cards,
         shape::padded,
         wallet_cache::{Rows, WalletCache},
     },
@@ -39,7 +39,7 @@ pub(super) async fn load_wallets(
     let mut query = wallet::Entity::find()
         .filter(wallet::Column::Id.is_in(padded(ids.iter().cloned())))
         .order_by_asc(wallet::Column::Id);
-    if lock && locks_rows(conn) {
+    if lock && is_postgres(conn) {
         query = query.lock_exclusive();
     }
     let wallets = query.all(conn).await?;

@@ -43,7 +43,7 @@ pub use rows::{
     StoredBurn, VOIDED, domain_schedule, lot, period_str, stored_burns, thresholds,
 };
 
-use super::{Store, locks_rows, log_sync::Durable};
+use super::{Store, is_postgres, log_sync::Durable};
 use crate::error::{Error, Result};
 use write::Writer;
 
@@ -85,7 +85,7 @@ async fn apply_once(
     let mut batch = load::lock_and_load(store, &write.tx, ops).await?;
     let evaluated = batch.evaluate_all(ops, encode);
     let effects = write::effects(&batch, evaluated.records);
-    let written = if locks_rows(&write.tx) {
+    let written = if is_postgres(&write.tx) {
         write::Postgres::write(&write.tx, &effects).await?
     } else {
         write::Sqlite::write(&write.tx, &effects).await?
