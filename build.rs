@@ -1,5 +1,6 @@
 //! Compiles `proto/allot/v1/*.proto` with protox (no system `protoc`) and generates the tonic
-//! clients and servers. The encoded descriptor set is kept for server reflection.
+//! clients and servers. The encoded descriptor set is kept for server reflection and for the
+//! CLI, which prints messages from their descriptors.
 
 use std::{env, fs, path::PathBuf};
 
@@ -24,11 +25,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("allot_descriptor.bin"), fds.encode_to_vec())?;
 
+    // `prost::Name` on every message: the CLI finds a message's descriptor by its full name.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         // Deterministic encoding of maps: request fingerprints for idempotency hash the bytes.
         .btree_map(".")
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

@@ -34,7 +34,7 @@ use self::{
     database::{BenchDatabase, Kind},
     load::{Load, Measured, Sampler},
 };
-use super::server::parse_duration;
+use super::duration::parse_duration;
 
 /// Seed of the wallet choices: the allot run and the baseline pick the same wallets.
 const SEED: u64 = 0x5eed_a110;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod duration;
 pub mod server;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

@@ -1,22 +1,136 @@
 //! How responses are printed: `field: value` lines or aligned tables for people, and the
 //! response message as JSON (`--json`) for scripts.
 //!
-//! Every message converts once into a [`Node`] that keeps its fields in proto order; both
-//! printers walk that. The JSON uses the proto field names, enum value names such as
-//! `ACCOUNT_STATE_ACTIVE`, RFC 3339 timestamps (`null` when unset) and decimal strings exactly
-//! as the server sent them, and keeps empty fields so that scripts can rely on every key.
+//! Nothing here knows a message by hand: every response is walked from its descriptor
+//! (prost-reflect over the descriptor set that build.rs compiles), so a field added to a
+//! proto prints without a change here. A message converts once into a [`Node`] that keeps
+//! its fields in proto order; both printers walk that. The JSON uses the proto field names,
+//! enum value names such as `ACCOUNT_STATE_ACTIVE` (a number the client does not know stays
+//! a number), RFC 3339 timestamps (`null` when unset, like any unset message), integers as
+//! numbers and decimal strings exactly as the server sent them, and keeps empty fields so
+//! that scripts can rely on every key.
+//!
+//! For people: a nested message's fields stand in its place (but for names the outer
+//! message has already), lists of messages follow as tables, money and rate dimensions read
+//! `USD 1.25` and `0.2/1000 output_tokens`, and an empty value is `-`.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::{self, Write as _},
+    sync::LazyLock,
 };
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use chrono::{DateTime, SecondsFormat};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage as _, Value,
+};
 use prost_types::Timestamp;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::proto;
+
+/// The columns of a list of these messages (`a.b` reaches into a nested message); a message
+/// not named here shows every field.
+const COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "allot.v1.Account",
+        &["id", "external_id", "display_name", "parent_id", "state"],
+    ),
+    (
+        "allot.v1.Balance",
+        &[
+            "unit",
+            "posted",
+            "reserved",
+            "available",
+            "overdraft_limit",
+            "crossed_thresholds",
+        ],
+    ),
+    (
+        "allot.v1.Wallet",
+        &[
+            "id",
+            "account_id",
+            "unit",
+            "balance.posted",
+            "balance.available",
+            "overdraft_limit",
+            "daily_spend_cap",
+            "monthly_spend_cap",
+        ],
+    ),
+    (
+        "allot.v1.Grant",
+        &[
+            "id",
+            "kind",
+            "amount",
+            "remaining",
+            "priority",
+            "state",
+            "effective_time",
+            "expire_time",
+            "schedule_id",
+        ],
+    ),
+    (
+        "allot.v1.Transaction",
+        &[
+            "id",
+            "create_time",
+            "kind",
+            "units",
+            "delta",
+            "balance_after",
+            "request_type",
+            "request_id",
+        ],
+    ),
+    (
+        "allot.v1.AllotmentSchedule",
+        &[
+            "id",
+            "amount",
+            "period",
+            "start_time",
+            "end_time",
+            "rollover_policy",
+            "rollover_cap",
+            "next_grant_time",
+        ],
+    ),
+    (
+        "allot.v1.RateCard",
+        &[
+            "version",
+            "state",
+            "effective_time",
+            "publish_time",
+            "notes",
+        ],
+    ),
+];
+
+/// The descriptors of every allot message (and the well-known types they use).
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+        .expect("build.rs writes a valid descriptor set")
+});
+
+/// A generated message in its dynamic form, to be walked by its descriptor.
+pub fn dynamic<M: prost::Message + prost::Name>(message: &M) -> DynamicMessage {
+    let descriptor = POOL
+        .get_message_by_name(&M::full_name())
+        .expect("every allot message is in the descriptor set");
+    let mut dynamic = DynamicMessage::new(descriptor);
+    dynamic
+        .transcode_from(message)
+        .expect("a message decodes as its own type");
+    dynamic
+}
 
 /// A message, or one value inside it, ready to print.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,11 +138,15 @@ pub enum Node {
     Null,
     Bool(bool),
     Int(i64),
+    Float(f64),
     Text(String),
-    /// A proto `map<string, string>`.
-    Map(BTreeMap<String, String>),
-    /// A message: its fields in proto order.
-    Message(Vec<(&'static str, Node)>),
+    /// A proto map, by key.
+    Map(BTreeMap<String, Node>),
+    /// A message: its full type name and its fields in proto order.
+    Message {
+        type_name: String,
+        fields: Vec<(String, Node)>,
+    },
     List(Vec<Node>),
 }
 
@@ -38,9 +156,10 @@ impl Serialize for Node {
             Node::Null => serializer.serialize_none(),
             Node::Bool(value) => serializer.serialize_bool(*value),
             Node::Int(value) => serializer.serialize_i64(*value),
+            Node::Float(value) => serializer.serialize_f64(*value),
             Node::Text(value) => serializer.serialize_str(value),
             Node::Map(map) => map.serialize(serializer),
-            Node::Message(fields) => {
+            Node::Message { fields, .. } => {
                 let mut map = serializer.serialize_map(Some(fields.len()))?;
                 for (name, value) in fields {
                     map.serialize_entry(name, value)?;
@@ -52,62 +171,78 @@ impl Serialize for Node {
     }
 }
 
-/// A response message the client prints.
-pub trait Show {
-    /// The fields shown as columns when many are listed; `a.b` reaches into a nested message.
-    const COLUMNS: &'static [&'static str];
+// ---- conversion --------------------------------------------------------------------------
 
-    /// Every field, in proto order.
-    fn fields(&self) -> Vec<(&'static str, Node)>;
-
-    /// The fields of the `field: value` view; the same unless a wrapper is flattened.
-    fn human(&self) -> Vec<(&'static str, Node)> {
-        self.fields()
+/// Every field of a message, in proto order; a timestamp is its RFC 3339 text.
+pub fn node(message: &DynamicMessage) -> Node {
+    let descriptor = message.descriptor();
+    if descriptor.full_name() == "google.protobuf.Timestamp" {
+        return time(message.transcode_to::<Timestamp>().ok().as_ref());
     }
-
-    fn node(&self) -> Node {
-        Node::Message(self.fields())
-    }
-
-    /// The view for people: `field: value` lines unless the message lays itself out.
-    fn text(&self) -> String {
-        detail(&self.human())
+    let fields = descriptor
+        .fields()
+        .map(|field| {
+            let unset_message =
+                field.kind().as_message().is_some() && !field.is_list() && !field.is_map();
+            let value = if unset_message && !message.has_field(&field) {
+                Node::Null
+            } else {
+                value(&field.kind(), &message.get_field(&field))
+            };
+            (field.name().to_owned(), value)
+        })
+        .collect();
+    Node::Message {
+        type_name: descriptor.full_name().to_owned(),
+        fields,
     }
 }
 
-/// A list response: one page of items and the token of the next.
-pub trait Page {
-    type Item: Show;
-    /// The name of the repeated field, e.g. `accounts`.
-    const FIELD: &'static str;
-    fn into_parts(self) -> (Vec<Self::Item>, String);
-}
-
-macro_rules! page {
-    ($($response:ident => $item:ident . $field:ident),* $(,)?) => {$(
-        impl Page for proto::$response {
-            type Item = proto::$item;
-            const FIELD: &'static str = stringify!($field);
-            fn into_parts(self) -> (Vec<proto::$item>, String) {
-                (self.$field, self.next_page_token)
-            }
+/// One value of a field of this kind (for a list or map: of its items' kind).
+fn value(kind: &Kind, value: &Value) -> Node {
+    match value {
+        Value::Bool(value) => Node::Bool(*value),
+        Value::I32(value) => Node::Int((*value).into()),
+        Value::I64(value) => Node::Int(*value),
+        Value::U32(value) => Node::Int((*value).into()),
+        Value::U64(value) => i64::try_from(*value).map_or(Node::Text(value.to_string()), Node::Int),
+        Value::F32(value) => Node::Float((*value).into()),
+        Value::F64(value) => Node::Float(*value),
+        Value::String(value) => Node::Text(value.clone()),
+        Value::Bytes(value) => Node::Text(BASE64.encode(value)),
+        Value::EnumNumber(number) => kind
+            .as_enum()
+            .and_then(|e| e.get_value(*number))
+            .map_or(Node::Int((*number).into()), |v| {
+                Node::Text(v.name().to_owned())
+            }),
+        Value::Message(message) => node(message),
+        Value::List(items) => {
+            Node::List(items.iter().map(|item| self::value(kind, item)).collect())
         }
-    )*};
+        Value::Map(map) => {
+            let Some(entry) = kind.as_message() else {
+                return Node::Null;
+            };
+            let value_kind = entry.map_entry_value_field().kind();
+            let entries = map
+                .iter()
+                .map(|(key, item)| (map_key(key), self::value(&value_kind, item)))
+                .collect();
+            Node::Map(entries)
+        }
+    }
 }
 
-page! {
-    ListAccountsResponse => Account.accounts,
-    ListWalletsResponse => Wallet.wallets,
-    ListGrantsResponse => Grant.grants,
-    ListTransactionsResponse => Transaction.transactions,
-    ListRateCardsResponse => RateCard.rate_cards,
-    ListAllotmentSchedulesResponse => AllotmentSchedule.allotment_schedules,
-}
-
-// ---- conversions -----------------------------------------------------------------------------
-
-pub fn text(value: &str) -> Node {
-    Node::Text(value.to_owned())
+fn map_key(key: &MapKey) -> String {
+    match key {
+        MapKey::Bool(value) => value.to_string(),
+        MapKey::I32(value) => value.to_string(),
+        MapKey::I64(value) => value.to_string(),
+        MapKey::U32(value) => value.to_string(),
+        MapKey::U64(value) => value.to_string(),
+        MapKey::String(value) => value.clone(),
+    }
 }
 
 /// RFC 3339 in UTC, with as many fractional digits as needed.
@@ -117,435 +252,90 @@ pub fn rfc3339(value: Option<&Timestamp>) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
-/// A timestamp field: RFC 3339, or null when unset.
-pub fn time(value: Option<&Timestamp>) -> Node {
+/// A timestamp: RFC 3339, or null when unset.
+fn time(value: Option<&Timestamp>) -> Node {
     rfc3339(value).map_or(Node::Null, Node::Text)
-}
-
-/// An enum field by its proto value name; a number the client does not know stays a number.
-pub fn name_of<E: TryFrom<i32>>(value: i32, name: fn(&E) -> &'static str) -> Node {
-    E::try_from(value).map_or(Node::Int(value.into()), |e| text(name(&e)))
-}
-
-fn texts(values: &[String]) -> Node {
-    Node::List(values.iter().map(|value| text(value)).collect())
 }
 
 /// Amounts of money on one line: `USD 1.25; EUR -0.5` (empty for none).
 pub fn money_line(money: &[proto::Money]) -> String {
     let parts: Vec<String> = money
         .iter()
-        .map(|m| format!("{} {}", m.currency, m.amount))
+        .map(|m| money_text(&m.currency, &m.amount))
         .collect();
     parts.join("; ")
 }
 
-fn map(value: &BTreeMap<String, String>) -> Node {
-    Node::Map(value.clone())
+fn money_text(currency: &str, amount: &str) -> String {
+    format!("{currency} {amount}")
 }
 
-pub fn list<T: Show>(items: &[T]) -> Node {
-    Node::List(items.iter().map(Show::node).collect())
-}
-
-fn nested<T: Show>(value: Option<&T>) -> Node {
-    value.map_or(Node::Null, Show::node)
-}
-
-/// Swaps the value of one field (for the `field: value` view).
-fn replace(fields: &mut [(&'static str, Node)], name: &str, value: Node) {
-    if let Some((_, old)) = fields.iter_mut().find(|(field, _)| *field == name) {
-        *old = value;
-    }
-}
-
-impl Show for proto::Account {
-    const COLUMNS: &'static [&'static str] =
-        &["id", "external_id", "display_name", "parent_id", "state"];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("id", text(&self.id)),
-            ("external_id", text(&self.external_id)),
-            ("display_name", text(&self.display_name)),
-            ("parent_id", text(&self.parent_id)),
-            (
-                "state",
-                name_of(self.state, proto::AccountState::as_str_name),
-            ),
-            ("labels", map(&self.labels)),
-            ("create_time", time(self.create_time.as_ref())),
-            ("update_time", time(self.update_time.as_ref())),
-        ]
+/// Messages that read as one value: money (`USD 1.25`) and rate dimensions
+/// (`0.2/1000 output_tokens`).
+fn inline(type_name: &str, fields: &[(String, Node)]) -> Option<String> {
+    let field = |name: &str| match find(fields, name) {
+        Node::Text(text) => text.as_str(),
+        _ => "",
+    };
+    match type_name {
+        "allot.v1.Money" => Some(money_text(field("currency"), field("amount"))),
+        "allot.v1.Dimension" => Some(format!(
+            "{}/{} {}",
+            field("units"),
+            field("per"),
+            field("name")
+        )),
+        _ => None,
     }
 }
 
-impl Show for proto::Balance {
-    const COLUMNS: &'static [&'static str] = &[
-        "unit",
-        "posted",
-        "reserved",
-        "available",
-        "overdraft_limit",
-        "crossed_thresholds",
-    ];
+fn find<'a>(fields: &'a [(String, Node)], name: &str) -> &'a Node {
+    fields
+        .iter()
+        .find(|(field, _)| field == name)
+        .map_or(&Node::Null, |(_, value)| value)
+}
 
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("wallet_id", text(&self.wallet_id)),
-            ("unit", text(&self.unit)),
-            ("posted", text(&self.posted)),
-            ("reserved", text(&self.reserved)),
-            ("available", text(&self.available)),
-            ("overdraft_limit", text(&self.overdraft_limit)),
-            ("crossed_thresholds", texts(&self.crossed_thresholds)),
-        ]
+/// The field names of a message's columns when many are listed.
+fn columns(descriptor: &MessageDescriptor) -> Vec<String> {
+    match COLUMNS
+        .iter()
+        .find(|(name, _)| *name == descriptor.full_name())
+    {
+        Some((_, columns)) => columns.iter().map(|c| c.to_string()).collect(),
+        None => descriptor.fields().map(|f| f.name().to_owned()).collect(),
     }
 }
 
-impl Show for proto::Wallet {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "account_id",
-        "unit",
-        "balance.posted",
-        "balance.available",
-        "overdraft_limit",
-        "daily_spend_cap",
-        "monthly_spend_cap",
-    ];
+// ---- pages -------------------------------------------------------------------------------
 
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("id", text(&self.id)),
-            ("account_id", text(&self.account_id)),
-            ("unit", text(&self.unit)),
-            ("overdraft_limit", text(&self.overdraft_limit)),
-            ("balance", nested(self.balance.as_ref())),
-            ("create_time", time(self.create_time.as_ref())),
-            ("daily_spend_cap", text(&self.daily_spend_cap)),
-            ("monthly_spend_cap", text(&self.monthly_spend_cap)),
-            (
-                "low_balance_thresholds",
-                texts(&self.low_balance_thresholds),
-            ),
-        ]
-    }
+/// A list response's `next_page_token` (empty: the last page).
+pub fn next_page_token(response: &DynamicMessage) -> String {
+    response
+        .get_field_by_name("next_page_token")
+        .and_then(|token| token.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
 
-    /// The balance's amounts inline instead of a nested `balance`.
-    fn human(&self) -> Vec<(&'static str, Node)> {
-        let balance = self.balance.clone().unwrap_or_default();
-        let mut fields = self.fields();
-        fields.retain(|(name, _)| *name != "balance");
-        fields.extend([
-            ("posted", text(&balance.posted)),
-            ("reserved", text(&balance.reserved)),
-            ("available", text(&balance.available)),
-            ("crossed_thresholds", texts(&balance.crossed_thresholds)),
-        ]);
-        fields
+/// Adds a later page to the pages so far: its items after theirs, its token instead.
+pub fn append_page(pages: &mut DynamicMessage, page: DynamicMessage) {
+    for field in page.descriptor().fields() {
+        let value = page.get_field(&field);
+        match (pages.get_field_mut(&field).as_list_mut(), value.as_list()) {
+            (Some(items), Some(more)) => items.extend_from_slice(more),
+            _ => pages.set_field(&field, value.into_owned()),
+        }
     }
 }
 
-impl Show for proto::Grant {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "kind",
-        "amount",
-        "remaining",
-        "priority",
-        "state",
-        "effective_time",
-        "expire_time",
-        "schedule_id",
-    ];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("id", text(&self.id)),
-            ("wallet_id", text(&self.wallet_id)),
-            ("kind", name_of(self.kind, proto::GrantKind::as_str_name)),
-            ("amount", text(&self.amount)),
-            ("remaining", text(&self.remaining)),
-            ("priority", Node::Int(self.priority.into())),
-            ("effective_time", time(self.effective_time.as_ref())),
-            ("expire_time", time(self.expire_time.as_ref())),
-            ("unit_price", text(&self.unit_price)),
-            ("currency", text(&self.currency)),
-            ("contract_ref", text(&self.contract_ref)),
-            ("state", name_of(self.state, proto::GrantState::as_str_name)),
-            ("create_time", time(self.create_time.as_ref())),
-            ("schedule_id", text(&self.schedule_id)),
-            ("rolled_over", text(&self.rolled_over)),
-            ("void_reason", text(&self.void_reason)),
-        ]
-    }
+/// The repeated message field of a list response (`accounts`, …).
+fn items_field(response: &MessageDescriptor) -> Option<prost_reflect::FieldDescriptor> {
+    response
+        .fields()
+        .find(|field| field.is_list() && field.kind().as_message().is_some())
 }
 
-impl Show for proto::GrantBurn {
-    const COLUMNS: &'static [&'static str] =
-        &["grant_id", "units", "unit_price", "currency", "money"];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("grant_id", text(&self.grant_id)),
-            ("units", text(&self.units)),
-            ("unit_price", text(&self.unit_price)),
-            ("currency", text(&self.currency)),
-            ("money", text(&self.money)),
-        ]
-    }
-}
-
-impl Show for proto::Transaction {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "create_time",
-        "kind",
-        "units",
-        "delta",
-        "balance_after",
-        "request_type",
-        "request_id",
-    ];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("id", text(&self.id)),
-            (
-                "kind",
-                name_of(self.kind, proto::TransactionKind::as_str_name),
-            ),
-            ("wallet_id", text(&self.wallet_id)),
-            ("account_id", text(&self.account_id)),
-            ("units", text(&self.units)),
-            ("balance_after", text(&self.balance_after)),
-            ("request_type", text(&self.request_type)),
-            ("quantities", map(&self.quantities)),
-            ("rate_card_version", Node::Int(self.rate_card_version)),
-            ("request_id", text(&self.request_id)),
-            ("create_time", time(self.create_time.as_ref())),
-            ("actor", text(&self.actor)),
-            ("metadata", map(&self.metadata)),
-            ("burns", list(&self.burns)),
-            ("provider_cost", text(&self.provider_cost)),
-            ("grant_id", text(&self.grant_id)),
-            ("delta", text(&self.delta)),
-            ("reservation_id", text(&self.reservation_id)),
-            (
-                "refunded_transaction_id",
-                text(&self.refunded_transaction_id),
-            ),
-            ("reason", text(&self.reason)),
-            ("hash", text(&self.hash)),
-            ("prev_hash", text(&self.prev_hash)),
-            ("money", list(&self.money)),
-        ]
-    }
-
-    /// Money on one line (`USD -1.25`) instead of a table.
-    fn human(&self) -> Vec<(&'static str, Node)> {
-        let mut fields = self.fields();
-        replace(&mut fields, "money", text(&money_line(&self.money)));
-        fields
-    }
-}
-
-impl Show for proto::Money {
-    const COLUMNS: &'static [&'static str] = &["currency", "amount"];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("currency", text(&self.currency)),
-            ("amount", text(&self.amount)),
-        ]
-    }
-}
-
-impl Show for proto::Reservation {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "state",
-        "units",
-        "captured_units",
-        "expire_time",
-        "request_type",
-    ];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("id", text(&self.id)),
-            ("wallet_id", text(&self.wallet_id)),
-            ("units", text(&self.units)),
-            (
-                "state",
-                name_of(self.state, proto::ReservationState::as_str_name),
-            ),
-            ("expire_time", time(self.expire_time.as_ref())),
-            ("account_id", text(&self.account_id)),
-            ("request_type", text(&self.request_type)),
-            ("quantities", map(&self.quantities)),
-            ("rate_card_version", Node::Int(self.rate_card_version)),
-            ("captured_units", text(&self.captured_units)),
-            ("request_id", text(&self.request_id)),
-            ("create_time", time(self.create_time.as_ref())),
-        ]
-    }
-}
-
-impl Show for proto::AllotmentSchedule {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "amount",
-        "period",
-        "start_time",
-        "end_time",
-        "rollover_policy",
-        "rollover_cap",
-        "next_grant_time",
-    ];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("id", text(&self.id)),
-            ("wallet_id", text(&self.wallet_id)),
-            ("amount", text(&self.amount)),
-            (
-                "period",
-                name_of(self.period, proto::SchedulePeriod::as_str_name),
-            ),
-            ("start_time", time(self.start_time.as_ref())),
-            ("end_time", time(self.end_time.as_ref())),
-            (
-                "rollover_policy",
-                name_of(self.rollover_policy, proto::RolloverPolicy::as_str_name),
-            ),
-            ("rollover_cap", text(&self.rollover_cap)),
-            ("kind", name_of(self.kind, proto::GrantKind::as_str_name)),
-            ("priority", Node::Int(self.priority.into())),
-            ("unit_price", text(&self.unit_price)),
-            ("currency", text(&self.currency)),
-            ("contract_ref", text(&self.contract_ref)),
-            ("next_grant_time", time(self.next_grant_time.as_ref())),
-            ("create_time", time(self.create_time.as_ref())),
-        ]
-    }
-}
-
-impl Show for proto::DebitResponse {
-    const COLUMNS: &'static [&'static str] = &["transaction.id", "transaction.units", "replayed"];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("transaction", nested(self.transaction.as_ref())),
-            ("replayed", Node::Bool(self.replayed)),
-        ]
-    }
-
-    /// The transaction's own fields, then `replayed`.
-    fn human(&self) -> Vec<(&'static str, Node)> {
-        let mut fields = self
-            .transaction
-            .as_ref()
-            .map(Show::human)
-            .unwrap_or_default();
-        fields.push(("replayed", Node::Bool(self.replayed)));
-        fields
-    }
-}
-
-impl Show for proto::Dimension {
-    const COLUMNS: &'static [&'static str] = &["name", "per", "units"];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("name", text(&self.name)),
-            ("per", text(&self.per)),
-            ("units", text(&self.units)),
-        ]
-    }
-}
-
-impl Show for proto::Rate {
-    const COLUMNS: &'static [&'static str] = &[
-        "request_type",
-        "flat_units",
-        "dimensions",
-        "max_units",
-        "route",
-        "provider_cost",
-    ];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("request_type", text(&self.request_type)),
-            ("flat_units", text(&self.flat_units)),
-            ("dimensions", list(&self.dimensions)),
-            ("max_units", text(&self.max_units)),
-            ("route", text(&self.route)),
-            ("provider_cost", text(&self.provider_cost)),
-        ]
-    }
-
-    /// Dimensions as `0.2/1000 output_tokens, …`.
-    fn human(&self) -> Vec<(&'static str, Node)> {
-        let dimensions: Vec<String> = self
-            .dimensions
-            .iter()
-            .map(|d| format!("{}/{} {}", d.units, d.per, d.name))
-            .collect();
-        let mut fields = self.fields();
-        replace(&mut fields, "dimensions", Node::Text(dimensions.join(", ")));
-        fields
-    }
-}
-
-impl Show for proto::RateCard {
-    const COLUMNS: &'static [&'static str] = &[
-        "version",
-        "state",
-        "effective_time",
-        "publish_time",
-        "notes",
-    ];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("version", Node::Int(self.version)),
-            (
-                "state",
-                name_of(self.state, proto::RateCardState::as_str_name),
-            ),
-            ("etag", text(&self.etag)),
-            ("effective_time", time(self.effective_time.as_ref())),
-            ("rates", list(&self.rates)),
-            ("notes", text(&self.notes)),
-            ("create_time", time(self.create_time.as_ref())),
-            ("publish_time", time(self.publish_time.as_ref())),
-        ]
-    }
-
-    fn human(&self) -> Vec<(&'static str, Node)> {
-        let rates = self.rates.iter().map(|r| Node::Message(r.human()));
-        let mut fields = self.fields();
-        replace(&mut fields, "rates", Node::List(rates.collect()));
-        fields
-    }
-}
-
-impl Show for proto::Quote {
-    const COLUMNS: &'static [&'static str] = &["units", "rate_card_version", "request_type"];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("units", text(&self.units)),
-            ("rate_card_version", Node::Int(self.rate_card_version)),
-            ("request_type", text(&self.request_type)),
-        ]
-    }
-}
-
-// ---- printers --------------------------------------------------------------------------------
+// ---- printers ----------------------------------------------------------------------------
 
 /// Where results go: stdout, as text or JSON.
 #[derive(Debug, Clone, Copy)]
@@ -555,25 +345,48 @@ pub struct Output {
 
 impl Output {
     /// One message: `field: value` lines (lists of messages as tables below them), or JSON.
-    pub fn one<T: Show>(&self, item: &T) -> io::Result<()> {
-        self.print(&item.node(), || item.text())
+    pub fn one<M: prost::Message + prost::Name>(&self, message: &M) -> io::Result<()> {
+        let node = node(&dynamic(message));
+        self.print(&node, || detail(&node))
     }
 
-    /// One message as a one-row table (balances).
-    pub fn row<T: Show>(&self, item: &T) -> io::Result<()> {
-        self.print(&item.node(), || table_of(T::COLUMNS, &[item.node()]))
+    /// One message laid out by `human` for people, or JSON.
+    pub fn laid_out<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        human: impl FnOnce(&M) -> String,
+    ) -> io::Result<()> {
+        self.print(&node(&dynamic(message)), || human(message))
     }
 
-    /// The items of one or more pages, with the token of the page after them (empty: none).
-    pub fn many<P: Page>(&self, items: &[P::Item], next_page_token: &str) -> io::Result<()> {
-        let response = Node::Message(vec![
-            (P::FIELD, list(items)),
-            ("next_page_token", text(next_page_token)),
-        ]);
-        let nodes: Vec<Node> = items.iter().map(Show::node).collect();
-        self.print(&response, || table_of(<P::Item as Show>::COLUMNS, &nodes))?;
-        if !self.json && !next_page_token.is_empty() {
-            eprintln!("more: --page-token {next_page_token} (or --all)");
+    /// One message as a one-row table (balances), or JSON.
+    pub fn row<M: prost::Message + prost::Name>(&self, message: &M) -> io::Result<()> {
+        let message = dynamic(message);
+        let node = node(&message);
+        let columns = columns(&message.descriptor());
+        self.print(&node, || table_of(&columns, std::slice::from_ref(&node)))
+    }
+
+    /// A list response (one or more pages): its items as a table, or JSON; a next page is
+    /// named on stderr.
+    pub fn many(&self, response: &DynamicMessage) -> io::Result<()> {
+        let node = node(response);
+        let field = items_field(&response.descriptor());
+        let (columns, items) = match (&field, &node) {
+            (Some(field), Node::Message { fields, .. }) => {
+                let item = field.kind();
+                let columns = item.as_message().map(columns).unwrap_or_default();
+                match find(fields, field.name()) {
+                    Node::List(items) => (columns, items.as_slice()),
+                    _ => (columns, &[][..]),
+                }
+            }
+            _ => (Vec::new(), &[][..]),
+        };
+        self.print(&node, || table_of(&columns, items))?;
+        let token = next_page_token(response);
+        if !self.json && !token.is_empty() {
+            eprintln!("more: --page-token {token} (or --all)");
         }
         Ok(())
     }
@@ -592,13 +405,28 @@ impl Output {
     }
 }
 
-/// `field: value` lines, aligned; fields holding messages (rates, burns) follow as tables.
-pub fn detail(fields: &[(&'static str, Node)]) -> String {
-    let is_table = |node: &Node| match node {
-        Node::List(items) => matches!(items.first(), Some(Node::Message(_))),
-        _ => false,
-    };
-    let (tables, lines): (Vec<_>, Vec<_>) = fields.iter().partition(|(_, node)| is_table(node));
+/// The fields of a message for the `field: value` view.
+pub fn fields<M: prost::Message + prost::Name>(message: &M) -> Vec<(String, Node)> {
+    match node(&dynamic(message)) {
+        Node::Message { fields, .. } => fields,
+        _ => Vec::new(),
+    }
+}
+
+/// `field: value` lines, aligned; a nested message's fields in its place; fields holding
+/// lists of messages (rates, burns) follow as tables.
+pub fn detail(node: &Node) -> String {
+    match node {
+        Node::Message { fields, .. } => lines(fields),
+        other => format!("{}\n", cell(other)),
+    }
+}
+
+/// [`detail`] of these fields.
+pub fn lines(fields: &[(String, Node)]) -> String {
+    let mut lines = Vec::new();
+    let mut tables = Vec::new();
+    flatten(fields, &[], &mut lines, &mut tables);
     let width = lines
         .iter()
         .map(|(name, _)| name.len() + 1)
@@ -608,10 +436,12 @@ pub fn detail(fields: &[(&'static str, Node)]) -> String {
     for (name, node) in lines {
         let _ = writeln!(out, "{:<width$} {}", format!("{name}:"), cell(node));
     }
-    for (name, node) in tables {
-        let Node::List(items) = node else { continue };
-        let columns: Vec<&str> = match items.first() {
-            Some(Node::Message(fields)) => fields.iter().map(|(name, _)| *name).collect(),
+    for (name, items) in tables {
+        let columns = match items.first() {
+            Some(Node::Message { type_name, fields }) => POOL
+                .get_message_by_name(type_name)
+                .map(|descriptor| columns(&descriptor))
+                .unwrap_or_else(|| fields.iter().map(|(name, _)| name.clone()).collect()),
             _ => Vec::new(),
         };
         let _ = writeln!(out, "{name}:");
@@ -622,8 +452,39 @@ pub fn detail(fields: &[(&'static str, Node)]) -> String {
     out
 }
 
+type Line<'a> = (&'a str, &'a Node);
+
+/// Sorts fields into lines and tables; a nested message's own fields are taken in its place
+/// (but for names `outer` has already).
+fn flatten<'a>(
+    fields: &'a [(String, Node)],
+    outer: &[(String, Node)],
+    lines: &mut Vec<Line<'a>>,
+    tables: &mut Vec<(&'a str, &'a [Node])>,
+) {
+    for (name, node) in fields {
+        if outer.iter().any(|(field, _)| field == name) {
+            continue;
+        }
+        match node {
+            Node::Message {
+                type_name,
+                fields: inner,
+            } if inline(type_name, inner).is_none() => flatten(inner, fields, lines, tables),
+            Node::List(items) if items.first().is_some_and(is_table_row) => {
+                tables.push((name, items))
+            }
+            _ => lines.push((name, node)),
+        }
+    }
+}
+
+fn is_table_row(node: &Node) -> bool {
+    matches!(node, Node::Message { type_name, fields } if inline(type_name, fields).is_none())
+}
+
 /// A table of messages: one row each, one column per (possibly dotted) field name.
-fn table_of(columns: &[&str], items: &[Node]) -> String {
+fn table_of(columns: &[String], items: &[Node]) -> String {
     let header: Vec<&str> = columns
         .iter()
         .map(|c| c.rsplit('.').next().unwrap_or(c))
@@ -637,10 +498,7 @@ fn table_of(columns: &[&str], items: &[Node]) -> String {
 
 fn lookup<'a>(node: &'a Node, path: &str) -> &'a Node {
     path.split('.').fold(node, |node, name| match node {
-        Node::Message(fields) => fields
-            .iter()
-            .find(|(field, _)| *field == name)
-            .map_or(&Node::Null, |(_, value)| value),
+        Node::Message { fields, .. } => find(fields, name),
         _ => &Node::Null,
     })
 }
@@ -658,37 +516,46 @@ fn cell(node: &Node) -> String {
         Node::Null => "-".to_string(),
         Node::Bool(value) => value.to_string(),
         Node::Int(value) => value.to_string(),
+        Node::Float(value) => value.to_string(),
         Node::Text(value) if value.is_empty() => "-".to_string(),
         Node::Text(value) => value.clone(),
-        Node::Map(map) => joined(map.iter().map(|(k, v)| format!("{k}={v}")).collect(), ", "),
-        Node::Message(fields) => joined(
-            fields
-                .iter()
-                .map(|(name, value)| (name, cell(value)))
-                .filter(|(_, value)| value != "-")
-                .map(|(name, value)| format!("{name}={value}"))
+        Node::Map(map) => joined(
+            map.iter()
+                .map(|(k, v)| format!("{k}={}", cell(v)))
                 .collect(),
-            " ",
+            ", ",
         ),
+        Node::Message { type_name, fields } => match inline(type_name, fields) {
+            Some(text) => text,
+            None => joined(
+                fields
+                    .iter()
+                    .map(|(name, value)| (name, cell(value)))
+                    .filter(|(_, value)| value != "-")
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect(),
+                " ",
+            ),
+        },
         Node::List(items) => joined(items.iter().map(cell).collect(), "; "),
     }
 }
 
-/// Left-aligned columns two spaces apart, a header row first.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
+/// Left-aligned columns two spaces apart, a header row first, no borders.
+pub fn table<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_header(header.iter().copied())
+        .add_rows(
+            rows.iter()
+                .map(|row| row.iter().map(|cell| cell.as_ref().to_owned())),
+        );
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<width$}  ");
-        }
+    for line in table.lines() {
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -713,9 +580,17 @@ mod tests {
         }
     }
 
+    fn node_of<M: prost::Message + prost::Name>(message: &M) -> Node {
+        node(&dynamic(message))
+    }
+
+    fn columns_of<M: prost::Message + prost::Name>(message: &M) -> Vec<String> {
+        columns(&dynamic(message).descriptor())
+    }
+
     #[test]
     fn json_keeps_proto_order_enum_names_and_rfc3339() {
-        let json = serde_json::to_string(&account().node()).unwrap();
+        let json = serde_json::to_string(&node_of(&account())).unwrap();
         assert_eq!(
             json,
             r#"{"id":"acct_1","external_id":"cust-42","display_name":"","parent_id":"","state":"ACCOUNT_STATE_ACTIVE","labels":{"tier":"gold"},"create_time":"2026-09-21T14:13:20.500Z","update_time":null}"#
@@ -724,7 +599,11 @@ mod tests {
 
     #[test]
     fn unknown_enum_values_stay_numbers() {
-        assert_eq!(name_of(42, proto::GrantKind::as_str_name), Node::Int(42));
+        let grant = proto::Grant {
+            kind: 42,
+            ..Default::default()
+        };
+        assert_eq!(lookup(&node_of(&grant), "kind"), &Node::Int(42));
     }
 
     #[test]
@@ -732,7 +611,7 @@ mod tests {
         let mut other = account();
         other.id = "acct_22".into();
         other.display_name = "Research".into();
-        let text = table_of(proto::Account::COLUMNS, &[account().node(), other.node()]);
+        let text = table_of(&columns_of(&other), &[node_of(&account()), node_of(&other)]);
         assert_eq!(
             text,
             "id       external_id  display_name  parent_id  state\n\
@@ -757,7 +636,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = detail(&card.human());
+        let text = detail(&node_of(&card));
         assert_eq!(
             text,
             "version:        3\n\
@@ -782,7 +661,97 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(cell(lookup(&wallet.node(), "balance.available")), "7.5");
-        assert_eq!(cell(lookup(&wallet.node(), "balance.nope")), "-");
+        assert_eq!(cell(lookup(&node_of(&wallet), "balance.available")), "7.5");
+        assert_eq!(cell(lookup(&node_of(&wallet), "balance.nope")), "-");
+    }
+
+    fn debit() -> proto::DebitResponse {
+        proto::DebitResponse {
+            transaction: Some(proto::Transaction {
+                id: "txn_1".into(),
+                kind: proto::TransactionKind::Debit as i32,
+                units: "1.5".into(),
+                rate_card_version: 9_000_000_000,
+                quantities: [("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into(),
+                burns: vec![proto::GrantBurn {
+                    grant_id: "grt_1".into(),
+                    units: "1.5".into(),
+                    ..Default::default()
+                }],
+                money: vec![proto::Money {
+                    currency: "USD".into(),
+                    amount: "-0.25".into(),
+                }],
+                ..Default::default()
+            }),
+            replayed: true,
+        }
+    }
+
+    #[test]
+    fn json_nests_messages_and_keeps_every_field() {
+        let json = serde_json::to_string(&node_of(&debit())).unwrap();
+        assert_eq!(
+            json,
+            r#"{"transaction":{"id":"txn_1","kind":"TRANSACTION_KIND_DEBIT","wallet_id":"","account_id":"","units":"1.5","balance_after":"","request_type":"","quantities":{"a":"1","b":"2"},"rate_card_version":9000000000,"request_id":"","create_time":null,"actor":"","metadata":{},"burns":[{"grant_id":"grt_1","units":"1.5","unit_price":"","currency":"","money":""}],"provider_cost":"","grant_id":"","delta":"","reservation_id":"","refunded_transaction_id":"","reason":"","hash":"","prev_hash":"","money":[{"currency":"USD","amount":"-0.25"}]},"replayed":true}"#
+        );
+    }
+
+    #[test]
+    fn a_nested_message_stands_in_its_place_and_money_reads_as_one_value() {
+        assert_eq!(
+            detail(&node_of(&debit())),
+            "id:                      txn_1\n\
+             kind:                    TRANSACTION_KIND_DEBIT\n\
+             wallet_id:               -\n\
+             account_id:              -\n\
+             units:                   1.5\n\
+             balance_after:           -\n\
+             request_type:            -\n\
+             quantities:              a=1, b=2\n\
+             rate_card_version:       9000000000\n\
+             request_id:              -\n\
+             create_time:             -\n\
+             actor:                   -\n\
+             metadata:                -\n\
+             provider_cost:           -\n\
+             grant_id:                -\n\
+             delta:                   -\n\
+             reservation_id:          -\n\
+             refunded_transaction_id: -\n\
+             reason:                  -\n\
+             hash:                    -\n\
+             prev_hash:               -\n\
+             money:                   USD -0.25\n\
+             replayed:                true\n\
+             burns:\n\
+             \x20 grant_id  units  unit_price  currency  money\n\
+             \x20 grt_1     1.5    -           -         -\n"
+        );
+    }
+
+    #[test]
+    fn pages_append_their_items_and_keep_the_last_token() {
+        let page = |ids: &[&str], token: &str| {
+            dynamic(&proto::ListAccountsResponse {
+                accounts: ids
+                    .iter()
+                    .map(|id| proto::Account {
+                        id: id.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                next_page_token: token.into(),
+            })
+        };
+        let mut pages = page(&["a", "b"], "t1");
+        assert_eq!(next_page_token(&pages), "t1");
+        append_page(&mut pages, page(&["c"], ""));
+        let merged: proto::ListAccountsResponse = pages.transcode_to().unwrap();
+        let ids: Vec<&str> = merged.accounts.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(
+            (ids, merged.next_page_token.as_str()),
+            (vec!["a", "b", "c"], "")
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! `allot report statement`: a wallet's statement for a time window, as a reconciliation table
 //! and the movements (default), the Statement message (`--json`), or CSV (`--csv`).
 
-use std::borrow::Cow;
+use std::io;
 
-use super::output::{Node, Show, detail, list, money_line, name_of, rfc3339, table, text, time};
+use super::output::{self, money_line, rfc3339, table};
 use crate::proto;
 
 /// `--help` text of `allot report statement`.
@@ -50,86 +50,47 @@ const MOVEMENT_COLUMNS: [&str; 10] = [
     "money",
 ];
 
-impl Show for proto::StatementLine {
-    const COLUMNS: &'static [&'static str] = &["kind", "count", "units"];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            (
-                "kind",
-                name_of(self.kind, proto::TransactionKind::as_str_name),
-            ),
-            ("count", Node::Int(self.count)),
-            ("units", text(&self.units)),
-            ("money", list(&self.money)),
+/// Which wallet and window, the reconciliation (opening, each kind, closing), then the
+/// movements.
+pub fn text(statement: &proto::Statement) -> String {
+    let which = ["wallet_id", "account_id", "unit", "start_time", "end_time"];
+    let mut fields = output::fields(statement);
+    fields.retain(|(name, _)| which.contains(&name.as_str()));
+    let mut out = output::lines(&fields);
+    let mut totals = vec![[
+        "opening balance".to_string(),
+        String::new(),
+        statement.opening_balance.clone(),
+        money_line(&statement.opening_money),
+    ]];
+    totals.extend(statement.lines.iter().map(|line| {
+        [
+            kind_name(line.kind),
+            line.count.to_string(),
+            line.units.clone(),
+            money_line(&line.money),
         ]
-    }
-}
-
-impl Show for proto::Statement {
-    const COLUMNS: &'static [&'static str] = &[
-        "wallet_id",
-        "start_time",
-        "end_time",
-        "opening_balance",
-        "closing_balance",
-    ];
-
-    fn fields(&self) -> Vec<(&'static str, Node)> {
-        vec![
-            ("wallet_id", text(&self.wallet_id)),
-            ("account_id", text(&self.account_id)),
-            ("unit", text(&self.unit)),
-            ("start_time", time(self.start_time.as_ref())),
-            ("end_time", time(self.end_time.as_ref())),
-            ("opening_balance", text(&self.opening_balance)),
-            ("closing_balance", text(&self.closing_balance)),
-            ("lines", list(&self.lines)),
-            ("movements", list(&self.movements)),
-            ("opening_money", list(&self.opening_money)),
-            ("closing_money", list(&self.closing_money)),
-        ]
-    }
-
-    /// Which wallet and window, the reconciliation (opening, each kind, closing), then the
-    /// movements.
-    fn text(&self) -> String {
-        let mut out = detail(&self.fields()[..5]);
-        let mut totals = vec![[
-            "opening balance".to_string(),
-            String::new(),
-            self.opening_balance.clone(),
-            money_line(&self.opening_money),
-        ]];
-        totals.extend(self.lines.iter().map(|line| {
-            [
-                kind_name(line.kind),
-                line.count.to_string(),
-                line.units.clone(),
-                money_line(&line.money),
-            ]
-        }));
-        totals.push([
-            "closing balance".to_string(),
-            String::new(),
-            self.closing_balance.clone(),
-            money_line(&self.closing_money),
-        ]);
+    }));
+    totals.push([
+        "closing balance".to_string(),
+        String::new(),
+        statement.closing_balance.clone(),
+        money_line(&statement.closing_money),
+    ]);
+    out.push('\n');
+    out.push_str(&table(&["", "count", "units", "money"], &dashed(totals)));
+    out.push_str("\nmovements:\n");
+    let movements = dashed(statement.movements.iter().map(movement));
+    for line in table(&MOVEMENT_COLUMNS, &movements).lines() {
+        out.push_str("  ");
+        out.push_str(line);
         out.push('\n');
-        out.push_str(&table(&["", "count", "units", "money"], &dashed(totals)));
-        out.push_str("\nmovements:\n");
-        let movements = dashed(self.movements.iter().map(movement));
-        for line in table(&MOVEMENT_COLUMNS, &movements).lines() {
-            out.push_str("  ");
-            out.push_str(line);
-            out.push('\n');
-        }
-        out
     }
+    out
 }
 
-/// The statement as CSV: the movements, then the summary rows (see [`HELP`]).
-pub fn csv(statement: &proto::Statement) -> String {
+/// Writes the statement as CSV: the movements, then the summary rows (see [`HELP`]).
+pub fn write_csv(statement: &proto::Statement, out: impl io::Write) -> csv::Result<()> {
     let entries = |count: i64| match count {
         1 => "1 entry".to_string(),
         n => format!("{n} entries"),
@@ -142,38 +103,33 @@ pub fn csv(statement: &proto::Statement) -> String {
         row[9] = money_line(money);
         row
     };
-    let mut out = String::new();
-    record(&mut out, &MOVEMENT_COLUMNS);
+    let mut csv = csv::Writer::from_writer(out);
+    csv.write_record(MOVEMENT_COLUMNS)?;
     for transaction in &statement.movements {
-        record(&mut out, &movement(transaction));
+        csv.write_record(movement(transaction))?;
     }
-    record(
-        &mut out,
-        &balance(
-            statement.start_time.as_ref(),
-            "OPENING",
-            &statement.opening_balance,
-            &statement.opening_money,
-        ),
-    );
+    csv.write_record(balance(
+        statement.start_time.as_ref(),
+        "OPENING",
+        &statement.opening_balance,
+        &statement.opening_money,
+    ))?;
     for line in &statement.lines {
         let mut row: [String; 10] = Default::default();
         row[1] = format!("TOTAL {}", kind_name(line.kind));
         row[3] = line.units.clone();
         row[8] = entries(line.count);
         row[9] = money_line(&line.money);
-        record(&mut out, &row);
+        csv.write_record(row)?;
     }
-    record(
-        &mut out,
-        &balance(
-            statement.end_time.as_ref(),
-            "CLOSING",
-            &statement.closing_balance,
-            &statement.closing_money,
-        ),
-    );
-    out
+    csv.write_record(balance(
+        statement.end_time.as_ref(),
+        "CLOSING",
+        &statement.closing_balance,
+        &statement.closing_money,
+    ))?;
+    csv.flush()?;
+    Ok(())
 }
 
 /// `DEBIT` for TRANSACTION_KIND_DEBIT; a kind the client does not know stays a number.
@@ -227,26 +183,6 @@ fn dashed<const N: usize>(rows: impl IntoIterator<Item = [String; N]>) -> Vec<Ve
                 .collect()
         })
         .collect()
-}
-
-/// Appends one CSV record and its line end.
-fn record<S: AsRef<str>>(out: &mut String, fields: &[S]) {
-    for (i, value) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&field(value.as_ref()));
-    }
-    out.push('\n');
-}
-
-/// A CSV field: quoted, with quotes doubled, when it holds a comma, quote or line break.
-fn field(value: &str) -> Cow<'_, str> {
-    if value.contains([',', '"', '\n', '\r']) {
-        Cow::Owned(format!("\"{}\"", value.replace('"', "\"\"")))
-    } else {
-        Cow::Borrowed(value)
-    }
 }
 
 #[cfg(test)]
@@ -324,16 +260,34 @@ mod tests {
         }
     }
 
+    fn csv(statement: &proto::Statement) -> String {
+        let mut out = Vec::new();
+        write_csv(statement, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(field("plain 1.5"), "plain 1.5");
-        assert_eq!(field("a,b"), "\"a,b\"");
-        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(field("two\nlines"), "\"two\nlines\"");
-        assert_eq!(field("cr\r"), "\"cr\r\"");
-        let mut out = String::new();
-        record(&mut out, &["", "x,y", "z"]);
-        assert_eq!(out, ",\"x,y\",z\n");
+        let odd = proto::Transaction {
+            units: "cr\r".into(),
+            delta: "plain 1.5".into(),
+            request_type: "a,b".into(),
+            request_id: "say \"hi\"".into(),
+            reason: "two\nlines".into(),
+            ..Default::default()
+        };
+        let statement = proto::Statement {
+            movements: vec![odd],
+            ..Default::default()
+        };
+        let text = csv(&statement);
+        let row = text.split_once('\n').unwrap().1;
+        assert!(
+            row.starts_with(
+                ",UNSPECIFIED,\"cr\r\",plain 1.5,,\"a,b\",\"say \"\"hi\"\"\",,\"two\nlines\",\n"
+            ),
+            "{row:?}"
+        );
     }
 
     #[test]
@@ -356,7 +310,7 @@ mod tests {
         let mut statement = statement();
         statement.movements.truncate(1);
         assert_eq!(
-            statement.text(),
+            text(&statement),
             "wallet_id:  wal_1\n\
              account_id: acct_1\n\
              unit:       credits\n\

@@ -1,0 +1,933 @@
+//! The client's command line: every command, its flags and their value parsers (clap).
+//! What a command does with them is in the file of its group (`accounts.rs`, `ledger.rs`, …).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use prost_types::{FieldMask, Timestamp};
+use uuid::Uuid;
+
+use super::{rates_file, statement};
+use crate::proto;
+
+const CLIENT_OPTIONS: &str = "Client options";
+
+/// The default `--server`.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Where the server is, who is calling, and how to print. Accepted by every client command,
+/// before the command name (`allot --server URL accounts list`) or anywhere after it; a flag
+/// after the command wins over one before it, and either over the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientArgs {
+    /// URL of the allot server: `http://…` for plaintext, `https://…` for TLS (verified
+    /// against the system's root certificates) [env: ALLOT_SERVER] [default:
+    /// http://127.0.0.1:50051]
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    pub server: Option<String>,
+    /// Bearer token sent with every call (`allot serve --dev` prints one; `allot token` mints
+    /// more) [env: ALLOT_TOKEN]
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    pub token: Option<String>,
+    /// Print the response message as JSON (proto field names, enum names, RFC 3339 times).
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    /// These options completed by `outer` (given before the command name), then by the
+    /// environment and the defaults.
+    pub fn resolve(&self, outer: &ClientArgs) -> ClientArgs {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        ClientArgs {
+            server: Some(
+                self.server
+                    .clone()
+                    .or_else(|| outer.server.clone())
+                    .or_else(|| env("ALLOT_SERVER"))
+                    .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            ),
+            token: self
+                .token
+                .clone()
+                .or_else(|| outer.token.clone())
+                .or_else(|| env("ALLOT_TOKEN")),
+            json: self.json || outer.json,
+        }
+    }
+}
+
+/// A command group (`accounts …`) with the client options.
+#[derive(Debug, Args)]
+pub struct Group<C: Subcommand> {
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+    #[command(subcommand)]
+    pub(super) command: C,
+}
+
+/// A single command (`debit …`) with the client options.
+#[derive(Debug, Args)]
+pub struct Single<A: Args> {
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+    #[command(flatten)]
+    pub(super) args: A,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create, show, list and update accounts (customers, departments).
+    Accounts(Group<AccountsCommand>),
+    /// Create, show, list and update wallets (one per account and unit).
+    Wallets(Group<WalletsCommand>),
+    /// Add units to a wallet, list a wallet's grants, void a grant.
+    Grants(Group<GrantsCommand>),
+    /// Create and list allotment schedules (recurring grants).
+    Schedules(Group<SchedulesCommand>),
+    /// Publish, show and list rate cards.
+    Rates(Group<RatesCommand>),
+    /// Price a request without charging it.
+    Quote(Single<PriceArgs>),
+    /// Charge a request to an account's wallet.
+    Debit(Single<DebitArgs>),
+    /// Hold units before a variable-length request runs (then `capture` or `release`).
+    Reserve(Single<ReserveArgs>),
+    /// Charge a hold at the actual cost.
+    Capture(Single<CaptureArgs>),
+    /// Free a hold without charging it.
+    Release(Single<ReleaseArgs>),
+    /// Return units of a debit or capture, in full or in part.
+    Refund(Single<RefundArgs>),
+    /// Add (positive) or remove (negative) units of a wallet, with a reason.
+    Adjust(Single<AdjustArgs>),
+    /// Show a wallet's balance.
+    Balance(Single<WalletRef>),
+    /// List a wallet's ledger entries, newest first.
+    Transactions(Single<TransactionsArgs>),
+    /// Statements for procurement and finance.
+    Report(Group<ReportCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account.
+    Create(CreateAccountArgs),
+    /// Show one account.
+    Get {
+        /// Account id (`acct_…`).
+        id: String,
+    },
+    /// List accounts.
+    List {
+        /// Only the direct children of this account.
+        #[arg(long, value_name = "ACCOUNT")]
+        parent: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Change an account's name, labels or state.
+    Update(UpdateAccountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateAccountArgs {
+    /// Your own customer id for the account; unique.
+    #[arg(long)]
+    pub(super) external_id: String,
+    /// Display name.
+    #[arg(long)]
+    pub(super) name: Option<String>,
+    /// Parent account (departments); cannot change later.
+    #[arg(long, value_name = "ACCOUNT")]
+    pub(super) parent: Option<String>,
+    /// A label; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = pair)]
+    pub(super) labels: Vec<(String, String)>,
+    /// Initial state [server default: active].
+    #[arg(long, value_enum)]
+    pub(super) state: Option<AccountState>,
+    #[command(flatten)]
+    pub(super) request: RequestId,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateAccountArgs {
+    /// Account id (`acct_…`).
+    pub(super) id: String,
+    #[command(flatten)]
+    pub(super) changes: AccountChanges,
+    #[command(flatten)]
+    pub(super) request: RequestId,
+}
+
+/// Only the fields given are sent in the update mask.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct AccountChanges {
+    /// New display name.
+    #[arg(long)]
+    pub(super) name: Option<String>,
+    /// Replace all labels with these; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = pair)]
+    pub(super) labels: Vec<(String, String)>,
+    /// Remove all labels.
+    #[arg(long, conflicts_with = "labels")]
+    pub(super) clear_labels: bool,
+    /// New state.
+    #[arg(long, value_enum)]
+    pub(super) state: Option<AccountState>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletsCommand {
+    /// Create a wallet for an account.
+    Create {
+        /// Account id (`acct_…`).
+        #[arg(long)]
+        account: String,
+        /// Unit of the wallet.
+        #[arg(long, default_value = "credits")]
+        unit: String,
+        /// How far below zero `available` may go (decimal) [server default: 0].
+        #[arg(long, value_name = "DECIMAL")]
+        overdraft_limit: Option<String>,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// Show one wallet and its balance.
+    Get {
+        /// Wallet id (`wal_…`).
+        id: String,
+    },
+    /// List an account's wallets.
+    List {
+        /// Account id (`acct_…`).
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Change a wallet's overdraft limit, spend caps or low-balance thresholds.
+    Update(UpdateWalletArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateWalletArgs {
+    /// Wallet id (`wal_…`).
+    pub(super) id: String,
+    #[command(flatten)]
+    pub(super) changes: WalletChanges,
+    #[command(flatten)]
+    pub(super) request: RequestId,
+}
+
+/// Only the fields given are sent in the update mask.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct WalletChanges {
+    /// How far below zero `available` may go (decimal).
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) overdraft_limit: Option<String>,
+    /// Most units debits, captures and holds may use per UTC day (decimal); `none` removes the
+    /// cap.
+    #[arg(long, value_name = "DECIMAL|none", value_parser = cap)]
+    pub(super) daily_cap: Option<String>,
+    /// Most units debits, captures and holds may use per UTC month (decimal); `none` removes
+    /// the cap.
+    #[arg(long, value_name = "DECIMAL|none", value_parser = cap)]
+    pub(super) monthly_cap: Option<String>,
+    /// Replace the low-balance thresholds with these (decimal); repeat for more.
+    #[arg(
+        long = "threshold",
+        value_name = "DECIMAL",
+        allow_negative_numbers = true
+    )]
+    pub(super) thresholds: Vec<String>,
+    /// Remove all low-balance thresholds.
+    #[arg(long, conflicts_with = "thresholds")]
+    pub(super) clear_thresholds: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Add units to a wallet.
+    Create(CreateGrantArgs),
+    /// List a wallet's grants.
+    List {
+        /// Wallet id (`wal_…`).
+        #[arg(long)]
+        wallet: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Remove a grant's remaining units (a VOID entry).
+    Void {
+        /// Grant id (`grt_…`).
+        id: String,
+        /// Why (shown on statements).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        request: RetryKey,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateGrantArgs {
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    pub(super) wallet: String,
+    /// Units granted (decimal, > 0).
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) amount: String,
+    /// When the units become usable (RFC 3339) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) effective_time: Option<Timestamp>,
+    /// When the remaining units expire (RFC 3339) [default: never].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) expire_time: Option<Timestamp>,
+    #[command(flatten)]
+    pub(super) terms: GrantTerms,
+    #[command(flatten)]
+    pub(super) request: RequestId,
+}
+
+/// What a grant is and what its units cost: for a grant, or each grant of a schedule.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct GrantTerms {
+    /// What the units are for.
+    #[arg(long, value_enum, default_value_t = GrantKind::Contract)]
+    pub(super) kind: GrantKind,
+    /// Lower burns first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(super) priority: i32,
+    /// What the customer paid per unit (decimal) [default: 0].
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) unit_price: Option<String>,
+    /// ISO 4217 code of --unit-price, e.g. USD.
+    #[arg(long)]
+    pub(super) currency: Option<String>,
+    /// Your contract or order reference.
+    #[arg(long)]
+    pub(super) contract_ref: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Grant AMOUNT units at the start of every period, from --start.
+    Create(CreateScheduleArgs),
+    /// List a wallet's allotment schedules.
+    List {
+        /// Wallet id (`wal_…`).
+        #[arg(long)]
+        wallet: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateScheduleArgs {
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    pub(super) wallet: String,
+    /// Units granted each period (decimal, > 0).
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) amount: String,
+    /// How often a grant is made.
+    #[arg(long, value_enum)]
+    pub(super) period: Period,
+    /// Start of the first period; later periods are anchored to it (RFC 3339) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) start: Option<Timestamp>,
+    /// No period starts at or after this time (RFC 3339) [default: never].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) end: Option<Timestamp>,
+    /// Roll unused units into the next period's grant, up to this many (decimal) [default: no
+    /// rollover, unused units expire at the end of each period].
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) rollover_cap: Option<String>,
+    #[command(flatten)]
+    pub(super) terms: GrantTerms,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// A wallet's opening balance, movements by kind, closing balance and movements.
+    #[command(long_about = statement::HELP)]
+    Statement(StatementArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatementArgs {
+    #[command(flatten)]
+    pub(super) wallet: StatementWallet,
+    /// With --account: unit of the wallet [server default: credits].
+    #[arg(long, conflicts_with = "wallet")]
+    pub(super) unit: Option<String>,
+    /// Start of the window (RFC 3339, inclusive) [default: the beginning].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) from: Option<Timestamp>,
+    /// End of the window (RFC 3339, exclusive) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) to: Option<Timestamp>,
+    /// Write the statement as CSV to FILE (`-`: stdout) instead of printing it.
+    #[arg(long, value_name = "FILE|-")]
+    pub(super) csv: Option<PathBuf>,
+}
+
+/// Which wallet a statement covers: an account's (with --unit), or one by id.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct StatementWallet {
+    /// Account id (`acct_…`).
+    #[arg(long)]
+    pub(super) account: Option<String>,
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    pub(super) wallet: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RatesCommand {
+    /// Publish a rate card from a TOML file.
+    #[command(long_about = rates_file::FORMAT_HELP)]
+    Publish {
+        /// The rate card file (TOML).
+        file: PathBuf,
+        /// When the card takes effect (RFC 3339, not in the past) [default: now].
+        #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+        effective_time: Option<Timestamp>,
+        /// Notes for the card (overrides `notes` in the file).
+        #[arg(long)]
+        notes: Option<String>,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// Show a rate card: the one in force, or VERSION.
+    Show {
+        /// Card version [default: the card in force].
+        version: Option<i64>,
+        /// With no VERSION: the card in force at this time (RFC 3339) [default: now].
+        #[arg(long, value_name = "RFC3339", value_parser = timestamp, conflicts_with = "version")]
+        at: Option<Timestamp>,
+    },
+    /// List rate cards.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// Which account: by id or by external id.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct AccountRef {
+    /// Account id (`acct_…`).
+    #[arg(long)]
+    pub(super) account: Option<String>,
+    /// The account's external id instead of its id.
+    #[arg(long)]
+    pub(super) external_id: Option<String>,
+}
+
+/// Which wallet: an account and a unit.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct WalletRef {
+    #[command(flatten)]
+    pub(super) account: AccountRef,
+    /// Unit of the wallet.
+    #[arg(long, default_value = "credits")]
+    pub(super) unit: String,
+}
+
+impl WalletRef {
+    /// `(account_id, external_id, unit)`, unset ones empty.
+    pub(super) fn into_parts(self) -> (String, String, String) {
+        (
+            self.account.account.unwrap_or_default(),
+            self.account.external_id.unwrap_or_default(),
+            self.unit,
+        )
+    }
+}
+
+/// What to price: a wallet, a request type and quantities.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct PriceArgs {
+    #[command(flatten)]
+    pub(super) wallet: WalletRef,
+    /// Request type, as in the rate card (e.g. chat.message).
+    #[arg(long = "type", value_name = "REQUEST_TYPE")]
+    pub(super) request_type: String,
+    /// A quantity (decimal); repeat for more.
+    #[arg(long = "qty", value_name = "NAME=VALUE", value_parser = pair)]
+    pub(super) quantities: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct DebitArgs {
+    #[command(flatten)]
+    pub(super) price: PriceArgs,
+    /// Metadata stored with the ledger entry; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = pair)]
+    pub(super) metadata: Vec<(String, String)>,
+    /// Fail (OVER_CALLER_CAP) rather than charge more than this.
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) max_units: Option<String>,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+/// What to hold: an estimate priced by the rate card in force, or exact units.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct ReserveArgs {
+    #[command(flatten)]
+    pub(super) wallet: WalletRef,
+    /// Request type, as in the rate card; --qty estimates are priced with it.
+    #[arg(
+        long = "type",
+        value_name = "REQUEST_TYPE",
+        required_unless_present = "units"
+    )]
+    pub(super) request_type: Option<String>,
+    /// An estimated quantity (decimal); repeat for more.
+    #[arg(
+        long = "qty",
+        value_name = "NAME=VALUE",
+        value_parser = pair,
+        requires = "request_type",
+        conflicts_with = "units"
+    )]
+    pub(super) quantities: Vec<(String, String)>,
+    /// Hold exactly this many units (decimal) instead of pricing quantities.
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) units: Option<String>,
+    /// How long the hold lasts, e.g. 90s, 15m, 1h30m [server default: 15m].
+    #[arg(long, value_name = "DURATION", value_parser = ttl)]
+    pub(super) ttl: Option<prost_types::Duration>,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct CaptureArgs {
+    /// Reservation id (`rsv_…`).
+    pub(super) reservation_id: String,
+    #[command(flatten)]
+    pub(super) actual: ActualCost,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+/// What a held request really cost: its quantities, or units.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ActualCost {
+    /// An actual quantity (decimal), priced with the reservation's request type by the card
+    /// in force; repeat for more.
+    #[arg(long = "qty", value_name = "NAME=VALUE", value_parser = pair)]
+    pub(super) quantities: Vec<(String, String)>,
+    /// The actual units to charge (decimal).
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) units: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct ReleaseArgs {
+    /// Reservation id (`rsv_…`).
+    pub(super) reservation_id: String,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct RefundArgs {
+    /// Transaction id of the debit or capture.
+    pub(super) transaction_id: String,
+    /// Units to return (decimal) [default: everything not yet refunded].
+    #[arg(long, value_name = "DECIMAL")]
+    pub(super) units: Option<String>,
+    /// Why (shown on statements).
+    #[arg(long)]
+    pub(super) reason: Option<String>,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct AdjustArgs {
+    /// Wallet id (`wal_…`).
+    #[arg(long)]
+    pub(super) wallet: String,
+    /// Units to add (positive) or remove (negative, e.g. `--units -5`), decimal.
+    #[arg(long, value_name = "SIGNED_DECIMAL", allow_hyphen_values = true)]
+    pub(super) units: String,
+    /// Why (required; shown on statements).
+    #[arg(long)]
+    pub(super) reason: String,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct TransactionsArgs {
+    #[command(flatten)]
+    pub(super) wallet: WalletRef,
+    #[command(flatten)]
+    pub(super) page: PageArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct PageArgs {
+    /// Items per page [server default].
+    #[arg(long, value_name = "N")]
+    pub(super) page_size: Option<i32>,
+    /// Start at this page (a `next_page_token` from an earlier listing).
+    #[arg(long, value_name = "TOKEN")]
+    pub(super) page_token: Option<String>,
+    /// Follow next_page_token to the last page.
+    #[arg(long)]
+    pub(super) all: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct RequestId {
+    /// Idempotency key: repeating a call with the same key is safe [default: a new UUID].
+    #[arg(long, value_name = "ID")]
+    pub(super) request_id: Option<String>,
+}
+
+impl RequestId {
+    pub(super) fn get(self) -> String {
+        self.request_id
+            .unwrap_or_else(|| Uuid::new_v4().to_string())
+    }
+}
+
+/// The idempotency key of a call that moves units: a generated one is printed.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct RetryKey {
+    /// Idempotency key. Without one a UUID is generated and printed (stderr): retry with it.
+    #[arg(long, value_name = "ID")]
+    pub(super) request_id: Option<String>,
+}
+
+impl RetryKey {
+    pub(super) fn get(self) -> String {
+        self.request_id.unwrap_or_else(|| {
+            let id = Uuid::new_v4().to_string();
+            eprintln!("request_id: {id} (to retry safely: --request-id {id})");
+            id
+        })
+    }
+}
+
+/// A command-line enum mirroring a proto enum (without UNSPECIFIED), sent as its number.
+macro_rules! proto_enum {
+    ($($name:ident => $proto:ident { $($variant:ident),* $(,)? })*) => {$(
+        #[derive(Debug, Clone, Copy, ValueEnum)]
+        pub enum $name {
+            $($variant),*
+        }
+
+        impl From<$name> for i32 {
+            fn from(value: $name) -> i32 {
+                let value = match value {
+                    $($name::$variant => proto::$proto::$variant),*
+                };
+                value.into()
+            }
+        }
+    )*};
+}
+
+proto_enum! {
+    AccountState => AccountState { Active, Suspended, Closed }
+    GrantKind => GrantKind { Contract, Purchase, Promotional, Adjustment }
+    Period => SchedulePeriod { Daily, Weekly, Monthly, Yearly }
+}
+
+fn pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+/// A spend cap: a decimal, or `none` (sent as empty: no cap).
+fn cap(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "" => Err("give a decimal, or `none` to remove the cap".to_string()),
+        none if none.eq_ignore_ascii_case("none") => Ok(String::new()),
+        amount => Ok(amount.to_string()),
+    }
+}
+
+/// A hold's lifetime, in the command line's one duration grammar (`crate::cli::duration`).
+fn ttl(text: &str) -> Result<prost_types::Duration, String> {
+    let duration = crate::cli::duration::parse_duration(text)?;
+    prost_types::Duration::try_from(duration).map_err(|err| err.to_string())
+}
+
+/// The update mask: the paths whose flag was given.
+pub(super) fn update_mask(paths: &[(&str, bool)]) -> Option<FieldMask> {
+    let paths = paths
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(path, _)| path.to_string())
+        .collect();
+    Some(FieldMask { paths })
+}
+
+fn timestamp(text: &str) -> Result<Timestamp, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(text).map_err(|err| {
+        format!("`{text}` is not an RFC 3339 time like 2026-11-01T00:00:00Z: {err}")
+    })?;
+    Ok(Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).map_err(|err| err.to_string())?,
+    })
+}
+
+impl ClientCommand {
+    pub(super) fn client_args(&self) -> &ClientArgs {
+        match self {
+            ClientCommand::Accounts(group) => &group.client,
+            ClientCommand::Wallets(group) => &group.client,
+            ClientCommand::Grants(group) => &group.client,
+            ClientCommand::Schedules(group) => &group.client,
+            ClientCommand::Rates(group) => &group.client,
+            ClientCommand::Quote(single) => &single.client,
+            ClientCommand::Debit(single) => &single.client,
+            ClientCommand::Reserve(single) => &single.client,
+            ClientCommand::Capture(single) => &single.client,
+            ClientCommand::Release(single) => &single.client,
+            ClientCommand::Refund(single) => &single.client,
+            ClientCommand::Adjust(single) => &single.client,
+            ClientCommand::Balance(single) => &single.client,
+            ClientCommand::Transactions(single) => &single.client,
+            ClientCommand::Report(group) => &group.client,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::cli::{Command, parse_from};
+
+    /// The client command and its options, completed by the ones given before its name.
+    fn parse_full(args: &[&str]) -> Result<(ClientCommand, ClientArgs), clap::Error> {
+        let cli = parse_from(std::iter::once("allot").chain(args.iter().copied()))?;
+        let outer = ClientArgs {
+            server: cli.client.server.clone(),
+            token: cli.client.token.clone(),
+            json: cli.client.json,
+        };
+        match cli.command {
+            Command::Client(command) => {
+                let resolved = command.client_args().resolve(&outer);
+                Ok((command, resolved))
+            }
+            other => panic!("not a client command: {other:?}"),
+        }
+    }
+
+    pub(in crate::cli::client) fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        parse_full(args).map(|(command, _)| command)
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        crate::cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_options_go_before_the_command_name_too() {
+        let (_, resolved) = parse_full(&[
+            "--server",
+            "http://top:1",
+            "--token",
+            "t0",
+            "--json",
+            "accounts",
+            "list",
+        ])
+        .unwrap();
+        assert_eq!(resolved.server.as_deref(), Some("http://top:1"));
+        assert_eq!(resolved.token.as_deref(), Some("t0"));
+        assert!(resolved.json);
+        // After the command name wins over before it.
+        let (_, resolved) = parse_full(&[
+            "--server",
+            "http://top:1",
+            "balance",
+            "--account",
+            "acct_1",
+            "--server",
+            "http://inner:2",
+        ])
+        .unwrap();
+        assert_eq!(resolved.server.as_deref(), Some("http://inner:2"));
+    }
+
+    #[test]
+    fn negative_numbers_are_values_everywhere() {
+        let command =
+            parse(&["grants", "create", "--wallet", "wal_1", "--amount", "-100"]).unwrap();
+        let ClientCommand::Grants(Group {
+            command: GrantsCommand::Create(create),
+            ..
+        }) = command
+        else {
+            panic!("not grants create")
+        };
+        assert_eq!(create.amount, "-100");
+    }
+
+    #[test]
+    fn client_options_go_before_or_after_the_subcommand() {
+        for args in [
+            &[
+                "accounts",
+                "--server",
+                "http://h:1",
+                "--json",
+                "get",
+                "acct_1",
+            ][..],
+            &[
+                "accounts",
+                "get",
+                "acct_1",
+                "--server",
+                "http://h:1",
+                "--json",
+            ][..],
+        ] {
+            let (_, resolved) = parse_full(args).unwrap();
+            assert_eq!(resolved.server.as_deref(), Some("http://h:1"));
+            assert!(resolved.json);
+        }
+    }
+
+    #[test]
+    fn an_account_is_named_exactly_once() {
+        let base = [
+            "debit",
+            "--type",
+            "chat.message",
+            "--qty",
+            "output_tokens=10",
+        ];
+        assert!(parse(&base).is_err());
+        let both = [&base[..], &["--account", "acct_1", "--external-id", "x"]].concat();
+        assert!(parse(&both).is_err());
+        let one = [&base[..], &["--external-id", "cust-42", "--meta", "k=v"]].concat();
+        let ClientCommand::Debit(debit) = parse(&one).unwrap() else {
+            panic!()
+        };
+        let (account_id, external_id, unit) = debit.args.price.wallet.into_parts();
+        assert_eq!((account_id.as_str(), external_id.as_str()), ("", "cust-42"));
+        assert_eq!(unit, "credits");
+        assert_eq!(
+            debit.args.price.quantities,
+            [("output_tokens".into(), "10".into())]
+        );
+    }
+
+    #[test]
+    fn update_needs_a_change() {
+        assert!(parse(&["accounts", "update", "acct_1"]).is_err());
+        assert!(parse(&["accounts", "update", "acct_1", "--state", "suspended"]).is_ok());
+        assert!(parse(&["accounts", "update", "acct_1", "--label", "a"]).is_err());
+    }
+
+    #[test]
+    fn adjust_takes_negative_units() {
+        for units in ["-5", "-0.25", "12.5"] {
+            let args = [
+                "adjust", "--wallet", "wal_1", "--units", units, "--reason", "goodwill",
+            ];
+            let ClientCommand::Adjust(adjust) = parse(&args).unwrap() else {
+                panic!()
+            };
+            assert_eq!(adjust.args.units, units);
+            assert_eq!(adjust.args.reason, "goodwill");
+        }
+        assert!(parse(&["adjust", "--wallet", "wal_1", "--units", "-5"]).is_err());
+    }
+
+    #[test]
+    fn holds_are_priced_or_sized() {
+        let reserve = ["reserve", "--account", "acct_1"];
+        let with = |extra: &[&str]| parse(&[&reserve[..], extra].concat());
+        assert!(with(&[]).is_err());
+        assert!(with(&["--qty", "output_tokens=10"]).is_err());
+        assert!(with(&["--units", "5", "--type", "t", "--qty", "a=1"]).is_err());
+        assert!(with(&["--units", "5"]).is_ok());
+        let Ok(ClientCommand::Reserve(hold)) = with(&[
+            "--type",
+            "chat.message",
+            "--qty",
+            "output_tokens=10",
+            "--ttl",
+            "1h30m",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(hold.args.ttl.unwrap().seconds, 5_400);
+        assert_eq!(hold.args.request_type.as_deref(), Some("chat.message"));
+        let capture = |extra: &[&str]| parse(&[&["capture", "rsv_1"][..], extra].concat());
+        assert!(capture(&[]).is_err());
+        assert!(capture(&["--units", "3", "--qty", "a=1"]).is_err());
+        assert!(capture(&["--qty", "a=1", "--qty", "b=2"]).is_ok());
+        assert!(capture(&["--units", "3"]).is_ok());
+    }
+
+    #[test]
+    fn statements_name_an_account_or_a_wallet() {
+        let statement = |extra: &[&str]| parse(&[&["report", "statement"][..], extra].concat());
+        assert!(statement(&[]).is_err());
+        assert!(statement(&["--account", "a", "--wallet", "w"]).is_err());
+        assert!(statement(&["--wallet", "w", "--unit", "credits"]).is_err());
+        assert!(statement(&["--account", "a", "--unit", "credits", "--csv", "-"]).is_ok());
+        let Ok(ClientCommand::Report(group)) =
+            statement(&["--wallet", "w", "--from", "2026-01-01T00:00:00Z"])
+        else {
+            panic!()
+        };
+        let ReportCommand::Statement(args) = group.command;
+        assert_eq!(args.from.unwrap().seconds, 1_767_225_600);
+        assert!(args.to.is_none() && args.csv.is_none());
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        let ts = timestamp("2026-11-01T01:00:00.25+01:00").unwrap();
+        assert_eq!((ts.seconds, ts.nanos), (1_793_491_200, 250_000_000));
+        assert!(timestamp("2026-11-01").is_err());
+    }
+
+    #[test]
+    fn caps_take_none() {
+        assert_eq!(cap("NONE"), Ok(String::new()));
+        assert!(cap(" ").is_err());
+    }
+}
