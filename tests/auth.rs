@@ -70,10 +70,6 @@ fn admin_claims() -> Claims {
     claims(&["admin"], &["*"])
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 // ---- raw `authorization` header ---------------------------------------------------------------
 
 /// Sends `authorization` exactly as given (or not at all), unlike the harness's `Bearer`.
@@ -382,7 +378,7 @@ async fn malformed_tokens_are_unauthenticated() {
 async fn expired_token_is_unauthenticated() {
     let app = spawn_app().await;
     let mut expired = admin_claims();
-    expired.exp = (now() - 3600) as u64;
+    expired.exp = (now_seconds() - 3600) as u64;
     assert_unauthenticated(
         &app,
         Some(&bearer(&hs256(SECRET.as_bytes(), &expired))),
@@ -702,7 +698,7 @@ async fn tokens_with_unacceptable_claims_are_unauthenticated() {
     c["sub"] = serde_json::json!("");
     cases.push(("empty sub".into(), c));
     let mut c = base.clone();
-    c["nbf"] = serde_json::json!(now() + 3600);
+    c["nbf"] = serde_json::json!(now_seconds() + 3600);
     cases.push(("nbf in the future".into(), c));
     let mut c = base.clone();
     c["roles"] = serde_json::json!("admin");
@@ -1876,7 +1872,7 @@ async fn rejected_debits_write_nothing() {
     let w = world(&app).await;
     let before = snapshot(&app, &w.b.id).await;
     let mut expired = service_claims("late", &w.b.id);
-    expired.exp = (now() - 3600) as u64;
+    expired.exp = (now_seconds() - 3600) as u64;
 
     let attempts: Vec<(String, Code, &str)> = vec![
         (String::new(), Code::Unauthenticated, "TOKEN_MISSING"),

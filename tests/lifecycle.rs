@@ -13,38 +13,11 @@ use std::{collections::BTreeMap, time::Duration};
 use allot::proto::{self, GrantState, ReservationState, TransactionKind};
 use chrono::{DateTime, Datelike, Months, Utc};
 use common::*;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::FieldMask;
 use rust_decimal::Decimal;
 use tonic::{Code, Status};
 
-const SECOND: i64 = 1_000_000;
-const MINUTE: i64 = 60 * SECOND;
-const HOUR: i64 = 60 * MINUTE;
-const DAY: i64 = 24 * HOUR;
-
 // ---- helpers -------------------------------------------------------------------------------
-
-fn dec(text: &str) -> Decimal {
-    text.parse()
-        .unwrap_or_else(|_| panic!("not a decimal: {text:?}"))
-}
-
-fn ts(micros: i64) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(SECOND),
-        nanos: (micros.rem_euclid(SECOND) * 1000) as i32,
-    }
-}
-
-fn micros(ts: &Option<Timestamp>) -> i64 {
-    let ts = ts.as_ref().expect("timestamp set");
-    ts.seconds * SECOND + i64::from(ts.nanos) / 1000
-}
-
-/// The server's "now", rounded down to a whole second.
-fn server_now_secs(app: &TestApp) -> i64 {
-    app.clock.now_micros().div_euclid(SECOND) * SECOND
-}
 
 /// Moves the server's clock (without sweeping) to exactly `target`, which must lie ahead.
 fn move_clock_to(app: &TestApp, target: i64) {
@@ -77,14 +50,6 @@ fn next_month_start(app: &TestApp) -> i64 {
         .unwrap()
         .and_utc()
         .timestamp_micros()
-}
-
-fn kind(t: &proto::Transaction) -> TransactionKind {
-    TransactionKind::try_from(t.kind).expect("known kind")
-}
-
-fn of_kind(txns: &[proto::Transaction], wanted: TransactionKind) -> Vec<proto::Transaction> {
-    txns.iter().filter(|t| kind(t) == wanted).cloned().collect()
 }
 
 /// Oldest first.
@@ -366,7 +331,7 @@ async fn reserve_priced_or_explicit_with_default_and_bounded_ttl() {
     assert_eq!(priced.request_id, "hold-priced");
     // Default TTL: 15 minutes.
     assert_eq!(
-        micros(&priced.expire_time) - micros(&priced.create_time),
+        micros_of(priced.expire_time.as_ref()) - micros_of(priced.create_time.as_ref()),
         15 * MINUTE
     );
 
@@ -376,7 +341,7 @@ async fn reserve_priced_or_explicit_with_default_and_bounded_ttl() {
     assert_eq!(explicit.state, ReservationState::Open as i32);
     assert_eq!(explicit.request_type, "");
     assert_eq!(
-        micros(&explicit.expire_time) - micros(&explicit.create_time),
+        micros_of(explicit.expire_time.as_ref()) - micros_of(explicit.create_time.as_ref()),
         15 * MINUTE
     );
 
@@ -385,14 +350,14 @@ async fn reserve_priced_or_explicit_with_default_and_bounded_ttl() {
         .await
         .unwrap();
     assert_eq!(
-        micros(&long.expire_time) - micros(&long.create_time),
+        micros_of(long.expire_time.as_ref()) - micros_of(long.create_time.as_ref()),
         24 * HOUR
     );
     let short = reserve_units(&app, &account.id, "1", Some(Duration::from_secs(90)))
         .await
         .unwrap();
     assert_eq!(
-        micros(&short.expire_time) - micros(&short.create_time),
+        micros_of(short.expire_time.as_ref()) - micros_of(short.create_time.as_ref()),
         90 * SECOND
     );
 
@@ -644,7 +609,7 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     assert_balance(&app.balance(&account.id).await, "10", "9", "1");
 
     // Past the short hold's expiry: available comes back at once, before any sweep.
-    move_clock_to(&app, micros(&short.expire_time) + SECOND);
+    move_clock_to(&app, micros_of(short.expire_time.as_ref()) + SECOND);
     assert_balance(&app.balance(&account.id).await, "10", "3", "7");
     assert!(
         of_kind(&history(&app, &account.id).await, TransactionKind::Release).is_empty(),
@@ -657,7 +622,10 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     assert_eq!(releases[0].units, "6");
     assert_eq!(releases[0].delta, "0");
     assert_eq!(releases[0].actor, "system");
-    assert_eq!(micros(&releases[0].create_time), micros(&short.expire_time));
+    assert_eq!(
+        micros_of(releases[0].create_time.as_ref()),
+        micros_of(short.expire_time.as_ref())
+    );
     let err = capture_units(&app, &short.id, "6", uuid().as_str())
         .await
         .unwrap_err();
@@ -666,10 +634,10 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     assert_not_open(&err);
 
     // The default 15-minute hold is still open one second before its expiry…
-    move_clock_to(&app, micros(&default.expire_time) - SECOND);
+    move_clock_to(&app, micros_of(default.expire_time.as_ref()) - SECOND);
     assert_balance(&app.balance(&account.id).await, "10", "3", "7");
     // …and gone after it: a capture in the same moment (no sweep) already finds it closed.
-    move_clock_to(&app, micros(&default.expire_time) + SECOND);
+    move_clock_to(&app, micros_of(default.expire_time.as_ref()) + SECOND);
     assert_balance(&app.balance(&account.id).await, "10", "0", "10");
     let err = capture_units(&app, &default.id, "3", uuid().as_str())
         .await
@@ -682,8 +650,8 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     assert_eq!(releases[1].reservation_id, default.id);
     assert_eq!(releases[1].units, "3");
     assert_eq!(
-        micros(&releases[1].create_time),
-        micros(&default.expire_time)
+        micros_of(releases[1].create_time.as_ref()),
+        micros_of(default.expire_time.as_ref())
     );
     assert!(of_kind(&txns, TransactionKind::Capture).is_empty());
     assert_balance(&app.balance(&account.id).await, "10", "0", "10");
@@ -875,7 +843,7 @@ async fn refund_of_a_capture_and_what_is_not_refundable() {
 async fn refund_to_an_expired_grant_expires_again_at_once() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("refund-expired", "").await;
-    let expiry = server_now_secs(&app) + HOUR;
+    let expiry = now_second(&app) + HOUR;
     let soon = create_grant(&app, &wallet.id, "10", None, Some(expiry)).await;
     let lasting = create_grant(&app, &wallet.id, "20", None, None).await;
     app.publish_standard_card().await;
@@ -908,7 +876,7 @@ async fn refund_to_an_expired_grant_expires_again_at_once() {
     assert_eq!(expires[0].grant_id, soon.id);
     assert_eq!(expires[0].units, "6");
     assert_eq!(expires[0].delta, "-6");
-    assert_eq!(micros(&expires[0].create_time), expiry);
+    assert_eq!(micros_of(expires[0].create_time.as_ref()), expiry);
     // …then the refunded 4, right after the REFUND entry.
     let at = txns.iter().position(|t| t.id == refunded.id).unwrap();
     let again = &txns[at + 1];
@@ -927,7 +895,7 @@ async fn refund_to_an_expired_grant_expires_again_at_once() {
 async fn grants_expire_at_their_expire_time() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("grant-expiry", "").await;
-    let expiry = server_now_secs(&app) + HOUR;
+    let expiry = now_second(&app) + HOUR;
     let expiring = create_grant(&app, &wallet.id, "10", None, Some(expiry)).await;
     let lasting = create_grant(&app, &wallet.id, "5", None, None).await;
     app.publish_standard_card().await;
@@ -957,7 +925,7 @@ async fn grants_expire_at_their_expire_time() {
     assert_eq!(expires[0].delta, "-9");
     assert_eq!(expires[0].balance_after, "5");
     assert_eq!(expires[0].actor, "system");
-    assert_eq!(micros(&expires[0].create_time), expiry);
+    assert_eq!(micros_of(expires[0].create_time.as_ref()), expiry);
     let grants = grants_by_id(&app, &wallet.id).await;
     assert_eq!(grants[&expiring.id].state, GrantState::Expired as i32);
     assert_eq!(grants[&expiring.id].remaining, "0");
@@ -977,11 +945,11 @@ async fn future_grants_count_from_their_effective_time() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("pending", "").await;
     app.publish_standard_card().await;
-    let effective = server_now_secs(&app) + DAY;
+    let effective = now_second(&app) + DAY;
     let pending = create_grant(&app, &wallet.id, "50", Some(effective), None).await;
     assert_eq!(pending.state, GrantState::Pending as i32);
     assert_eq!(pending.remaining, "50");
-    assert_eq!(micros(&pending.effective_time), effective);
+    assert_eq!(micros_of(pending.effective_time.as_ref()), effective);
     assert_balance(&app.balance(&account.id).await, "0", "0", "0");
     assert!(
         history(&app, &account.id).await.is_empty(),
@@ -1004,7 +972,7 @@ async fn future_grants_count_from_their_effective_time() {
     assert_eq!(txns[0].grant_id, pending.id);
     assert_eq!(txns[0].units, "50");
     assert_eq!(txns[0].delta, "50");
-    assert_eq!(micros(&txns[0].create_time), effective);
+    assert_eq!(micros_of(txns[0].create_time.as_ref()), effective);
     debit(&app, &account.id, "image", &[]).await.unwrap();
     assert_balance(&app.balance(&account.id).await, "46", "0", "46");
     assert_ledger_consistent(&app, &account.id).await;
@@ -1247,7 +1215,7 @@ async fn refunds_and_the_daily_spend_cap() {
         .await
         .iter()
         .filter(|t| kind(t) == TransactionKind::Debit)
-        .filter(|t| micros(&t.create_time) >= next_utc_midnight(&app) - DAY)
+        .filter(|t| micros_of(t.create_time.as_ref()) >= next_utc_midnight(&app) - DAY)
         .map(|t| dec(&t.units))
         .sum();
     let err = result.expect_err(&format!(
@@ -1482,7 +1450,7 @@ async fn expiry_racing_debits_never_double_spends() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("race-expiry", "").await;
     app.publish_standard_card().await;
-    let expiry = server_now_secs(&app) + 30 * SECOND;
+    let expiry = now_second(&app) + 30 * SECOND;
     let expiring = create_grant(&app, &wallet.id, "10", None, Some(expiry)).await;
     let lasting = create_grant(&app, &wallet.id, "5", None, None).await;
     assert_balance(&app.balance(&account.id).await, "15", "0", "15");
@@ -1521,7 +1489,7 @@ async fn expiry_racing_debits_never_double_spends() {
         for burn in &txn.burns {
             if burn.grant_id == expiring.id {
                 assert!(
-                    micros(&txn.create_time) < expiry,
+                    micros_of(txn.create_time.as_ref()) < expiry,
                     "burnt the expiring grant at or after its expiry: {txn:?}"
                 );
                 from_expiring += dec(&burn.units);
@@ -1555,7 +1523,7 @@ async fn expiry_racing_debits_never_double_spends() {
         .iter()
         .map(|t| {
             assert_eq!(t.grant_id, expiring.id);
-            assert_eq!(micros(&t.create_time), expiry);
+            assert_eq!(micros_of(t.create_time.as_ref()), expiry);
             dec(&t.units)
         })
         .sum();

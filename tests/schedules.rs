@@ -30,52 +30,15 @@ use allot::{
 };
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use common::*;
-use prost_types::Timestamp;
 use rust_decimal::Decimal;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
 use tonic_types::StatusExt;
 
-const SECOND: i64 = 1_000_000;
-const MINUTE: i64 = 60 * SECOND;
-const HOUR: i64 = 60 * MINUTE;
-const DAY: i64 = 24 * HOUR;
-
 // ---- helpers -------------------------------------------------------------------------------
-
-fn ts(micros: i64) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(SECOND),
-        nanos: (micros.rem_euclid(SECOND) * 1_000) as i32,
-    }
-}
-
-#[track_caller]
-fn at(timestamp: Option<&Timestamp>) -> i64 {
-    let t = timestamp.expect("a timestamp");
-    t.seconds * SECOND + i64::from(t.nanos) / 1_000
-}
-
-#[track_caller]
-fn micros(text: &str) -> i64 {
-    Amount::parse(text)
-        .unwrap_or_else(|err| panic!("`{text}` is not an amount: {err}"))
-        .micros()
-}
-
-#[track_caller]
-fn decimal(text: &str) -> Decimal {
-    text.parse()
-        .unwrap_or_else(|err| panic!("`{text}` is not a decimal: {err}"))
-}
 
 fn date(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).expect("a representable time")
-}
-
-/// The server's "now", truncated to a whole second (never after the server's now).
-fn now_second(app: &TestApp) -> i64 {
-    app.clock.now_micros().div_euclid(SECOND) * SECOND
 }
 
 /// Moves the server's clock to `target` (it then keeps running from there).
@@ -213,7 +176,7 @@ async fn schedule_grants(app: &TestApp, wallet_id: &str, schedule_id: &str) -> V
         .into_iter()
         .filter(|g| g.schedule_id == schedule_id)
         .collect();
-    grants.sort_by_key(|g| at(g.effective_time.as_ref()));
+    grants.sort_by_key(|g| micros_of(g.effective_time.as_ref()));
     grants
 }
 
@@ -222,10 +185,6 @@ async fn ledger_of(app: &TestApp, account_id: &str) -> Vec<proto::Transaction> {
     let mut all = app.all_transactions(account_id).await;
     all.reverse();
     all
-}
-
-fn kind(t: &proto::Transaction) -> TransactionKind {
-    TransactionKind::try_from(t.kind).expect("known kind")
 }
 
 fn kinds(ts: &[proto::Transaction]) -> Vec<TransactionKind> {
@@ -239,7 +198,7 @@ fn entry(t: &proto::Transaction) -> (TransactionKind, String, String, String, i6
         t.grant_id.clone(),
         t.units.clone(),
         t.delta.clone(),
-        at(t.create_time.as_ref()),
+        micros_of(t.create_time.as_ref()),
     )
 }
 
@@ -297,8 +256,8 @@ async fn grants_once_per_period(period: SchedulePeriod) {
         proto::GrantKind::Contract as i32,
         "kind defaults to CONTRACT"
     );
-    assert_eq!(at(schedule.start_time.as_ref()), start);
-    assert_eq!(at(schedule.next_grant_time.as_ref()), expected(1));
+    assert_eq!(micros_of(schedule.start_time.as_ref()), start);
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), expected(1));
     assert_eq!(
         list_schedules(&app, &wallet.id).await,
         std::slice::from_ref(&schedule)
@@ -319,8 +278,8 @@ async fn grants_once_per_period(period: SchedulePeriod) {
         ("0.01", "USD")
     );
     assert_eq!(first.rolled_over, "0");
-    assert_eq!(at(first.effective_time.as_ref()), expected(0));
-    assert_eq!(at(first.expire_time.as_ref()), expected(1));
+    assert_eq!(micros_of(first.effective_time.as_ref()), expected(0));
+    assert_eq!(micros_of(first.expire_time.as_ref()), expected(1));
     let ledger = ledger_of(&app, &account.id).await;
     assert_eq!(
         ledger.iter().map(entry).collect::<Vec<_>>(),
@@ -360,8 +319,8 @@ async fn grants_once_per_period(period: SchedulePeriod) {
     assert_eq!(second.remaining, "100");
     assert_eq!(second.rolled_over, "0");
     assert_eq!(second.state, GrantState::Active as i32);
-    assert_eq!(at(second.effective_time.as_ref()), expected(1));
-    assert_eq!(at(second.expire_time.as_ref()), expected(2));
+    assert_eq!(micros_of(second.effective_time.as_ref()), expected(1));
+    assert_eq!(micros_of(second.expire_time.as_ref()), expected(2));
     let ledger = ledger_of(&app, &account.id).await;
     assert_eq!(
         ledger[2..].iter().map(entry).collect::<Vec<_>>(),
@@ -385,7 +344,7 @@ async fn grants_once_per_period(period: SchedulePeriod) {
     assert_eq!(ledger.last().unwrap().balance_after, "100");
     assert_eq!(app.balance(&account.id).await.posted, "100");
     let listed = one_schedule(&app, &wallet.id).await;
-    assert_eq!(at(listed.next_grant_time.as_ref()), expected(2));
+    assert_eq!(micros_of(listed.next_grant_time.as_ref()), expected(2));
 
     // Sweeping again grants nothing twice.
     app.sweep().await;
@@ -452,8 +411,8 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
         grants[1].amount, "150",
         "the allotment plus what rolled into it"
     );
-    assert_eq!(at(grants[1].effective_time.as_ref()), week(1));
-    assert_eq!(at(grants[1].expire_time.as_ref()), week(2));
+    assert_eq!(micros_of(grants[1].effective_time.as_ref()), week(1));
+    assert_eq!(micros_of(grants[1].expire_time.as_ref()), week(2));
     let ledger = ledger_of(&app, &account.id).await;
     let new = &ledger[seen..];
     assert_eq!(
@@ -587,8 +546,16 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
     assert_eq!(grants[0].id, first[0].id);
     for (k, grant) in grants.iter().enumerate() {
         let k = k as i64;
-        assert_eq!(at(grant.effective_time.as_ref()), day(k), "grant {k}");
-        assert_eq!(at(grant.expire_time.as_ref()), day(k + 1), "grant {k}");
+        assert_eq!(
+            micros_of(grant.effective_time.as_ref()),
+            day(k),
+            "grant {k}"
+        );
+        assert_eq!(
+            micros_of(grant.expire_time.as_ref()),
+            day(k + 1),
+            "grant {k}"
+        );
         let rolled = if k == 0 { "0" } else { "30" };
         assert_eq!(grant.rolled_over, rolled, "grant {k}");
         if k < 5 {
@@ -644,10 +611,12 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
     }
     assert_eq!(app.balance(&account.id).await.posted, "130");
     assert_eq!(
-        at(one_schedule(&app, &wallet.id)
-            .await
-            .next_grant_time
-            .as_ref()),
+        micros_of(
+            one_schedule(&app, &wallet.id)
+                .await
+                .next_grant_time
+                .as_ref()
+        ),
         day(6)
     );
 
@@ -675,14 +644,14 @@ async fn end_time_stops_the_schedule() {
     let schedule = create_schedule(&app, template)
         .await
         .expect("create schedule");
-    assert_eq!(at(schedule.end_time.as_ref()), start + 2 * DAY);
-    assert_eq!(at(schedule.next_grant_time.as_ref()), start + DAY);
+    assert_eq!(micros_of(schedule.end_time.as_ref()), start + 2 * DAY);
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), start + DAY);
 
     app.advance(Duration::from_secs(5 * 86_400)).await;
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
     assert_eq!(grants.len(), 2, "periods 0 and 1 only: {grants:?}");
-    assert_eq!(at(grants[0].effective_time.as_ref()), start);
-    assert_eq!(at(grants[1].effective_time.as_ref()), start + DAY);
+    assert_eq!(micros_of(grants[0].effective_time.as_ref()), start);
+    assert_eq!(micros_of(grants[1].effective_time.as_ref()), start + DAY);
     assert!(grants.iter().all(|g| g.state == GrantState::Expired as i32));
     let ledger = ledger_of(&app, &account.id).await;
     assert_eq!(
@@ -742,7 +711,7 @@ async fn future_start_grants_nothing_until_then() {
     let schedule = create_schedule(&app, template)
         .await
         .expect("create schedule");
-    assert_eq!(at(schedule.next_grant_time.as_ref()), start);
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), start);
     assert!(all_grants(&app, &wallet.id).await.is_empty());
     assert!(ledger_of(&app, &account.id).await.is_empty());
     assert_eq!(app.balance(&account.id).await.posted, "0");
@@ -758,8 +727,8 @@ async fn future_start_grants_nothing_until_then() {
     app.sweep().await;
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
     assert_eq!(grants.len(), 1);
-    assert_eq!(at(grants[0].effective_time.as_ref()), start);
-    assert_eq!(at(grants[0].expire_time.as_ref()), start + 7 * DAY);
+    assert_eq!(micros_of(grants[0].effective_time.as_ref()), start);
+    assert_eq!(micros_of(grants[0].expire_time.as_ref()), start + 7 * DAY);
     assert_eq!(
         ledger_of(&app, &account.id)
             .await
@@ -776,10 +745,12 @@ async fn future_start_grants_nothing_until_then() {
     );
     assert_eq!(app.balance(&account.id).await.posted, "70");
     assert_eq!(
-        at(one_schedule(&app, &wallet.id)
-            .await
-            .next_grant_time
-            .as_ref()),
+        micros_of(
+            one_schedule(&app, &wallet.id)
+                .await
+                .next_grant_time
+                .as_ref()
+        ),
         start + 7 * DAY
     );
     app.stop().await;
@@ -820,7 +791,7 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
     let schedule = create_schedule(&app, template)
         .await
         .expect("create schedule");
-    assert_eq!(at(schedule.next_grant_time.as_ref()), expected[0]);
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), expected[0]);
     assert!(all_grants(&app, &wallet.id).await.is_empty());
 
     for k in 0..4 {
@@ -830,23 +801,25 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
         assert_eq!(grants.len(), k + 1, "month {k}: {grants:?}");
         let grant = &grants[k];
         assert_eq!(
-            at(grant.effective_time.as_ref()),
+            micros_of(grant.effective_time.as_ref()),
             expected[k],
             "month {k} starts {}",
             date(expected[k])
         );
         assert_eq!(
-            at(grant.expire_time.as_ref()),
+            micros_of(grant.expire_time.as_ref()),
             expected[k + 1],
             "month {k} ends {}",
             date(expected[k + 1])
         );
         assert_eq!(grant.remaining, "1000");
         assert_eq!(
-            at(one_schedule(&app, &wallet.id)
-                .await
-                .next_grant_time
-                .as_ref()),
+            micros_of(
+                one_schedule(&app, &wallet.id)
+                    .await
+                    .next_grant_time
+                    .as_ref()
+            ),
             expected[k + 1]
         );
         if k > 0 {
@@ -857,13 +830,13 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
     let grant_times: Vec<i64> = ledger
         .iter()
         .filter(|t| kind(t) == TransactionKind::Grant)
-        .map(|t| at(t.create_time.as_ref()))
+        .map(|t| micros_of(t.create_time.as_ref()))
         .collect();
     assert_eq!(grant_times, expected[..4]);
     let expire_times: Vec<i64> = ledger
         .iter()
         .filter(|t| kind(t) == TransactionKind::Expire)
-        .map(|t| at(t.create_time.as_ref()))
+        .map(|t| micros_of(t.create_time.as_ref()))
         .collect();
     assert_eq!(expire_times, expected[1..4]);
     app.stop().await;
@@ -961,9 +934,13 @@ async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
                 .await
                 .map_err(|s| format!("{s:?}"))?
                 .into_inner();
-            let closing = micros(&statement.closing_balance);
-            let lines: i64 = statement.lines.iter().map(|l| micros(&l.units)).sum();
-            if micros(&statement.opening_balance) + lines != closing {
+            let closing = amount_micros(&statement.closing_balance);
+            let lines: i64 = statement
+                .lines
+                .iter()
+                .map(|l| amount_micros(&l.units))
+                .sum();
+            if amount_micros(&statement.opening_balance) + lines != closing {
                 return Err(format!("statement does not reconcile: {statement:?}"));
             }
             Ok(())
@@ -976,7 +953,10 @@ async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
     assert_eq!(grants.len(), 4, "periods 0..=3 once each: {grants:?}");
     for (k, grant) in grants.iter().enumerate() {
-        assert_eq!(at(grant.effective_time.as_ref()), start + k as i64 * DAY);
+        assert_eq!(
+            micros_of(grant.effective_time.as_ref()),
+            start + k as i64 * DAY
+        );
     }
     let ledger = ledger_of(&app, &account.id).await;
     assert_eq!(
@@ -1184,15 +1164,6 @@ async fn schedule_validation_roles_and_idempotency() {
 
 // ---- statements ----------------------------------------------------------------------------
 
-fn money_map(money: &[proto::Money]) -> BTreeMap<String, Decimal> {
-    let mut out = BTreeMap::new();
-    for m in money {
-        *out.entry(m.currency.clone()).or_insert(Decimal::ZERO) += decimal(&m.amount);
-    }
-    out.retain(|_, v| !v.is_zero());
-    out
-}
-
 fn add_money(into: &mut BTreeMap<String, Decimal>, money: &[proto::Money]) {
     for (currency, value) in money_map(money) {
         *into.entry(currency).or_insert(Decimal::ZERO) += value;
@@ -1210,9 +1181,13 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
             problems.push(problem);
         }
     };
-    let opening = micros(&statement.opening_balance);
-    let closing = micros(&statement.closing_balance);
-    let lines: i64 = statement.lines.iter().map(|l| micros(&l.units)).sum();
+    let opening = amount_micros(&statement.opening_balance);
+    let closing = amount_micros(&statement.closing_balance);
+    let lines: i64 = statement
+        .lines
+        .iter()
+        .map(|l| amount_micros(&l.units))
+        .sum();
     check(
         opening + lines == closing,
         format!("units: opening {opening} + lines {lines} ≠ closing {closing} (micro-units)"),
@@ -1220,11 +1195,11 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
 
     let mut by_kind: BTreeMap<i32, (i64, i64, BTreeMap<String, Decimal>)> = BTreeMap::new();
     let mut running = opening;
-    let start = at(statement.start_time.as_ref());
-    let end = at(statement.end_time.as_ref());
+    let start = micros_of(statement.start_time.as_ref());
+    let end = micros_of(statement.end_time.as_ref());
     let mut last_time = i64::MIN;
     for movement in &statement.movements {
-        let time = at(movement.create_time.as_ref());
+        let time = micros_of(movement.create_time.as_ref());
         check(
             start <= time && time < end,
             format!("movement {} outside the window", movement.id),
@@ -1237,9 +1212,9 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
             ),
         );
         last_time = time;
-        running += micros(&movement.delta);
+        running += amount_micros(&movement.delta);
         check(
-            micros(&movement.balance_after) == running,
+            amount_micros(&movement.balance_after) == running,
             format!(
                 "movement {} balance_after {} ≠ running balance {}",
                 movement.id,
@@ -1249,7 +1224,7 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
         );
         let line = by_kind.entry(movement.kind).or_default();
         line.0 += 1;
-        line.1 += micros(&movement.delta);
+        line.1 += amount_micros(&movement.delta);
         add_money(&mut line.2, &movement.money);
     }
     check(
@@ -1259,7 +1234,12 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
     let lines: BTreeMap<i32, (i64, i64, BTreeMap<String, Decimal>)> = statement
         .lines
         .iter()
-        .map(|l| (l.kind, (l.count, micros(&l.units), money_map(&l.money))))
+        .map(|l| {
+            (
+                l.kind,
+                (l.count, amount_micros(&l.units), money_map(&l.money)),
+            )
+        })
         .collect();
     check(
         lines.len() == statement.lines.len(),
@@ -1334,7 +1314,7 @@ fn sorted(mut lines: Vec<(TransactionKind, i64, String)>) -> Vec<(TransactionKin
 fn money_of(pairs: &[(&str, &str)]) -> BTreeMap<String, Decimal> {
     pairs
         .iter()
-        .map(|(c, v)| (c.to_string(), decimal(v)))
+        .map(|(c, v)| (c.to_string(), dec(v)))
         .filter(|(_, v)| !v.is_zero())
         .collect()
 }
@@ -1433,8 +1413,7 @@ async fn statements_reconcile_in_units_and_money_over_any_window() {
     let mut worth: BTreeMap<String, Decimal> = BTreeMap::new();
     for g in all_grants(&app, &wallet.id).await {
         if !g.currency.is_empty() {
-            *worth.entry(g.currency.clone()).or_default() +=
-                decimal(&g.remaining) * decimal(&g.unit_price);
+            *worth.entry(g.currency.clone()).or_default() += dec(&g.remaining) * dec(&g.unit_price);
         }
     }
     worth.retain(|_, v| !v.is_zero());
@@ -1457,8 +1436,8 @@ async fn statements_reconcile_in_units_and_money_over_any_window() {
     assert_eq!(by_wallet.movements, full.movements);
 
     // A window ending at the second debit (exclusive) shows the balance of that time.
-    let t1 = at(d1.create_time.as_ref());
-    let t2 = at(d2.create_time.as_ref());
+    let t1 = micros_of(d1.create_time.as_ref());
+    let t2 = micros_of(d2.create_time.as_ref());
     assert!(t1 < t2);
     let before = statement(&app, &app.admin, by_account(&account.id, None, Some(t2)))
         .await
@@ -1563,7 +1542,7 @@ async fn statement_includes_expiry_without_an_explicit_sweep() {
         .find(|t| kind(t) == TransactionKind::Expire)
         .expect("EXPIRE movement");
     assert_eq!(expired.grant_id, expiring.id);
-    assert_eq!(at(expired.create_time.as_ref()), expire);
+    assert_eq!(micros_of(expired.create_time.as_ref()), expire);
     assert_eq!(full.closing_balance, "50");
     assert_eq!(app.balance(&account.id).await.posted, "50");
     assert_eq!(money_map(&full.closing_money), money_of(&[("USD", "5")]));
@@ -1687,7 +1666,7 @@ async fn statement_scope_roles_and_validation() {
 /// entry dated before `t`.
 async fn assert_history_consistent(app: &TestApp, account_id: &str) {
     let ledger = ledger_of(app, account_id).await;
-    let time = |t: &proto::Transaction| at(t.create_time.as_ref());
+    let time = |t: &proto::Transaction| micros_of(t.create_time.as_ref());
     let out_of_order: Vec<String> = ledger
         .windows(2)
         .filter(|w| time(&w[1]) < time(&w[0]))
@@ -1769,9 +1748,9 @@ async fn schedule_starting_in_the_past_keeps_the_history_consistent() {
             let sum: i64 = ledger_of(&app, &account.id)
                 .await
                 .iter()
-                .map(|t| micros(&t.delta))
+                .map(|t| amount_micros(&t.delta))
                 .sum();
-            assert_eq!(sum, micros(&balance.posted));
+            assert_eq!(sum, amount_micros(&balance.posted));
             assert_history_consistent(&app, &account.id).await;
         }
     }

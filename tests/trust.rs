@@ -8,20 +8,10 @@ use std::time::Duration;
 
 use allot::proto::{self, AccountState};
 use common::*;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::FieldMask;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-const DAY: i64 = 86_400;
-
-fn at(seconds: i64) -> Timestamp {
-    Timestamp { seconds, nanos: 0 }
-}
-
-fn now_seconds() -> i64 {
-    chrono::Utc::now().timestamp()
-}
 
 async fn serving(app: &TestApp) -> i32 {
     HealthClient::new(app.channel.clone())
@@ -80,7 +70,7 @@ async fn extreme_prices_are_refused_and_the_bounds_work() {
     assert_error(&status, Code::InvalidArgument, "AMOUNT_OUT_OF_RANGE");
     // The same with a future effective time (used to panic later, in the sweeper).
     let mut future = grant_request(&wallet.id, "100000000000", "999999999999999999");
-    future.grant.as_mut().unwrap().effective_time = Some(at(now_seconds() + 60));
+    future.grant.as_mut().unwrap().effective_time = Some(ts_secs(now_seconds() + 60));
     let status = grants.create_grant(future).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "AMOUNT_OUT_OF_RANGE");
     // And on a schedule.
@@ -92,7 +82,7 @@ async fn extreme_prices_are_refused_and_the_bounds_work() {
                 period: proto::SchedulePeriod::Monthly as i32,
                 unit_price: "999999999999999999".into(),
                 currency: "USD".into(),
-                start_time: Some(at(now_seconds() + 3600)),
+                start_time: Some(ts_secs(now_seconds() + 3600)),
                 ..Default::default()
             }),
             request_id: uuid(),
@@ -430,7 +420,7 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
                 wallet_id: wallet.id.clone(),
                 amount: "10".into(),
                 period: period as i32,
-                start_time: Some(at(start)),
+                start_time: Some(ts_secs(start)),
                 ..Default::default()
             }),
             request_id: uuid(),
@@ -443,7 +433,7 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
     let metadata = assert_error(&status, Code::InvalidArgument, "SCHEDULE_START_TOO_EARLY");
     assert_eq!(metadata["max_catch_up_periods"], "100");
     // 100 daily periods is the bound: caught up at once.
-    let start = now_seconds() - 99 * DAY - 60;
+    let start = now_seconds() - 99 * DAY_SECS - 60;
     grants
         .create_allotment_schedule(schedule(start, proto::SchedulePeriod::Daily))
         .await
@@ -459,7 +449,7 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
     // One period more is refused.
     let status = grants
         .create_allotment_schedule(schedule(
-            now_seconds() - 100 * DAY - 60,
+            now_seconds() - 100 * DAY_SECS - 60,
             proto::SchedulePeriod::Daily,
         ))
         .await
@@ -468,7 +458,7 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
     // Monthly periods reach further back within the same bound.
     grants
         .create_allotment_schedule(schedule(
-            now_seconds() - 8 * 365 * DAY,
+            now_seconds() - 8 * 365 * DAY_SECS,
             proto::SchedulePeriod::Monthly,
         ))
         .await
@@ -730,7 +720,7 @@ async fn the_account_state_matrix_holds_for_every_operation() {
                         wallet_id: wallet.id.clone(),
                         amount: "1".into(),
                         period: proto::SchedulePeriod::Monthly as i32,
-                        start_time: Some(at(now_seconds() + 3600)),
+                        start_time: Some(ts_secs(now_seconds() + 3600)),
                         ..Default::default()
                     }),
                     request_id: uuid(),
@@ -833,7 +823,8 @@ async fn closed_accounts_receive_no_more_allotments() {
             .await
             .unwrap();
         set_state(&app, &account.id, state).await;
-        app.advance(Duration::from_secs(2 * DAY as u64 + 60)).await;
+        app.advance(Duration::from_secs(2 * DAY_SECS as u64 + 60))
+            .await;
         let granted = app
             .all_transactions(&account.id)
             .await
@@ -853,7 +844,7 @@ async fn statements_are_reads() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("statement-read", "").await;
     let mut expiring = grant_request(&wallet.id, "25", "0.5");
-    expiring.grant.as_mut().unwrap().expire_time = Some(at(now_seconds() + 3600));
+    expiring.grant.as_mut().unwrap().expire_time = Some(ts_secs(now_seconds() + 3600));
     app.grants(&app.admin).create_grant(expiring).await.unwrap();
     app.clock.advance(2 * 3600 * 1_000_000);
     let before = entry_count(&app).await;

@@ -53,12 +53,8 @@ fn long(n: usize) -> String {
     "a".repeat(n)
 }
 
-fn at(seconds: i64) -> Timestamp {
-    Timestamp { seconds, nanos: 0 }
-}
-
 fn from_now(seconds: i64) -> Timestamp {
-    at(chrono::Utc::now().timestamp() + seconds)
+    ts_secs(now_seconds() + seconds)
 }
 
 /// The error of a call that must fail.
@@ -1114,15 +1110,15 @@ async fn timestamps_out_of_range_are_rejected() {
         request
     };
     let out_of_range = [
-        at(-1),
-        at(253_402_300_800), // 10000-01-01
-        at(i64::MAX),
+        ts_secs(-1),
+        ts_secs(253_402_300_800), // 10000-01-01
+        ts_secs(i64::MAX),
         Timestamp {
-            seconds: chrono::Utc::now().timestamp(),
+            seconds: now_seconds(),
             nanos: 1_000_000_000,
         },
         Timestamp {
-            seconds: chrono::Utc::now().timestamp(),
+            seconds: now_seconds(),
             nanos: -1,
         },
     ];

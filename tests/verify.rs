@@ -27,15 +27,8 @@ struct History {
     open_hold: String,
 }
 
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    }
-}
-
 async fn create_grant(app: &TestApp, wallet_id: &str, amount: &str, expire_in: Option<Duration>) {
-    let expire_time = expire_in.map(|d| timestamp(app.clock.now_micros() + d.as_micros() as i64));
+    let expire_time = expire_in.map(|d| ts(app.clock.now_micros() + d.as_micros() as i64));
     app.grants(&app.admin)
         .create_grant(proto::CreateGrantRequest {
             grant: Some(proto::Grant {
@@ -418,7 +411,7 @@ async fn schedules_with_rollover_verify() {
                 wallet_id: wallet.id.clone(),
                 amount: "10".into(),
                 period: proto::SchedulePeriod::Daily as i32,
-                start_time: Some(timestamp(app.clock.now_micros())),
+                start_time: Some(ts(app.clock.now_micros())),
                 rollover_policy: proto::RolloverPolicy::Capped as i32,
                 rollover_cap: "4".into(),
                 unit_price: "0.05".into(),

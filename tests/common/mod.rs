@@ -25,6 +25,14 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 pub mod process;
+mod time;
+mod values;
+
+// Not every test crate uses every helper.
+#[allow(unused_imports)]
+pub use time::*;
+#[allow(unused_imports)]
+pub use values::*;
 
 pub const SECRET: &str = "test-secret-for-allot-integration-tests";
 
