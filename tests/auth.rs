@@ -13,11 +13,7 @@ use allot::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tonic::{
-    Code, Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::Interceptor,
-};
+use tonic::{Code, Status};
 
 /// An account id that does not exist (well-formed, so it passes validation).
 const GHOST_ACCOUNT: &str = "acct_0000000000000000000000000000dead";
@@ -71,27 +67,6 @@ fn admin_claims() -> Claims {
 }
 
 // ---- raw `authorization` header ---------------------------------------------------------------
-
-/// Sends `authorization` exactly as given (or not at all), unlike the harness's `Bearer`.
-#[derive(Clone)]
-struct RawAuth(Option<MetadataValue<Ascii>>);
-
-impl RawAuth {
-    fn new(header: Option<&str>) -> Self {
-        RawAuth(header.map(|h| h.parse().expect("ASCII header value")))
-    }
-}
-
-impl Interceptor for RawAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -210,9 +185,9 @@ fn not_found<T: std::fmt::Debug>(result: Result<T, Status>) {
 async fn assert_unauthenticated(app: &TestApp, header: Option<&str>, reason: &str) {
     let (account, wallet) = app.funded(&format!("target-{}", uuid()), "10").await;
     let before = snapshot(app, &account.id).await;
-    let before_accounts = list_all_accounts(app, &app.admin).await.len();
+    let before_accounts = app.all_accounts(&app.admin).await.len();
 
-    let auth = RawAuth::new(header);
+    let auth = Bearer::raw(header);
     let channel = app.channel.clone();
     let mut accounts = proto::account_service_client::AccountServiceClient::with_interceptor(
         channel.clone(),
@@ -301,32 +276,10 @@ async fn assert_unauthenticated(app: &TestApp, header: Option<&str>, reason: &st
 
     assert_eq!(snapshot(app, &account.id).await, before, "nothing written");
     assert_eq!(
-        list_all_accounts(app, &app.admin).await.len(),
+        app.all_accounts(&app.admin).await.len(),
         before_accounts,
         "no account created"
     );
-}
-
-async fn list_all_accounts(app: &TestApp, token: &str) -> Vec<proto::Account> {
-    let mut client = app.accounts(token);
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_accounts(proto::ListAccountsRequest {
-                page_size: 100,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list accounts")
-            .into_inner();
-        all.extend(page.accounts);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 fn ids(accounts: &[proto::Account]) -> std::collections::BTreeSet<String> {
@@ -710,7 +663,7 @@ async fn tokens_with_unacceptable_claims_are_unauthenticated() {
         let header = bearer(&sign_json(&claims));
         let mut client = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
             app.channel.clone(),
-            RawAuth::new(Some(&header)),
+            Bearer::raw(Some(&header)),
         );
         let status = client
             .get_balance(proto::GetBalanceRequest {
@@ -849,7 +802,7 @@ async fn bearer_scheme_is_case_insensitive() {
     ] {
         let mut client = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
             app.channel.clone(),
-            RawAuth::new(Some(&header)),
+            Bearer::raw(Some(&header)),
         );
         let balance = client
             .get_balance(proto::GetBalanceRequest {
@@ -956,7 +909,7 @@ async fn service_cannot_provision_or_write_rate_cards() {
     let w = world(&app).await;
     // Global scope, so the role is the only reason to refuse.
     let t = token(&["service"], &["*"]);
-    let accounts_before = list_all_accounts(&app, &app.admin).await.len();
+    let accounts_before = app.all_accounts(&app.admin).await.len();
     let before = snapshot(&app, &w.a.id).await;
 
     denied(
@@ -1004,10 +957,7 @@ async fn service_cannot_provision_or_write_rate_cards() {
         Some("CreateRateCard")
     );
 
-    assert_eq!(
-        list_all_accounts(&app, &app.admin).await.len(),
-        accounts_before
-    );
+    assert_eq!(app.all_accounts(&app.admin).await.len(), accounts_before);
     assert_eq!(snapshot(&app, &w.a.id).await, before);
     let cards = app
         .rates(&app.admin)
@@ -1373,7 +1323,7 @@ async fn token_without_roles_can_do_nothing() {
     let app = spawn_app().await;
     let w = world(&app).await;
     let before = snapshot(&app, &w.a.id).await;
-    let accounts_before = list_all_accounts(&app, &app.admin).await;
+    let accounts_before = app.all_accounts(&app.admin).await;
     let no_roles = token(&[], &["*"]);
     // Unknown and differently-cased role names are ignored, not mapped.
     let unknown_roles = token(&["superuser", "ADMIN", "Service", "root", "*"], &["*"]);
@@ -1387,7 +1337,7 @@ async fn token_without_roles_can_do_nothing() {
         }
     }
     assert_eq!(snapshot(&app, &w.a.id).await, before);
-    assert_eq!(list_all_accounts(&app, &app.admin).await, accounts_before);
+    assert_eq!(app.all_accounts(&app.admin).await, accounts_before);
     app.stop().await;
 }
 
@@ -1640,19 +1590,21 @@ async fn list_accounts_returns_only_the_scope() {
     let app = spawn_app().await;
     let w = world(&app).await;
 
-    let a_scope = list_all_accounts(&app, &token(&["procurement"], &[&w.a.id])).await;
+    let a_scope = app.all_accounts(&token(&["procurement"], &[&w.a.id])).await;
     assert_eq!(
         ids(&a_scope),
         ids(&[w.a.clone(), w.child.clone(), w.grand.clone()])
     );
-    let child_scope = list_all_accounts(&app, &token(&["service"], &[&w.child.id])).await;
+    let child_scope = app.all_accounts(&token(&["service"], &[&w.child.id])).await;
     assert_eq!(ids(&child_scope), ids(&[w.child.clone(), w.grand.clone()]));
-    let two = list_all_accounts(&app, &token(&["service"], &[&w.grand.id, &w.b.id])).await;
+    let two = app
+        .all_accounts(&token(&["service"], &[&w.grand.id, &w.b.id]))
+        .await;
     assert_eq!(
         ids(&two),
         ids(&[w.grand.clone(), w.b.clone(), w.b_child.clone()])
     );
-    let everything = list_all_accounts(&app, &token(&["service"], &["*"])).await;
+    let everything = app.all_accounts(&token(&["service"], &["*"])).await;
     assert_eq!(everything.len(), 5);
 
     // Filtering by a parent outside the scope reveals nothing.
@@ -1692,13 +1644,11 @@ async fn list_accounts_returns_only_the_scope() {
     assert_eq!(ids(&seen), ids(&a_scope));
 
     // No accounts, or LIKE wildcards posing as ids: nothing.
-    let none = list_all_accounts(&app, &token(&["service"], &[])).await;
+    let none = app.all_accounts(&token(&["service"], &[])).await;
     assert!(none.is_empty(), "{none:?}");
-    let wildcards = list_all_accounts(
-        &app,
-        &token(&["service"], &["%", "_", "acct_%", "acct\\_%"]),
-    )
-    .await;
+    let wildcards = app
+        .all_accounts(&token(&["service"], &["%", "_", "acct_%", "acct\\_%"]))
+        .await;
     assert!(wildcards.is_empty(), "{wildcards:?}");
     app.stop().await;
 }
@@ -1770,7 +1720,7 @@ async fn account_manager_provisions_only_inside_its_scope() {
     let w = world(&app).await;
     let t = token(&["account_manager"], &[&w.a.id]);
     let mut accounts = app.accounts(&t);
-    let accounts_before = list_all_accounts(&app, &app.admin).await.len();
+    let accounts_before = app.all_accounts(&app.admin).await.len();
     let b_before = snapshot(&app, &w.b.id).await;
 
     // Inside: a new sub-account under A's child, with a wallet and a grant.
@@ -1855,7 +1805,7 @@ async fn account_manager_provisions_only_inside_its_scope() {
     );
 
     assert_eq!(
-        list_all_accounts(&app, &app.admin).await.len(),
+        app.all_accounts(&app.admin).await.len(),
         accounts_before + 1
     );
     assert_eq!(snapshot(&app, &w.b.id).await, b_before);

@@ -52,19 +52,12 @@ fn next_month_start(app: &TestApp) -> i64 {
         .timestamp_micros()
 }
 
-/// Oldest first.
-async fn history(app: &TestApp, account_id: &str) -> Vec<proto::Transaction> {
-    let mut txns = app.all_transactions(account_id).await;
-    txns.reverse();
-    txns
-}
-
 /// Records whatever fell due, then checks the wallet's ledger: Σ delta = posted, each
 /// `balance_after` is the running sum, and the hash chain links every entry to the previous
 /// one (the first to ""). Returns the entries, oldest first.
 async fn assert_ledger_consistent(app: &TestApp, account_id: &str) -> Vec<proto::Transaction> {
     app.sweep().await;
-    let txns = history(app, account_id).await;
+    let txns = app.history(account_id).await;
     let mut sum = Decimal::ZERO;
     let mut prev_hash = String::new();
     for t in &txns {
@@ -88,16 +81,8 @@ async fn assert_ledger_consistent(app: &TestApp, account_id: &str) -> Vec<proto:
 }
 
 async fn grants_by_id(app: &TestApp, wallet_id: &str) -> BTreeMap<String, proto::Grant> {
-    app.grants(&app.admin)
-        .list_grants(proto::ListGrantsRequest {
-            wallet_id: wallet_id.into(),
-            page_size: 100,
-            ..Default::default()
-        })
+    app.all_grants(wallet_id)
         .await
-        .expect("list grants")
-        .into_inner()
-        .grants
         .into_iter()
         .map(|g| (g.id.clone(), g))
         .collect()
@@ -273,13 +258,6 @@ fn assert_balance(balance: &proto::Balance, posted: &str, reserved: &str, availa
         (posted, reserved, available),
         "(posted, reserved, available) of {balance:?}"
     );
-}
-
-#[track_caller]
-fn assert_insufficient(status: &Status, required: &str, available: &str) {
-    let meta = assert_error(status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
-    assert_eq!(meta.get("required").map(String::as_str), Some(required));
-    assert_eq!(meta.get("available").map(String::as_str), Some(available));
 }
 
 #[track_caller]
@@ -612,11 +590,11 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     move_clock_to(&app, micros_of(short.expire_time.as_ref()) + SECOND);
     assert_balance(&app.balance(&account.id).await, "10", "3", "7");
     assert!(
-        of_kind(&history(&app, &account.id).await, TransactionKind::Release).is_empty(),
+        of_kind(&app.history(&account.id).await, TransactionKind::Release).is_empty(),
         "nothing is written before the sweep"
     );
     app.sweep().await;
-    let releases = of_kind(&history(&app, &account.id).await, TransactionKind::Release);
+    let releases = of_kind(&app.history(&account.id).await, TransactionKind::Release);
     assert_eq!(releases.len(), 1);
     assert_eq!(releases[0].reservation_id, short.id);
     assert_eq!(releases[0].units, "6");
@@ -810,7 +788,7 @@ async fn refund_of_a_capture_and_what_is_not_refundable() {
     assert_eq!(grants.values().next().unwrap().remaining, "50");
 
     // GRANT, RESERVE and REFUND entries are not refundable.
-    let txns = history(&app, &account.id).await;
+    let txns = app.history(&account.id).await;
     for not_refundable in [
         TransactionKind::Grant,
         TransactionKind::Reserve,
@@ -910,7 +888,7 @@ async fn grants_expire_at_their_expire_time() {
     assert_balance(&app.balance(&account.id).await, "5", "0", "5");
     let grants = grants_by_id(&app, &wallet.id).await;
     assert_eq!(grants[&expiring.id].state, GrantState::Expired as i32);
-    assert!(of_kind(&history(&app, &account.id).await, TransactionKind::Expire).is_empty());
+    assert!(of_kind(&app.history(&account.id).await, TransactionKind::Expire).is_empty());
     // A debit beyond what is live is refused.
     let err = debit(&app, &account.id, "chat", &[("output_tokens", "25000")])
         .await
@@ -918,7 +896,7 @@ async fn grants_expire_at_their_expire_time() {
     assert_insufficient(&err, "6", "5");
 
     app.sweep().await;
-    let expires = of_kind(&history(&app, &account.id).await, TransactionKind::Expire);
+    let expires = of_kind(&app.history(&account.id).await, TransactionKind::Expire);
     assert_eq!(expires.len(), 1);
     assert_eq!(expires[0].grant_id, expiring.id);
     assert_eq!(expires[0].units, "9");
@@ -933,7 +911,7 @@ async fn grants_expire_at_their_expire_time() {
     // Sweeping again writes nothing more.
     app.sweep().await;
     assert_eq!(
-        of_kind(&history(&app, &account.id).await, TransactionKind::Expire).len(),
+        of_kind(&app.history(&account.id).await, TransactionKind::Expire).len(),
         1
     );
     assert_ledger_consistent(&app, &account.id).await;
@@ -952,7 +930,7 @@ async fn future_grants_count_from_their_effective_time() {
     assert_eq!(micros_of(pending.effective_time.as_ref()), effective);
     assert_balance(&app.balance(&account.id).await, "0", "0", "0");
     assert!(
-        history(&app, &account.id).await.is_empty(),
+        app.history(&account.id).await.is_empty(),
         "no GRANT entry yet"
     );
     let err = debit(&app, &account.id, "one", &[]).await.unwrap_err();
@@ -966,7 +944,7 @@ async fn future_grants_count_from_their_effective_time() {
     let grants = grants_by_id(&app, &wallet.id).await;
     assert_eq!(grants[&pending.id].state, GrantState::Active as i32);
     app.sweep().await;
-    let txns = history(&app, &account.id).await;
+    let txns = app.history(&account.id).await;
     assert_eq!(txns.len(), 1, "{txns:?}");
     assert_eq!(kind(&txns[0]), TransactionKind::Grant);
     assert_eq!(txns[0].grant_id, pending.id);
@@ -1064,8 +1042,7 @@ async fn adjustments_up_and_down_with_a_reason() {
 
     // The reason is required.
     let err = adjust(&app, &wallet.id, "5", "").await.unwrap_err();
-    let meta = assert_error(&err, Code::InvalidArgument, "MISSING_FIELD");
-    assert_eq!(meta.get("field").map(String::as_str), Some("reason"));
+    assert_invalid(&err, "MISSING_FIELD", "reason");
     let err = adjust(&app, &wallet.id, "0", "nothing").await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_AMOUNT");
 
@@ -1211,7 +1188,8 @@ async fn refunds_and_the_daily_spend_cap() {
     assert_eq!(refunded.units, "4");
     assert_balance(&app.balance(&account.id).await, "984", "0", "984");
     let result = debit(&app, &account.id, "image", &[]).await;
-    let charged_today: Decimal = history(&app, &account.id)
+    let charged_today: Decimal = app
+        .history(&account.id)
         .await
         .iter()
         .filter(|t| kind(t) == TransactionKind::Debit)

@@ -147,44 +147,16 @@ async fn one_schedule(app: &TestApp, wallet_id: &str) -> proto::AllotmentSchedul
     all.remove(0)
 }
 
-async fn all_grants(app: &TestApp, wallet_id: &str) -> Vec<proto::Grant> {
-    let mut client = app.grants(&app.admin);
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_grants(proto::ListGrantsRequest {
-                wallet_id: wallet_id.into(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-            })
-            .await
-            .expect("list grants")
-            .into_inner();
-        all.extend(page.grants);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// The schedule's grants, by effective time.
 async fn schedule_grants(app: &TestApp, wallet_id: &str, schedule_id: &str) -> Vec<proto::Grant> {
-    let mut grants: Vec<proto::Grant> = all_grants(app, wallet_id)
+    let mut grants: Vec<proto::Grant> = app
+        .all_grants(wallet_id)
         .await
         .into_iter()
         .filter(|g| g.schedule_id == schedule_id)
         .collect();
     grants.sort_by_key(|g| micros_of(g.effective_time.as_ref()));
     grants
-}
-
-/// The account's `credits` ledger, oldest first.
-async fn ledger_of(app: &TestApp, account_id: &str) -> Vec<proto::Transaction> {
-    let mut all = app.all_transactions(account_id).await;
-    all.reverse();
-    all
 }
 
 fn kinds(ts: &[proto::Transaction]) -> Vec<TransactionKind> {
@@ -280,7 +252,7 @@ async fn grants_once_per_period(period: SchedulePeriod) {
     assert_eq!(first.rolled_over, "0");
     assert_eq!(micros_of(first.effective_time.as_ref()), expected(0));
     assert_eq!(micros_of(first.expire_time.as_ref()), expected(1));
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         ledger.iter().map(entry).collect::<Vec<_>>(),
         [(
@@ -304,7 +276,7 @@ async fn grants_once_per_period(period: SchedulePeriod) {
         schedule_grants(&app, &wallet.id, &schedule.id).await.len(),
         1
     );
-    assert_eq!(ledger_of(&app, &account.id).await.len(), 2);
+    assert_eq!(app.history(&account.id).await.len(), 2);
 
     // One period later: exactly one new grant; the 70 unused units expired at the boundary.
     move_clock_to(&app, expected(1));
@@ -321,7 +293,7 @@ async fn grants_once_per_period(period: SchedulePeriod) {
     assert_eq!(second.state, GrantState::Active as i32);
     assert_eq!(micros_of(second.effective_time.as_ref()), expected(1));
     assert_eq!(micros_of(second.expire_time.as_ref()), expected(2));
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         ledger[2..].iter().map(entry).collect::<Vec<_>>(),
         [
@@ -349,7 +321,7 @@ async fn grants_once_per_period(period: SchedulePeriod) {
     // Sweeping again grants nothing twice.
     app.sweep().await;
     app.sweep().await;
-    assert_eq!(ledger_of(&app, &account.id).await, ledger);
+    assert_eq!(app.history(&account.id).await, ledger);
     assert_eq!(
         schedule_grants(&app, &wallet.id, &schedule.id).await,
         grants
@@ -398,7 +370,7 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
 
     // Week 0: 20 used, 80 unused → 50 roll over, 30 expire.
     spend(&app, &account.id, "20").await;
-    let seen = ledger_of(&app, &account.id).await.len();
+    let seen = app.history(&account.id).await.len();
     move_clock_to(&app, week(1));
     app.sweep().await;
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
@@ -413,7 +385,7 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
     );
     assert_eq!(micros_of(grants[1].effective_time.as_ref()), week(1));
     assert_eq!(micros_of(grants[1].expire_time.as_ref()), week(2));
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let new = &ledger[seen..];
     assert_eq!(
         new.iter().map(entry).collect::<Vec<_>>(),
@@ -449,7 +421,7 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
     assert_eq!(grants.len(), 3);
     assert_eq!(grants[2].rolled_over, "50");
     assert_eq!(grants[2].remaining, "150");
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let new = &ledger[seen..];
     assert_eq!(
         new.iter().map(entry).collect::<Vec<_>>(),
@@ -486,7 +458,7 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
     assert_eq!(grants[2].state, GrantState::Expired as i32);
     assert_eq!(grants[3].rolled_over, "20");
     assert_eq!(grants[3].remaining, "120");
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let new = &ledger[seen..];
     assert_eq!(
         new.iter().map(entry).collect::<Vec<_>>(),
@@ -571,7 +543,7 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
     ids.sort();
     assert_eq!(ids, grants.iter().map(|g| &g.id).collect::<Vec<_>>());
 
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let mut expected = vec![(
         TransactionKind::Grant,
         grants[0].id.clone(),
@@ -627,7 +599,7 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
         schedule_grants(&app, &wallet.id, &schedule.id).await,
         grants
     );
-    assert_eq!(ledger_of(&app, &account.id).await, ledger);
+    assert_eq!(app.history(&account.id).await, ledger);
     app.stop().await;
 }
 
@@ -653,7 +625,7 @@ async fn end_time_stops_the_schedule() {
     assert_eq!(micros_of(grants[0].effective_time.as_ref()), start);
     assert_eq!(micros_of(grants[1].effective_time.as_ref()), start + DAY);
     assert!(grants.iter().all(|g| g.state == GrantState::Expired as i32));
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         ledger.iter().map(entry).collect::<Vec<_>>(),
         [
@@ -696,7 +668,7 @@ async fn end_time_stops_the_schedule() {
         schedule_grants(&app, &wallet.id, &schedule.id).await.len(),
         2
     );
-    assert_eq!(ledger_of(&app, &account.id).await, ledger);
+    assert_eq!(app.history(&account.id).await, ledger);
     app.stop().await;
 }
 
@@ -712,15 +684,15 @@ async fn future_start_grants_nothing_until_then() {
         .await
         .expect("create schedule");
     assert_eq!(micros_of(schedule.next_grant_time.as_ref()), start);
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
-    assert!(ledger_of(&app, &account.id).await.is_empty());
+    assert!(app.all_grants(&wallet.id).await.is_empty());
+    assert!(app.history(&account.id).await.is_empty());
     assert_eq!(app.balance(&account.id).await.posted, "0");
 
     app.advance(Duration::from_secs(2 * 86_400)).await;
     move_clock_to(&app, start - MINUTE);
     app.sweep().await;
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
-    assert!(ledger_of(&app, &account.id).await.is_empty());
+    assert!(app.all_grants(&wallet.id).await.is_empty());
+    assert!(app.history(&account.id).await.is_empty());
     assert_eq!(app.balance(&account.id).await.posted, "0");
 
     move_clock_to(&app, start);
@@ -730,7 +702,7 @@ async fn future_start_grants_nothing_until_then() {
     assert_eq!(micros_of(grants[0].effective_time.as_ref()), start);
     assert_eq!(micros_of(grants[0].expire_time.as_ref()), start + 7 * DAY);
     assert_eq!(
-        ledger_of(&app, &account.id)
+        app.history(&account.id)
             .await
             .iter()
             .map(entry)
@@ -792,7 +764,7 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
         .await
         .expect("create schedule");
     assert_eq!(micros_of(schedule.next_grant_time.as_ref()), expected[0]);
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
+    assert!(app.all_grants(&wallet.id).await.is_empty());
 
     for k in 0..4 {
         move_clock_to(&app, expected[k]);
@@ -826,7 +798,7 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
             assert_eq!(grants[k - 1].state, GrantState::Expired as i32);
         }
     }
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let grant_times: Vec<i64> = ledger
         .iter()
         .filter(|t| kind(t) == TransactionKind::Grant)
@@ -958,7 +930,7 @@ async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
             start + k as i64 * DAY
         );
     }
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         kinds(&ledger),
         [
@@ -1098,8 +1070,8 @@ async fn schedule_validation_roles_and_idempotency() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(list_schedules(&app, &wallet.id).await.is_empty());
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
-    assert!(ledger_of(&app, &account.id).await.is_empty());
+    assert!(app.all_grants(&wallet.id).await.is_empty());
+    assert!(app.history(&account.id).await.is_empty());
 
     // Roles and scope: procurement reads but does not provision; an account manager of
     // another account is out of scope.
@@ -1135,8 +1107,8 @@ async fn schedule_validation_roles_and_idempotency() {
     .await
     .unwrap_err();
     assert_error(&status, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(all_grants(&app, &wallet.id).await.len(), 1);
-    assert_eq!(ledger_of(&app, &account.id).await.len(), 1);
+    assert_eq!(app.all_grants(&wallet.id).await.len(), 1);
+    assert_eq!(app.history(&account.id).await.len(), 1);
 
     // Procurement in scope may list.
     let listed = app
@@ -1411,7 +1383,7 @@ async fn statements_reconcile_in_units_and_money_over_any_window() {
         money_of(&[("USD", "0.27"), ("EUR", "9")])
     );
     let mut worth: BTreeMap<String, Decimal> = BTreeMap::new();
-    for g in all_grants(&app, &wallet.id).await {
+    for g in app.all_grants(&wallet.id).await {
         if !g.currency.is_empty() {
             *worth.entry(g.currency.clone()).or_default() += dec(&g.remaining) * dec(&g.unit_price);
         }
@@ -1665,7 +1637,7 @@ async fn statement_scope_roles_and_validation() {
 /// chain — statement(…, t).closing = statement(t, …).opening = the balance after the last
 /// entry dated before `t`.
 async fn assert_history_consistent(app: &TestApp, account_id: &str) {
-    let ledger = ledger_of(app, account_id).await;
+    let ledger = app.history(account_id).await;
     let time = |t: &proto::Transaction| micros_of(t.create_time.as_ref());
     let out_of_order: Vec<String> = ledger
         .windows(2)
@@ -1745,7 +1717,8 @@ async fn schedule_starting_in_the_past_keeps_the_history_consistent() {
         Ok(_) => {
             // Conservation holds however the periods were recorded.
             let balance = app.balance(&account.id).await;
-            let sum: i64 = ledger_of(&app, &account.id)
+            let sum: i64 = app
+                .history(&account.id)
                 .await
                 .iter()
                 .map(|t| amount_micros(&t.delta))

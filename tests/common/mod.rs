@@ -18,17 +18,20 @@ use allot::{
 use sea_orm::{ConnectionTrait, Database};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
-    Code, Request, Status,
+    Request, Status,
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
 };
-use tonic_types::StatusExt;
+mod assert;
 pub mod process;
+mod reads;
 mod time;
 mod values;
 
 // Not every test crate uses every helper.
+#[allow(unused_imports)]
+pub use assert::*;
 #[allow(unused_imports)]
 pub use time::*;
 #[allow(unused_imports)]
@@ -341,40 +344,6 @@ impl TestApp {
         }
         (account, wallet)
     }
-
-    pub async fn balance(&self, account_id: &str) -> proto::Balance {
-        self.ledger(&self.admin)
-            .get_balance(proto::GetBalanceRequest {
-                account_id: account_id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("balance")
-            .into_inner()
-    }
-
-    pub async fn all_transactions(&self, account_id: &str) -> Vec<proto::Transaction> {
-        let mut client = self.ledger(&self.admin);
-        let mut all = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .list_transactions(proto::ListTransactionsRequest {
-                    account_id: account_id.into(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("list transactions")
-                .into_inner();
-            all.extend(page.transactions);
-            if page.next_page_token.is_empty() {
-                return all;
-            }
-            page_token = page.next_page_token;
-        }
-    }
 }
 
 pub fn rate(request_type: &str, flat: &str, dims: &[(&str, &str, &str)], max: &str) -> proto::Rate {
@@ -465,7 +434,7 @@ pub fn token(roles: &[&str], accounts: &[&str]) -> String {
     mint_hs256(SECRET.as_bytes(), &claims(roles, accounts)).expect("mint")
 }
 
-/// Adds `authorization: Bearer …` to every call.
+/// Adds `authorization: Bearer …` (or a raw `authorization` value) to every call.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
@@ -475,6 +444,11 @@ impl Bearer {
             return Bearer(None);
         }
         Bearer(format!("Bearer {token}").parse().ok())
+    }
+
+    /// Sends `authorization` exactly as given (or not at all).
+    pub fn raw(header: Option<&str>) -> Self {
+        Bearer(header.map(|h| h.parse().expect("ASCII header value")))
     }
 }
 
@@ -487,22 +461,4 @@ impl Interceptor for Bearer {
         }
         Ok(request)
     }
-}
-
-/// Asserts the status has `code` and an ErrorInfo with `reason` in domain `allot`; returns
-/// the ErrorInfo metadata.
-#[track_caller]
-pub fn assert_error(
-    status: &Status,
-    code: Code,
-    reason: &str,
-) -> std::collections::HashMap<String, String> {
-    assert_eq!(status.code(), code, "unexpected code: {status:?}");
-    let details = status.get_error_details();
-    let info = details
-        .error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    assert_eq!(info.reason, reason, "unexpected reason: {status:?}");
-    assert_eq!(info.domain, "allot");
-    info.metadata.clone()
 }
