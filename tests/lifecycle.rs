@@ -95,20 +95,12 @@ async fn create_grant(
     effective_time: Option<i64>,
     expire_time: Option<i64>,
 ) -> proto::Grant {
+    let mut request = grant_request(wallet_id, amount, "0.01");
+    let grant = request.grant.as_mut().expect("grant");
+    grant.effective_time = effective_time.map(ts);
+    grant.expire_time = expire_time.map(ts);
     app.grants(&app.admin)
-        .create_grant(proto::CreateGrantRequest {
-            grant: Some(proto::Grant {
-                wallet_id: wallet_id.into(),
-                kind: proto::GrantKind::Contract as i32,
-                amount: amount.into(),
-                effective_time: effective_time.map(ts),
-                expire_time: expire_time.map(ts),
-                unit_price: "0.01".into(),
-                currency: "USD".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_grant(request)
         .await
         .expect("create grant")
         .into_inner()
@@ -126,108 +118,6 @@ async fn debit(
         .debit(request)
         .await
         .map(|r| r.into_inner().transaction.expect("transaction"))
-}
-
-async fn reserve_units(
-    app: &TestApp,
-    account_id: &str,
-    units: &str,
-    ttl: Option<Duration>,
-) -> Result<proto::Reservation, Status> {
-    app.ledger(&app.admin)
-        .reserve(proto::ReserveRequest {
-            account_id: account_id.into(),
-            units: units.into(),
-            ttl: ttl.map(|d| prost_types::Duration {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            }),
-            request_id: uuid(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn capture_units(
-    app: &TestApp,
-    reservation_id: &str,
-    units: &str,
-    request_id: &str,
-) -> Result<proto::DebitResponse, Status> {
-    app.ledger(&app.admin)
-        .capture_reservation(proto::CaptureReservationRequest {
-            reservation_id: reservation_id.into(),
-            units: units.into(),
-            request_id: request_id.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn release(
-    app: &TestApp,
-    reservation_id: &str,
-    request_id: &str,
-) -> Result<proto::Reservation, Status> {
-    app.ledger(&app.admin)
-        .release_reservation(proto::ReleaseReservationRequest {
-            reservation_id: reservation_id.into(),
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn refund(
-    app: &TestApp,
-    transaction_id: &str,
-    units: &str,
-    request_id: &str,
-) -> Result<proto::Transaction, Status> {
-    app.ledger(&app.admin)
-        .refund(proto::RefundRequest {
-            transaction_id: transaction_id.into(),
-            units: units.into(),
-            reason: "request failed".into(),
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn adjust(
-    app: &TestApp,
-    wallet_id: &str,
-    units: &str,
-    reason: &str,
-) -> Result<proto::Transaction, Status> {
-    app.grants(&app.admin)
-        .adjust_balance(proto::AdjustBalanceRequest {
-            wallet_id: wallet_id.into(),
-            units: units.into(),
-            reason: reason.into(),
-            request_id: uuid(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn void(
-    app: &TestApp,
-    grant_id: &str,
-    reason: &str,
-    request_id: &str,
-) -> Result<proto::Grant, Status> {
-    app.grants(&app.admin)
-        .void_grant(proto::VoidGrantRequest {
-            id: grant_id.into(),
-            reason: reason.into(),
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
 }
 
 async fn update_wallet(

@@ -182,20 +182,14 @@ async fn grant_with(
     price: (&str, &str),
     expire_time: Option<i64>,
 ) -> proto::Grant {
+    let mut request = grant_request(wallet_id, amount, price.0);
+    let grant = request.grant.as_mut().expect("grant");
+    grant.kind = proto::GrantKind::Purchase as i32;
+    grant.priority = priority;
+    grant.expire_time = expire_time.map(ts);
+    grant.currency = price.1.into();
     app.grants(&app.admin)
-        .create_grant(proto::CreateGrantRequest {
-            grant: Some(proto::Grant {
-                wallet_id: wallet_id.into(),
-                kind: proto::GrantKind::Purchase as i32,
-                amount: amount.into(),
-                priority,
-                expire_time: expire_time.map(ts),
-                unit_price: price.0.into(),
-                currency: price.1.into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_grant(request)
         .await
         .expect("create grant")
         .into_inner()
@@ -1317,35 +1311,15 @@ async fn statements_reconcile_in_units_and_money_over_any_window() {
         .await
         .expect("refund");
     app.clock.advance(MINUTE);
-    let hold = app
-        .ledger(&app.admin)
-        .reserve(proto::ReserveRequest {
-            account_id: account.id.clone(),
-            units: "10".into(),
-            request_id: uuid(),
-            ..Default::default()
-        })
+    let hold = reserve_units(&app, &account.id, "10", None)
         .await
-        .expect("reserve")
-        .into_inner();
-    app.ledger(&app.admin)
-        .capture_reservation(proto::CaptureReservationRequest {
-            reservation_id: hold.id.clone(),
-            units: "8".into(),
-            request_id: uuid(),
-            ..Default::default()
-        })
+        .expect("reserve");
+    capture_units(&app, &hold.id, "8", &uuid())
         .await
         .expect("capture");
     app.clock.advance(MINUTE);
     for units in ["25", "-5"] {
-        app.grants(&app.admin)
-            .adjust_balance(proto::AdjustBalanceRequest {
-                wallet_id: wallet.id.clone(),
-                units: units.into(),
-                reason: "correction".into(),
-                request_id: uuid(),
-            })
+        adjust(&app, &wallet.id, units, "correction")
             .await
             .expect("adjust");
     }

@@ -3,7 +3,7 @@
 //! and talks to it with the generated gRPC clients.
 #![allow(dead_code)]
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use allot::{
     auth::{AuthConfig, Authenticator, Claims, mint_hs256},
@@ -26,12 +26,15 @@ use tonic::{
 mod assert;
 pub mod process;
 mod reads;
+mod requests;
 mod time;
 mod values;
 
 // Not every test crate uses every helper.
 #[allow(unused_imports)]
 pub use assert::*;
+#[allow(unused_imports)]
+pub use requests::*;
 #[allow(unused_imports)]
 pub use time::*;
 #[allow(unused_imports)]
@@ -344,78 +347,6 @@ impl TestApp {
         }
         (account, wallet)
     }
-}
-
-pub fn rate(request_type: &str, flat: &str, dims: &[(&str, &str, &str)], max: &str) -> proto::Rate {
-    proto::Rate {
-        request_type: request_type.into(),
-        flat_units: flat.into(),
-        dimensions: dims
-            .iter()
-            .map(|(name, per, units)| proto::Dimension {
-                name: (*name).into(),
-                per: (*per).into(),
-                units: (*units).into(),
-            })
-            .collect(),
-        max_units: max.into(),
-        route: "provider/model-a".into(),
-        provider_cost: "0.001".into(),
-    }
-}
-
-/// A CONTRACT grant of `amount` at `unit_price` USD, with a fresh request_id.
-pub fn grant_request(wallet_id: &str, amount: &str, unit_price: &str) -> proto::CreateGrantRequest {
-    proto::CreateGrantRequest {
-        grant: Some(proto::Grant {
-            wallet_id: wallet_id.into(),
-            kind: proto::GrantKind::Contract as i32,
-            amount: amount.into(),
-            unit_price: unit_price.into(),
-            currency: "USD".into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    }
-}
-
-/// Sets an account's state (update mask `state`), with a fresh request_id.
-pub fn state_request(account_id: &str, state: proto::AccountState) -> proto::UpdateAccountRequest {
-    proto::UpdateAccountRequest {
-        account: Some(proto::Account {
-            id: account_id.into(),
-            state: state as i32,
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["state".into()],
-        }),
-        request_id: uuid(),
-    }
-}
-
-pub fn debit_request(
-    account_id: &str,
-    request_type: &str,
-    request_id: &str,
-) -> proto::DebitRequest {
-    proto::DebitRequest {
-        account_id: account_id.into(),
-        request_type: request_type.into(),
-        request_id: request_id.into(),
-        ..Default::default()
-    }
-}
-
-pub fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-pub fn uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 pub fn claims(roles: &[&str], accounts: &[&str]) -> Claims {
