@@ -20,18 +20,16 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use allot::{
-    auth::Authenticator,
     domain::Amount,
     proto::{
         self, GrantState, RolloverPolicy, SchedulePeriod, TransactionKind,
         report_service_client::ReportServiceClient,
     },
-    server::{self, Settings},
 };
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use common::*;
 use rust_decimal::Decimal;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -810,62 +808,13 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
 
 // ---- schedules: several replicas -----------------------------------------------------------
 
-/// A second allot server on the same database and clock (another replica).
-struct Replica {
-    handles: server::Handles,
-    channel: Channel,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Replica {
-    async fn start(app: &TestApp) -> Replica {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let settings = Settings {
-            check_wallet_cache: true,
-            database_url: app.db.url.clone(),
-            auth: Authenticator::from_config(&auth_config()).expect("auth config"),
-            clock: app.clock.clone(),
-            shutdown_grace: Duration::from_secs(2),
-            limits: allot::api::Limits::default(),
-            sweep_interval: Duration::from_secs(3600),
-            idempotency_retention: allot::store::idempotency::DEFAULT_RETENTION,
-            on_ready: Some(ready_tx),
-        };
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, settings, async move {
-            let _ = stop.await;
-        }));
-        let handles = ready_rx.await.expect("replica handles");
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect_lazy();
-        Replica {
-            handles,
-            channel,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.shutdown.send(());
-        self.task
-            .await
-            .expect("replica task")
-            .expect("replica exited with an error");
-    }
-}
-
 /// Two replicas sweeping at once, and statement readers (GetStatement sweeps the wallet) on
 /// both, after three missed periods: still exactly one grant per period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("replicas", "").await;
-    let replica = Replica::start(&app).await;
+    let replica = app.spawn_replica_sharing_clock().await;
     let start = now_second(&app);
     let mut template = schedule_template(&wallet.id, SchedulePeriod::Daily, "100");
     template.start_time = Some(ts(start));
@@ -1711,7 +1660,7 @@ async fn two_replicas_writing_one_wallet_keep_its_history_in_time_order() {
     let app = spawn_app().await;
     publish_units_card(&app).await;
     let (account, _) = app.funded("two-writers", "100000").await;
-    let replica = Replica::start(&app).await;
+    let replica = app.spawn_replica_sharing_clock().await;
     let mut tasks = Vec::new();
     for i in 0..2000 {
         let channel = if i % 2 == 0 {

@@ -140,27 +140,36 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
     let db = TestDatabase::create().await;
-    spawn_on(db, auth).await
+    spawn_on(db, auth, Clock::system()).await
 }
 
 impl TestApp {
     /// A second server (another replica) on the same database; stopping it leaves the
     /// database alone.
     pub async fn spawn_replica(&self) -> TestApp {
+        self.replica_on(Clock::system()).await
+    }
+
+    /// A second server on the same database and the same clock: moving `app.clock` moves
+    /// both.
+    pub async fn spawn_replica_sharing_clock(&self) -> TestApp {
+        self.replica_on(self.clock.clone()).await
+    }
+
+    async fn replica_on(&self, clock: Clock) -> TestApp {
         let db = TestDatabase {
             url: self.db.url.clone(),
             admin_url: None,
             name: String::new(),
             _dir: None,
         };
-        spawn_on(db, auth_config()).await
+        spawn_on(db, auth_config(), clock).await
     }
 }
 
-async fn spawn_on(db: TestDatabase, auth: AuthConfig) -> TestApp {
+async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let clock = Clock::system();
     let (ready_tx, ready_rx) = oneshot::channel();
     let settings = Settings {
         check_wallet_cache: true,
