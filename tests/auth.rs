@@ -881,17 +881,6 @@ fn grant_for(wallet_id: &str, amount: &str) -> proto::Grant {
     }
 }
 
-fn new_account(external_id: &str, parent_id: &str) -> proto::CreateAccountRequest {
-    proto::CreateAccountRequest {
-        account: Some(proto::Account {
-            external_id: external_id.into(),
-            parent_id: parent_id.into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    }
-}
-
 fn draft_card() -> proto::CreateRateCardRequest {
     proto::CreateRateCardRequest {
         rate_card: Some(proto::RateCard {
@@ -993,12 +982,7 @@ async fn account_manager_cannot_debit_or_publish() {
         .into_inner();
     let status = app
         .rates(&t)
-        .publish_rate_card(proto::PublishRateCardRequest {
-            version: draft.version,
-            etag: draft.etag.clone(),
-            effective_time: None,
-            request_id: uuid(),
-        })
+        .publish_rate_card(publish_request(&draft))
         .await
         .unwrap_err();
     let meta = assert_error(&status, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
@@ -1028,13 +1012,7 @@ async fn account_manager_cannot_debit_or_publish() {
         .into_inner();
     let wallet = app
         .accounts(&t)
-        .create_wallet(proto::CreateWalletRequest {
-            wallet: Some(proto::Wallet {
-                account_id: created.id.clone(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_wallet(wallet_request(&created.id))
         .await
         .unwrap()
         .into_inner();
@@ -1065,12 +1043,7 @@ async fn operator_manages_rate_cards_but_not_wallets() {
         .into_inner();
     assert_eq!(draft.state, proto::RateCardState::Draft as i32);
     let published = rates
-        .publish_rate_card(proto::PublishRateCardRequest {
-            version: draft.version,
-            etag: draft.etag,
-            effective_time: None,
-            request_id: uuid(),
-        })
+        .publish_rate_card(publish_request(&draft))
         .await
         .unwrap()
         .into_inner();
@@ -1731,13 +1704,7 @@ async fn account_manager_provisions_only_inside_its_scope() {
         .into_inner();
     assert_eq!(created.parent_id, w.child.id);
     let wallet = accounts
-        .create_wallet(proto::CreateWalletRequest {
-            wallet: Some(proto::Wallet {
-                account_id: created.id.clone(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_wallet(wallet_request(&created.id))
         .await
         .unwrap()
         .into_inner();

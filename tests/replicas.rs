@@ -1334,25 +1334,13 @@ async fn replicas_started_together_on_an_empty_database_all_serve() {
     for replica in &started {
         let account = replica
             .accounts()
-            .create_account(proto::CreateAccountRequest {
-                account: Some(proto::Account {
-                    external_id: format!("cold-{}", replica.name),
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_account(new_account(&format!("cold-{}", replica.name), ""))
             .await
             .unwrap_or_else(|s| panic!("{}: create account: {s:?}", replica.name))
             .into_inner();
         replica
             .accounts()
-            .create_wallet(proto::CreateWalletRequest {
-                wallet: Some(proto::Wallet {
-                    account_id: account.id.clone(),
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_wallet(wallet_request(&account.id))
             .await
             .unwrap_or_else(|s| panic!("{}: create wallet: {s:?}", replica.name));
     }

@@ -159,24 +159,12 @@ async fn sigterm_drains_and_exits_zero() {
     // Provision through the binary's API.
     let mut accounts = server.accounts();
     let account = accounts
-        .create_account(proto::CreateAccountRequest {
-            account: Some(proto::Account {
-                external_id: "drain".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_account(new_account("drain", ""))
         .await
         .unwrap()
         .into_inner();
     let wallet = accounts
-        .create_wallet(proto::CreateWalletRequest {
-            wallet: Some(proto::Wallet {
-                account_id: account.id.clone(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_wallet(wallet_request(&account.id))
         .await
         .unwrap()
         .into_inner();

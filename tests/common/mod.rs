@@ -336,12 +336,7 @@ impl TestApp {
             .expect("create rate card")
             .into_inner();
         client
-            .publish_rate_card(proto::PublishRateCardRequest {
-                version: draft.version,
-                etag: draft.etag,
-                effective_time: None,
-                request_id: uuid(),
-            })
+            .publish_rate_card(publish_request(&draft))
             .await
             .expect("publish rate card")
             .into_inner()

@@ -181,3 +181,36 @@ pub async fn void(
         .await
         .map(|r| r.into_inner())
 }
+
+/// An account under `parent_id` (or a root account), with a fresh request_id.
+pub fn new_account(external_id: &str, parent_id: &str) -> proto::CreateAccountRequest {
+    proto::CreateAccountRequest {
+        account: Some(proto::Account {
+            external_id: external_id.into(),
+            parent_id: parent_id.into(),
+            ..Default::default()
+        }),
+        request_id: uuid(),
+    }
+}
+
+/// The account's wallet in the default unit, with a fresh request_id.
+pub fn wallet_request(account_id: &str) -> proto::CreateWalletRequest {
+    proto::CreateWalletRequest {
+        wallet: Some(proto::Wallet {
+            account_id: account_id.into(),
+            ..Default::default()
+        }),
+        request_id: uuid(),
+    }
+}
+
+/// Publishes `draft` now, with a fresh request_id.
+pub fn publish_request(draft: &proto::RateCard) -> proto::PublishRateCardRequest {
+    proto::PublishRateCardRequest {
+        version: draft.version,
+        etag: draft.etag.clone(),
+        effective_time: None,
+        request_id: uuid(),
+    }
+}
