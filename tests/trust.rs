@@ -414,17 +414,9 @@ async fn long_subjects_work_up_to_the_bound_on_both_databases() {
 async fn schedules_catch_up_a_bounded_number_of_periods() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("old-schedule", "").await;
-    let schedule =
-        |start: i64, period: proto::SchedulePeriod| proto::CreateAllotmentScheduleRequest {
-            allotment_schedule: Some(proto::AllotmentSchedule {
-                wallet_id: wallet.id.clone(),
-                amount: "10".into(),
-                period: period as i32,
-                start_time: Some(ts_secs(start)),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        };
+    let schedule = |start: i64, period: proto::SchedulePeriod| {
+        schedule_request(&wallet.id, "10", period, Some(ts_secs(start)))
+    };
     let mut grants = app.grants(&app.admin);
     let status = grants
         .create_allotment_schedule(schedule(0, proto::SchedulePeriod::Daily))
@@ -715,16 +707,12 @@ async fn the_account_state_matrix_holds_for_every_operation() {
         results.push((
             "CreateAllotmentSchedule",
             grants
-                .create_allotment_schedule(proto::CreateAllotmentScheduleRequest {
-                    allotment_schedule: Some(proto::AllotmentSchedule {
-                        wallet_id: wallet.id.clone(),
-                        amount: "1".into(),
-                        period: proto::SchedulePeriod::Monthly as i32,
-                        start_time: Some(ts_secs(now_seconds() + 3600)),
-                        ..Default::default()
-                    }),
-                    request_id: uuid(),
-                })
+                .create_allotment_schedule(schedule_request(
+                    &wallet.id,
+                    "1",
+                    proto::SchedulePeriod::Monthly,
+                    Some(ts_secs(now_seconds() + 3600)),
+                ))
                 .await
                 .map(drop),
         ));
@@ -811,15 +799,12 @@ async fn closed_accounts_receive_no_more_allotments() {
     for (state, expected_grants) in [(AccountState::Suspended, 3), (AccountState::Closed, 1)] {
         let (account, wallet) = app.funded(&format!("alloc-{}", state as i32), "").await;
         app.grants(&app.admin)
-            .create_allotment_schedule(proto::CreateAllotmentScheduleRequest {
-                allotment_schedule: Some(proto::AllotmentSchedule {
-                    wallet_id: wallet.id.clone(),
-                    amount: "10".into(),
-                    period: proto::SchedulePeriod::Daily as i32,
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_allotment_schedule(schedule_request(
+                &wallet.id,
+                "10",
+                proto::SchedulePeriod::Daily,
+                None,
+            ))
             .await
             .unwrap();
         set_state(&app, &account.id, state).await;

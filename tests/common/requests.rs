@@ -214,3 +214,23 @@ pub fn publish_request(draft: &proto::RateCard) -> proto::PublishRateCardRequest
         request_id: uuid(),
     }
 }
+
+/// A schedule of `amount` per `period` on the wallet from `start_time` (or now), everything
+/// else left to the server's defaults, with a fresh request_id.
+pub fn schedule_request(
+    wallet_id: &str,
+    amount: &str,
+    period: proto::SchedulePeriod,
+    start_time: Option<prost_types::Timestamp>,
+) -> proto::CreateAllotmentScheduleRequest {
+    proto::CreateAllotmentScheduleRequest {
+        allotment_schedule: Some(proto::AllotmentSchedule {
+            wallet_id: wallet_id.into(),
+            amount: amount.into(),
+            period: period as i32,
+            start_time,
+            ..Default::default()
+        }),
+        request_id: uuid(),
+    }
+}
