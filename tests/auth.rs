@@ -882,14 +882,7 @@ fn grant_for(wallet_id: &str, amount: &str) -> proto::Grant {
 }
 
 fn draft_card() -> proto::CreateRateCardRequest {
-    proto::CreateRateCardRequest {
-        rate_card: Some(proto::RateCard {
-            rates: vec![rate("one", "2", &[], "")],
-            notes: "draft".into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    }
+    card_request(vec![rate("one", "2", &[], "")], "draft")
 }
 
 #[tokio::test]

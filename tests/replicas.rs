@@ -299,14 +299,7 @@ impl Cluster {
 
     /// Creates a draft card with `rates` through R0 (not published).
     async fn draft_card(&self, rates: Vec<proto::Rate>) -> proto::RateCard {
-        let request = proto::CreateRateCardRequest {
-            rate_card: Some(proto::RateCard {
-                rates,
-                notes: "replicas test card".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        };
+        let request = card_request(rates, "replicas test card");
         call!(
             "CreateRateCard",
             self.r(0).rates(),

@@ -183,13 +183,7 @@ async fn sigterm_drains_and_exits_zero() {
         .unwrap();
     let mut rates = server.rates();
     let draft = rates
-        .create_rate_card(proto::CreateRateCardRequest {
-            rate_card: Some(proto::RateCard {
-                rates: vec![rate("one", "1", &[], "")],
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_rate_card(card_request(vec![rate("one", "1", &[], "")], ""))
         .await
         .unwrap()
         .into_inner();

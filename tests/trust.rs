@@ -468,13 +468,7 @@ async fn global_objects_need_an_unscoped_token() {
         let scoped = token(&[role], &[&account.id]);
         let status = app
             .rates(&scoped)
-            .create_rate_card(proto::CreateRateCardRequest {
-                rate_card: Some(proto::RateCard {
-                    rates: vec![rate("x", "1", &[], "")],
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_rate_card(card_request(vec![rate("x", "1", &[], "")], ""))
             .await
             .unwrap_err();
         assert_error(&status, Code::PermissionDenied, "GLOBAL_SCOPE_REQUIRED");
@@ -482,14 +476,7 @@ async fn global_objects_need_an_unscoped_token() {
     // A draft made by an unscoped operator cannot be published with a scoped token either.
     let draft = app
         .rates(&app.admin)
-        .create_rate_card(proto::CreateRateCardRequest {
-            rate_card: Some(proto::RateCard {
-                rates: vec![rate("x", "1", &[], "")],
-                notes: "secret plans".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_rate_card(card_request(vec![rate("x", "1", &[], "")], "secret plans"))
         .await
         .unwrap()
         .into_inner();

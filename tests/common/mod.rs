@@ -324,14 +324,7 @@ impl TestApp {
     pub async fn publish_card(&self, rates: Vec<proto::Rate>) -> proto::RateCard {
         let mut client = self.rates(&self.admin);
         let draft = client
-            .create_rate_card(proto::CreateRateCardRequest {
-                rate_card: Some(proto::RateCard {
-                    rates,
-                    notes: "test card".into(),
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_rate_card(card_request(rates, "test card"))
             .await
             .expect("create rate card")
             .into_inner();

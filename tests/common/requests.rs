@@ -234,3 +234,15 @@ pub fn schedule_request(
         request_id: uuid(),
     }
 }
+
+/// A draft rate card with `rates` and `notes`, with a fresh request_id.
+pub fn card_request(rates: Vec<proto::Rate>, notes: &str) -> proto::CreateRateCardRequest {
+    proto::CreateRateCardRequest {
+        rate_card: Some(proto::RateCard {
+            rates,
+            notes: notes.into(),
+            ..Default::default()
+        }),
+        request_id: uuid(),
+    }
+}
