@@ -137,6 +137,26 @@ async fn update_wallet(
         .map(|r| r.into_inner())
 }
 
+/// Sets the wallet's `daily_spend_cap` or `monthly_spend_cap` (`field`, also the update
+/// mask) to `cap`; an empty cap removes it.
+async fn set_spend_cap(
+    app: &TestApp,
+    wallet_id: &str,
+    field: &str,
+    cap: &str,
+) -> Result<proto::Wallet, Status> {
+    let mut wallet = proto::Wallet {
+        id: wallet_id.into(),
+        ..Default::default()
+    };
+    match field {
+        "daily_spend_cap" => wallet.daily_spend_cap = cap.into(),
+        "monthly_spend_cap" => wallet.monthly_spend_cap = cap.into(),
+        other => panic!("not a spend cap: {other}"),
+    }
+    update_wallet(app, wallet, &[field]).await
+}
+
 #[track_caller]
 fn assert_balance(balance: &proto::Balance, posted: &str, reserved: &str, available: &str) {
     assert_eq!(
@@ -965,17 +985,9 @@ async fn daily_spend_cap_counts_holds_and_resets_at_utc_midnight() {
     app.publish_standard_card().await;
     // Start one hour into a UTC day, so the test never straddles midnight by accident.
     move_clock_to(&app, next_utc_midnight(&app) + HOUR);
-    let updated = update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            daily_spend_cap: "10".into(),
-            ..Default::default()
-        },
-        &["daily_spend_cap"],
-    )
-    .await
-    .unwrap();
+    let updated = set_spend_cap(&app, &wallet.id, "daily_spend_cap", "10")
+        .await
+        .unwrap();
     assert_eq!(updated.daily_spend_cap, "10");
     assert_eq!(updated.monthly_spend_cap, "");
 
@@ -1019,16 +1031,9 @@ async fn daily_spend_cap_counts_holds_and_resets_at_utc_midnight() {
     assert_balance(&app.balance(&account.id).await, "981", "0", "981");
 
     // Removing the cap (masked, empty) lifts the limit.
-    let updated = update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            ..Default::default()
-        },
-        &["daily_spend_cap"],
-    )
-    .await
-    .unwrap();
+    let updated = set_spend_cap(&app, &wallet.id, "daily_spend_cap", "")
+        .await
+        .unwrap();
     assert_eq!(updated.daily_spend_cap, "");
     debit(&app, &account.id, "image", &[]).await.unwrap();
     assert_ledger_consistent(&app, &account.id).await;
@@ -1043,17 +1048,9 @@ async fn refunds_and_the_daily_spend_cap() {
     let (account, wallet) = app.funded("cap-refunds", "1000").await;
     app.publish_standard_card().await;
     move_clock_to(&app, next_utc_midnight(&app) + HOUR);
-    update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            daily_spend_cap: "10".into(),
-            ..Default::default()
-        },
-        &["daily_spend_cap"],
-    )
-    .await
-    .unwrap();
+    set_spend_cap(&app, &wallet.id, "daily_spend_cap", "10")
+        .await
+        .unwrap();
 
     // Day 1: 10 units, then a same-day refund of 4 makes room for 4 more.
     let first = debit(&app, &account.id, "image", &[]).await.unwrap();
@@ -1102,17 +1099,9 @@ async fn monthly_spend_cap_resets_on_the_first_of_the_month() {
     app.publish_standard_card().await;
     // Start one hour into a month.
     move_clock_to(&app, next_month_start(&app) + HOUR);
-    update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            monthly_spend_cap: "10".into(),
-            ..Default::default()
-        },
-        &["monthly_spend_cap"],
-    )
-    .await
-    .unwrap();
+    set_spend_cap(&app, &wallet.id, "monthly_spend_cap", "10")
+        .await
+        .unwrap();
 
     debit(&app, &account.id, "image", &[]).await.unwrap();
     debit(&app, &account.id, "image", &[]).await.unwrap();
