@@ -13,11 +13,7 @@ use allot::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tonic::{
-    Code, Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::Interceptor,
-};
+use tonic::{Code, Status};
 
 /// An account id that does not exist (well-formed, so it passes validation).
 const GHOST_ACCOUNT: &str = "acct_0000000000000000000000000000dead";
@@ -70,32 +66,7 @@ fn admin_claims() -> Claims {
     claims(&["admin"], &["*"])
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 // ---- raw `authorization` header ---------------------------------------------------------------
-
-/// Sends `authorization` exactly as given (or not at all), unlike the harness's `Bearer`.
-#[derive(Clone)]
-struct RawAuth(Option<MetadataValue<Ascii>>);
-
-impl RawAuth {
-    fn new(header: Option<&str>) -> Self {
-        RawAuth(header.map(|h| h.parse().expect("ASCII header value")))
-    }
-}
-
-impl Interceptor for RawAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -214,9 +185,9 @@ fn not_found<T: std::fmt::Debug>(result: Result<T, Status>) {
 async fn assert_unauthenticated(app: &TestApp, header: Option<&str>, reason: &str) {
     let (account, wallet) = app.funded(&format!("target-{}", uuid()), "10").await;
     let before = snapshot(app, &account.id).await;
-    let before_accounts = list_all_accounts(app, &app.admin).await.len();
+    let before_accounts = app.all_accounts(&app.admin).await.len();
 
-    let auth = RawAuth::new(header);
+    let auth = Bearer::raw(header);
     let channel = app.channel.clone();
     let mut accounts = proto::account_service_client::AccountServiceClient::with_interceptor(
         channel.clone(),
@@ -305,32 +276,10 @@ async fn assert_unauthenticated(app: &TestApp, header: Option<&str>, reason: &st
 
     assert_eq!(snapshot(app, &account.id).await, before, "nothing written");
     assert_eq!(
-        list_all_accounts(app, &app.admin).await.len(),
+        app.all_accounts(&app.admin).await.len(),
         before_accounts,
         "no account created"
     );
-}
-
-async fn list_all_accounts(app: &TestApp, token: &str) -> Vec<proto::Account> {
-    let mut client = app.accounts(token);
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_accounts(proto::ListAccountsRequest {
-                page_size: 100,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list accounts")
-            .into_inner();
-        all.extend(page.accounts);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 fn ids(accounts: &[proto::Account]) -> std::collections::BTreeSet<String> {
@@ -382,7 +331,7 @@ async fn malformed_tokens_are_unauthenticated() {
 async fn expired_token_is_unauthenticated() {
     let app = spawn_app().await;
     let mut expired = admin_claims();
-    expired.exp = (now() - 3600) as u64;
+    expired.exp = (now_seconds() - 3600) as u64;
     assert_unauthenticated(
         &app,
         Some(&bearer(&hs256(SECRET.as_bytes(), &expired))),
@@ -702,7 +651,7 @@ async fn tokens_with_unacceptable_claims_are_unauthenticated() {
     c["sub"] = serde_json::json!("");
     cases.push(("empty sub".into(), c));
     let mut c = base.clone();
-    c["nbf"] = serde_json::json!(now() + 3600);
+    c["nbf"] = serde_json::json!(now_seconds() + 3600);
     cases.push(("nbf in the future".into(), c));
     let mut c = base.clone();
     c["roles"] = serde_json::json!("admin");
@@ -714,7 +663,7 @@ async fn tokens_with_unacceptable_claims_are_unauthenticated() {
         let header = bearer(&sign_json(&claims));
         let mut client = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
             app.channel.clone(),
-            RawAuth::new(Some(&header)),
+            Bearer::raw(Some(&header)),
         );
         let status = client
             .get_balance(proto::GetBalanceRequest {
@@ -853,7 +802,7 @@ async fn bearer_scheme_is_case_insensitive() {
     ] {
         let mut client = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
             app.channel.clone(),
-            RawAuth::new(Some(&header)),
+            Bearer::raw(Some(&header)),
         );
         let balance = client
             .get_balance(proto::GetBalanceRequest {
@@ -932,26 +881,8 @@ fn grant_for(wallet_id: &str, amount: &str) -> proto::Grant {
     }
 }
 
-fn new_account(external_id: &str, parent_id: &str) -> proto::CreateAccountRequest {
-    proto::CreateAccountRequest {
-        account: Some(proto::Account {
-            external_id: external_id.into(),
-            parent_id: parent_id.into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    }
-}
-
 fn draft_card() -> proto::CreateRateCardRequest {
-    proto::CreateRateCardRequest {
-        rate_card: Some(proto::RateCard {
-            rates: vec![rate("one", "2", &[], "")],
-            notes: "draft".into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    }
+    card_request(vec![rate("one", "2", &[], "")], "draft")
 }
 
 #[tokio::test]
@@ -960,7 +891,7 @@ async fn service_cannot_provision_or_write_rate_cards() {
     let w = world(&app).await;
     // Global scope, so the role is the only reason to refuse.
     let t = token(&["service"], &["*"]);
-    let accounts_before = list_all_accounts(&app, &app.admin).await.len();
+    let accounts_before = app.all_accounts(&app.admin).await.len();
     let before = snapshot(&app, &w.a.id).await;
 
     denied(
@@ -1008,10 +939,7 @@ async fn service_cannot_provision_or_write_rate_cards() {
         Some("CreateRateCard")
     );
 
-    assert_eq!(
-        list_all_accounts(&app, &app.admin).await.len(),
-        accounts_before
-    );
+    assert_eq!(app.all_accounts(&app.admin).await.len(), accounts_before);
     assert_eq!(snapshot(&app, &w.a.id).await, before);
     let cards = app
         .rates(&app.admin)
@@ -1047,12 +975,7 @@ async fn account_manager_cannot_debit_or_publish() {
         .into_inner();
     let status = app
         .rates(&t)
-        .publish_rate_card(proto::PublishRateCardRequest {
-            version: draft.version,
-            etag: draft.etag.clone(),
-            effective_time: None,
-            request_id: uuid(),
-        })
+        .publish_rate_card(publish_request(&draft))
         .await
         .unwrap_err();
     let meta = assert_error(&status, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
@@ -1082,13 +1005,7 @@ async fn account_manager_cannot_debit_or_publish() {
         .into_inner();
     let wallet = app
         .accounts(&t)
-        .create_wallet(proto::CreateWalletRequest {
-            wallet: Some(proto::Wallet {
-                account_id: created.id.clone(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_wallet(wallet_request(&created.id))
         .await
         .unwrap()
         .into_inner();
@@ -1119,12 +1036,7 @@ async fn operator_manages_rate_cards_but_not_wallets() {
         .into_inner();
     assert_eq!(draft.state, proto::RateCardState::Draft as i32);
     let published = rates
-        .publish_rate_card(proto::PublishRateCardRequest {
-            version: draft.version,
-            etag: draft.etag,
-            effective_time: None,
-            request_id: uuid(),
-        })
+        .publish_rate_card(publish_request(&draft))
         .await
         .unwrap()
         .into_inner();
@@ -1377,7 +1289,7 @@ async fn token_without_roles_can_do_nothing() {
     let app = spawn_app().await;
     let w = world(&app).await;
     let before = snapshot(&app, &w.a.id).await;
-    let accounts_before = list_all_accounts(&app, &app.admin).await;
+    let accounts_before = app.all_accounts(&app.admin).await;
     let no_roles = token(&[], &["*"]);
     // Unknown and differently-cased role names are ignored, not mapped.
     let unknown_roles = token(&["superuser", "ADMIN", "Service", "root", "*"], &["*"]);
@@ -1391,7 +1303,7 @@ async fn token_without_roles_can_do_nothing() {
         }
     }
     assert_eq!(snapshot(&app, &w.a.id).await, before);
-    assert_eq!(list_all_accounts(&app, &app.admin).await, accounts_before);
+    assert_eq!(app.all_accounts(&app.admin).await, accounts_before);
     app.stop().await;
 }
 
@@ -1644,19 +1556,21 @@ async fn list_accounts_returns_only_the_scope() {
     let app = spawn_app().await;
     let w = world(&app).await;
 
-    let a_scope = list_all_accounts(&app, &token(&["procurement"], &[&w.a.id])).await;
+    let a_scope = app.all_accounts(&token(&["procurement"], &[&w.a.id])).await;
     assert_eq!(
         ids(&a_scope),
         ids(&[w.a.clone(), w.child.clone(), w.grand.clone()])
     );
-    let child_scope = list_all_accounts(&app, &token(&["service"], &[&w.child.id])).await;
+    let child_scope = app.all_accounts(&token(&["service"], &[&w.child.id])).await;
     assert_eq!(ids(&child_scope), ids(&[w.child.clone(), w.grand.clone()]));
-    let two = list_all_accounts(&app, &token(&["service"], &[&w.grand.id, &w.b.id])).await;
+    let two = app
+        .all_accounts(&token(&["service"], &[&w.grand.id, &w.b.id]))
+        .await;
     assert_eq!(
         ids(&two),
         ids(&[w.grand.clone(), w.b.clone(), w.b_child.clone()])
     );
-    let everything = list_all_accounts(&app, &token(&["service"], &["*"])).await;
+    let everything = app.all_accounts(&token(&["service"], &["*"])).await;
     assert_eq!(everything.len(), 5);
 
     // Filtering by a parent outside the scope reveals nothing.
@@ -1696,13 +1610,11 @@ async fn list_accounts_returns_only_the_scope() {
     assert_eq!(ids(&seen), ids(&a_scope));
 
     // No accounts, or LIKE wildcards posing as ids: nothing.
-    let none = list_all_accounts(&app, &token(&["service"], &[])).await;
+    let none = app.all_accounts(&token(&["service"], &[])).await;
     assert!(none.is_empty(), "{none:?}");
-    let wildcards = list_all_accounts(
-        &app,
-        &token(&["service"], &["%", "_", "acct_%", "acct\\_%"]),
-    )
-    .await;
+    let wildcards = app
+        .all_accounts(&token(&["service"], &["%", "_", "acct_%", "acct\\_%"]))
+        .await;
     assert!(wildcards.is_empty(), "{wildcards:?}");
     app.stop().await;
 }
@@ -1774,7 +1686,7 @@ async fn account_manager_provisions_only_inside_its_scope() {
     let w = world(&app).await;
     let t = token(&["account_manager"], &[&w.a.id]);
     let mut accounts = app.accounts(&t);
-    let accounts_before = list_all_accounts(&app, &app.admin).await.len();
+    let accounts_before = app.all_accounts(&app.admin).await.len();
     let b_before = snapshot(&app, &w.b.id).await;
 
     // Inside: a new sub-account under A's child, with a wallet and a grant.
@@ -1785,13 +1697,7 @@ async fn account_manager_provisions_only_inside_its_scope() {
         .into_inner();
     assert_eq!(created.parent_id, w.child.id);
     let wallet = accounts
-        .create_wallet(proto::CreateWalletRequest {
-            wallet: Some(proto::Wallet {
-                account_id: created.id.clone(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_wallet(wallet_request(&created.id))
         .await
         .unwrap()
         .into_inner();
@@ -1859,7 +1765,7 @@ async fn account_manager_provisions_only_inside_its_scope() {
     );
 
     assert_eq!(
-        list_all_accounts(&app, &app.admin).await.len(),
+        app.all_accounts(&app.admin).await.len(),
         accounts_before + 1
     );
     assert_eq!(snapshot(&app, &w.b.id).await, b_before);
@@ -1876,7 +1782,7 @@ async fn rejected_debits_write_nothing() {
     let w = world(&app).await;
     let before = snapshot(&app, &w.b.id).await;
     let mut expired = service_claims("late", &w.b.id);
-    expired.exp = (now() - 3600) as u64;
+    expired.exp = (now_seconds() - 3600) as u64;
 
     let attempts: Vec<(String, Code, &str)> = vec![
         (String::new(), Code::Unauthenticated, "TOKEN_MISSING"),

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{process::free_port, *};
 
 fn binary(dir: &Path) -> Command {
     let mut command = common::process::binary();
@@ -23,14 +23,6 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `allot serve`, killed when dropped.

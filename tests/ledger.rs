@@ -277,9 +277,7 @@ async fn idempotency_replay_and_reuse() {
         .debit(debit_request(&account.id, "image", "k3"))
         .await
         .unwrap_err();
-    let meta = assert_error(&status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
-    assert_eq!(meta["required"], "4");
-    assert_eq!(meta["available"], "2");
+    assert_insufficient(&status, "4", "2");
     app.grant(&app.balance(&account.id).await.wallet_id, "10")
         .await;
     let retried = ledger

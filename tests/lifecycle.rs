@@ -13,38 +13,11 @@ use std::{collections::BTreeMap, time::Duration};
 use allot::proto::{self, GrantState, ReservationState, TransactionKind};
 use chrono::{DateTime, Datelike, Months, Utc};
 use common::*;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::FieldMask;
 use rust_decimal::Decimal;
 use tonic::{Code, Status};
 
-const SECOND: i64 = 1_000_000;
-const MINUTE: i64 = 60 * SECOND;
-const HOUR: i64 = 60 * MINUTE;
-const DAY: i64 = 24 * HOUR;
-
 // ---- helpers -------------------------------------------------------------------------------
-
-fn dec(text: &str) -> Decimal {
-    text.parse()
-        .unwrap_or_else(|_| panic!("not a decimal: {text:?}"))
-}
-
-fn ts(micros: i64) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(SECOND),
-        nanos: (micros.rem_euclid(SECOND) * 1000) as i32,
-    }
-}
-
-fn micros(ts: &Option<Timestamp>) -> i64 {
-    let ts = ts.as_ref().expect("timestamp set");
-    ts.seconds * SECOND + i64::from(ts.nanos) / 1000
-}
-
-/// The server's "now", rounded down to a whole second.
-fn server_now_secs(app: &TestApp) -> i64 {
-    app.clock.now_micros().div_euclid(SECOND) * SECOND
-}
 
 /// Moves the server's clock (without sweeping) to exactly `target`, which must lie ahead.
 fn move_clock_to(app: &TestApp, target: i64) {
@@ -79,27 +52,12 @@ fn next_month_start(app: &TestApp) -> i64 {
         .timestamp_micros()
 }
 
-fn kind(t: &proto::Transaction) -> TransactionKind {
-    TransactionKind::try_from(t.kind).expect("known kind")
-}
-
-fn of_kind(txns: &[proto::Transaction], wanted: TransactionKind) -> Vec<proto::Transaction> {
-    txns.iter().filter(|t| kind(t) == wanted).cloned().collect()
-}
-
-/// Oldest first.
-async fn history(app: &TestApp, account_id: &str) -> Vec<proto::Transaction> {
-    let mut txns = app.all_transactions(account_id).await;
-    txns.reverse();
-    txns
-}
-
 /// Records whatever fell due, then checks the wallet's ledger: Σ delta = posted, each
 /// `balance_after` is the running sum, and the hash chain links every entry to the previous
 /// one (the first to ""). Returns the entries, oldest first.
 async fn assert_ledger_consistent(app: &TestApp, account_id: &str) -> Vec<proto::Transaction> {
     app.sweep().await;
-    let txns = history(app, account_id).await;
+    let txns = app.history(account_id).await;
     let mut sum = Decimal::ZERO;
     let mut prev_hash = String::new();
     for t in &txns {
@@ -123,16 +81,8 @@ async fn assert_ledger_consistent(app: &TestApp, account_id: &str) -> Vec<proto:
 }
 
 async fn grants_by_id(app: &TestApp, wallet_id: &str) -> BTreeMap<String, proto::Grant> {
-    app.grants(&app.admin)
-        .list_grants(proto::ListGrantsRequest {
-            wallet_id: wallet_id.into(),
-            page_size: 100,
-            ..Default::default()
-        })
+    app.all_grants(wallet_id)
         .await
-        .expect("list grants")
-        .into_inner()
-        .grants
         .into_iter()
         .map(|g| (g.id.clone(), g))
         .collect()
@@ -145,20 +95,12 @@ async fn create_grant(
     effective_time: Option<i64>,
     expire_time: Option<i64>,
 ) -> proto::Grant {
+    let mut request = grant_request(wallet_id, amount, "0.01");
+    let grant = request.grant.as_mut().expect("grant");
+    grant.effective_time = effective_time.map(ts);
+    grant.expire_time = expire_time.map(ts);
     app.grants(&app.admin)
-        .create_grant(proto::CreateGrantRequest {
-            grant: Some(proto::Grant {
-                wallet_id: wallet_id.into(),
-                kind: proto::GrantKind::Contract as i32,
-                amount: amount.into(),
-                effective_time: effective_time.map(ts),
-                expire_time: expire_time.map(ts),
-                unit_price: "0.01".into(),
-                currency: "USD".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_grant(request)
         .await
         .expect("create grant")
         .into_inner()
@@ -178,108 +120,6 @@ async fn debit(
         .map(|r| r.into_inner().transaction.expect("transaction"))
 }
 
-async fn reserve_units(
-    app: &TestApp,
-    account_id: &str,
-    units: &str,
-    ttl: Option<Duration>,
-) -> Result<proto::Reservation, Status> {
-    app.ledger(&app.admin)
-        .reserve(proto::ReserveRequest {
-            account_id: account_id.into(),
-            units: units.into(),
-            ttl: ttl.map(|d| prost_types::Duration {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            }),
-            request_id: uuid(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn capture_units(
-    app: &TestApp,
-    reservation_id: &str,
-    units: &str,
-    request_id: &str,
-) -> Result<proto::DebitResponse, Status> {
-    app.ledger(&app.admin)
-        .capture_reservation(proto::CaptureReservationRequest {
-            reservation_id: reservation_id.into(),
-            units: units.into(),
-            request_id: request_id.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn release(
-    app: &TestApp,
-    reservation_id: &str,
-    request_id: &str,
-) -> Result<proto::Reservation, Status> {
-    app.ledger(&app.admin)
-        .release_reservation(proto::ReleaseReservationRequest {
-            reservation_id: reservation_id.into(),
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn refund(
-    app: &TestApp,
-    transaction_id: &str,
-    units: &str,
-    request_id: &str,
-) -> Result<proto::Transaction, Status> {
-    app.ledger(&app.admin)
-        .refund(proto::RefundRequest {
-            transaction_id: transaction_id.into(),
-            units: units.into(),
-            reason: "request failed".into(),
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn adjust(
-    app: &TestApp,
-    wallet_id: &str,
-    units: &str,
-    reason: &str,
-) -> Result<proto::Transaction, Status> {
-    app.grants(&app.admin)
-        .adjust_balance(proto::AdjustBalanceRequest {
-            wallet_id: wallet_id.into(),
-            units: units.into(),
-            reason: reason.into(),
-            request_id: uuid(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn void(
-    app: &TestApp,
-    grant_id: &str,
-    reason: &str,
-    request_id: &str,
-) -> Result<proto::Grant, Status> {
-    app.grants(&app.admin)
-        .void_grant(proto::VoidGrantRequest {
-            id: grant_id.into(),
-            reason: reason.into(),
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
 async fn update_wallet(
     app: &TestApp,
     wallet: proto::Wallet,
@@ -297,6 +137,26 @@ async fn update_wallet(
         .map(|r| r.into_inner())
 }
 
+/// Sets the wallet's `daily_spend_cap` or `monthly_spend_cap` (`field`, also the update
+/// mask) to `cap`; an empty cap removes it.
+async fn set_spend_cap(
+    app: &TestApp,
+    wallet_id: &str,
+    field: &str,
+    cap: &str,
+) -> Result<proto::Wallet, Status> {
+    let mut wallet = proto::Wallet {
+        id: wallet_id.into(),
+        ..Default::default()
+    };
+    match field {
+        "daily_spend_cap" => wallet.daily_spend_cap = cap.into(),
+        "monthly_spend_cap" => wallet.monthly_spend_cap = cap.into(),
+        other => panic!("not a spend cap: {other}"),
+    }
+    update_wallet(app, wallet, &[field]).await
+}
+
 #[track_caller]
 fn assert_balance(balance: &proto::Balance, posted: &str, reserved: &str, available: &str) {
     assert_eq!(
@@ -308,13 +168,6 @@ fn assert_balance(balance: &proto::Balance, posted: &str, reserved: &str, availa
         (posted, reserved, available),
         "(posted, reserved, available) of {balance:?}"
     );
-}
-
-#[track_caller]
-fn assert_insufficient(status: &Status, required: &str, available: &str) {
-    let meta = assert_error(status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
-    assert_eq!(meta.get("required").map(String::as_str), Some(required));
-    assert_eq!(meta.get("available").map(String::as_str), Some(available));
 }
 
 #[track_caller]
@@ -366,7 +219,7 @@ async fn reserve_priced_or_explicit_with_default_and_bounded_ttl() {
     assert_eq!(priced.request_id, "hold-priced");
     // Default TTL: 15 minutes.
     assert_eq!(
-        micros(&priced.expire_time) - micros(&priced.create_time),
+        micros_of(priced.expire_time.as_ref()) - micros_of(priced.create_time.as_ref()),
         15 * MINUTE
     );
 
@@ -376,7 +229,7 @@ async fn reserve_priced_or_explicit_with_default_and_bounded_ttl() {
     assert_eq!(explicit.state, ReservationState::Open as i32);
     assert_eq!(explicit.request_type, "");
     assert_eq!(
-        micros(&explicit.expire_time) - micros(&explicit.create_time),
+        micros_of(explicit.expire_time.as_ref()) - micros_of(explicit.create_time.as_ref()),
         15 * MINUTE
     );
 
@@ -385,14 +238,14 @@ async fn reserve_priced_or_explicit_with_default_and_bounded_ttl() {
         .await
         .unwrap();
     assert_eq!(
-        micros(&long.expire_time) - micros(&long.create_time),
+        micros_of(long.expire_time.as_ref()) - micros_of(long.create_time.as_ref()),
         24 * HOUR
     );
     let short = reserve_units(&app, &account.id, "1", Some(Duration::from_secs(90)))
         .await
         .unwrap();
     assert_eq!(
-        micros(&short.expire_time) - micros(&short.create_time),
+        micros_of(short.expire_time.as_ref()) - micros_of(short.create_time.as_ref()),
         90 * SECOND
     );
 
@@ -644,20 +497,23 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     assert_balance(&app.balance(&account.id).await, "10", "9", "1");
 
     // Past the short hold's expiry: available comes back at once, before any sweep.
-    move_clock_to(&app, micros(&short.expire_time) + SECOND);
+    move_clock_to(&app, micros_of(short.expire_time.as_ref()) + SECOND);
     assert_balance(&app.balance(&account.id).await, "10", "3", "7");
     assert!(
-        of_kind(&history(&app, &account.id).await, TransactionKind::Release).is_empty(),
+        of_kind(&app.history(&account.id).await, TransactionKind::Release).is_empty(),
         "nothing is written before the sweep"
     );
     app.sweep().await;
-    let releases = of_kind(&history(&app, &account.id).await, TransactionKind::Release);
+    let releases = of_kind(&app.history(&account.id).await, TransactionKind::Release);
     assert_eq!(releases.len(), 1);
     assert_eq!(releases[0].reservation_id, short.id);
     assert_eq!(releases[0].units, "6");
     assert_eq!(releases[0].delta, "0");
     assert_eq!(releases[0].actor, "system");
-    assert_eq!(micros(&releases[0].create_time), micros(&short.expire_time));
+    assert_eq!(
+        micros_of(releases[0].create_time.as_ref()),
+        micros_of(short.expire_time.as_ref())
+    );
     let err = capture_units(&app, &short.id, "6", uuid().as_str())
         .await
         .unwrap_err();
@@ -666,10 +522,10 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     assert_not_open(&err);
 
     // The default 15-minute hold is still open one second before its expiry…
-    move_clock_to(&app, micros(&default.expire_time) - SECOND);
+    move_clock_to(&app, micros_of(default.expire_time.as_ref()) - SECOND);
     assert_balance(&app.balance(&account.id).await, "10", "3", "7");
     // …and gone after it: a capture in the same moment (no sweep) already finds it closed.
-    move_clock_to(&app, micros(&default.expire_time) + SECOND);
+    move_clock_to(&app, micros_of(default.expire_time.as_ref()) + SECOND);
     assert_balance(&app.balance(&account.id).await, "10", "0", "10");
     let err = capture_units(&app, &default.id, "3", uuid().as_str())
         .await
@@ -682,8 +538,8 @@ async fn expired_holds_free_their_units_with_a_release_entry() {
     assert_eq!(releases[1].reservation_id, default.id);
     assert_eq!(releases[1].units, "3");
     assert_eq!(
-        micros(&releases[1].create_time),
-        micros(&default.expire_time)
+        micros_of(releases[1].create_time.as_ref()),
+        micros_of(default.expire_time.as_ref())
     );
     assert!(of_kind(&txns, TransactionKind::Capture).is_empty());
     assert_balance(&app.balance(&account.id).await, "10", "0", "10");
@@ -842,7 +698,7 @@ async fn refund_of_a_capture_and_what_is_not_refundable() {
     assert_eq!(grants.values().next().unwrap().remaining, "50");
 
     // GRANT, RESERVE and REFUND entries are not refundable.
-    let txns = history(&app, &account.id).await;
+    let txns = app.history(&account.id).await;
     for not_refundable in [
         TransactionKind::Grant,
         TransactionKind::Reserve,
@@ -875,7 +731,7 @@ async fn refund_of_a_capture_and_what_is_not_refundable() {
 async fn refund_to_an_expired_grant_expires_again_at_once() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("refund-expired", "").await;
-    let expiry = server_now_secs(&app) + HOUR;
+    let expiry = now_second(&app) + HOUR;
     let soon = create_grant(&app, &wallet.id, "10", None, Some(expiry)).await;
     let lasting = create_grant(&app, &wallet.id, "20", None, None).await;
     app.publish_standard_card().await;
@@ -908,7 +764,7 @@ async fn refund_to_an_expired_grant_expires_again_at_once() {
     assert_eq!(expires[0].grant_id, soon.id);
     assert_eq!(expires[0].units, "6");
     assert_eq!(expires[0].delta, "-6");
-    assert_eq!(micros(&expires[0].create_time), expiry);
+    assert_eq!(micros_of(expires[0].create_time.as_ref()), expiry);
     // …then the refunded 4, right after the REFUND entry.
     let at = txns.iter().position(|t| t.id == refunded.id).unwrap();
     let again = &txns[at + 1];
@@ -927,7 +783,7 @@ async fn refund_to_an_expired_grant_expires_again_at_once() {
 async fn grants_expire_at_their_expire_time() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("grant-expiry", "").await;
-    let expiry = server_now_secs(&app) + HOUR;
+    let expiry = now_second(&app) + HOUR;
     let expiring = create_grant(&app, &wallet.id, "10", None, Some(expiry)).await;
     let lasting = create_grant(&app, &wallet.id, "5", None, None).await;
     app.publish_standard_card().await;
@@ -942,7 +798,7 @@ async fn grants_expire_at_their_expire_time() {
     assert_balance(&app.balance(&account.id).await, "5", "0", "5");
     let grants = grants_by_id(&app, &wallet.id).await;
     assert_eq!(grants[&expiring.id].state, GrantState::Expired as i32);
-    assert!(of_kind(&history(&app, &account.id).await, TransactionKind::Expire).is_empty());
+    assert!(of_kind(&app.history(&account.id).await, TransactionKind::Expire).is_empty());
     // A debit beyond what is live is refused.
     let err = debit(&app, &account.id, "chat", &[("output_tokens", "25000")])
         .await
@@ -950,14 +806,14 @@ async fn grants_expire_at_their_expire_time() {
     assert_insufficient(&err, "6", "5");
 
     app.sweep().await;
-    let expires = of_kind(&history(&app, &account.id).await, TransactionKind::Expire);
+    let expires = of_kind(&app.history(&account.id).await, TransactionKind::Expire);
     assert_eq!(expires.len(), 1);
     assert_eq!(expires[0].grant_id, expiring.id);
     assert_eq!(expires[0].units, "9");
     assert_eq!(expires[0].delta, "-9");
     assert_eq!(expires[0].balance_after, "5");
     assert_eq!(expires[0].actor, "system");
-    assert_eq!(micros(&expires[0].create_time), expiry);
+    assert_eq!(micros_of(expires[0].create_time.as_ref()), expiry);
     let grants = grants_by_id(&app, &wallet.id).await;
     assert_eq!(grants[&expiring.id].state, GrantState::Expired as i32);
     assert_eq!(grants[&expiring.id].remaining, "0");
@@ -965,7 +821,7 @@ async fn grants_expire_at_their_expire_time() {
     // Sweeping again writes nothing more.
     app.sweep().await;
     assert_eq!(
-        of_kind(&history(&app, &account.id).await, TransactionKind::Expire).len(),
+        of_kind(&app.history(&account.id).await, TransactionKind::Expire).len(),
         1
     );
     assert_ledger_consistent(&app, &account.id).await;
@@ -977,14 +833,14 @@ async fn future_grants_count_from_their_effective_time() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("pending", "").await;
     app.publish_standard_card().await;
-    let effective = server_now_secs(&app) + DAY;
+    let effective = now_second(&app) + DAY;
     let pending = create_grant(&app, &wallet.id, "50", Some(effective), None).await;
     assert_eq!(pending.state, GrantState::Pending as i32);
     assert_eq!(pending.remaining, "50");
-    assert_eq!(micros(&pending.effective_time), effective);
+    assert_eq!(micros_of(pending.effective_time.as_ref()), effective);
     assert_balance(&app.balance(&account.id).await, "0", "0", "0");
     assert!(
-        history(&app, &account.id).await.is_empty(),
+        app.history(&account.id).await.is_empty(),
         "no GRANT entry yet"
     );
     let err = debit(&app, &account.id, "one", &[]).await.unwrap_err();
@@ -998,13 +854,13 @@ async fn future_grants_count_from_their_effective_time() {
     let grants = grants_by_id(&app, &wallet.id).await;
     assert_eq!(grants[&pending.id].state, GrantState::Active as i32);
     app.sweep().await;
-    let txns = history(&app, &account.id).await;
+    let txns = app.history(&account.id).await;
     assert_eq!(txns.len(), 1, "{txns:?}");
     assert_eq!(kind(&txns[0]), TransactionKind::Grant);
     assert_eq!(txns[0].grant_id, pending.id);
     assert_eq!(txns[0].units, "50");
     assert_eq!(txns[0].delta, "50");
-    assert_eq!(micros(&txns[0].create_time), effective);
+    assert_eq!(micros_of(txns[0].create_time.as_ref()), effective);
     debit(&app, &account.id, "image", &[]).await.unwrap();
     assert_balance(&app.balance(&account.id).await, "46", "0", "46");
     assert_ledger_consistent(&app, &account.id).await;
@@ -1096,8 +952,7 @@ async fn adjustments_up_and_down_with_a_reason() {
 
     // The reason is required.
     let err = adjust(&app, &wallet.id, "5", "").await.unwrap_err();
-    let meta = assert_error(&err, Code::InvalidArgument, "MISSING_FIELD");
-    assert_eq!(meta.get("field").map(String::as_str), Some("reason"));
+    assert_invalid(&err, "MISSING_FIELD", "reason");
     let err = adjust(&app, &wallet.id, "0", "nothing").await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_AMOUNT");
 
@@ -1130,17 +985,9 @@ async fn daily_spend_cap_counts_holds_and_resets_at_utc_midnight() {
     app.publish_standard_card().await;
     // Start one hour into a UTC day, so the test never straddles midnight by accident.
     move_clock_to(&app, next_utc_midnight(&app) + HOUR);
-    let updated = update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            daily_spend_cap: "10".into(),
-            ..Default::default()
-        },
-        &["daily_spend_cap"],
-    )
-    .await
-    .unwrap();
+    let updated = set_spend_cap(&app, &wallet.id, "daily_spend_cap", "10")
+        .await
+        .unwrap();
     assert_eq!(updated.daily_spend_cap, "10");
     assert_eq!(updated.monthly_spend_cap, "");
 
@@ -1184,16 +1031,9 @@ async fn daily_spend_cap_counts_holds_and_resets_at_utc_midnight() {
     assert_balance(&app.balance(&account.id).await, "981", "0", "981");
 
     // Removing the cap (masked, empty) lifts the limit.
-    let updated = update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            ..Default::default()
-        },
-        &["daily_spend_cap"],
-    )
-    .await
-    .unwrap();
+    let updated = set_spend_cap(&app, &wallet.id, "daily_spend_cap", "")
+        .await
+        .unwrap();
     assert_eq!(updated.daily_spend_cap, "");
     debit(&app, &account.id, "image", &[]).await.unwrap();
     assert_ledger_consistent(&app, &account.id).await;
@@ -1208,17 +1048,9 @@ async fn refunds_and_the_daily_spend_cap() {
     let (account, wallet) = app.funded("cap-refunds", "1000").await;
     app.publish_standard_card().await;
     move_clock_to(&app, next_utc_midnight(&app) + HOUR);
-    update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            daily_spend_cap: "10".into(),
-            ..Default::default()
-        },
-        &["daily_spend_cap"],
-    )
-    .await
-    .unwrap();
+    set_spend_cap(&app, &wallet.id, "daily_spend_cap", "10")
+        .await
+        .unwrap();
 
     // Day 1: 10 units, then a same-day refund of 4 makes room for 4 more.
     let first = debit(&app, &account.id, "image", &[]).await.unwrap();
@@ -1243,11 +1075,12 @@ async fn refunds_and_the_daily_spend_cap() {
     assert_eq!(refunded.units, "4");
     assert_balance(&app.balance(&account.id).await, "984", "0", "984");
     let result = debit(&app, &account.id, "image", &[]).await;
-    let charged_today: Decimal = history(&app, &account.id)
+    let charged_today: Decimal = app
+        .history(&account.id)
         .await
         .iter()
         .filter(|t| kind(t) == TransactionKind::Debit)
-        .filter(|t| micros(&t.create_time) >= next_utc_midnight(&app) - DAY)
+        .filter(|t| micros_of(t.create_time.as_ref()) >= next_utc_midnight(&app) - DAY)
         .map(|t| dec(&t.units))
         .sum();
     let err = result.expect_err(&format!(
@@ -1266,17 +1099,9 @@ async fn monthly_spend_cap_resets_on_the_first_of_the_month() {
     app.publish_standard_card().await;
     // Start one hour into a month.
     move_clock_to(&app, next_month_start(&app) + HOUR);
-    update_wallet(
-        &app,
-        proto::Wallet {
-            id: wallet.id.clone(),
-            monthly_spend_cap: "10".into(),
-            ..Default::default()
-        },
-        &["monthly_spend_cap"],
-    )
-    .await
-    .unwrap();
+    set_spend_cap(&app, &wallet.id, "monthly_spend_cap", "10")
+        .await
+        .unwrap();
 
     debit(&app, &account.id, "image", &[]).await.unwrap();
     debit(&app, &account.id, "image", &[]).await.unwrap();
@@ -1482,7 +1307,7 @@ async fn expiry_racing_debits_never_double_spends() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("race-expiry", "").await;
     app.publish_standard_card().await;
-    let expiry = server_now_secs(&app) + 30 * SECOND;
+    let expiry = now_second(&app) + 30 * SECOND;
     let expiring = create_grant(&app, &wallet.id, "10", None, Some(expiry)).await;
     let lasting = create_grant(&app, &wallet.id, "5", None, None).await;
     assert_balance(&app.balance(&account.id).await, "15", "0", "15");
@@ -1521,7 +1346,7 @@ async fn expiry_racing_debits_never_double_spends() {
         for burn in &txn.burns {
             if burn.grant_id == expiring.id {
                 assert!(
-                    micros(&txn.create_time) < expiry,
+                    micros_of(txn.create_time.as_ref()) < expiry,
                     "burnt the expiring grant at or after its expiry: {txn:?}"
                 );
                 from_expiring += dec(&burn.units);
@@ -1555,7 +1380,7 @@ async fn expiry_racing_debits_never_double_spends() {
         .iter()
         .map(|t| {
             assert_eq!(t.grant_id, expiring.id);
-            assert_eq!(micros(&t.create_time), expiry);
+            assert_eq!(micros_of(t.create_time.as_ref()), expiry);
             dec(&t.units)
         })
         .sum();

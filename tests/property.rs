@@ -39,12 +39,10 @@ use proptest::{
     sample::Index,
     test_runner::{Config, TestError, TestRunner},
 };
-use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement};
 use tonic::{Code, Status};
 
 const UNIT: i64 = 1_000_000;
-const MINUTE: i64 = 60 * UNIT;
 
 // ---- the operations ------------------------------------------------------------------------
 
@@ -252,37 +250,8 @@ fn count(step: &Step, outcome: &str) {
 
 // ---- helpers -------------------------------------------------------------------------------
 
-#[track_caller]
-fn micros(text: &str) -> i64 {
-    Amount::parse(text)
-        .unwrap_or_else(|err| panic!("`{text}` is not an amount: {err}"))
-        .micros()
-}
-
 fn amount(micros: i64) -> String {
     Amount::from_micros(micros).to_string()
-}
-
-fn ts(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(UNIT),
-        nanos: (micros.rem_euclid(UNIT) * 1_000) as i32,
-    }
-}
-
-fn at(timestamp: Option<&prost_types::Timestamp>) -> i64 {
-    let t = timestamp.expect("a timestamp");
-    t.seconds * UNIT + i64::from(t.nanos) / 1_000
-}
-
-fn money_map(money: &[proto::Money]) -> BTreeMap<String, Decimal> {
-    let mut out: BTreeMap<String, Decimal> = BTreeMap::new();
-    for m in money {
-        let value: Decimal = m.amount.parse().expect("money amount");
-        *out.entry(m.currency.clone()).or_default() += value;
-    }
-    out.retain(|_, v| !v.is_zero());
-    out
 }
 
 /// Every table, every row in primary-key order, every column rendered to text.
@@ -380,11 +349,11 @@ struct Balance {
 impl Run<'_> {
     async fn balance(&self) -> Balance {
         let b = self.app.balance(&self.account_id).await;
-        assert_eq!(micros(&b.overdraft_limit), self.overdraft);
+        assert_eq!(amount_micros(&b.overdraft_limit), self.overdraft);
         Balance {
-            posted: micros(&b.posted),
-            reserved: micros(&b.reserved),
-            available: micros(&b.available),
+            posted: amount_micros(&b.posted),
+            reserved: amount_micros(&b.reserved),
+            available: amount_micros(&b.available),
         }
     }
 
@@ -430,7 +399,7 @@ impl Run<'_> {
                     let g = r.into_inner();
                     self.model.grants.push(GrantInfo {
                         id: g.id,
-                        expire_time: g.expire_time.as_ref().map(|t| at(Some(t))),
+                        expire_time: g.expire_time.as_ref().map(|t| micros_of(Some(t))),
                         voided: false,
                     });
                 });
@@ -442,7 +411,7 @@ impl Run<'_> {
                 request.quantities = quantities(&[("n", &amount(*units))]);
                 let result = app.ledger(admin).debit(request).await.map(|r| {
                     let t = r.into_inner().transaction.expect("transaction");
-                    assert_eq!(micros(&t.units), *units);
+                    assert_eq!(amount_micros(&t.units), *units);
                     self.model.charges.push(Charge {
                         transaction_id: t.id,
                         units: *units,
@@ -469,11 +438,11 @@ impl Run<'_> {
                     .map(|r| {
                         let hold = r.into_inner();
                         assert_eq!(hold.state, proto::ReservationState::Open as i32);
-                        assert_eq!(micros(&hold.units), *units);
+                        assert_eq!(amount_micros(&hold.units), *units);
                         self.model.holds.push(Hold {
                             id: hold.id,
                             units: *units,
-                            expire_time: at(hold.expire_time.as_ref()),
+                            expire_time: micros_of(hold.expire_time.as_ref()),
                             state: HoldState::Open,
                         });
                     });
@@ -500,7 +469,7 @@ impl Run<'_> {
                     .await
                     .map(|r| {
                         let t = r.into_inner().transaction.expect("transaction");
-                        assert_eq!(micros(&t.units), actual);
+                        assert_eq!(amount_micros(&t.units), actual);
                         self.model.holds[i].state = HoldState::Captured;
                         self.model.charges.push(Charge {
                             transaction_id: t.id,
@@ -562,7 +531,7 @@ impl Run<'_> {
                     .map(|r| {
                         let t = r.into_inner();
                         assert_eq!(t.kind, TransactionKind::Refund as i32);
-                        assert_eq!(micros(&t.units), refunding);
+                        assert_eq!(amount_micros(&t.units), refunding);
                         self.model.charges[i].refunded += refunding;
                     });
                 let expect = expect_if(
@@ -609,7 +578,7 @@ impl Run<'_> {
                     .map(|r| {
                         let t = r.into_inner();
                         assert_eq!(t.kind, TransactionKind::Adjust as i32);
-                        assert_eq!(micros(&t.delta), *units);
+                        assert_eq!(amount_micros(&t.delta), *units);
                         if *units > 0 {
                             assert!(!t.grant_id.is_empty(), "a positive ADJUST makes a grant");
                             self.model.grants.push(GrantInfo {
@@ -648,16 +617,16 @@ impl Run<'_> {
         let mut prev_hash = String::new();
         let mut last_time = i64::MIN;
         for entry in &entries {
-            let time = at(entry.create_time.as_ref());
+            let time = micros_of(entry.create_time.as_ref());
             assert!(
                 time >= last_time,
                 "{at_step}: {} dated before the entry before it",
                 entry.id
             );
             last_time = time;
-            running += micros(&entry.delta);
+            running += amount_micros(&entry.delta);
             assert_eq!(
-                micros(&entry.balance_after),
+                amount_micros(&entry.balance_after),
                 running,
                 "{at_step}: balance_after of {entry:?}"
             );
@@ -703,7 +672,11 @@ impl Run<'_> {
         // history split at the middle entry's time: they meet at the balance of that time.
         let full = self.statement(None, None, at_step).await;
         assert_eq!(full.opening_balance, "0", "{at_step}");
-        assert_eq!(micros(&full.closing_balance), balance.posted, "{at_step}");
+        assert_eq!(
+            amount_micros(&full.closing_balance),
+            balance.posted,
+            "{at_step}"
+        );
         let count: i64 = full.lines.iter().map(|l| l.count).sum();
         assert_eq!(
             count as usize,
@@ -711,21 +684,25 @@ impl Run<'_> {
             "{at_step}: every entry on the statement"
         );
         if let Some(middle) = entries.get(entries.len() / 2).filter(|_| split) {
-            let t = at(middle.create_time.as_ref());
+            let t = micros_of(middle.create_time.as_ref());
             let held = entries
                 .iter()
-                .rfind(|e| at(e.create_time.as_ref()) < t)
-                .map_or(0, |e| micros(&e.balance_after));
+                .rfind(|e| micros_of(e.create_time.as_ref()) < t)
+                .map_or(0, |e| amount_micros(&e.balance_after));
             let upto = self.statement(None, Some(t), at_step).await;
             let from = self.statement(Some(t), None, at_step).await;
             assert_eq!(upto.opening_balance, "0", "{at_step}");
             assert_eq!(
-                micros(&upto.closing_balance),
+                amount_micros(&upto.closing_balance),
                 held,
                 "{at_step}: balance at {t}"
             );
             assert_eq!(from.opening_balance, upto.closing_balance, "{at_step}");
-            assert_eq!(micros(&from.closing_balance), balance.posted, "{at_step}");
+            assert_eq!(
+                amount_micros(&from.closing_balance),
+                balance.posted,
+                "{at_step}"
+            );
             assert_eq!(upto.closing_money, from.opening_money, "{at_step}");
         }
     }
@@ -750,10 +727,14 @@ impl Run<'_> {
                 .await
                 .unwrap_or_else(|s| panic!("{at_step}: statement: {s:?}"))
                 .into_inner();
-        let lines: i64 = statement.lines.iter().map(|l| micros(&l.units)).sum();
+        let lines: i64 = statement
+            .lines
+            .iter()
+            .map(|l| amount_micros(&l.units))
+            .sum();
         assert_eq!(
-            micros(&statement.opening_balance) + lines,
-            micros(&statement.closing_balance),
+            amount_micros(&statement.opening_balance) + lines,
+            amount_micros(&statement.closing_balance),
             "{at_step}: opening + Σ lines = closing"
         );
         let mut money = money_map(&statement.opening_money);

@@ -25,12 +25,11 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
-    str::FromStr,
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use allot::proto::{
@@ -38,7 +37,6 @@ use allot::proto::{
 };
 use common::{process::ServerProcess, *};
 use futures::future::{BoxFuture, FutureExt, join_all};
-use prost_types::Timestamp;
 use rust_decimal::Decimal;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -49,7 +47,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ATTEMPTS: u32 = 40;
 /// How long to wait for the background sweepers to grant a period that has started.
 const SWEEP_WAIT: Duration = Duration::from_secs(30);
-const DAY_SECS: i64 = 86_400;
 
 /// Retries (ABORTED / UNAVAILABLE answers sent again) over the whole test.
 static RETRIES: AtomicUsize = AtomicUsize::new(0);
@@ -183,22 +180,13 @@ impl Failures {
     }
 }
 
-fn dec(text: &str) -> Decimal {
+/// A decimal field, where an empty one is zero.
+fn dec_or_zero(text: &str) -> Decimal {
     if text.is_empty() {
-        return Decimal::ZERO;
+        Decimal::ZERO
+    } else {
+        dec(text)
     }
-    Decimal::from_str(text).unwrap_or_else(|e| panic!("not a decimal: {text:?}: {e}"))
-}
-
-fn timestamp(seconds: i64) -> Timestamp {
-    Timestamp { seconds, nanos: 0 }
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
 }
 
 /// Three replicas on one fresh database.
@@ -311,14 +299,7 @@ impl Cluster {
 
     /// Creates a draft card with `rates` through R0 (not published).
     async fn draft_card(&self, rates: Vec<proto::Rate>) -> proto::RateCard {
-        let request = proto::CreateRateCardRequest {
-            rate_card: Some(proto::RateCard {
-                rates,
-                notes: "replicas test card".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        };
+        let request = card_request(rates, "replicas test card");
         call!(
             "CreateRateCard",
             self.r(0).rates(),
@@ -523,17 +504,13 @@ impl Cluster {
         let mut seen = Vec::new();
         for i in 0..self.replicas.len() {
             let b = self.balance(i, account_id).await;
-            seen.push((dec(&b.posted), dec(&b.reserved)));
+            seen.push((dec_or_zero(&b.posted), dec_or_zero(&b.reserved)));
         }
         self.check(seen.iter().all(|s| *s == seen[0]), || {
             format!("{what}: replicas disagree on (posted, reserved) of {account_id}: {seen:?}")
         });
         seen[0]
     }
-}
-
-fn of_kind(txns: &[proto::Transaction], kind: TransactionKind) -> Vec<&proto::Transaction> {
-    txns.iter().filter(|t| t.kind == kind as i32).collect()
 }
 
 // ---- scenarios -------------------------------------------------------------------------------
@@ -609,7 +586,7 @@ async fn refunds(c: &Cluster, units: &str) {
     for t in &refunds {
         *per_original
             .entry(t.refunded_transaction_id.as_str())
-            .or_default() += dec(&t.units);
+            .or_default() += dec_or_zero(&t.units);
     }
     c.check(
         refunds.len() == 30 * per_debit
@@ -807,11 +784,11 @@ async fn voids(c: &Cluster, debits: bool) {
     // Per grant: voided + burnt = granted.
     let mut taken: BTreeMap<String, Decimal> = BTreeMap::new();
     for t in &voids {
-        *taken.entry(t.grant_id.clone()).or_default() -= dec(&t.delta);
+        *taken.entry(t.grant_id.clone()).or_default() -= dec_or_zero(&t.delta);
     }
     for t in of_kind(&txns, TransactionKind::Debit) {
         for burn in &t.burns {
-            *taken.entry(burn.grant_id.clone()).or_default() += dec(&burn.units);
+            *taken.entry(burn.grant_id.clone()).or_default() += dec_or_zero(&burn.units);
         }
     }
     for grant in &grants {
@@ -829,7 +806,7 @@ async fn voids(c: &Cluster, debits: bool) {
         .copied()
         .unwrap_or_default();
     let (posted, _) = c.posted_reserved(label, &account.id).await;
-    let voided_units: Decimal = voids.iter().map(|t| -dec(&t.delta)).sum();
+    let voided_units: Decimal = voids.iter().map(|t| -dec_or_zero(&t.delta)).sum();
     let expected = dec("507") - voided_units - Decimal::from(10 * debited as i64);
     c.check(
         posted == expected && posted == dec("7") - small_burnt && !posted.is_sign_negative(),
@@ -934,7 +911,7 @@ fn daily_schedule(wallet_id: &str, start: i64) -> proto::AllotmentSchedule {
         wallet_id: wallet_id.into(),
         amount: "5".into(),
         period: SchedulePeriod::Daily as i32,
-        start_time: Some(timestamp(start)),
+        start_time: Some(ts_secs(start)),
         rollover_policy: RolloverPolicy::None as i32,
         unit_price: "0.01".into(),
         currency: "USD".into(),
@@ -955,7 +932,7 @@ struct Scheduled {
 /// caught up on creation), and three whose 11th period starts a few seconds after creation,
 /// so the three replicas' background sweepers race to grant it.
 async fn create_schedules(c: &Cluster) -> Vec<Scheduled> {
-    let now = now_secs();
+    let now = now_seconds();
     let starts = [
         ("schedule-caught-up", now - 10 * DAY_SECS - 60),
         ("schedule-swept-a", now - 10 * DAY_SECS + 4),
@@ -985,7 +962,7 @@ async fn create_schedules(c: &Cluster) -> Vec<Scheduled> {
         eprintln!(
             "{label}: schedule {} starting {}s before now: {granted} grant(s) right after creation",
             schedule.id,
-            now_secs() - start
+            now_seconds() - start
         );
         out.push(Scheduled {
             label: label.to_string(),
@@ -1194,7 +1171,7 @@ async fn rate_card_publish(c: &Cluster) {
     for i in 0..3 {
         match c.debit(i, &account.id).await {
             Ok(t) => c.check(
-                dec(&t.units) == dec("20") && t.rate_card_version == draft.version,
+                dec_or_zero(&t.units) == dec("20") && t.rate_card_version == draft.version,
                 || {
                     format!(
                         "rate card: a debit through R{i} after the publish charged {} by version {}, \
@@ -1215,8 +1192,8 @@ async fn conservation(c: &Cluster) {
     for (label, account_id) in &accounts {
         let (posted, _) = c.posted_reserved(label, account_id).await;
         let txns = c.transactions(0, account_id).await;
-        let sum: Decimal = txns.iter().map(|t| dec(&t.delta)).sum();
-        let last = txns.first().map(|t| dec(&t.balance_after));
+        let sum: Decimal = txns.iter().map(|t| dec_or_zero(&t.delta)).sum();
+        let last = txns.first().map(|t| dec_or_zero(&t.balance_after));
         c.check(
             sum == posted && last.unwrap_or(Decimal::ZERO) == posted,
             || {
@@ -1350,25 +1327,13 @@ async fn replicas_started_together_on_an_empty_database_all_serve() {
     for replica in &started {
         let account = replica
             .accounts()
-            .create_account(proto::CreateAccountRequest {
-                account: Some(proto::Account {
-                    external_id: format!("cold-{}", replica.name),
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_account(new_account(&format!("cold-{}", replica.name), ""))
             .await
             .unwrap_or_else(|s| panic!("{}: create account: {s:?}", replica.name))
             .into_inner();
         replica
             .accounts()
-            .create_wallet(proto::CreateWalletRequest {
-                wallet: Some(proto::Wallet {
-                    account_id: account.id.clone(),
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_wallet(wallet_request(&account.id))
             .await
             .unwrap_or_else(|s| panic!("{}: create wallet: {s:?}", replica.name));
     }

@@ -20,62 +20,23 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use allot::{
-    auth::Authenticator,
     domain::Amount,
     proto::{
         self, GrantState, RolloverPolicy, SchedulePeriod, TransactionKind,
         report_service_client::ReportServiceClient,
     },
-    server::{self, Settings},
 };
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use common::*;
-use prost_types::Timestamp;
 use rust_decimal::Decimal;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
 use tonic_types::StatusExt;
 
-const SECOND: i64 = 1_000_000;
-const MINUTE: i64 = 60 * SECOND;
-const HOUR: i64 = 60 * MINUTE;
-const DAY: i64 = 24 * HOUR;
-
 // ---- helpers -------------------------------------------------------------------------------
-
-fn ts(micros: i64) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(SECOND),
-        nanos: (micros.rem_euclid(SECOND) * 1_000) as i32,
-    }
-}
-
-#[track_caller]
-fn at(timestamp: Option<&Timestamp>) -> i64 {
-    let t = timestamp.expect("a timestamp");
-    t.seconds * SECOND + i64::from(t.nanos) / 1_000
-}
-
-#[track_caller]
-fn micros(text: &str) -> i64 {
-    Amount::parse(text)
-        .unwrap_or_else(|err| panic!("`{text}` is not an amount: {err}"))
-        .micros()
-}
-
-#[track_caller]
-fn decimal(text: &str) -> Decimal {
-    text.parse()
-        .unwrap_or_else(|err| panic!("`{text}` is not a decimal: {err}"))
-}
 
 fn date(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).expect("a representable time")
-}
-
-/// The server's "now", truncated to a whole second (never after the server's now).
-fn now_second(app: &TestApp) -> i64 {
-    app.clock.now_micros().div_euclid(SECOND) * SECOND
 }
 
 /// Moves the server's clock to `target` (it then keeps running from there).
@@ -184,48 +145,16 @@ async fn one_schedule(app: &TestApp, wallet_id: &str) -> proto::AllotmentSchedul
     all.remove(0)
 }
 
-async fn all_grants(app: &TestApp, wallet_id: &str) -> Vec<proto::Grant> {
-    let mut client = app.grants(&app.admin);
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_grants(proto::ListGrantsRequest {
-                wallet_id: wallet_id.into(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-            })
-            .await
-            .expect("list grants")
-            .into_inner();
-        all.extend(page.grants);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// The schedule's grants, by effective time.
 async fn schedule_grants(app: &TestApp, wallet_id: &str, schedule_id: &str) -> Vec<proto::Grant> {
-    let mut grants: Vec<proto::Grant> = all_grants(app, wallet_id)
+    let mut grants: Vec<proto::Grant> = app
+        .all_grants(wallet_id)
         .await
         .into_iter()
         .filter(|g| g.schedule_id == schedule_id)
         .collect();
-    grants.sort_by_key(|g| at(g.effective_time.as_ref()));
+    grants.sort_by_key(|g| micros_of(g.effective_time.as_ref()));
     grants
-}
-
-/// The account's `credits` ledger, oldest first.
-async fn ledger_of(app: &TestApp, account_id: &str) -> Vec<proto::Transaction> {
-    let mut all = app.all_transactions(account_id).await;
-    all.reverse();
-    all
-}
-
-fn kind(t: &proto::Transaction) -> TransactionKind {
-    TransactionKind::try_from(t.kind).expect("known kind")
 }
 
 fn kinds(ts: &[proto::Transaction]) -> Vec<TransactionKind> {
@@ -239,7 +168,7 @@ fn entry(t: &proto::Transaction) -> (TransactionKind, String, String, String, i6
         t.grant_id.clone(),
         t.units.clone(),
         t.delta.clone(),
-        at(t.create_time.as_ref()),
+        micros_of(t.create_time.as_ref()),
     )
 }
 
@@ -251,20 +180,14 @@ async fn grant_with(
     price: (&str, &str),
     expire_time: Option<i64>,
 ) -> proto::Grant {
+    let mut request = grant_request(wallet_id, amount, price.0);
+    let grant = request.grant.as_mut().expect("grant");
+    grant.kind = proto::GrantKind::Purchase as i32;
+    grant.priority = priority;
+    grant.expire_time = expire_time.map(ts);
+    grant.currency = price.1.into();
     app.grants(&app.admin)
-        .create_grant(proto::CreateGrantRequest {
-            grant: Some(proto::Grant {
-                wallet_id: wallet_id.into(),
-                kind: proto::GrantKind::Purchase as i32,
-                amount: amount.into(),
-                priority,
-                expire_time: expire_time.map(ts),
-                unit_price: price.0.into(),
-                currency: price.1.into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_grant(request)
         .await
         .expect("create grant")
         .into_inner()
@@ -297,8 +220,8 @@ async fn grants_once_per_period(period: SchedulePeriod) {
         proto::GrantKind::Contract as i32,
         "kind defaults to CONTRACT"
     );
-    assert_eq!(at(schedule.start_time.as_ref()), start);
-    assert_eq!(at(schedule.next_grant_time.as_ref()), expected(1));
+    assert_eq!(micros_of(schedule.start_time.as_ref()), start);
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), expected(1));
     assert_eq!(
         list_schedules(&app, &wallet.id).await,
         std::slice::from_ref(&schedule)
@@ -319,9 +242,9 @@ async fn grants_once_per_period(period: SchedulePeriod) {
         ("0.01", "USD")
     );
     assert_eq!(first.rolled_over, "0");
-    assert_eq!(at(first.effective_time.as_ref()), expected(0));
-    assert_eq!(at(first.expire_time.as_ref()), expected(1));
-    let ledger = ledger_of(&app, &account.id).await;
+    assert_eq!(micros_of(first.effective_time.as_ref()), expected(0));
+    assert_eq!(micros_of(first.expire_time.as_ref()), expected(1));
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         ledger.iter().map(entry).collect::<Vec<_>>(),
         [(
@@ -345,7 +268,7 @@ async fn grants_once_per_period(period: SchedulePeriod) {
         schedule_grants(&app, &wallet.id, &schedule.id).await.len(),
         1
     );
-    assert_eq!(ledger_of(&app, &account.id).await.len(), 2);
+    assert_eq!(app.history(&account.id).await.len(), 2);
 
     // One period later: exactly one new grant; the 70 unused units expired at the boundary.
     move_clock_to(&app, expected(1));
@@ -360,9 +283,9 @@ async fn grants_once_per_period(period: SchedulePeriod) {
     assert_eq!(second.remaining, "100");
     assert_eq!(second.rolled_over, "0");
     assert_eq!(second.state, GrantState::Active as i32);
-    assert_eq!(at(second.effective_time.as_ref()), expected(1));
-    assert_eq!(at(second.expire_time.as_ref()), expected(2));
-    let ledger = ledger_of(&app, &account.id).await;
+    assert_eq!(micros_of(second.effective_time.as_ref()), expected(1));
+    assert_eq!(micros_of(second.expire_time.as_ref()), expected(2));
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         ledger[2..].iter().map(entry).collect::<Vec<_>>(),
         [
@@ -385,12 +308,12 @@ async fn grants_once_per_period(period: SchedulePeriod) {
     assert_eq!(ledger.last().unwrap().balance_after, "100");
     assert_eq!(app.balance(&account.id).await.posted, "100");
     let listed = one_schedule(&app, &wallet.id).await;
-    assert_eq!(at(listed.next_grant_time.as_ref()), expected(2));
+    assert_eq!(micros_of(listed.next_grant_time.as_ref()), expected(2));
 
     // Sweeping again grants nothing twice.
     app.sweep().await;
     app.sweep().await;
-    assert_eq!(ledger_of(&app, &account.id).await, ledger);
+    assert_eq!(app.history(&account.id).await, ledger);
     assert_eq!(
         schedule_grants(&app, &wallet.id, &schedule.id).await,
         grants
@@ -439,7 +362,7 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
 
     // Week 0: 20 used, 80 unused → 50 roll over, 30 expire.
     spend(&app, &account.id, "20").await;
-    let seen = ledger_of(&app, &account.id).await.len();
+    let seen = app.history(&account.id).await.len();
     move_clock_to(&app, week(1));
     app.sweep().await;
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
@@ -452,9 +375,9 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
         grants[1].amount, "150",
         "the allotment plus what rolled into it"
     );
-    assert_eq!(at(grants[1].effective_time.as_ref()), week(1));
-    assert_eq!(at(grants[1].expire_time.as_ref()), week(2));
-    let ledger = ledger_of(&app, &account.id).await;
+    assert_eq!(micros_of(grants[1].effective_time.as_ref()), week(1));
+    assert_eq!(micros_of(grants[1].expire_time.as_ref()), week(2));
+    let ledger = app.history(&account.id).await;
     let new = &ledger[seen..];
     assert_eq!(
         new.iter().map(entry).collect::<Vec<_>>(),
@@ -490,7 +413,7 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
     assert_eq!(grants.len(), 3);
     assert_eq!(grants[2].rolled_over, "50");
     assert_eq!(grants[2].remaining, "150");
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let new = &ledger[seen..];
     assert_eq!(
         new.iter().map(entry).collect::<Vec<_>>(),
@@ -527,7 +450,7 @@ async fn capped_rollover_moves_up_to_the_cap_and_expires_the_rest() {
     assert_eq!(grants[2].state, GrantState::Expired as i32);
     assert_eq!(grants[3].rolled_over, "20");
     assert_eq!(grants[3].remaining, "120");
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let new = &ledger[seen..];
     assert_eq!(
         new.iter().map(entry).collect::<Vec<_>>(),
@@ -587,8 +510,16 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
     assert_eq!(grants[0].id, first[0].id);
     for (k, grant) in grants.iter().enumerate() {
         let k = k as i64;
-        assert_eq!(at(grant.effective_time.as_ref()), day(k), "grant {k}");
-        assert_eq!(at(grant.expire_time.as_ref()), day(k + 1), "grant {k}");
+        assert_eq!(
+            micros_of(grant.effective_time.as_ref()),
+            day(k),
+            "grant {k}"
+        );
+        assert_eq!(
+            micros_of(grant.expire_time.as_ref()),
+            day(k + 1),
+            "grant {k}"
+        );
         let rolled = if k == 0 { "0" } else { "30" };
         assert_eq!(grant.rolled_over, rolled, "grant {k}");
         if k < 5 {
@@ -604,7 +535,7 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
     ids.sort();
     assert_eq!(ids, grants.iter().map(|g| &g.id).collect::<Vec<_>>());
 
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let mut expected = vec![(
         TransactionKind::Grant,
         grants[0].id.clone(),
@@ -644,10 +575,12 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
     }
     assert_eq!(app.balance(&account.id).await.posted, "130");
     assert_eq!(
-        at(one_schedule(&app, &wallet.id)
-            .await
-            .next_grant_time
-            .as_ref()),
+        micros_of(
+            one_schedule(&app, &wallet.id)
+                .await
+                .next_grant_time
+                .as_ref()
+        ),
         day(6)
     );
 
@@ -658,7 +591,7 @@ async fn catch_up_after_downtime_grants_every_missed_period_once_in_order() {
         schedule_grants(&app, &wallet.id, &schedule.id).await,
         grants
     );
-    assert_eq!(ledger_of(&app, &account.id).await, ledger);
+    assert_eq!(app.history(&account.id).await, ledger);
     app.stop().await;
 }
 
@@ -675,16 +608,16 @@ async fn end_time_stops_the_schedule() {
     let schedule = create_schedule(&app, template)
         .await
         .expect("create schedule");
-    assert_eq!(at(schedule.end_time.as_ref()), start + 2 * DAY);
-    assert_eq!(at(schedule.next_grant_time.as_ref()), start + DAY);
+    assert_eq!(micros_of(schedule.end_time.as_ref()), start + 2 * DAY);
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), start + DAY);
 
     app.advance(Duration::from_secs(5 * 86_400)).await;
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
     assert_eq!(grants.len(), 2, "periods 0 and 1 only: {grants:?}");
-    assert_eq!(at(grants[0].effective_time.as_ref()), start);
-    assert_eq!(at(grants[1].effective_time.as_ref()), start + DAY);
+    assert_eq!(micros_of(grants[0].effective_time.as_ref()), start);
+    assert_eq!(micros_of(grants[1].effective_time.as_ref()), start + DAY);
     assert!(grants.iter().all(|g| g.state == GrantState::Expired as i32));
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         ledger.iter().map(entry).collect::<Vec<_>>(),
         [
@@ -727,7 +660,7 @@ async fn end_time_stops_the_schedule() {
         schedule_grants(&app, &wallet.id, &schedule.id).await.len(),
         2
     );
-    assert_eq!(ledger_of(&app, &account.id).await, ledger);
+    assert_eq!(app.history(&account.id).await, ledger);
     app.stop().await;
 }
 
@@ -742,26 +675,26 @@ async fn future_start_grants_nothing_until_then() {
     let schedule = create_schedule(&app, template)
         .await
         .expect("create schedule");
-    assert_eq!(at(schedule.next_grant_time.as_ref()), start);
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
-    assert!(ledger_of(&app, &account.id).await.is_empty());
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), start);
+    assert!(app.all_grants(&wallet.id).await.is_empty());
+    assert!(app.history(&account.id).await.is_empty());
     assert_eq!(app.balance(&account.id).await.posted, "0");
 
     app.advance(Duration::from_secs(2 * 86_400)).await;
     move_clock_to(&app, start - MINUTE);
     app.sweep().await;
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
-    assert!(ledger_of(&app, &account.id).await.is_empty());
+    assert!(app.all_grants(&wallet.id).await.is_empty());
+    assert!(app.history(&account.id).await.is_empty());
     assert_eq!(app.balance(&account.id).await.posted, "0");
 
     move_clock_to(&app, start);
     app.sweep().await;
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
     assert_eq!(grants.len(), 1);
-    assert_eq!(at(grants[0].effective_time.as_ref()), start);
-    assert_eq!(at(grants[0].expire_time.as_ref()), start + 7 * DAY);
+    assert_eq!(micros_of(grants[0].effective_time.as_ref()), start);
+    assert_eq!(micros_of(grants[0].expire_time.as_ref()), start + 7 * DAY);
     assert_eq!(
-        ledger_of(&app, &account.id)
+        app.history(&account.id)
             .await
             .iter()
             .map(entry)
@@ -776,10 +709,12 @@ async fn future_start_grants_nothing_until_then() {
     );
     assert_eq!(app.balance(&account.id).await.posted, "70");
     assert_eq!(
-        at(one_schedule(&app, &wallet.id)
-            .await
-            .next_grant_time
-            .as_ref()),
+        micros_of(
+            one_schedule(&app, &wallet.id)
+                .await
+                .next_grant_time
+                .as_ref()
+        ),
         start + 7 * DAY
     );
     app.stop().await;
@@ -820,8 +755,8 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
     let schedule = create_schedule(&app, template)
         .await
         .expect("create schedule");
-    assert_eq!(at(schedule.next_grant_time.as_ref()), expected[0]);
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
+    assert_eq!(micros_of(schedule.next_grant_time.as_ref()), expected[0]);
+    assert!(app.all_grants(&wallet.id).await.is_empty());
 
     for k in 0..4 {
         move_clock_to(&app, expected[k]);
@@ -830,40 +765,42 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
         assert_eq!(grants.len(), k + 1, "month {k}: {grants:?}");
         let grant = &grants[k];
         assert_eq!(
-            at(grant.effective_time.as_ref()),
+            micros_of(grant.effective_time.as_ref()),
             expected[k],
             "month {k} starts {}",
             date(expected[k])
         );
         assert_eq!(
-            at(grant.expire_time.as_ref()),
+            micros_of(grant.expire_time.as_ref()),
             expected[k + 1],
             "month {k} ends {}",
             date(expected[k + 1])
         );
         assert_eq!(grant.remaining, "1000");
         assert_eq!(
-            at(one_schedule(&app, &wallet.id)
-                .await
-                .next_grant_time
-                .as_ref()),
+            micros_of(
+                one_schedule(&app, &wallet.id)
+                    .await
+                    .next_grant_time
+                    .as_ref()
+            ),
             expected[k + 1]
         );
         if k > 0 {
             assert_eq!(grants[k - 1].state, GrantState::Expired as i32);
         }
     }
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     let grant_times: Vec<i64> = ledger
         .iter()
         .filter(|t| kind(t) == TransactionKind::Grant)
-        .map(|t| at(t.create_time.as_ref()))
+        .map(|t| micros_of(t.create_time.as_ref()))
         .collect();
     assert_eq!(grant_times, expected[..4]);
     let expire_times: Vec<i64> = ledger
         .iter()
         .filter(|t| kind(t) == TransactionKind::Expire)
-        .map(|t| at(t.create_time.as_ref()))
+        .map(|t| micros_of(t.create_time.as_ref()))
         .collect();
     assert_eq!(expire_times, expected[1..4]);
     app.stop().await;
@@ -871,62 +808,13 @@ async fn monthly_on_the_31st_grants_on_the_last_day_of_shorter_months() {
 
 // ---- schedules: several replicas -----------------------------------------------------------
 
-/// A second allot server on the same database and clock (another replica).
-struct Replica {
-    handles: server::Handles,
-    channel: Channel,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Replica {
-    async fn start(app: &TestApp) -> Replica {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let settings = Settings {
-            check_wallet_cache: true,
-            database_url: app.db.url.clone(),
-            auth: Authenticator::from_config(&auth_config()).expect("auth config"),
-            clock: app.clock.clone(),
-            shutdown_grace: Duration::from_secs(2),
-            limits: allot::api::Limits::default(),
-            sweep_interval: Duration::from_secs(3600),
-            idempotency_retention: allot::store::idempotency::DEFAULT_RETENTION,
-            on_ready: Some(ready_tx),
-        };
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, settings, async move {
-            let _ = stop.await;
-        }));
-        let handles = ready_rx.await.expect("replica handles");
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect_lazy();
-        Replica {
-            handles,
-            channel,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.shutdown.send(());
-        self.task
-            .await
-            .expect("replica task")
-            .expect("replica exited with an error");
-    }
-}
-
 /// Two replicas sweeping at once, and statement readers (GetStatement sweeps the wallet) on
 /// both, after three missed periods: still exactly one grant per period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("replicas", "").await;
-    let replica = Replica::start(&app).await;
+    let replica = app.spawn_replica_sharing_clock().await;
     let start = now_second(&app);
     let mut template = schedule_template(&wallet.id, SchedulePeriod::Daily, "100");
     template.start_time = Some(ts(start));
@@ -961,9 +849,13 @@ async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
                 .await
                 .map_err(|s| format!("{s:?}"))?
                 .into_inner();
-            let closing = micros(&statement.closing_balance);
-            let lines: i64 = statement.lines.iter().map(|l| micros(&l.units)).sum();
-            if micros(&statement.opening_balance) + lines != closing {
+            let closing = amount_micros(&statement.closing_balance);
+            let lines: i64 = statement
+                .lines
+                .iter()
+                .map(|l| amount_micros(&l.units))
+                .sum();
+            if amount_micros(&statement.opening_balance) + lines != closing {
                 return Err(format!("statement does not reconcile: {statement:?}"));
             }
             Ok(())
@@ -976,9 +868,12 @@ async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
     let grants = schedule_grants(&app, &wallet.id, &schedule.id).await;
     assert_eq!(grants.len(), 4, "periods 0..=3 once each: {grants:?}");
     for (k, grant) in grants.iter().enumerate() {
-        assert_eq!(at(grant.effective_time.as_ref()), start + k as i64 * DAY);
+        assert_eq!(
+            micros_of(grant.effective_time.as_ref()),
+            start + k as i64 * DAY
+        );
     }
-    let ledger = ledger_of(&app, &account.id).await;
+    let ledger = app.history(&account.id).await;
     assert_eq!(
         kinds(&ledger),
         [
@@ -1118,8 +1013,8 @@ async fn schedule_validation_roles_and_idempotency() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(list_schedules(&app, &wallet.id).await.is_empty());
-    assert!(all_grants(&app, &wallet.id).await.is_empty());
-    assert!(ledger_of(&app, &account.id).await.is_empty());
+    assert!(app.all_grants(&wallet.id).await.is_empty());
+    assert!(app.history(&account.id).await.is_empty());
 
     // Roles and scope: procurement reads but does not provision; an account manager of
     // another account is out of scope.
@@ -1155,8 +1050,8 @@ async fn schedule_validation_roles_and_idempotency() {
     .await
     .unwrap_err();
     assert_error(&status, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(all_grants(&app, &wallet.id).await.len(), 1);
-    assert_eq!(ledger_of(&app, &account.id).await.len(), 1);
+    assert_eq!(app.all_grants(&wallet.id).await.len(), 1);
+    assert_eq!(app.history(&account.id).await.len(), 1);
 
     // Procurement in scope may list.
     let listed = app
@@ -1184,15 +1079,6 @@ async fn schedule_validation_roles_and_idempotency() {
 
 // ---- statements ----------------------------------------------------------------------------
 
-fn money_map(money: &[proto::Money]) -> BTreeMap<String, Decimal> {
-    let mut out = BTreeMap::new();
-    for m in money {
-        *out.entry(m.currency.clone()).or_insert(Decimal::ZERO) += decimal(&m.amount);
-    }
-    out.retain(|_, v| !v.is_zero());
-    out
-}
-
 fn add_money(into: &mut BTreeMap<String, Decimal>, money: &[proto::Money]) {
     for (currency, value) in money_map(money) {
         *into.entry(currency).or_insert(Decimal::ZERO) += value;
@@ -1210,9 +1096,13 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
             problems.push(problem);
         }
     };
-    let opening = micros(&statement.opening_balance);
-    let closing = micros(&statement.closing_balance);
-    let lines: i64 = statement.lines.iter().map(|l| micros(&l.units)).sum();
+    let opening = amount_micros(&statement.opening_balance);
+    let closing = amount_micros(&statement.closing_balance);
+    let lines: i64 = statement
+        .lines
+        .iter()
+        .map(|l| amount_micros(&l.units))
+        .sum();
     check(
         opening + lines == closing,
         format!("units: opening {opening} + lines {lines} ≠ closing {closing} (micro-units)"),
@@ -1220,11 +1110,11 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
 
     let mut by_kind: BTreeMap<i32, (i64, i64, BTreeMap<String, Decimal>)> = BTreeMap::new();
     let mut running = opening;
-    let start = at(statement.start_time.as_ref());
-    let end = at(statement.end_time.as_ref());
+    let start = micros_of(statement.start_time.as_ref());
+    let end = micros_of(statement.end_time.as_ref());
     let mut last_time = i64::MIN;
     for movement in &statement.movements {
-        let time = at(movement.create_time.as_ref());
+        let time = micros_of(movement.create_time.as_ref());
         check(
             start <= time && time < end,
             format!("movement {} outside the window", movement.id),
@@ -1237,9 +1127,9 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
             ),
         );
         last_time = time;
-        running += micros(&movement.delta);
+        running += amount_micros(&movement.delta);
         check(
-            micros(&movement.balance_after) == running,
+            amount_micros(&movement.balance_after) == running,
             format!(
                 "movement {} balance_after {} ≠ running balance {}",
                 movement.id,
@@ -1249,7 +1139,7 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
         );
         let line = by_kind.entry(movement.kind).or_default();
         line.0 += 1;
-        line.1 += micros(&movement.delta);
+        line.1 += amount_micros(&movement.delta);
         add_money(&mut line.2, &movement.money);
     }
     check(
@@ -1259,7 +1149,12 @@ fn reconcile_problems(statement: &proto::Statement) -> Vec<String> {
     let lines: BTreeMap<i32, (i64, i64, BTreeMap<String, Decimal>)> = statement
         .lines
         .iter()
-        .map(|l| (l.kind, (l.count, micros(&l.units), money_map(&l.money))))
+        .map(|l| {
+            (
+                l.kind,
+                (l.count, amount_micros(&l.units), money_map(&l.money)),
+            )
+        })
         .collect();
     check(
         lines.len() == statement.lines.len(),
@@ -1334,7 +1229,7 @@ fn sorted(mut lines: Vec<(TransactionKind, i64, String)>) -> Vec<(TransactionKin
 fn money_of(pairs: &[(&str, &str)]) -> BTreeMap<String, Decimal> {
     pairs
         .iter()
-        .map(|(c, v)| (c.to_string(), decimal(v)))
+        .map(|(c, v)| (c.to_string(), dec(v)))
         .filter(|(_, v)| !v.is_zero())
         .collect()
 }
@@ -1365,35 +1260,15 @@ async fn statements_reconcile_in_units_and_money_over_any_window() {
         .await
         .expect("refund");
     app.clock.advance(MINUTE);
-    let hold = app
-        .ledger(&app.admin)
-        .reserve(proto::ReserveRequest {
-            account_id: account.id.clone(),
-            units: "10".into(),
-            request_id: uuid(),
-            ..Default::default()
-        })
+    let hold = reserve_units(&app, &account.id, "10", None)
         .await
-        .expect("reserve")
-        .into_inner();
-    app.ledger(&app.admin)
-        .capture_reservation(proto::CaptureReservationRequest {
-            reservation_id: hold.id.clone(),
-            units: "8".into(),
-            request_id: uuid(),
-            ..Default::default()
-        })
+        .expect("reserve");
+    capture_units(&app, &hold.id, "8", &uuid())
         .await
         .expect("capture");
     app.clock.advance(MINUTE);
     for units in ["25", "-5"] {
-        app.grants(&app.admin)
-            .adjust_balance(proto::AdjustBalanceRequest {
-                wallet_id: wallet.id.clone(),
-                units: units.into(),
-                reason: "correction".into(),
-                request_id: uuid(),
-            })
+        adjust(&app, &wallet.id, units, "correction")
             .await
             .expect("adjust");
     }
@@ -1431,10 +1306,9 @@ async fn statements_reconcile_in_units_and_money_over_any_window() {
         money_of(&[("USD", "0.27"), ("EUR", "9")])
     );
     let mut worth: BTreeMap<String, Decimal> = BTreeMap::new();
-    for g in all_grants(&app, &wallet.id).await {
+    for g in app.all_grants(&wallet.id).await {
         if !g.currency.is_empty() {
-            *worth.entry(g.currency.clone()).or_default() +=
-                decimal(&g.remaining) * decimal(&g.unit_price);
+            *worth.entry(g.currency.clone()).or_default() += dec(&g.remaining) * dec(&g.unit_price);
         }
     }
     worth.retain(|_, v| !v.is_zero());
@@ -1457,8 +1331,8 @@ async fn statements_reconcile_in_units_and_money_over_any_window() {
     assert_eq!(by_wallet.movements, full.movements);
 
     // A window ending at the second debit (exclusive) shows the balance of that time.
-    let t1 = at(d1.create_time.as_ref());
-    let t2 = at(d2.create_time.as_ref());
+    let t1 = micros_of(d1.create_time.as_ref());
+    let t2 = micros_of(d2.create_time.as_ref());
     assert!(t1 < t2);
     let before = statement(&app, &app.admin, by_account(&account.id, None, Some(t2)))
         .await
@@ -1563,7 +1437,7 @@ async fn statement_includes_expiry_without_an_explicit_sweep() {
         .find(|t| kind(t) == TransactionKind::Expire)
         .expect("EXPIRE movement");
     assert_eq!(expired.grant_id, expiring.id);
-    assert_eq!(at(expired.create_time.as_ref()), expire);
+    assert_eq!(micros_of(expired.create_time.as_ref()), expire);
     assert_eq!(full.closing_balance, "50");
     assert_eq!(app.balance(&account.id).await.posted, "50");
     assert_eq!(money_map(&full.closing_money), money_of(&[("USD", "5")]));
@@ -1686,8 +1560,8 @@ async fn statement_scope_roles_and_validation() {
 /// chain — statement(…, t).closing = statement(t, …).opening = the balance after the last
 /// entry dated before `t`.
 async fn assert_history_consistent(app: &TestApp, account_id: &str) {
-    let ledger = ledger_of(app, account_id).await;
-    let time = |t: &proto::Transaction| at(t.create_time.as_ref());
+    let ledger = app.history(account_id).await;
+    let time = |t: &proto::Transaction| micros_of(t.create_time.as_ref());
     let out_of_order: Vec<String> = ledger
         .windows(2)
         .filter(|w| time(&w[1]) < time(&w[0]))
@@ -1766,12 +1640,13 @@ async fn schedule_starting_in_the_past_keeps_the_history_consistent() {
         Ok(_) => {
             // Conservation holds however the periods were recorded.
             let balance = app.balance(&account.id).await;
-            let sum: i64 = ledger_of(&app, &account.id)
+            let sum: i64 = app
+                .history(&account.id)
                 .await
                 .iter()
-                .map(|t| micros(&t.delta))
+                .map(|t| amount_micros(&t.delta))
                 .sum();
-            assert_eq!(sum, micros(&balance.posted));
+            assert_eq!(sum, amount_micros(&balance.posted));
             assert_history_consistent(&app, &account.id).await;
         }
     }
@@ -1785,7 +1660,7 @@ async fn two_replicas_writing_one_wallet_keep_its_history_in_time_order() {
     let app = spawn_app().await;
     publish_units_card(&app).await;
     let (account, _) = app.funded("two-writers", "100000").await;
-    let replica = Replica::start(&app).await;
+    let replica = app.spawn_replica_sharing_clock().await;
     let mut tasks = Vec::new();
     for i in 0..2000 {
         let channel = if i % 2 == 0 {

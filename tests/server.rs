@@ -3,13 +3,10 @@
 
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use allot::proto;
-use common::*;
+use common::{process::binary, *};
 use tokio_stream::StreamExt;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -132,10 +129,6 @@ async fn oversized_requests_are_refused() {
     app.stop().await;
 }
 
-fn binary() -> Command {
-    common::process::binary()
-}
-
 #[tokio::test]
 async fn serve_refuses_to_start_without_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,103 +152,38 @@ async fn serve_refuses_to_start_without_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let db = TestDatabase::create().await;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let mut child = binary()
-        .current_dir(dir.path())
-        .args([
-            "serve",
-            "--check-wallet-cache",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("DATABASE_URL", &db.url)
-        .env("ALLOT_JWT_HS256_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let endpoint =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-    let mut channel = None;
-    for _ in 0..400 {
-        if let Ok(ch) = endpoint.connect().await {
-            channel = Some(ch);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let channel = channel.expect("binary did not start");
-    let mut health = HealthClient::new(channel.clone());
-    let serving = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(serving, ServingStatus::Serving as i32);
+    // Returns once the process answers its health check with SERVING.
+    let mut server = process::ServerProcess::start("sigterm", &db.url, &[], dir.path()).await;
 
     // Provision through the binary's API.
-    let admin = token(&["admin"], &["*"]);
-    let bearer = Bearer::new(&admin);
-    let mut accounts = proto::account_service_client::AccountServiceClient::with_interceptor(
-        channel.clone(),
-        bearer.clone(),
-    );
+    let mut accounts = server.accounts();
     let account = accounts
-        .create_account(proto::CreateAccountRequest {
-            account: Some(proto::Account {
-                external_id: "drain".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_account(new_account("drain", ""))
         .await
         .unwrap()
         .into_inner();
     let wallet = accounts
-        .create_wallet(proto::CreateWalletRequest {
-            wallet: Some(proto::Wallet {
-                account_id: account.id.clone(),
+        .create_wallet(wallet_request(&account.id))
+        .await
+        .unwrap()
+        .into_inner();
+    server
+        .grants()
+        .create_grant(proto::CreateGrantRequest {
+            grant: Some(proto::Grant {
+                wallet_id: wallet.id.clone(),
+                kind: proto::GrantKind::Contract as i32,
+                amount: "1000000".into(),
                 ..Default::default()
             }),
             request_id: uuid(),
         })
         .await
-        .unwrap()
-        .into_inner();
-    proto::grant_service_client::GrantServiceClient::with_interceptor(
-        channel.clone(),
-        bearer.clone(),
-    )
-    .create_grant(proto::CreateGrantRequest {
-        grant: Some(proto::Grant {
-            wallet_id: wallet.id.clone(),
-            kind: proto::GrantKind::Contract as i32,
-            amount: "1000000".into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    })
-    .await
-    .unwrap();
-    let mut rates = proto::rate_card_service_client::RateCardServiceClient::with_interceptor(
-        channel.clone(),
-        bearer.clone(),
-    );
+        .unwrap();
+    let mut rates = server.rates();
     let draft = rates
-        .create_rate_card(proto::CreateRateCardRequest {
-            rate_card: Some(proto::RateCard {
-                rates: vec![rate("one", "1", &[], "")],
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_rate_card(card_request(vec![rate("one", "1", &[], "")], ""))
         .await
         .unwrap()
         .into_inner();
@@ -271,10 +199,7 @@ async fn sigterm_drains_and_exits_zero() {
     // Debit continuously from several tasks, then SIGTERM mid-stream.
     let mut workers = Vec::new();
     for w in 0..4 {
-        let mut ledger = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
-            channel.clone(),
-            bearer.clone(),
-        );
+        let mut ledger = server.ledger();
         let account_id = account.id.clone();
         workers.push(tokio::spawn(async move {
             let mut acknowledged = 0u32;
@@ -289,7 +214,7 @@ async fn sigterm_drains_and_exits_zero() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().to_string();
+    let pid = server.pid().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -302,10 +227,12 @@ async fn sigterm_drains_and_exits_zero() {
     for worker in workers {
         acknowledged += worker.await.unwrap();
     }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = loop {
+        if let Some(status) = server.exit_status() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert!(status.success(), "exit status {status:?}");
     assert!(acknowledged > 0, "no debit went through before shutdown");
 

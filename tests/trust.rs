@@ -8,20 +8,10 @@ use std::time::Duration;
 
 use allot::proto::{self, AccountState};
 use common::*;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::FieldMask;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-const DAY: i64 = 86_400;
-
-fn at(seconds: i64) -> Timestamp {
-    Timestamp { seconds, nanos: 0 }
-}
-
-fn now_seconds() -> i64 {
-    chrono::Utc::now().timestamp()
-}
 
 async fn serving(app: &TestApp) -> i32 {
     HealthClient::new(app.channel.clone())
@@ -80,7 +70,7 @@ async fn extreme_prices_are_refused_and_the_bounds_work() {
     assert_error(&status, Code::InvalidArgument, "AMOUNT_OUT_OF_RANGE");
     // The same with a future effective time (used to panic later, in the sweeper).
     let mut future = grant_request(&wallet.id, "100000000000", "999999999999999999");
-    future.grant.as_mut().unwrap().effective_time = Some(at(now_seconds() + 60));
+    future.grant.as_mut().unwrap().effective_time = Some(ts_secs(now_seconds() + 60));
     let status = grants.create_grant(future).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "AMOUNT_OUT_OF_RANGE");
     // And on a schedule.
@@ -92,7 +82,7 @@ async fn extreme_prices_are_refused_and_the_bounds_work() {
                 period: proto::SchedulePeriod::Monthly as i32,
                 unit_price: "999999999999999999".into(),
                 currency: "USD".into(),
-                start_time: Some(at(now_seconds() + 3600)),
+                start_time: Some(ts_secs(now_seconds() + 3600)),
                 ..Default::default()
             }),
             request_id: uuid(),
@@ -424,17 +414,9 @@ async fn long_subjects_work_up_to_the_bound_on_both_databases() {
 async fn schedules_catch_up_a_bounded_number_of_periods() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("old-schedule", "").await;
-    let schedule =
-        |start: i64, period: proto::SchedulePeriod| proto::CreateAllotmentScheduleRequest {
-            allotment_schedule: Some(proto::AllotmentSchedule {
-                wallet_id: wallet.id.clone(),
-                amount: "10".into(),
-                period: period as i32,
-                start_time: Some(at(start)),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        };
+    let schedule = |start: i64, period: proto::SchedulePeriod| {
+        schedule_request(&wallet.id, "10", period, Some(ts_secs(start)))
+    };
     let mut grants = app.grants(&app.admin);
     let status = grants
         .create_allotment_schedule(schedule(0, proto::SchedulePeriod::Daily))
@@ -443,7 +425,7 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
     let metadata = assert_error(&status, Code::InvalidArgument, "SCHEDULE_START_TOO_EARLY");
     assert_eq!(metadata["max_catch_up_periods"], "100");
     // 100 daily periods is the bound: caught up at once.
-    let start = now_seconds() - 99 * DAY - 60;
+    let start = now_seconds() - 99 * DAY_SECS - 60;
     grants
         .create_allotment_schedule(schedule(start, proto::SchedulePeriod::Daily))
         .await
@@ -459,7 +441,7 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
     // One period more is refused.
     let status = grants
         .create_allotment_schedule(schedule(
-            now_seconds() - 100 * DAY - 60,
+            now_seconds() - 100 * DAY_SECS - 60,
             proto::SchedulePeriod::Daily,
         ))
         .await
@@ -468,7 +450,7 @@ async fn schedules_catch_up_a_bounded_number_of_periods() {
     // Monthly periods reach further back within the same bound.
     grants
         .create_allotment_schedule(schedule(
-            now_seconds() - 8 * 365 * DAY,
+            now_seconds() - 8 * 365 * DAY_SECS,
             proto::SchedulePeriod::Monthly,
         ))
         .await
@@ -486,13 +468,7 @@ async fn global_objects_need_an_unscoped_token() {
         let scoped = token(&[role], &[&account.id]);
         let status = app
             .rates(&scoped)
-            .create_rate_card(proto::CreateRateCardRequest {
-                rate_card: Some(proto::RateCard {
-                    rates: vec![rate("x", "1", &[], "")],
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_rate_card(card_request(vec![rate("x", "1", &[], "")], ""))
             .await
             .unwrap_err();
         assert_error(&status, Code::PermissionDenied, "GLOBAL_SCOPE_REQUIRED");
@@ -500,14 +476,7 @@ async fn global_objects_need_an_unscoped_token() {
     // A draft made by an unscoped operator cannot be published with a scoped token either.
     let draft = app
         .rates(&app.admin)
-        .create_rate_card(proto::CreateRateCardRequest {
-            rate_card: Some(proto::RateCard {
-                rates: vec![rate("x", "1", &[], "")],
-                notes: "secret plans".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_rate_card(card_request(vec![rate("x", "1", &[], "")], "secret plans"))
         .await
         .unwrap()
         .into_inner();
@@ -725,16 +694,12 @@ async fn the_account_state_matrix_holds_for_every_operation() {
         results.push((
             "CreateAllotmentSchedule",
             grants
-                .create_allotment_schedule(proto::CreateAllotmentScheduleRequest {
-                    allotment_schedule: Some(proto::AllotmentSchedule {
-                        wallet_id: wallet.id.clone(),
-                        amount: "1".into(),
-                        period: proto::SchedulePeriod::Monthly as i32,
-                        start_time: Some(at(now_seconds() + 3600)),
-                        ..Default::default()
-                    }),
-                    request_id: uuid(),
-                })
+                .create_allotment_schedule(schedule_request(
+                    &wallet.id,
+                    "1",
+                    proto::SchedulePeriod::Monthly,
+                    Some(ts_secs(now_seconds() + 3600)),
+                ))
                 .await
                 .map(drop),
         ));
@@ -821,19 +786,17 @@ async fn closed_accounts_receive_no_more_allotments() {
     for (state, expected_grants) in [(AccountState::Suspended, 3), (AccountState::Closed, 1)] {
         let (account, wallet) = app.funded(&format!("alloc-{}", state as i32), "").await;
         app.grants(&app.admin)
-            .create_allotment_schedule(proto::CreateAllotmentScheduleRequest {
-                allotment_schedule: Some(proto::AllotmentSchedule {
-                    wallet_id: wallet.id.clone(),
-                    amount: "10".into(),
-                    period: proto::SchedulePeriod::Daily as i32,
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_allotment_schedule(schedule_request(
+                &wallet.id,
+                "10",
+                proto::SchedulePeriod::Daily,
+                None,
+            ))
             .await
             .unwrap();
         set_state(&app, &account.id, state).await;
-        app.advance(Duration::from_secs(2 * DAY as u64 + 60)).await;
+        app.advance(Duration::from_secs(2 * DAY_SECS as u64 + 60))
+            .await;
         let granted = app
             .all_transactions(&account.id)
             .await
@@ -853,7 +816,7 @@ async fn statements_are_reads() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("statement-read", "").await;
     let mut expiring = grant_request(&wallet.id, "25", "0.5");
-    expiring.grant.as_mut().unwrap().expire_time = Some(at(now_seconds() + 3600));
+    expiring.grant.as_mut().unwrap().expire_time = Some(ts_secs(now_seconds() + 3600));
     app.grants(&app.admin).create_grant(expiring).await.unwrap();
     app.clock.advance(2 * 3600 * 1_000_000);
     let before = entry_count(&app).await;

@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::{collections::BTreeMap, fmt::Debug};
+use std::collections::BTreeMap;
 
 use allot::proto::{self, AccountState, GrantKind, RateCardState, TransactionKind};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::*;
 use prost_types::{FieldMask, Timestamp};
-use tonic::{Code, Response, Status};
+use tonic::Code;
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -53,54 +53,8 @@ fn long(n: usize) -> String {
     "a".repeat(n)
 }
 
-fn at(seconds: i64) -> Timestamp {
-    Timestamp { seconds, nanos: 0 }
-}
-
 fn from_now(seconds: i64) -> Timestamp {
-    at(chrono::Utc::now().timestamp() + seconds)
-}
-
-/// The error of a call that must fail.
-#[track_caller]
-fn rejected<T: Debug>(result: Result<Response<T>, Status>) -> Status {
-    match result {
-        Ok(response) => panic!("expected an error, got {:?}", response.into_inner()),
-        Err(status) => status,
-    }
-}
-
-/// INVALID_ARGUMENT with `reason`, naming `field` in the ErrorInfo metadata.
-#[track_caller]
-fn assert_invalid(status: &Status, reason: &str, field: &str) {
-    let metadata = assert_error(status, Code::InvalidArgument, reason);
-    assert_eq!(
-        metadata.get("field").map(String::as_str),
-        Some(field),
-        "field of {status:?}"
-    );
-}
-
-async fn all_accounts(app: &TestApp) -> Vec<proto::Account> {
-    let mut client = app.accounts(&app.admin);
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_accounts(proto::ListAccountsRequest {
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list accounts")
-            .into_inner();
-        all.extend(page.accounts);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
+    ts_secs(now_seconds() + seconds)
 }
 
 async fn wallets(app: &TestApp, account_id: &str) -> Vec<proto::Wallet> {
@@ -114,19 +68,6 @@ async fn wallets(app: &TestApp, account_id: &str) -> Vec<proto::Wallet> {
         .expect("list wallets")
         .into_inner()
         .wallets
-}
-
-async fn grants_of(app: &TestApp, wallet_id: &str) -> Vec<proto::Grant> {
-    app.grants(&app.admin)
-        .list_grants(proto::ListGrantsRequest {
-            wallet_id: wallet_id.into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .expect("list grants")
-        .into_inner()
-        .grants
 }
 
 async fn rate_cards(app: &TestApp) -> Vec<proto::RateCard> {
@@ -172,7 +113,7 @@ async fn wallet_state(app: &TestApp, account_id: &str, wallet_id: &str) -> Walle
     WalletState {
         balance: app.balance(account_id).await,
         transactions: app.all_transactions(account_id).await,
-        grants: grants_of(app, wallet_id).await,
+        grants: app.all_grants(wallet_id).await,
     }
 }
 
@@ -285,7 +226,7 @@ async fn bad_grant_amounts_are_rejected_and_leave_no_trace() {
     assert_eq!(grant.amount, "5.000001");
     assert_eq!(grant.remaining, "5.000001");
     assert_eq!(app.balance(&account.id).await.posted, "15.000001");
-    assert_eq!(grants_of(&app, &wallet.id).await.len(), 2);
+    assert_eq!(app.all_grants(&wallet.id).await.len(), 2);
     app.stop().await;
 }
 
@@ -572,7 +513,7 @@ async fn ids_and_strings_are_bounded() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("bounded", "10").await;
     app.publish_standard_card().await;
-    let before_accounts = all_accounts(&app).await;
+    let before_accounts = app.all_accounts(&app.admin).await;
     let before = wallet_state(&app, &account.id, &wallet.id).await;
     let mut accounts = app.accounts(&app.admin);
     let mut ledger = app.ledger(&service());
@@ -659,7 +600,7 @@ async fn ids_and_strings_are_bounded() {
     let status = rejected(accounts.create_account(orphan).await);
     assert_invalid(&status, "INVALID_ID", "account.parent_id");
 
-    assert_eq!(all_accounts(&app).await, before_accounts);
+    assert_eq!(app.all_accounts(&app.admin).await, before_accounts);
     assert_eq!(wallet_state(&app, &account.id, &wallet.id).await, before);
 
     // The longest external_id is accepted, under the request_id the rejections used.
@@ -669,7 +610,10 @@ async fn ids_and_strings_are_bounded() {
         .expect("128-byte external_id")
         .into_inner();
     assert_eq!(created.external_id, long(128));
-    assert_eq!(all_accounts(&app).await.len(), before_accounts.len() + 1);
+    assert_eq!(
+        app.all_accounts(&app.admin).await.len(),
+        before_accounts.len() + 1
+    );
     app.stop().await;
 }
 
@@ -678,7 +622,7 @@ async fn request_ids_are_required_bounded_and_printable() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("request-ids", "10").await;
     app.publish_standard_card().await;
-    let before_accounts = all_accounts(&app).await;
+    let before_accounts = app.all_accounts(&app.admin).await;
     let before = wallet_state(&app, &account.id, &wallet.id).await;
     let mut accounts = app.accounts(&app.admin);
     let mut grants = app.grants(&app.admin);
@@ -735,7 +679,7 @@ async fn request_ids_are_required_bounded_and_printable() {
         );
         assert_invalid(&status, reason, "request_id");
     }
-    assert_eq!(all_accounts(&app).await, before_accounts);
+    assert_eq!(app.all_accounts(&app.admin).await, before_accounts);
     assert_eq!(wallet_state(&app, &account.id, &wallet.id).await, before);
     assert_eq!(wallets(&app, &account.id).await.len(), 1);
     assert_eq!(rate_cards(&app).await.len(), 1);
@@ -759,7 +703,7 @@ async fn request_ids_are_required_bounded_and_printable() {
 async fn unknown_enum_values_are_rejected() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("enums", "10").await;
-    let before_accounts = all_accounts(&app).await;
+    let before_accounts = app.all_accounts(&app.admin).await;
     let before = wallet_state(&app, &account.id, &wallet.id).await;
     let mut grants = app.grants(&app.admin);
     let mut accounts = app.accounts(&app.admin);
@@ -787,7 +731,7 @@ async fn unknown_enum_values_are_rejected() {
     create.account.as_mut().unwrap().state = 42;
     let status = rejected(accounts.create_account(create.clone()).await);
     assert_error(&status, Code::InvalidArgument, "INVALID_ENUM");
-    assert_eq!(all_accounts(&app).await, before_accounts);
+    assert_eq!(app.all_accounts(&app.admin).await, before_accounts);
     create.account.as_mut().unwrap().state = AccountState::Suspended as i32;
     let created = accounts
         .create_account(create)
@@ -818,7 +762,7 @@ async fn unknown_enum_values_are_rejected() {
 async fn missing_resource_messages_are_rejected() {
     let app = spawn_app().await;
     let account = app.create_account("messages", "").await;
-    let before_accounts = all_accounts(&app).await;
+    let before_accounts = app.all_accounts(&app.admin).await;
 
     let status = rejected(
         app.accounts(&app.admin)
@@ -881,7 +825,7 @@ async fn missing_resource_messages_are_rejected() {
     );
     assert_invalid(&status, "MISSING_FIELD", "update_mask");
 
-    assert_eq!(all_accounts(&app).await, before_accounts);
+    assert_eq!(app.all_accounts(&app.admin).await, before_accounts);
     assert!(wallets(&app, &account.id).await.is_empty());
     assert!(rate_cards(&app).await.is_empty());
     app.stop().await;
@@ -1114,15 +1058,15 @@ async fn timestamps_out_of_range_are_rejected() {
         request
     };
     let out_of_range = [
-        at(-1),
-        at(253_402_300_800), // 10000-01-01
-        at(i64::MAX),
+        ts_secs(-1),
+        ts_secs(253_402_300_800), // 10000-01-01
+        ts_secs(i64::MAX),
         Timestamp {
-            seconds: chrono::Utc::now().timestamp(),
+            seconds: now_seconds(),
             nanos: 1_000_000_000,
         },
         Timestamp {
-            seconds: chrono::Utc::now().timestamp(),
+            seconds: now_seconds(),
             nanos: -1,
         },
     ];
@@ -1190,7 +1134,7 @@ async fn maps_with_too_many_entries_are_rejected() {
     let app = spawn_app().await;
     let (account, wallet) = app.funded("maps", "10").await;
     app.publish_standard_card().await;
-    let before_accounts = all_accounts(&app).await;
+    let before_accounts = app.all_accounts(&app.admin).await;
     let before = wallet_state(&app, &account.id, &wallet.id).await;
     let entries = |n: usize| -> BTreeMap<String, String> {
         (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect()
@@ -1233,7 +1177,7 @@ async fn maps_with_too_many_entries_are_rejected() {
     let status = rejected(ledger.debit(debit.clone()).await);
     assert_invalid(&status, "TOO_MANY_ENTRIES", "quantities");
 
-    assert_eq!(all_accounts(&app).await, before_accounts);
+    assert_eq!(app.all_accounts(&app.admin).await, before_accounts);
     assert_eq!(wallet_state(&app, &account.id, &wallet.id).await, before);
 
     // At the limits, under the same request_ids.
@@ -1366,7 +1310,7 @@ async fn not_found_errors_name_what_is_missing() {
     );
     let metadata = assert_error(&status, Code::NotFound, "NOT_FOUND");
     assert_eq!(metadata["id"], "wal_0123456789abcdef");
-    assert_eq!(all_accounts(&app).await.len(), 1);
+    assert_eq!(app.all_accounts(&app.admin).await.len(), 1);
     // No card was in force an hour ago.
     let status = rejected(
         app.rates(&service())
@@ -1398,7 +1342,7 @@ async fn already_exists_errors() {
     );
     let metadata = assert_error(&status, Code::AlreadyExists, "EXTERNAL_ID_TAKEN");
     assert_eq!(metadata["external_id"], "taken");
-    assert_eq!(all_accounts(&app).await.len(), 1);
+    assert_eq!(app.all_accounts(&app.admin).await.len(), 1);
     let second = accounts
         .create_account(account_request("other", "create-2"))
         .await
@@ -1421,7 +1365,7 @@ async fn already_exists_errors() {
         .expect("replay")
         .into_inner();
     assert_eq!(again, first);
-    assert_eq!(all_accounts(&app).await.len(), 2);
+    assert_eq!(app.all_accounts(&app.admin).await.len(), 2);
 
     // A second wallet in the same unit.
     let wallet = app.create_wallet(&first.id, "credits", "").await;
@@ -1472,9 +1416,7 @@ async fn insufficient_credits_reports_required_and_available() {
     };
     // 1 + 15000/1000 × 0.2 = 4 > 3.5
     let status = rejected(ledger.debit(chat.clone()).await);
-    let metadata = assert_error(&status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
-    assert_eq!(metadata["required"], "4");
-    assert_eq!(metadata["available"], "3.5");
+    assert_insufficient(&status, "4", "3.5");
     assert_eq!(wallet_state(&app, &account.id, &wallet.id).await, before);
 
     app.grant(&wallet.id, "0.5").await;
@@ -1499,9 +1441,7 @@ async fn insufficient_credits_reports_required_and_available() {
             .debit(debit_request(&account.id, "one", "short-2"))
             .await,
     );
-    let metadata = assert_error(&status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
-    assert_eq!(metadata["required"], "1");
-    assert_eq!(metadata["available"], "0");
+    assert_insufficient(&status, "1", "0");
     app.stop().await;
 }
 
@@ -1934,9 +1874,7 @@ async fn overdraft_is_drawn_to_the_limit_and_repaid_first() {
 
     let before = wallet_state(&app, &account.id, &wallet.id).await;
     let status = rejected(ledger.debit(debit_n(&account.id, "9", "od-1")).await);
-    let metadata = assert_error(&status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
-    assert_eq!(metadata["required"], "9");
-    assert_eq!(metadata["available"], "8");
+    assert_insufficient(&status, "9", "8");
     assert_eq!(wallet_state(&app, &account.id, &wallet.id).await, before);
 
     let txn = ledger
@@ -1959,9 +1897,7 @@ async fn overdraft_is_drawn_to_the_limit_and_repaid_first() {
     assert_eq!(balance.available, "0");
     assert_eq!(balance.reserved, "0");
     let status = rejected(ledger.debit(debit_n(&account.id, "0.000001", "od-2")).await);
-    let metadata = assert_error(&status, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
-    assert_eq!(metadata["required"], "0.000001");
-    assert_eq!(metadata["available"], "0");
+    assert_insufficient(&status, "0.000001", "0");
 
     // The next grant repays the debt before anything else.
     let repaying = app.grant(&wallet.id, "12").await;
@@ -1974,7 +1910,8 @@ async fn overdraft_is_drawn_to_the_limit_and_repaid_first() {
     assert_eq!(entry.kind, TransactionKind::Grant as i32);
     assert_eq!(entry.units, "12");
     assert_eq!(entry.balance_after, "7");
-    let remaining: Vec<(String, String)> = grants_of(&app, &wallet.id)
+    let remaining: Vec<(String, String)> = app
+        .all_grants(&wallet.id)
         .await
         .into_iter()
         .map(|g| (g.id, g.remaining))

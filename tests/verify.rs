@@ -27,28 +27,13 @@ struct History {
     open_hold: String,
 }
 
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    }
-}
-
 async fn create_grant(app: &TestApp, wallet_id: &str, amount: &str, expire_in: Option<Duration>) {
-    let expire_time = expire_in.map(|d| timestamp(app.clock.now_micros() + d.as_micros() as i64));
+    let mut request = grant_request(wallet_id, amount, "0.02");
+    let grant = request.grant.as_mut().expect("grant");
+    grant.kind = proto::GrantKind::Purchase as i32;
+    grant.expire_time = expire_in.map(|d| ts(app.clock.now_micros() + d.as_micros() as i64));
     app.grants(&app.admin)
-        .create_grant(proto::CreateGrantRequest {
-            grant: Some(proto::Grant {
-                wallet_id: wallet_id.into(),
-                kind: proto::GrantKind::Purchase as i32,
-                amount: amount.into(),
-                expire_time,
-                unit_price: "0.02".into(),
-                currency: "USD".into(),
-                ..Default::default()
-            }),
-            request_id: uuid(),
-        })
+        .create_grant(request)
         .await
         .expect("create grant");
 }
@@ -74,86 +59,44 @@ async fn debit(app: &TestApp, account_id: &str, request_type: &str) -> proto::Tr
         .expect("transaction")
 }
 
-async fn reserve(app: &TestApp, account_id: &str, units: &str) -> proto::Reservation {
-    let service = token(&["service"], &["*"]);
-    app.ledger(&service)
-        .reserve(proto::ReserveRequest {
-            account_id: account_id.into(),
-            units: units.into(),
-            request_id: uuid(),
-            ..Default::default()
-        })
-        .await
-        .expect("reserve")
-        .into_inner()
-}
-
-async fn refund(app: &TestApp, transaction_id: &str, units: &str) {
-    app.ledger(&app.admin)
-        .refund(proto::RefundRequest {
-            transaction_id: transaction_id.into(),
-            units: units.into(),
-            reason: "customer complaint".into(),
-            request_id: uuid(),
-        })
-        .await
-        .expect("refund");
-}
-
 /// Builds a history that touches every kind of entry, on two wallets.
 async fn history(app: &TestApp) -> History {
     app.publish_standard_card().await;
     let (account, wallet) = app.funded("acme", "100").await;
-    let ledger = || app.ledger(&app.admin);
 
     // A grant that expires a minute in (burnt first, units left), one that is voided., one that is voided.
     create_grant(app, &wallet.id, "20", Some(Duration::from_secs(60))).await;
     let voided = app.grant(&wallet.id, "30").await;
-    app.grants(&app.admin)
-        .void_grant(proto::VoidGrantRequest {
-            id: voided.id.clone(),
-            reason: "issued twice".into(),
-            request_id: uuid(),
-        })
+    void(app, &voided.id, "issued twice", &uuid())
         .await
         .expect("void grant");
 
     let chat = debit(app, &account.id, "chat").await;
     let image = debit(app, &account.id, "image").await;
     debit(app, &account.id, "one").await;
-    refund(app, &image.id, "1.5").await;
-    refund(app, &chat.id, "").await;
+    refund(app, &image.id, "1.5", &uuid())
+        .await
+        .expect("refund");
+    refund(app, &chat.id, "", &uuid()).await.expect("refund");
     for units in ["2.25", "-1"] {
-        app.grants(&app.admin)
-            .adjust_balance(proto::AdjustBalanceRequest {
-                wallet_id: wallet.id.clone(),
-                units: units.into(),
-                reason: "goodwill".into(),
-                request_id: uuid(),
-            })
+        adjust(app, &wallet.id, units, "goodwill")
             .await
             .expect("adjust balance");
     }
 
-    let captured = reserve(app, &account.id, "5").await;
-    ledger()
-        .capture_reservation(proto::CaptureReservationRequest {
-            reservation_id: captured.id.clone(),
-            units: "3.5".into(),
-            request_id: uuid(),
-            ..Default::default()
-        })
+    let captured = reserve_units(app, &account.id, "5", None)
+        .await
+        .expect("reserve");
+    capture_units(app, &captured.id, "3.5", &uuid())
         .await
         .expect("capture");
-    let released = reserve(app, &account.id, "2").await;
-    ledger()
-        .release_reservation(proto::ReleaseReservationRequest {
-            reservation_id: released.id.clone(),
-            request_id: uuid(),
-        })
+    let released = reserve_units(app, &account.id, "2", None)
         .await
-        .expect("release");
-    let open = reserve(app, &account.id, "6").await;
+        .expect("reserve");
+    release(app, &released.id, &uuid()).await.expect("release");
+    let open = reserve_units(app, &account.id, "6", None)
+        .await
+        .expect("reserve");
 
     // Overdraft: 3 granted, 8 spent (debt 5), repaid by the next grant; then a refund of
     // overdrawn units goes back to the grant that repaid them.
@@ -163,7 +106,7 @@ async fn history(app: &TestApp) -> History {
     debit(app, &other.id, "image").await;
     let second = debit(app, &other.id, "image").await;
     app.grant(&overdrawn.id, "20").await;
-    refund(app, &second.id, "4").await;
+    refund(app, &second.id, "4", &uuid()).await.expect("refund");
     debit(app, &other.id, "one").await;
 
     // The 20-unit grant expires (EXPIRE entry, written by the sweep).
@@ -418,7 +361,7 @@ async fn schedules_with_rollover_verify() {
                 wallet_id: wallet.id.clone(),
                 amount: "10".into(),
                 period: proto::SchedulePeriod::Daily as i32,
-                start_time: Some(timestamp(app.clock.now_micros())),
+                start_time: Some(ts(app.clock.now_micros())),
                 rollover_policy: proto::RolloverPolicy::Capped as i32,
                 rollover_cap: "4".into(),
                 unit_price: "0.05".into(),

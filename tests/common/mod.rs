@@ -3,7 +3,7 @@
 //! and talks to it with the generated gRPC clients.
 #![allow(dead_code)]
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use allot::{
     auth::{AuthConfig, Authenticator, Claims, mint_hs256},
@@ -18,13 +18,27 @@ use allot::{
 use sea_orm::{ConnectionTrait, Database};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
-    Code, Request, Status,
+    Request, Status,
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
 };
-use tonic_types::StatusExt;
+mod assert;
 pub mod process;
+mod reads;
+mod requests;
+mod time;
+mod values;
+
+// Not every test crate uses every helper.
+#[allow(unused_imports)]
+pub use assert::*;
+#[allow(unused_imports)]
+pub use requests::*;
+#[allow(unused_imports)]
+pub use time::*;
+#[allow(unused_imports)]
+pub use values::*;
 
 pub const SECRET: &str = "test-secret-for-allot-integration-tests";
 
@@ -126,27 +140,36 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
     let db = TestDatabase::create().await;
-    spawn_on(db, auth).await
+    spawn_on(db, auth, Clock::system()).await
 }
 
 impl TestApp {
     /// A second server (another replica) on the same database; stopping it leaves the
     /// database alone.
     pub async fn spawn_replica(&self) -> TestApp {
+        self.replica_on(Clock::system()).await
+    }
+
+    /// A second server on the same database and the same clock: moving `app.clock` moves
+    /// both.
+    pub async fn spawn_replica_sharing_clock(&self) -> TestApp {
+        self.replica_on(self.clock.clone()).await
+    }
+
+    async fn replica_on(&self, clock: Clock) -> TestApp {
         let db = TestDatabase {
             url: self.db.url.clone(),
             admin_url: None,
             name: String::new(),
             _dir: None,
         };
-        spawn_on(db, auth_config()).await
+        spawn_on(db, auth_config(), clock).await
     }
 }
 
-async fn spawn_on(db: TestDatabase, auth: AuthConfig) -> TestApp {
+async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let clock = Clock::system();
     let (ready_tx, ready_rx) = oneshot::channel();
     let settings = Settings {
         check_wallet_cache: true,
@@ -301,24 +324,12 @@ impl TestApp {
     pub async fn publish_card(&self, rates: Vec<proto::Rate>) -> proto::RateCard {
         let mut client = self.rates(&self.admin);
         let draft = client
-            .create_rate_card(proto::CreateRateCardRequest {
-                rate_card: Some(proto::RateCard {
-                    rates,
-                    notes: "test card".into(),
-                    ..Default::default()
-                }),
-                request_id: uuid(),
-            })
+            .create_rate_card(card_request(rates, "test card"))
             .await
             .expect("create rate card")
             .into_inner();
         client
-            .publish_rate_card(proto::PublishRateCardRequest {
-                version: draft.version,
-                etag: draft.etag,
-                effective_time: None,
-                request_id: uuid(),
-            })
+            .publish_rate_card(publish_request(&draft))
             .await
             .expect("publish rate card")
             .into_inner()
@@ -333,112 +344,6 @@ impl TestApp {
         }
         (account, wallet)
     }
-
-    pub async fn balance(&self, account_id: &str) -> proto::Balance {
-        self.ledger(&self.admin)
-            .get_balance(proto::GetBalanceRequest {
-                account_id: account_id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("balance")
-            .into_inner()
-    }
-
-    pub async fn all_transactions(&self, account_id: &str) -> Vec<proto::Transaction> {
-        let mut client = self.ledger(&self.admin);
-        let mut all = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .list_transactions(proto::ListTransactionsRequest {
-                    account_id: account_id.into(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("list transactions")
-                .into_inner();
-            all.extend(page.transactions);
-            if page.next_page_token.is_empty() {
-                return all;
-            }
-            page_token = page.next_page_token;
-        }
-    }
-}
-
-pub fn rate(request_type: &str, flat: &str, dims: &[(&str, &str, &str)], max: &str) -> proto::Rate {
-    proto::Rate {
-        request_type: request_type.into(),
-        flat_units: flat.into(),
-        dimensions: dims
-            .iter()
-            .map(|(name, per, units)| proto::Dimension {
-                name: (*name).into(),
-                per: (*per).into(),
-                units: (*units).into(),
-            })
-            .collect(),
-        max_units: max.into(),
-        route: "provider/model-a".into(),
-        provider_cost: "0.001".into(),
-    }
-}
-
-/// A CONTRACT grant of `amount` at `unit_price` USD, with a fresh request_id.
-pub fn grant_request(wallet_id: &str, amount: &str, unit_price: &str) -> proto::CreateGrantRequest {
-    proto::CreateGrantRequest {
-        grant: Some(proto::Grant {
-            wallet_id: wallet_id.into(),
-            kind: proto::GrantKind::Contract as i32,
-            amount: amount.into(),
-            unit_price: unit_price.into(),
-            currency: "USD".into(),
-            ..Default::default()
-        }),
-        request_id: uuid(),
-    }
-}
-
-/// Sets an account's state (update mask `state`), with a fresh request_id.
-pub fn state_request(account_id: &str, state: proto::AccountState) -> proto::UpdateAccountRequest {
-    proto::UpdateAccountRequest {
-        account: Some(proto::Account {
-            id: account_id.into(),
-            state: state as i32,
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["state".into()],
-        }),
-        request_id: uuid(),
-    }
-}
-
-pub fn debit_request(
-    account_id: &str,
-    request_type: &str,
-    request_id: &str,
-) -> proto::DebitRequest {
-    proto::DebitRequest {
-        account_id: account_id.into(),
-        request_type: request_type.into(),
-        request_id: request_id.into(),
-        ..Default::default()
-    }
-}
-
-pub fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-pub fn uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 pub fn claims(roles: &[&str], accounts: &[&str]) -> Claims {
@@ -457,7 +362,7 @@ pub fn token(roles: &[&str], accounts: &[&str]) -> String {
     mint_hs256(SECRET.as_bytes(), &claims(roles, accounts)).expect("mint")
 }
 
-/// Adds `authorization: Bearer …` to every call.
+/// Adds `authorization: Bearer …` (or a raw `authorization` value) to every call.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
@@ -467,6 +372,11 @@ impl Bearer {
             return Bearer(None);
         }
         Bearer(format!("Bearer {token}").parse().ok())
+    }
+
+    /// Sends `authorization` exactly as given (or not at all).
+    pub fn raw(header: Option<&str>) -> Self {
+        Bearer(header.map(|h| h.parse().expect("ASCII header value")))
     }
 }
 
@@ -479,22 +389,4 @@ impl Interceptor for Bearer {
         }
         Ok(request)
     }
-}
-
-/// Asserts the status has `code` and an ErrorInfo with `reason` in domain `allot`; returns
-/// the ErrorInfo metadata.
-#[track_caller]
-pub fn assert_error(
-    status: &Status,
-    code: Code,
-    reason: &str,
-) -> std::collections::HashMap<String, String> {
-    assert_eq!(status.code(), code, "unexpected code: {status:?}");
-    let details = status.get_error_details();
-    let info = details
-        .error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    assert_eq!(info.reason, reason, "unexpected reason: {status:?}");
-    assert_eq!(info.domain, "allot");
-    info.metadata.clone()
 }
