@@ -24,7 +24,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::store::{Store, ledger};
@@ -78,11 +78,6 @@ impl Health {
     }
 }
 
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopping| *stopping).await;
-}
-
 /// The text of a caught panic's payload.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
@@ -94,24 +89,22 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs the task `make()` builds until `stop` turns true; if it panics, marks it down,
-/// waits a back-off and runs a new one. The task marks itself up with [`Health::task_ok`].
-pub async fn supervise<F, Fut>(
-    name: &'static str,
-    health: Health,
-    mut stop: watch::Receiver<bool>,
-    make: F,
-) where
-    F: Fn(watch::Receiver<bool>) -> Fut,
+/// Runs the task `make()` builds until `stop` is cancelled; if it panics, marks it down,
+/// waits a back-off and runs a new one. Each run gets a child token of `stop`. The task marks
+/// itself up with [`Health::task_ok`].
+pub async fn supervise<F, Fut>(name: &'static str, health: Health, stop: CancellationToken, make: F)
+where
+    F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let stopping = *stop.borrow();
-        if stopping {
+        if stop.is_cancelled() {
             return;
         }
-        let run = AssertUnwindSafe(make(stop.clone())).catch_unwind().await;
+        let run = AssertUnwindSafe(make(stop.child_token()))
+            .catch_unwind()
+            .await;
         match run {
             Ok(()) => return,
             Err(panic) => {
@@ -125,7 +118,7 @@ pub async fn supervise<F, Fut>(
             }
         }
         tokio::select! {
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -240,20 +233,15 @@ impl Statuses {
     }
 }
 
-/// Keeps `statuses` in line with [`check`] every [`CHECK_INTERVAL`] until `stop` turns true.
-pub async fn monitor(
-    store: Store,
-    health: Health,
-    statuses: Statuses,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Keeps `statuses` in line with [`check`] every [`CHECK_INTERVAL`] until `stop` is cancelled.
+pub async fn monitor(store: Store, health: Health, statuses: Statuses, stop: CancellationToken) {
     let mut serving = true;
     let mut checks = Checks::default();
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let problem = checks.problem(&store, &health).await;
@@ -291,22 +279,22 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_is_restarted_and_reported_down_meanwhile() {
         let health = Health::default();
-        let (stop, stopping) = watch::channel(false);
+        let stop = CancellationToken::new();
         let runs = Arc::new(AtomicUsize::new(0));
         let supervisor = {
             let (health, runs) = (health.clone(), runs.clone());
             tokio::spawn(supervise(
                 "flaky",
                 health.clone(),
-                stopping,
-                move |mut stop| {
+                stop.clone(),
+                move |stop| {
                     let (health, runs) = (health.clone(), runs.clone());
                     async move {
                         if runs.fetch_add(1, Ordering::SeqCst) < 2 {
                             panic!("flaky task fails its first two runs");
                         }
                         health.task_ok("flaky");
-                        stopped(&mut stop).await;
+                        stop.cancelled().await;
                     }
                 },
             ))
@@ -328,7 +316,7 @@ mod tests {
         }
         assert!(health.tasks_down().is_empty());
         assert_eq!(runs.load(Ordering::SeqCst), 3);
-        stop.send(true).unwrap();
+        stop.cancel();
         tokio::time::timeout(Duration::from_secs(1), supervisor)
             .await
             .expect("supervision ends when stopped")

@@ -1,10 +1,14 @@
 //! Wiring: open the store, run migrations, start the ledger batcher, serve every service on a
-//! listener until `shutdown` resolves. On shutdown, health flips to NOT_SERVING, the listener
-//! stops accepting, in-flight requests finish, the batcher drains, then `run` returns.
+//! listener until `shutdown` resolves. Shutdown, in this order: health flips to NOT_SERVING
+//! and the listener stops accepting (the `draining` token); in-flight requests get
+//! [`Settings::shutdown_grace`]; then the background tasks stop (the `stopping` token, a child
+//! token per task, waited for by a `TaskTracker`); the batcher applies what is queued; the
+//! store closes; then `run` returns.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
@@ -139,19 +143,24 @@ pub async fn run(
             idempotency_retention: settings.idempotency_retention,
         });
     }
-    // Background tasks stop when `stopping` turns true (after in-flight requests finished).
-    let (stop_tasks, stopping) = tokio::sync::watch::channel(false);
-    let sweeper = {
+    // Shutdown begins: health NOT_SERVING, the listener stops accepting, the grace period starts.
+    let draining = CancellationToken::new();
+    // In-flight requests finished (or the grace period is over): background tasks stop. Also
+    // when `run` ends early or is dropped, so no task outlives it.
+    let stopping = CancellationToken::new();
+    let _stop_tasks_on_exit = stopping.clone().drop_guard();
+    let tasks = TaskTracker::new();
+    {
         let (store, health_, interval, retention) = (
             store.clone(),
             health.clone(),
             settings.sweep_interval,
             settings.idempotency_retention,
         );
-        tokio::spawn(crate::health::supervise(
+        tasks.spawn(crate::health::supervise(
             sweeper::TASK,
             health.clone(),
-            stopping.clone(),
+            stopping.child_token(),
             move |stop| {
                 sweeper::run(
                     store.clone(),
@@ -162,26 +171,26 @@ pub async fn run(
                     stop,
                 )
             },
-        ))
-    };
-    let checkpointer = {
+        ));
+    }
+    {
         let (store, health_) = (store.clone(), health.clone());
-        tokio::spawn(crate::health::supervise(
+        tasks.spawn(crate::health::supervise(
             checkpointer::TASK,
             health.clone(),
-            stopping.clone(),
+            stopping.child_token(),
             move |stop| checkpointer::run(store.clone(), health_.clone(), stop),
-        ))
-    };
+        ));
+    }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let services: Vec<&'static str> = SERVICES.into_iter().chain([""]).collect();
     let statuses = Statuses::new(reporter, &services).await;
-    let monitor = tokio::spawn(crate::health::monitor(
+    tasks.spawn(crate::health::monitor(
         store.clone(),
         health.clone(),
         statuses.clone(),
-        stopping.clone(),
+        stopping.child_token(),
     ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -198,12 +207,14 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %redact_url(&settings.database_url), "allot serving");
 
-    let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
-    let graceful = async move {
-        shutdown.await;
-        let _ = draining_tx.send(true);
-        tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
-        statuses.drain().await;
+    let graceful = {
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            draining.cancel();
+            tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
+            statuses.drain().await;
+        }
     };
 
     let serve = Server::builder()
@@ -237,7 +248,7 @@ pub async fn run(
         );
     let grace = settings.shutdown_grace;
     let deadline = async move {
-        let _ = draining.wait_for(|started| *started).await;
+        draining.cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
@@ -247,10 +258,9 @@ pub async fn run(
 
     // Handlers have returned (or the grace period is over): stop sweeping, apply what is
     // queued, then close.
-    let _ = stop_tasks.send(true);
-    let _ = sweeper.await;
-    let _ = checkpointer.await;
-    let _ = monitor.await;
+    stopping.cancel();
+    tasks.close();
+    tasks.wait().await;
     drop(ctx);
     ledger_worker.shutdown().await;
     store.close().await;

@@ -17,9 +17,10 @@ use std::{
 
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::TaskTracker,
 };
 
 use super::{
@@ -54,20 +55,17 @@ pub struct Ledger {
 
 /// The running workers; [`Worker::shutdown`] stops them after their queues drain.
 pub struct Worker {
-    workers: Vec<(JoinHandle<()>, oneshot::Sender<()>)>,
+    /// Cancelled by `shutdown`, or when this is dropped; each worker holds a child token.
+    close: DropGuard,
+    workers: TaskTracker,
 }
 
 impl Worker {
     /// Refuses new operations (UNAVAILABLE), applies those already queued, and waits.
     pub async fn shutdown(self) {
-        let mut handles = Vec::new();
-        for (handle, close) in self.workers {
-            let _ = close.send(());
-            handles.push(handle);
-        }
-        for handle in handles {
-            let _ = handle.await;
-        }
+        self.close.disarm().cancel();
+        self.workers.close();
+        self.workers.wait().await;
     }
 }
 
@@ -81,21 +79,20 @@ impl Ledger {
             1
         };
         let mut queues = Vec::with_capacity(count);
-        let mut workers = Vec::with_capacity(count);
+        let (close, workers) = (CancellationToken::new(), TaskTracker::new());
         for _ in 0..count {
             let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
-            let (close, closed) = oneshot::channel();
-            workers.push((
-                tokio::spawn(run(store.clone(), encode, jobs, closed)),
-                close,
-            ));
+            workers.spawn(run(store.clone(), encode, jobs, close.child_token()));
             queues.push(queue);
         }
         (
             Ledger {
                 queues: queues.into(),
             },
-            Worker { workers },
+            Worker {
+                close: close.drop_guard(),
+                workers,
+            },
         )
     }
 
@@ -131,7 +128,7 @@ async fn run(
     store: Store,
     encode: Encode,
     mut jobs: mpsc::Receiver<Job>,
-    mut closed: oneshot::Receiver<()>,
+    closed: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Batches committed whose replies wait for their commit to be durable.
@@ -141,7 +138,7 @@ async fn run(
         let received = tokio::select! {
             biased;
             n = jobs.recv_many(&mut batch, MAX_BATCH) => n,
-            _ = &mut closed, if !jobs.is_closed() => {
+            _ = closed.cancelled(), if !jobs.is_closed() => {
                 // Stop taking new work; what is queued is still applied below.
                 jobs.close();
                 continue;

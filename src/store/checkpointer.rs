@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::Store;
-use crate::health::{Health, stopped};
+use crate::health::Health;
 
 /// The checkpointer's name in health reports.
 pub const TASK: &str = "checkpointer";
@@ -23,8 +23,8 @@ pub const INTERVAL: Duration = Duration::from_millis(100);
 /// The writer's own automatic checkpoint threshold, in pages (SQLite's default is 1,000).
 pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 
-/// Checkpoints every [`INTERVAL`] until `stop` turns true. Does nothing on PostgreSQL.
-pub async fn run(store: Store, health: Health, mut stop: watch::Receiver<bool>) {
+/// Checkpoints every [`INTERVAL`] until `stop` is cancelled. Does nothing on PostgreSQL.
+pub async fn run(store: Store, health: Health, stop: CancellationToken) {
     if store.is_postgres() {
         return;
     }
@@ -32,7 +32,7 @@ pub async fn run(store: Store, health: Health, mut stop: watch::Receiver<bool>) 
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
             _ = ticker.tick() => {
                 if let Err(err) = checkpoint(&store).await {
                     tracing::warn!(error = %err, "WAL checkpoint failed; will retry");

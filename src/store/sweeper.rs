@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Store,
@@ -16,10 +16,7 @@ use super::{
     idempotency,
     ledger::{self, Op},
 };
-use crate::{
-    error::Result,
-    health::{Health, stopped},
-};
+use crate::{error::Result, health::Health};
 
 /// Wallets swept per round.
 const ROUND: u64 = 256;
@@ -67,21 +64,21 @@ pub async fn prune_idempotency(store: &Store, retention: Duration) -> Result<u64
 pub const TASK: &str = "sweeper";
 
 /// Sweeps every `interval` (and prunes idempotency records older than `retention` every
-/// minute) until `stop` turns true. Each round that completes marks the task up in `health`.
+/// minute) until `stop` is cancelled. Each round that completes marks the task up in `health`.
 pub async fn run(
     store: Store,
     ledger: Ledger,
     health: Health,
     interval: Duration,
     retention: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
             _ = ticker.tick() => {
                 if let Err(err) = sweep_once(&store, &ledger).await {
                     tracing::warn!(error = %err, "sweep failed; will retry");

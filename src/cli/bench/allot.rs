@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt, stream};
 use rust_decimal::Decimal;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{
     Code, Request, Status,
     metadata::AsciiMetadataValue,
@@ -71,7 +72,8 @@ pub struct InProcess {
     pub url: String,
     /// An admin token for all accounts, signed with this run's random secret.
     pub token: String,
-    shutdown: oneshot::Sender<()>,
+    /// Cancelled by `stop`, or when this is dropped: the server then shuts down.
+    shutdown: DropGuard,
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -99,10 +101,12 @@ impl InProcess {
             clock: Clock::system(),
             shutdown_grace: Duration::from_secs(5),
         };
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let mut handle = tokio::spawn(server::run(listener, settings, async move {
-            let _ = stop.await;
-        }));
+        let shutdown = CancellationToken::new();
+        let mut handle = tokio::spawn(server::run(
+            listener,
+            settings,
+            shutdown.clone().cancelled_owned(),
+        ));
         tokio::select! {
             ready = ready_rx => {
                 if ready.is_err() {
@@ -131,14 +135,14 @@ impl InProcess {
         Ok(InProcess {
             url: format!("http://{addr}"),
             token: mint_hs256(secret.as_bytes(), &claims)?,
-            shutdown,
+            shutdown: shutdown.drop_guard(),
             handle,
         })
     }
 
     /// Shuts the server down gracefully (the batcher drains, the store closes).
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(());
+        self.shutdown.disarm().cancel();
         self.handle
             .await
             .context("the allot server task panicked")?
