@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     auth::Scope,
-    domain::Amount,
+    domain::{AccountState, Amount},
     error::{Error, Result},
     proto::{self, account_service_server::AccountService},
     store::{
@@ -38,7 +38,7 @@ impl Ctx {
         let external_id = convert::required("account.external_id", &wire.external_id, 128)?;
         let display_name = convert::optional("account.display_name", &wire.display_name, 256)?;
         let labels = labels(&wire.labels)?;
-        let state = convert::parse_account_state(wire.state)?.unwrap_or(accounts::ACTIVE);
+        let state = convert::parse_account_state(wire.state)?.unwrap_or(AccountState::Active);
         let parent = if wire.parent_id.is_empty() {
             if !caller.is_global() {
                 return Err(Error::permission_denied(

@@ -7,7 +7,10 @@ use prost_types::Timestamp;
 use rust_decimal::Decimal;
 
 use crate::{
-    domain::{Amount, Balance, Dimension, Rate, amount::parse_quantity},
+    domain::{
+        AccountState, Amount, Balance, Dimension, GrantKind, HoldState, LotStatus, MovementKind,
+        Period, Rate, RolloverPolicy, amount::parse_quantity,
+    },
     error::{Error, Result},
     proto,
     store::{
@@ -194,22 +197,21 @@ pub fn quantities(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, Dec
 
 // ---- accounts and wallets ------------------------------------------------------------------
 
-pub fn account_state(state: &str) -> i32 {
+pub fn account_state(state: AccountState) -> i32 {
     match state {
-        accounts::ACTIVE => proto::AccountState::Active as i32,
-        accounts::SUSPENDED => proto::AccountState::Suspended as i32,
-        accounts::CLOSED => proto::AccountState::Closed as i32,
-        _ => proto::AccountState::Unspecified as i32,
+        AccountState::Active => proto::AccountState::Active as i32,
+        AccountState::Suspended => proto::AccountState::Suspended as i32,
+        AccountState::Closed => proto::AccountState::Closed as i32,
     }
 }
 
 /// Reads a wire account state; UNSPECIFIED gives `None`, unknown values are rejected.
-pub fn parse_account_state(value: i32) -> Result<Option<&'static str>> {
+pub fn parse_account_state(value: i32) -> Result<Option<AccountState>> {
     match proto::AccountState::try_from(value) {
         Ok(proto::AccountState::Unspecified) => Ok(None),
-        Ok(proto::AccountState::Active) => Ok(Some(accounts::ACTIVE)),
-        Ok(proto::AccountState::Suspended) => Ok(Some(accounts::SUSPENDED)),
-        Ok(proto::AccountState::Closed) => Ok(Some(accounts::CLOSED)),
+        Ok(proto::AccountState::Active) => Ok(Some(AccountState::Active)),
+        Ok(proto::AccountState::Suspended) => Ok(Some(AccountState::Suspended)),
+        Ok(proto::AccountState::Closed) => Ok(Some(AccountState::Closed)),
         Err(_) => Err(Error::invalid(
             "INVALID_ENUM",
             "state",
@@ -224,7 +226,7 @@ pub fn account(model: &account::Model) -> proto::Account {
         external_id: model.external_id.clone(),
         display_name: model.display_name.clone(),
         parent_id: model.parent_id.clone().unwrap_or_default(),
-        state: account_state(&model.state),
+        state: account_state(model.state),
         labels: accounts::labels(model),
         create_time: Some(timestamp(model.create_time)),
         update_time: Some(timestamp(model.update_time)),
@@ -274,13 +276,13 @@ pub fn wallet(model: &wallet::Model, balance: proto::Balance) -> proto::Wallet {
 
 // ---- grants --------------------------------------------------------------------------------
 
-pub fn parse_grant_kind(value: i32) -> Result<&'static str> {
+pub fn parse_grant_kind(value: i32) -> Result<GrantKind> {
     match proto::GrantKind::try_from(value) {
         Ok(proto::GrantKind::Unspecified) => Err(Error::missing("grant.kind")),
-        Ok(proto::GrantKind::Contract) => Ok("CONTRACT"),
-        Ok(proto::GrantKind::Purchase) => Ok("PURCHASE"),
-        Ok(proto::GrantKind::Promotional) => Ok("PROMOTIONAL"),
-        Ok(proto::GrantKind::Adjustment) => Ok("ADJUSTMENT"),
+        Ok(proto::GrantKind::Contract) => Ok(GrantKind::Contract),
+        Ok(proto::GrantKind::Purchase) => Ok(GrantKind::Purchase),
+        Ok(proto::GrantKind::Promotional) => Ok(GrantKind::Promotional),
+        Ok(proto::GrantKind::Adjustment) => Ok(GrantKind::Adjustment),
         Err(_) => Err(Error::invalid(
             "INVALID_ENUM",
             "grant.kind",
@@ -289,18 +291,26 @@ pub fn parse_grant_kind(value: i32) -> Result<&'static str> {
     }
 }
 
+fn grant_kind(kind: GrantKind) -> proto::GrantKind {
+    match kind {
+        GrantKind::Contract => proto::GrantKind::Contract,
+        GrantKind::Purchase => proto::GrantKind::Purchase,
+        GrantKind::Promotional => proto::GrantKind::Promotional,
+        GrantKind::Adjustment => proto::GrantKind::Adjustment,
+    }
+}
+
 pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
-    let kind = proto::GrantKind::from_str_name(&format!("GRANT_KIND_{}", model.kind))
-        .unwrap_or(proto::GrantKind::Unspecified);
+    let kind = grant_kind(model.kind);
     // Past its expiry but not yet swept: it no longer counts, so show nothing remaining.
     let expired_by_time =
-        model.status == ledger::GRANT_ACTIVE && model.expire_time.is_some_and(|t| t <= now);
-    let state = match model.status.as_str() {
-        ledger::VOIDED => proto::GrantState::Voided,
-        ledger::EXPIRED => proto::GrantState::Expired,
+        model.status == LotStatus::Active && model.expire_time.is_some_and(|t| t <= now);
+    let state = match model.status {
+        LotStatus::Voided => proto::GrantState::Voided,
+        LotStatus::Expired => proto::GrantState::Expired,
         // Past its expiry, not yet swept: it no longer counts for balances either.
         _ if model.expire_time.is_some_and(|t| t <= now) => proto::GrantState::Expired,
-        ledger::PENDING if model.effective_time > now => proto::GrantState::Pending,
+        LotStatus::Pending if model.effective_time > now => proto::GrantState::Pending,
         _ if model.remaining == 0 => proto::GrantState::Depleted,
         _ => proto::GrantState::Active,
     };
@@ -328,14 +338,25 @@ pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
 // ---- ledger --------------------------------------------------------------------------------
 
 pub fn transaction(model: &transaction::Model) -> proto::Transaction {
-    let kind = proto::TransactionKind::from_str_name(&format!("TRANSACTION_KIND_{}", model.kind))
-        .unwrap_or(proto::TransactionKind::Unspecified);
+    let kind = match model.kind {
+        MovementKind::Grant => proto::TransactionKind::Grant,
+        MovementKind::Debit => proto::TransactionKind::Debit,
+        MovementKind::Reserve => proto::TransactionKind::Reserve,
+        MovementKind::Capture => proto::TransactionKind::Capture,
+        MovementKind::Release => proto::TransactionKind::Release,
+        MovementKind::Refund => proto::TransactionKind::Refund,
+        MovementKind::Expire => proto::TransactionKind::Expire,
+        MovementKind::Void => proto::TransactionKind::Void,
+        MovementKind::Adjust => proto::TransactionKind::Adjust,
+    };
     let burns: Vec<StoredBurn> = serde_json::from_str(&model.burns).unwrap_or_default();
     let money = money(&burns, model.delta.signum());
     let reference = model.ref_id.clone().unwrap_or_default();
-    let (reservation_id, refunded_transaction_id) = match model.kind.as_str() {
-        "REFUND" => (String::new(), reference),
-        "EXPIRE" | "VOID" if !reference.is_empty() => (String::new(), reference),
+    let (reservation_id, refunded_transaction_id) = match model.kind {
+        MovementKind::Refund => (String::new(), reference),
+        MovementKind::Expire | MovementKind::Void if !reference.is_empty() => {
+            (String::new(), reference)
+        }
         _ => (reference, String::new()),
     };
     proto::Transaction {
@@ -404,12 +425,11 @@ pub fn money(burns: &[StoredBurn], sign: i64) -> Vec<proto::Money> {
 // ---- holds and schedules -------------------------------------------------------------------
 
 pub fn reservation(model: &reservation::Model) -> proto::Reservation {
-    let state = match model.state.as_str() {
-        ledger::HOLD_OPEN => proto::ReservationState::Open,
-        ledger::HOLD_CAPTURED => proto::ReservationState::Captured,
-        ledger::HOLD_RELEASED => proto::ReservationState::Released,
-        ledger::HOLD_EXPIRED => proto::ReservationState::Expired,
-        _ => proto::ReservationState::Unspecified,
+    let state = match model.state {
+        HoldState::Open => proto::ReservationState::Open,
+        HoldState::Captured => proto::ReservationState::Captured,
+        HoldState::Released => proto::ReservationState::Released,
+        HoldState::Expired => proto::ReservationState::Expired,
     };
     proto::Reservation {
         id: model.id.clone(),
@@ -428,20 +448,17 @@ pub fn reservation(model: &reservation::Model) -> proto::Reservation {
 }
 
 pub fn schedule(model: &schedule::Model) -> proto::AllotmentSchedule {
-    let period = match model.period.as_str() {
-        "DAILY" => proto::SchedulePeriod::Daily,
-        "WEEKLY" => proto::SchedulePeriod::Weekly,
-        "MONTHLY" => proto::SchedulePeriod::Monthly,
-        "YEARLY" => proto::SchedulePeriod::Yearly,
-        _ => proto::SchedulePeriod::Unspecified,
+    let period = match model.period {
+        Period::Daily => proto::SchedulePeriod::Daily,
+        Period::Weekly => proto::SchedulePeriod::Weekly,
+        Period::Monthly => proto::SchedulePeriod::Monthly,
+        Period::Yearly => proto::SchedulePeriod::Yearly,
     };
-    let rollover_policy = if model.rollover_policy == "CAPPED" {
-        proto::RolloverPolicy::Capped
-    } else {
-        proto::RolloverPolicy::None
+    let rollover_policy = match model.rollover_policy {
+        RolloverPolicy::Capped => proto::RolloverPolicy::Capped,
+        RolloverPolicy::None => proto::RolloverPolicy::None,
     };
-    let kind = proto::GrantKind::from_str_name(&format!("GRANT_KIND_{}", model.kind))
-        .unwrap_or(proto::GrantKind::Unspecified);
+    let kind = grant_kind(model.kind);
     proto::AllotmentSchedule {
         id: model.id.clone(),
         wallet_id: model.wallet_id.clone(),

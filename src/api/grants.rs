@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
-    domain::{Amount, Period, Rollover, Schedule, wallet::MAX_CATCH_UP_PERIODS},
+    domain::{Amount, GrantKind, Period, Rollover, Schedule, wallet::MAX_CATCH_UP_PERIODS},
     error::{Error, Result},
     proto::{self, grant_service_server::GrantService},
     store::{
@@ -215,7 +215,7 @@ impl Ctx {
             }
         };
         let kind = if wire.kind == 0 {
-            "CONTRACT"
+            GrantKind::Contract
         } else {
             convert::parse_grant_kind(wire.kind)?
         };

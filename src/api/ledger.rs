@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     auth::{Caller, Role},
+    domain::MovementKind,
     error::{Error, Result},
     proto::{self, ledger_service_server::LedgerService},
     store::{
@@ -279,15 +280,15 @@ impl Ctx {
         let original = self
             .owned_in_scope(&caller, found, |t| &t.account_id, "transaction", &id)
             .await?;
-        if !matches!(original.kind.as_str(), "DEBIT" | "CAPTURE") {
+        if !matches!(original.kind, MovementKind::Debit | MovementKind::Capture) {
             return Err(Error::precondition(
                 "NOT_REFUNDABLE",
                 format!(
                     "only debits and captures can be refunded, not {}",
-                    original.kind
+                    original.kind.as_str()
                 ),
             )
-            .with("kind", &original.kind));
+            .with("kind", original.kind.as_str()));
         }
         let key = key(Key::account_scope(&original.account_id), &request)?;
         let op = Op::Refund(RefundOp {

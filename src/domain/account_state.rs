@@ -19,11 +19,18 @@
 //! reservations and grants (release, void, expiry). A refused operation is
 //! FAILED_PRECONDITION `ACCOUNT_NOT_ACTIVE` and changes nothing.
 
-/// An account's state as stored (`ACTIVE`, `SUSPENDED`, `CLOSED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use sea_orm::{DeriveActiveEnum, EnumIter, prelude::StringLen};
+
+/// An account's state, stored as `ACTIVE`, `SUSPENDED` or `CLOSED` (a stored value that is
+/// none of these is an error when read, never a default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum AccountState {
+    #[sea_orm(string_value = "ACTIVE")]
     Active,
+    #[sea_orm(string_value = "SUSPENDED")]
     Suspended,
+    #[sea_orm(string_value = "CLOSED")]
     Closed,
 }
 

@@ -9,8 +9,9 @@ pub mod wallet;
 
 pub use account_state::{AccountState, Action};
 pub use amount::{Amount, AmountError};
-pub use pricing::{Dimension, PricingError, Rate, RateError};
+pub use pricing::{CardState, Dimension, PricingError, Rate, RateError};
 pub use wallet::{
-    Balance, Burn, Hold, Lot, LotStatus, Movement, MovementKind, Period, Refusal, Rollover,
-    Schedule, SpendCaps, Spent, WalletState, check_caller_cap, refund_returns,
+    Balance, Burn, GrantKind, Hold, HoldState, Lot, LotStatus, Movement, MovementKind, Period,
+    Refusal, Rollover, RolloverPolicy, Schedule, SpendCaps, Spent, WalletState, check_caller_cap,
+    refund_returns,
 };

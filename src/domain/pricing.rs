@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
+use sea_orm::{DeriveActiveEnum, EnumIter, prelude::StringLen};
 use serde::{Deserialize, Serialize};
 
 use super::amount::Amount;
@@ -15,6 +16,17 @@ pub struct Dimension {
     #[serde(with = "rust_decimal::serde::str")]
     pub per: Decimal,
     pub units: Amount,
+}
+
+/// A rate card's stored state (`DRAFT`, `PUBLISHED`; SUPERSEDED is derived when read: a
+/// later card is in force).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum CardState {
+    #[sea_orm(string_value = "DRAFT")]
+    Draft,
+    #[sea_orm(string_value = "PUBLISHED")]
+    Published,
 }
 
 /// The price of one request type on a rate card.

@@ -20,20 +20,54 @@ use std::cmp::Ordering;
 
 use chrono::{DateTime, Datelike, Months, TimeDelta, Utc};
 use rust_decimal::Decimal;
+use sea_orm::{DeriveActiveEnum, EnumIter, prelude::StringLen};
 
 use super::amount::Amount;
 
 const DAY_MICROS: i64 = 86_400_000_000;
 
-/// Where a grant is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a grant is in its life (stored as `PENDING`, `ACTIVE`, `EXPIRED`, `VOIDED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum LotStatus {
     /// Created with a future `effective_time`; does not count yet.
+    #[sea_orm(string_value = "PENDING")]
     Pending,
     /// Counts toward `posted`.
+    #[sea_orm(string_value = "ACTIVE")]
     Active,
+    #[sea_orm(string_value = "EXPIRED")]
     Expired,
+    #[sea_orm(string_value = "VOIDED")]
     Voided,
+}
+
+/// What a grant is for (stored as `CONTRACT`, `PURCHASE`, `PROMOTIONAL`, `ADJUSTMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum GrantKind {
+    #[sea_orm(string_value = "CONTRACT")]
+    Contract,
+    #[sea_orm(string_value = "PURCHASE")]
+    Purchase,
+    #[sea_orm(string_value = "PROMOTIONAL")]
+    Promotional,
+    #[sea_orm(string_value = "ADJUSTMENT")]
+    Adjustment,
+}
+
+/// Where a hold is in its life (stored as `OPEN`, `CAPTURED`, `RELEASED`, `EXPIRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum HoldState {
+    #[sea_orm(string_value = "OPEN")]
+    Open,
+    #[sea_orm(string_value = "CAPTURED")]
+    Captured,
+    #[sea_orm(string_value = "RELEASED")]
+    Released,
+    #[sea_orm(string_value = "EXPIRED")]
+    Expired,
 }
 
 /// A grant as the balance rules see it.
@@ -120,13 +154,28 @@ pub struct Spent {
     pub month_units: Amount,
 }
 
-/// How often an allotment schedule grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How often an allotment schedule grants (stored as `DAILY`, `WEEKLY`, `MONTHLY`, `YEARLY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum Period {
+    #[sea_orm(string_value = "DAILY")]
     Daily,
+    #[sea_orm(string_value = "WEEKLY")]
     Weekly,
+    #[sea_orm(string_value = "MONTHLY")]
     Monthly,
+    #[sea_orm(string_value = "YEARLY")]
     Yearly,
+}
+
+/// A schedule's rollover policy as stored (`NONE`, `CAPPED`; the cap is its own column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum RolloverPolicy {
+    #[sea_orm(string_value = "NONE")]
+    None,
+    #[sea_orm(string_value = "CAPPED")]
+    Capped,
 }
 
 /// What happens to a period's unused units when the next period starts.
@@ -191,17 +240,27 @@ impl Schedule {
     }
 }
 
-/// The kind of ledger entry a movement becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of ledger entry a movement becomes (stored as its upper-case name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum MovementKind {
+    #[sea_orm(string_value = "GRANT")]
     Grant,
+    #[sea_orm(string_value = "DEBIT")]
     Debit,
+    #[sea_orm(string_value = "RESERVE")]
     Reserve,
+    #[sea_orm(string_value = "CAPTURE")]
     Capture,
+    #[sea_orm(string_value = "RELEASE")]
     Release,
+    #[sea_orm(string_value = "REFUND")]
     Refund,
+    #[sea_orm(string_value = "EXPIRE")]
     Expire,
+    #[sea_orm(string_value = "VOID")]
     Void,
+    #[sea_orm(string_value = "ADJUST")]
     Adjust,
 }
 

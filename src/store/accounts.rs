@@ -21,17 +21,13 @@ use crate::{
 /// Deepest allowed parent chain (spec: any depth ≤ 8).
 pub const MAX_DEPTH: i32 = 8;
 
-pub const ACTIVE: &str = "ACTIVE";
-pub const SUSPENDED: &str = "SUSPENDED";
-pub const CLOSED: &str = "CLOSED";
-
 /// A validated request to create an account.
 #[derive(Debug, Clone)]
 pub struct NewAccount {
     pub external_id: String,
     pub display_name: String,
     pub parent: Option<account::Model>,
-    pub state: &'static str,
+    pub state: AccountState,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -40,7 +36,7 @@ pub struct NewAccount {
 pub struct AccountChanges {
     pub display_name: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
-    pub state: Option<&'static str>,
+    pub state: Option<AccountState>,
 }
 
 /// Ids from the root down to the account itself.
@@ -75,16 +71,13 @@ pub async fn lock_account(
     Ok(query.one(conn).await?)
 }
 
-/// ACCOUNT_NOT_ACTIVE unless the account's stored `state` allows `action`
-/// (`domain::account_state`); a state that does not parse is reported, never taken as ACTIVE.
-pub fn require_state(account_id: &str, state: &str, action: Action) -> Result<()> {
-    let parsed = AccountState::parse(state).ok_or_else(|| {
-        tracing::error!(account_id, state, "unknown account state stored");
-        Error::internal(format!("account `{account_id}` has an unknown state"))
-    })?;
-    if parsed.allows(action) {
+/// ACCOUNT_NOT_ACTIVE unless the account's `state` allows `action` (`domain::account_state`).
+/// (A stored state that is not one of the states fails when the row is read.)
+pub fn require_state(account_id: &str, state: AccountState, action: Action) -> Result<()> {
+    if state.allows(action) {
         return Ok(());
     }
+    let state = state.as_str();
     Err(Error::precondition(
         "ACCOUNT_NOT_ACTIVE",
         format!("account `{account_id}` is {state}: {action:?} is not allowed"),
@@ -103,7 +96,7 @@ pub async fn create_account(
         let parent = lock_account(conn, &parent.id, false)
             .await?
             .ok_or_else(|| Error::not_found("account", &parent.id))?;
-        require_state(&parent.id, &parent.state, Action::CreateSubAccount)?;
+        require_state(&parent.id, parent.state, Action::CreateSubAccount)?;
     }
     if find_by_external_id(conn, &new.external_id).await?.is_some() {
         return Err(external_id_taken(&new.external_id));
@@ -129,7 +122,7 @@ pub async fn create_account(
         parent_id: Set(new.parent.map(|p| p.id)),
         ancestry: Set(ancestry),
         depth: Set(depth),
-        state: Set(new.state.to_string()),
+        state: Set(new.state),
         labels: Set(to_json(&new.labels)),
         create_time: Set(now),
         update_time: Set(now),
@@ -224,7 +217,8 @@ pub async fn update_account(
     changes: AccountChanges,
     now: i64,
 ) -> Result<account::Model> {
-    if current.state == CLOSED && changes.state.is_some_and(|s| s != CLOSED) {
+    let closed = AccountState::Closed;
+    if current.state == closed && changes.state.is_some_and(|s| s != closed) {
         return Err(
             Error::precondition("ACCOUNT_CLOSED", "a closed account cannot be reopened")
                 .with("account_id", &current.id),
@@ -239,7 +233,7 @@ pub async fn update_account(
         model.labels = Set(to_json(&labels));
     }
     if let Some(state) = changes.state {
-        model.state = Set(state.to_string());
+        model.state = Set(state);
     }
     model.update_time = Set(now);
     let updated = model.update(conn).await?;
@@ -289,7 +283,7 @@ pub async fn create_wallet(
     let account = lock_account(conn, &account.id, false)
         .await?
         .ok_or_else(|| Error::not_found("account", &account.id))?;
-    require_state(&account.id, &account.state, Action::CreateWallet)?;
+    require_state(&account.id, account.state, Action::CreateWallet)?;
     if find_wallet(conn, &account.id, unit).await?.is_some() {
         return Err(exists());
     }

@@ -202,7 +202,7 @@ mod tests {
         let grant = grant::Model {
             id: "grt_1".into(),
             wallet_id: "wal_1".into(),
-            kind: "PURCHASE".into(),
+            kind: crate::domain::GrantKind::Purchase,
             amount: 5,
             remaining: 5,
             priority: 0,
@@ -213,7 +213,7 @@ mod tests {
             contract_ref: String::new(),
             voided: false,
             create_time: 1,
-            status: "ACTIVE".into(),
+            status: crate::domain::LotStatus::Active,
             repaid: 0,
             schedule_id: None,
             period_index: Some(3),

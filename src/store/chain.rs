@@ -13,7 +13,7 @@ pub fn entry_hash(entry: &transaction::Model) -> String {
     let content = serde_json::json!([
         entry.prev_hash,
         entry.id,
-        entry.kind,
+        entry.kind.as_str(),
         entry.wallet_id,
         entry.account_id,
         entry.units,

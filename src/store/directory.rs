@@ -98,7 +98,7 @@ mod tests {
             parent_id: None,
             ancestry: ancestry.into(),
             depth: 0,
-            state: "ACTIVE".into(),
+            state: crate::domain::AccountState::Active,
             labels: "{}".into(),
             create_time: 0,
             update_time: 0,

@@ -4,6 +4,8 @@
 pub mod account {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::domain::AccountState;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "accounts")]
     pub struct Model {
@@ -15,7 +17,7 @@ pub mod account {
         /// Ids from the root down to this account, `/`-separated: scope checks read one row.
         pub ancestry: String,
         pub depth: i32,
-        pub state: String,
+        pub state: AccountState,
         /// JSON object of labels.
         pub labels: String,
         pub create_time: i64,
@@ -77,13 +79,15 @@ pub mod wallet {
 pub mod grant {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::domain::{GrantKind, LotStatus};
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "grants")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
         pub wallet_id: String,
-        pub kind: String,
+        pub kind: GrantKind,
         pub amount: i64,
         pub remaining: i64,
         pub priority: i32,
@@ -97,7 +101,7 @@ pub mod grant {
         pub voided: bool,
         pub create_time: i64,
         /// PENDING, ACTIVE, EXPIRED or VOIDED.
-        pub status: String,
+        pub status: LotStatus,
         /// Overdraft debt this grant paid off when it became active.
         pub repaid: i64,
         pub schedule_id: Option<String>,
@@ -115,13 +119,15 @@ pub mod grant {
 pub mod rate_card {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::domain::CardState;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "rate_cards")]
     pub struct Model {
         #[sea_orm(primary_key)]
         pub version: i64,
         /// DRAFT or PUBLISHED; SUPERSEDED is derived when read.
-        pub state: String,
+        pub state: CardState,
         pub etag: String,
         pub effective_time: Option<i64>,
         /// JSON array of `domain::Rate`.
@@ -158,13 +164,15 @@ pub mod rate_card_head {
 pub mod transaction {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::domain::MovementKind;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "transactions")]
     pub struct Model {
         #[sea_orm(primary_key)]
         pub seq: i64,
         pub id: String,
-        pub kind: String,
+        pub kind: MovementKind,
         pub wallet_id: String,
         pub account_id: String,
         pub units: i64,
@@ -224,6 +232,8 @@ pub mod idempotency_key {
 pub mod reservation {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::domain::HoldState;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "reservations")]
     pub struct Model {
@@ -233,7 +243,7 @@ pub mod reservation {
         pub account_id: String,
         pub units: i64,
         /// OPEN, CAPTURED, RELEASED or EXPIRED.
-        pub state: String,
+        pub state: HoldState,
         pub expire_time: i64,
         pub request_type: String,
         pub quantities: String,
@@ -254,6 +264,8 @@ pub mod reservation {
 pub mod schedule {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::domain::{GrantKind, Period, RolloverPolicy};
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "schedules")]
     pub struct Model {
@@ -263,15 +275,15 @@ pub mod schedule {
         pub account_id: String,
         pub amount: i64,
         /// DAILY, WEEKLY, MONTHLY or YEARLY.
-        pub period: String,
+        pub period: Period,
         pub start_time: i64,
         pub end_time: Option<i64>,
         /// NONE or CAPPED.
-        pub rollover_policy: String,
+        pub rollover_policy: RolloverPolicy,
         pub rollover_cap: Option<i64>,
         /// The next period to grant (0 = the one starting at `start_time`).
         pub next_period: i64,
-        pub kind: String,
+        pub kind: GrantKind,
         pub priority: i32,
         pub unit_price: String,
         pub currency: String,

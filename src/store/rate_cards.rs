@@ -6,8 +6,8 @@
 //! publish (old card) or after it (new card) — never priced with a card no longer in force.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, Statement,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, Statement,
     sea_query::{Expr, ExprTrait, Query},
 };
 use sha2::{Digest, Sha256};
@@ -18,12 +18,12 @@ use super::{
     pagination::{self, Page},
 };
 use crate::{
-    domain::Rate,
+    domain::{CardState, Rate},
     error::{Error, Result},
 };
 
-pub const DRAFT: &str = "DRAFT";
-pub const PUBLISHED: &str = "PUBLISHED";
+pub const DRAFT: CardState = CardState::Draft;
+pub const PUBLISHED: CardState = CardState::Published;
 
 /// Publishing may name a moment at most this far in the past (clock skew between client and
 /// server); anything earlier is rejected.
@@ -49,13 +49,13 @@ impl Card {
     }
 }
 
-fn etag(rates_json: &str, notes: &str, state: &str, effective_time: Option<i64>) -> String {
+fn etag(rates_json: &str, notes: &str, state: CardState, effective_time: Option<i64>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(rates_json.as_bytes());
     hasher.update([0]);
     hasher.update(notes.as_bytes());
     hasher.update([0]);
-    hasher.update(state.as_bytes());
+    hasher.update(state.to_value().as_bytes());
     hasher.update(effective_time.unwrap_or_default().to_le_bytes());
     hex::encode(&hasher.finalize()[..12])
 }
@@ -69,7 +69,7 @@ pub async fn create_draft(
     let rates_json = serde_json::to_string(rates)
         .map_err(|err| Error::internal(format!("cannot encode rates: {err}")))?;
     let model = rate_card::ActiveModel {
-        state: Set(DRAFT.to_string()),
+        state: Set(DRAFT),
         etag: Set(etag(&rates_json, notes, DRAFT, None)),
         effective_time: Set(None),
         rates: Set(rates_json),
@@ -162,7 +162,7 @@ pub async fn publish(
     }
     let new_etag = etag(&model.rates, &model.notes, PUBLISHED, Some(effective));
     let mut active: rate_card::ActiveModel = model.into();
-    active.state = Set(PUBLISHED.to_string());
+    active.state = Set(PUBLISHED);
     active.effective_time = Set(Some(effective));
     active.publish_time = Set(Some(now));
     active.etag = Set(new_etag);
@@ -274,7 +274,7 @@ pub async fn list(
 
 /// A published card is SUPERSEDED once a later card is in force.
 pub fn is_superseded(card: &rate_card::Model, current: Option<&rate_card::Model>) -> bool {
-    match (card.state.as_str(), card.effective_time, current) {
+    match (card.state, card.effective_time, current) {
         (PUBLISHED, Some(effective), Some(current)) => {
             (effective, card.version)
                 < (current.effective_time.unwrap_or_default(), current.version)

@@ -137,7 +137,10 @@ async fn read(
             add_money(&mut statement.opening_money, &money)?;
             continue;
         }
-        let line = statement.lines.entry(entry.kind.clone()).or_default();
+        let line = statement
+            .lines
+            .entry(entry.kind.as_str().to_string())
+            .or_default();
         line.count += 1;
         line.units += i128::from(entry.delta);
         add_money(&mut line.money, &money)?;

@@ -21,19 +21,22 @@
 //! [`verify`] reads through whatever connection it is given; [`verify_snapshot`] runs it in
 //! one read transaction so a live server writing meanwhile cannot cause false alarms.
 
-use std::fmt;
+use std::{collections::BTreeSet, fmt};
 
 use migration::{Migrator, MigratorTrait};
 use rust_decimal::Decimal;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
+    sea_query::{Alias, Expr, ExprTrait, Order, Query},
 };
 
 use super::{
     chain,
     entity::{grant, reservation, transaction, wallet},
-    ledger::{GRANT_ACTIVE, HOLD_OPEN},
+};
+use crate::domain::{
+    AccountState, CardState, GrantKind, HoldState, LotStatus, MovementKind, Period, RolloverPolicy,
 };
 
 /// Wallets read per query.
@@ -44,6 +47,7 @@ const ENTRY_PAGE: u64 = 2_000;
 /// One thing the stored data claims that its ledger does not support.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
+    /// Empty for rows that belong to no wallet (accounts, rate cards).
     pub wallet_id: String,
     /// The entry at fault, when the problem is one entry's.
     pub entry_id: Option<String>,
@@ -53,6 +57,9 @@ pub struct Mismatch {
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.wallet_id.is_empty() {
+            return f.write_str(&self.problem);
+        }
         write!(f, "wallet {}: {}", self.wallet_id, self.problem)
     }
 }
@@ -89,6 +96,9 @@ impl Report {
 /// view of a database that is being written, use [`verify_snapshot`].
 pub async fn verify(conn: &impl ConnectionTrait) -> Result<Report, DbErr> {
     let mut report = Report::default();
+    // Rows with a stored value that is none of its column's values cannot be read: they are
+    // reported, and their wallets are not checked further.
+    let unreadable = unreadable_values(conn, &mut report).await?;
     let mut after: Option<String> = None;
     loop {
         let mut query = wallet::Entity::find()
@@ -99,6 +109,10 @@ pub async fn verify(conn: &impl ConnectionTrait) -> Result<Report, DbErr> {
         }
         let page = query.all(conn).await?;
         for model in &page {
+            if unreadable.contains(&model.id) {
+                report.wallets += 1;
+                continue;
+            }
             verify_wallet(conn, model, &mut report).await?;
         }
         match page.last() {
@@ -263,7 +277,7 @@ async fn verify_wallet(
                     format!("entry {id} is dated before the entry written before it"),
                 );
             }
-            last_time = last_time.max(entry.create_time);
+            last_time = Ord::max(last_time, entry.create_time);
             running += i128::from(entry.delta);
             let off = i128::from(entry.balance_after) - running;
             if off == offset {
@@ -333,7 +347,7 @@ async fn verify_wallet(
         .select_only()
         .column(reservation::Column::Units)
         .filter(reservation::Column::WalletId.eq(wallet_id.as_str()))
-        .filter(reservation::Column::State.eq(HOLD_OPEN))
+        .filter(reservation::Column::State.eq(HoldState::Open))
         .into_tuple()
         .all(conn)
         .await?;
@@ -355,7 +369,7 @@ async fn verify_wallet(
         .select_only()
         .column(grant::Column::Remaining)
         .filter(grant::Column::WalletId.eq(wallet_id.as_str()))
-        .filter(grant::Column::Status.eq(GRANT_ACTIVE))
+        .filter(grant::Column::Status.eq(LotStatus::Active))
         .into_tuple()
         .all(conn)
         .await?;
@@ -387,26 +401,111 @@ fn delta_problem(entry: &transaction::Model) -> Option<String> {
             units_i64(units)
         ));
     }
-    let fits = match entry.kind.as_str() {
+    use MovementKind::*;
+    let fits = match entry.kind {
         // Adds units: a grant activating, a refund.
-        "GRANT" | "REFUND" => delta == units,
+        Grant | Refund => delta == units,
         // Takes units.
-        "DEBIT" | "CAPTURE" | "EXPIRE" => delta == -units,
+        Debit | Capture | Expire => delta == -units,
         // Holds do not change `posted`.
-        "RESERVE" | "RELEASE" => delta == 0,
+        Reserve | Release => delta == 0,
         // Voiding a pending grant changes nothing posted.
-        "VOID" => delta == -units || delta == 0,
-        "ADJUST" => delta == units || delta == -units,
-        other => return Some(format!("entry {id} has an unknown kind `{other}`")),
+        Void => delta == -units || delta == 0,
+        Adjust => delta == units || delta == -units,
     };
     (!fits).then(|| {
         format!(
             "entry {id} is a {} of {} units but its delta is {}",
-            entry.kind,
+            entry.kind.as_str(),
             units_i64(units),
             units_i64(delta)
         )
     })
+}
+
+/// One enum column: its table, the row's id and wallet columns (`None`: the row belongs to no
+/// wallet), and the values it may hold.
+struct EnumColumn {
+    table: &'static str,
+    wallet: Option<&'static str>,
+    column: &'static str,
+    values: Vec<String>,
+}
+
+fn enum_column<E: ActiveEnum<Value = String>>(
+    table: &'static str,
+    wallet: Option<&'static str>,
+    column: &'static str,
+) -> EnumColumn {
+    EnumColumn {
+        table,
+        wallet,
+        column,
+        values: E::iter().map(|v| v.to_value()).collect(),
+    }
+}
+
+/// Rows whose stored state or kind is none of its type's values (a hand edit, or a bug):
+/// reading such a row is an error, never a default, so `verify` names each one. Returns the
+/// wallets concerned.
+async fn unreadable_values(
+    conn: &impl ConnectionTrait,
+    report: &mut Report,
+) -> Result<BTreeSet<String>, DbErr> {
+    let columns = [
+        enum_column::<MovementKind>("transactions", Some("wallet_id"), "kind"),
+        enum_column::<LotStatus>("grants", Some("wallet_id"), "status"),
+        enum_column::<GrantKind>("grants", Some("wallet_id"), "kind"),
+        enum_column::<HoldState>("reservations", Some("wallet_id"), "state"),
+        enum_column::<Period>("schedules", Some("wallet_id"), "period"),
+        enum_column::<RolloverPolicy>("schedules", Some("wallet_id"), "rollover_policy"),
+        enum_column::<GrantKind>("schedules", Some("wallet_id"), "kind"),
+        enum_column::<AccountState>("accounts", None, "state"),
+        enum_column::<CardState>("rate_cards", None, "state"),
+    ];
+    let mut wallets = BTreeSet::new();
+    for EnumColumn {
+        table,
+        wallet,
+        column,
+        values,
+    } in columns
+    {
+        let id = if table == "rate_cards" {
+            "version"
+        } else {
+            "id"
+        };
+        let query = Query::select()
+            .expr(Expr::col(Alias::new(id)).cast_as(Alias::new("text")))
+            .expr(match wallet {
+                Some(wallet) => Expr::col(Alias::new(wallet)),
+                None => Expr::val(""),
+            })
+            .column(Alias::new(column))
+            .from(Alias::new(table))
+            .and_where(Expr::col(Alias::new(column)).is_not_in(values.clone()))
+            .order_by(Alias::new(id), Order::Asc)
+            .to_owned();
+        for row in conn.query_all(&query).await? {
+            let id: String = row.try_get_by_index(0)?;
+            let wallet_id: String = row.try_get_by_index(1)?;
+            let stored: String = row.try_get_by_index(2)?;
+            let what = table.trim_end_matches('s').replace('_', " ");
+            report.mismatches.push(Mismatch {
+                wallet_id: wallet_id.clone(),
+                entry_id: (table == "transactions").then(|| id.clone()),
+                problem: format!(
+                    "{what} {id} has {column} `{stored}`, which is none of {}",
+                    values.join(", ")
+                ),
+            });
+            if !wallet_id.is_empty() {
+                wallets.insert(wallet_id);
+            }
+        }
+    }
+    Ok(wallets)
 }
 
 /// Ledger entries whose wallet does not exist (its row deleted?).

@@ -16,22 +16,33 @@ use std::sync::Arc;
 use quick_cache::sync::Cache;
 
 use super::entity::{grant, reservation, schedule};
+use crate::domain::AccountState;
 
 /// Wallets kept (least recently used beyond that are dropped and read again on need).
 const CAPACITY: usize = 20_000;
 
 /// The rows `ledger::load_wallets` reads for one wallet, each list sorted by id.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rows {
     /// The state of the wallet's account (UpdateAccount moves the wallet's version on when
     /// it changes the state).
-    pub account_state: String,
+    pub account_state: AccountState,
     pub grants: Vec<grant::Model>,
     pub holds: Vec<reservation::Model>,
     pub schedules: Vec<schedule::Model>,
 }
 
 impl Rows {
+    /// No rows yet, of a wallet whose account is in `account_state`.
+    pub fn new(account_state: AccountState) -> Self {
+        Rows {
+            account_state,
+            grants: Vec::new(),
+            holds: Vec::new(),
+            schedules: Vec::new(),
+        }
+    }
+
     pub fn sorted(mut self) -> Self {
         self.grants.sort_by(|a, b| a.id.cmp(&b.id));
         self.holds.sort_by(|a, b| a.id.cmp(&b.id));

@@ -11,14 +11,14 @@ use super::{
     SYSTEM_ACTOR,
     ops::{Encode, Op, Outcome},
     rows::{
-        HOLD_CAPTURED, HOLD_EXPIRED, HOLD_OPEN, HOLD_RELEASED, StoredBurn, domain_schedule, json,
-        period_str, quantity_strings, status_str, stored_burns, thresholds, wallet_state,
+        StoredBurn, domain_schedule, json, quantity_strings, stored_burns, thresholds, wallet_state,
     },
 };
 use crate::{
     domain::{
-        AccountState, Action, Amount, Burn, Lot, LotStatus, Movement, MovementKind, Rollover,
-        WalletState, amount::format_decimal, check_caller_cap, refund_returns,
+        AccountState, Action, Amount, Burn, GrantKind, HoldState, Lot, LotStatus, Movement,
+        MovementKind, Rollover, RolloverPolicy, WalletState, amount::format_decimal,
+        check_caller_cap, refund_returns,
     },
     error::{Error, Result},
     store::{
@@ -58,7 +58,7 @@ impl EntryContext {
 pub(super) struct GrantTemplate {
     /// Units the grant was created with (an allotment plus what rolled into it).
     amount: i64,
-    kind: String,
+    kind: GrantKind,
     contract_ref: String,
     rolled_over: i64,
 }
@@ -67,7 +67,7 @@ pub(super) struct GrantTemplate {
 pub(super) struct Loaded {
     pub(super) model: wallet::Model,
     /// The account's state as of the wallet lock (for ACCOUNT_NOT_ACTIVE).
-    pub(super) account_state: String,
+    pub(super) account_state: AccountState,
     pub(super) state: WalletState,
     /// Running posted balance and chain head: each new entry continues from them.
     pub(super) posted: i64,
@@ -81,7 +81,7 @@ pub(super) struct Loaded {
     pub(super) holds: HashMap<String, reservation::Model>,
     pub(super) new_holds: Vec<reservation::Model>,
     /// Holds resolved in this batch: state, captured units, time.
-    pub(super) resolved: HashMap<String, (&'static str, Option<i64>, i64)>,
+    pub(super) resolved: HashMap<String, (HoldState, Option<i64>, i64)>,
     pub(super) schedules: HashMap<String, schedule::Model>,
     pub(super) new_schedules: Vec<schedule::Model>,
     pub(super) thresholds: Vec<Amount>,
@@ -96,8 +96,7 @@ impl Loaded {
         let schedule_refs: Vec<&schedule::Model> = own.schedules.iter().collect();
         let mut state = wallet_state(&model, &grant_refs, &hold_refs, &schedule_refs);
         // A closed account is granted no more periods (`domain::account_state`).
-        state.schedules_paused = AccountState::parse(&own.account_state)
-            .is_some_and(|s| !s.allows(Action::SchedulePeriod));
+        state.schedules_paused = !own.account_state.allows(Action::SchedulePeriod);
         Loaded {
             account_state: own.account_state,
             posted: model.posted,
@@ -150,7 +149,7 @@ impl Loaded {
             && !self.resolved.contains_key(hold)
         {
             self.resolved
-                .insert(hold.clone(), (HOLD_EXPIRED, None, movement.time));
+                .insert(hold.clone(), (HoldState::Expired, None, movement.time));
         }
         if let Some(template) = movement
             .grant_id
@@ -166,7 +165,7 @@ impl Loaded {
         let mut entry = transaction::Model {
             seq: 0,
             id: new_id("txn"),
-            kind: movement.kind.as_str().to_string(),
+            kind: movement.kind,
             wallet_id: self.model.id.clone(),
             account_id: self.model.account_id.clone(),
             units: movement.units.micros(),
@@ -211,8 +210,8 @@ impl Loaded {
                 .period
                 .as_ref()
                 .and_then(|(schedule_id, _)| self.schedule_model(schedule_id))
-                .map(|s| (s.kind.clone(), s.contract_ref.clone()))
-                .unwrap_or_else(|| ("CONTRACT".into(), String::new()));
+                .map(|s| (s.kind, s.contract_ref.clone()))
+                .unwrap_or_else(|| (GrantKind::Contract, String::new()));
             self.new_grants.insert(
                 id,
                 GrantTemplate {
@@ -244,7 +243,7 @@ pub(super) struct Batch {
     /// The rate card in force at `now` (loaded only when an operation needs a price).
     pub card: Option<Card>,
     /// Account id → state, for every account the batch names.
-    pub accounts: HashMap<String, String>,
+    pub accounts: HashMap<String, AccountState>,
     /// (account, unit) → wallet id, for debits and holds.
     pub by_account_unit: HashMap<(String, String), String>,
     pub wallets: BTreeMap<String, Loaded>,
@@ -263,7 +262,7 @@ pub(super) struct Evaluated {
 }
 
 /// ACCOUNT_NOT_ACTIVE unless the account's state allows `op` (`domain::account_state`).
-fn check_state(op: &Op, account_id: &str, state: &str) -> Result<()> {
+fn check_state(op: &Op, account_id: &str, state: AccountState) -> Result<()> {
     match op.action() {
         Some(action) => accounts::require_state(account_id, state, action),
         None => Ok(()),
@@ -324,7 +323,7 @@ impl Batch {
                     .accounts
                     .get(account_id)
                     .ok_or_else(|| Error::not_found("account", account_id))?;
-                check_state(op, account_id, state)?;
+                check_state(op, account_id, *state)?;
                 let wallet_id = self
                     .by_account_unit
                     .get(&(account_id.to_string(), unit.to_string()))
@@ -344,7 +343,7 @@ impl Batch {
         let result = if state_checked {
             Ok(())
         } else {
-            check_state(op, &wallet.model.account_id, &wallet.account_state)
+            check_state(op, &wallet.model.account_id, wallet.account_state)
         }
         .and_then(|()| self.run(op, &mut wallet));
         self.wallets.insert(wallet_id, wallet);
@@ -420,7 +419,7 @@ impl Batch {
                     id.clone(),
                     GrantTemplate {
                         amount: op.amount.micros(),
-                        kind: op.kind.to_string(),
+                        kind: op.kind,
                         contract_ref: op.contract_ref.clone(),
                         rolled_over: 0,
                     },
@@ -451,7 +450,7 @@ impl Batch {
                     wallet_id: wallet.model.id.clone(),
                     account_id: wallet.model.account_id.clone(),
                     units: units.micros(),
-                    state: HOLD_OPEN.to_string(),
+                    state: HoldState::Open,
                     expire_time,
                     request_type: op.request_type.clone(),
                     quantities: json(&quantity_strings(&op.quantities)),
@@ -486,7 +485,7 @@ impl Batch {
                 let movement = wallet.state.capture(&op.reservation_id, units, now)?;
                 wallet.resolved.insert(
                     op.reservation_id.clone(),
-                    (HOLD_CAPTURED, Some(units.micros()), now),
+                    (HoldState::Captured, Some(units.micros()), now),
                 );
                 let ctx = EntryContext {
                     actor: op.actor.clone(),
@@ -504,7 +503,7 @@ impl Batch {
                 let movement = wallet.state.release(&op.reservation_id, now)?;
                 wallet
                     .resolved
-                    .insert(op.reservation_id.clone(), (HOLD_RELEASED, None, now));
+                    .insert(op.reservation_id.clone(), (HoldState::Released, None, now));
                 let ctx = EntryContext {
                     actor: op.actor.clone(),
                     request_id: op.key.request_id.clone(),
@@ -514,7 +513,7 @@ impl Batch {
                 wallet.record(movement, &ctx);
                 // The answer shows the hold released (as it was stored, with its new state).
                 Ok(Outcome::Reservation(reservation::Model {
-                    state: HOLD_RELEASED.to_string(),
+                    state: HoldState::Released,
                     ..hold
                 }))
             }
@@ -585,7 +584,7 @@ impl Batch {
                         id.clone(),
                         GrantTemplate {
                             amount: units.micros(),
-                            kind: "ADJUSTMENT".into(),
+                            kind: GrantKind::Adjustment,
                             contract_ref: String::new(),
                             rolled_over: 0,
                         },
@@ -619,19 +618,19 @@ impl Batch {
                     wallet_id: wallet.model.id.clone(),
                     account_id: wallet.model.account_id.clone(),
                     amount: op.amount.micros(),
-                    period: period_str(op.period).to_string(),
+                    period: op.period,
                     start_time: op.start_time,
                     end_time: op.end_time,
                     rollover_policy: match op.rollover {
-                        Rollover::None => "NONE".into(),
-                        Rollover::Capped(_) => "CAPPED".into(),
+                        Rollover::None => RolloverPolicy::None,
+                        Rollover::Capped(_) => RolloverPolicy::Capped,
                     },
                     rollover_cap: match op.rollover {
                         Rollover::None => None,
                         Rollover::Capped(cap) => Some(cap.micros()),
                     },
                     next_period: 0,
-                    kind: op.kind.to_string(),
+                    kind: op.kind,
                     priority: op.priority,
                     unit_price: format_decimal(op.unit_price),
                     currency: op.currency.clone(),
@@ -721,7 +720,7 @@ pub(super) fn updated_wallet(wallet: &Loaded, now: i64) -> wallet::Model {
 
 /// The grant row as it will be after the batch.
 pub(super) fn grant_row(wallet: &Loaded, lot: &Lot, now: i64) -> Option<grant::Model> {
-    let status = status_str(lot.status).to_string();
+    let status = lot.status;
     let void_reason = wallet.void_reasons.get(&lot.grant_id).cloned();
     if let Some(stored) = wallet.grants.get(&lot.grant_id) {
         return Some(grant::Model {
@@ -737,7 +736,7 @@ pub(super) fn grant_row(wallet: &Loaded, lot: &Lot, now: i64) -> Option<grant::M
     Some(grant::Model {
         id: lot.grant_id.clone(),
         wallet_id: wallet.model.id.clone(),
-        kind: template.kind.clone(),
+        kind: template.kind,
         amount: template.amount,
         remaining: lot.remaining.micros(),
         priority: lot.priority,

@@ -10,10 +10,10 @@ use sea_orm::{
 use super::{
     eval::{Batch, Loaded},
     ops::Op,
-    rows::{GRANT_ACTIVE, HOLD_OPEN, PENDING, stored_burns},
+    rows::stored_burns,
 };
 use crate::{
-    domain::MovementKind,
+    domain::{AccountState, HoldState, LotStatus, MovementKind},
     error::{Error, Result},
     store::{
         Store,
@@ -85,18 +85,20 @@ pub(super) async fn load_wallets(
             }
         }
     }
-    Ok(wallets
+    wallets
         .into_iter()
         .map(|model| {
-            let own = rows.remove(&model.id).unwrap_or_default();
-            (model.id.clone(), Loaded::new(model, own))
+            let own = rows.remove(&model.id).ok_or_else(|| {
+                Error::internal(format!("the rows of wallet `{}` were not read", model.id))
+            })?;
+            Ok((model.id.clone(), Loaded::new(model, own)))
         })
-        .collect())
+        .collect()
 }
 
 /// Whether a grant row is one `load_wallets` reads (live, or holding repaid debt).
 pub(super) fn is_live(grant: &grant::Model) -> bool {
-    grant.status == PENDING || grant.status == GRANT_ACTIVE || grant.repaid > 0
+    matches!(grant.status, LotStatus::Pending | LotStatus::Active) || grant.repaid > 0
 }
 
 /// The account state, live grants, open holds and schedules of the wallets in `owners`
@@ -105,43 +107,41 @@ async fn read_rows(
     conn: &impl ConnectionTrait,
     owners: &BTreeMap<String, String>,
 ) -> Result<HashMap<String, Rows>> {
-    let mut rows: HashMap<String, Rows> = owners
-        .keys()
-        .map(|id| (id.clone(), Rows::default()))
-        .collect();
     if owners.is_empty() {
-        return Ok(rows);
+        return Ok(HashMap::new());
     }
     let ids: BTreeSet<String> = owners.keys().cloned().collect();
     let account_ids: BTreeSet<&String> = owners.values().collect();
-    let states: HashMap<String, String> = account::Entity::find()
+    let states: HashMap<String, AccountState> = account::Entity::find()
         .select_only()
         .column(account::Column::Id)
         .column(account::Column::State)
         .filter(account::Column::Id.is_in(padded(account_ids.into_iter().cloned())))
-        .into_tuple::<(String, String)>()
+        .into_tuple::<(String, AccountState)>()
         .all(conn)
         .await?
         .into_iter()
         .collect();
+    let mut rows = HashMap::with_capacity(owners.len());
     for (wallet_id, account_id) in owners {
-        if let (Some(own), Some(state)) = (rows.get_mut(wallet_id), states.get(account_id)) {
-            own.account_state = state.clone();
-        }
+        let state = states.get(account_id).ok_or_else(|| {
+            Error::internal(format!("the account of wallet `{wallet_id}` is missing"))
+        })?;
+        rows.insert(wallet_id.clone(), Rows::new(*state));
     }
     // Live grants: the rule `is_live` states for the cache.
     let grants = grant::Entity::find()
         .filter(grant::Column::WalletId.is_in(padded(ids.iter().cloned())))
         .filter(
             Condition::any()
-                .add(grant::Column::Status.is_in([PENDING, GRANT_ACTIVE]))
+                .add(grant::Column::Status.is_in([LotStatus::Pending, LotStatus::Active]))
                 .add(grant::Column::Repaid.gt(0)),
         )
         .all(conn)
         .await?;
     let holds = reservation::Entity::find()
         .filter(reservation::Column::WalletId.is_in(padded(ids.iter().cloned())))
-        .filter(reservation::Column::State.eq(HOLD_OPEN))
+        .filter(reservation::Column::State.eq(HoldState::Open))
         .all(conn)
         .await?;
     let schedules = schedule::Entity::find()
@@ -287,16 +287,16 @@ pub(super) async fn lock_and_load(
     }
     // Account states: with each loaded wallet (cached by its version); read for the rest
     // (an account without the wallet an operation names, or none at all).
-    let mut accounts: HashMap<String, String> = wallets
+    let mut accounts: HashMap<String, AccountState> = wallets
         .values()
-        .map(|w| (w.model.account_id.clone(), w.account_state.clone()))
+        .map(|w| (w.model.account_id.clone(), w.account_state))
         .collect();
     let unread: BTreeSet<&String> = account_ids
         .iter()
         .filter(|id| !accounts.contains_key(*id))
         .collect();
     if !unread.is_empty() {
-        let read: Vec<(String, String)> = account::Entity::find()
+        let read: Vec<(String, AccountState)> = account::Entity::find()
             .select_only()
             .column(account::Column::Id)
             .column(account::Column::State)

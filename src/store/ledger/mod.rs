@@ -38,10 +38,7 @@ pub use reads::{
     balance, due_wallets, find_grant, find_reservation, find_transaction, list_grants,
     list_schedules, list_transactions, pending_entries, wallet_balance,
 };
-pub use rows::{
-    EXPIRED, GRANT_ACTIVE, HOLD_CAPTURED, HOLD_EXPIRED, HOLD_OPEN, HOLD_RELEASED, PENDING,
-    StoredBurn, VOIDED, domain_schedule, lot, period_str, stored_burns, thresholds,
-};
+pub use rows::{StoredBurn, domain_schedule, lot, stored_burns, thresholds};
 
 use super::{Store, is_postgres, log_sync::Durable};
 use crate::error::{Error, Result};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use crate::{
-    domain::{Action, Amount, Balance, Period, Rollover},
+    domain::{Action, Amount, Balance, GrantKind, Period, Rollover},
     store::{
         entity::{grant, reservation, schedule, transaction, wallet},
         idempotency::Key,
@@ -29,7 +29,7 @@ pub struct DebitOp {
 pub struct GrantOp {
     pub key: Key,
     pub wallet_id: String,
-    pub kind: &'static str,
+    pub kind: GrantKind,
     pub amount: Amount,
     pub priority: i32,
     pub effective_time: Option<i64>,
@@ -109,7 +109,7 @@ pub struct ScheduleOp {
     pub start_time: i64,
     pub end_time: Option<i64>,
     pub rollover: Rollover,
-    pub kind: &'static str,
+    pub kind: GrantKind,
     pub priority: i32,
     pub unit_price: Decimal,
     pub currency: String,

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{
-        Amount, Burn, Hold, Lot, LotStatus, Period, Rollover, Schedule, SpendCaps, Spent,
-        WalletState, amount::format_decimal,
+        Amount, Burn, Hold, Lot, Rollover, RolloverPolicy, Schedule, SpendCaps, Spent, WalletState,
+        amount::format_decimal,
     },
     error::{Error, Result},
     store::entity::{grant, reservation, schedule, transaction, wallet},
@@ -51,34 +51,6 @@ impl From<&Burn> for StoredBurn {
     }
 }
 
-pub const PENDING: &str = "PENDING";
-pub const GRANT_ACTIVE: &str = "ACTIVE";
-pub const EXPIRED: &str = "EXPIRED";
-pub const VOIDED: &str = "VOIDED";
-
-pub const HOLD_OPEN: &str = "OPEN";
-pub const HOLD_CAPTURED: &str = "CAPTURED";
-pub const HOLD_RELEASED: &str = "RELEASED";
-pub const HOLD_EXPIRED: &str = "EXPIRED";
-
-pub(super) fn status_str(status: LotStatus) -> &'static str {
-    match status {
-        LotStatus::Pending => PENDING,
-        LotStatus::Active => GRANT_ACTIVE,
-        LotStatus::Expired => EXPIRED,
-        LotStatus::Voided => VOIDED,
-    }
-}
-
-fn parse_status(status: &str) -> LotStatus {
-    match status {
-        PENDING => LotStatus::Pending,
-        EXPIRED => LotStatus::Expired,
-        VOIDED => LotStatus::Voided,
-        _ => LotStatus::Active,
-    }
-}
-
 pub fn lot(model: &grant::Model) -> Lot {
     Lot {
         grant_id: model.id.clone(),
@@ -89,27 +61,9 @@ pub fn lot(model: &grant::Model) -> Lot {
         seq: model.create_time,
         unit_price: model.unit_price.parse().unwrap_or_default(),
         currency: model.currency.clone(),
-        status: parse_status(&model.status),
+        status: model.status,
         repaid: Amount::from_micros(model.repaid),
         period: model.schedule_id.clone().zip(model.period_index),
-    }
-}
-
-pub fn period_str(period: Period) -> &'static str {
-    match period {
-        Period::Daily => "DAILY",
-        Period::Weekly => "WEEKLY",
-        Period::Monthly => "MONTHLY",
-        Period::Yearly => "YEARLY",
-    }
-}
-
-fn parse_period(period: &str) -> Period {
-    match period {
-        "DAILY" => Period::Daily,
-        "WEEKLY" => Period::Weekly,
-        "YEARLY" => Period::Yearly,
-        _ => Period::Monthly,
     }
 }
 
@@ -117,11 +71,11 @@ pub fn domain_schedule(model: &schedule::Model) -> Schedule {
     Schedule {
         id: model.id.clone(),
         amount: Amount::from_micros(model.amount),
-        period: parse_period(&model.period),
+        period: model.period,
         start_time: model.start_time,
         end_time: model.end_time,
         rollover: match model.rollover_cap {
-            Some(cap) if model.rollover_policy == "CAPPED" => {
+            Some(cap) if model.rollover_policy == RolloverPolicy::Capped => {
                 Rollover::Capped(Amount::from_micros(cap))
             }
             _ => Rollover::None,

@@ -11,9 +11,9 @@ use sea_orm::{
 use super::{
     eval::{Batch, Loaded, grant_row, next_period, updated_wallet},
     load::is_live,
-    rows::HOLD_OPEN,
 };
 use crate::{
+    domain::HoldState,
     error::Result,
     store::{
         bulk,
@@ -58,10 +58,7 @@ pub(super) fn effects(batch: &Batch, records: Vec<idempotency_key::Model>) -> Ef
 }
 
 fn wallet_effects(wallet: &Loaded, now: i64, effects: &mut Effects) {
-    let mut rows = Rows {
-        account_state: wallet.account_state.clone(),
-        ..Rows::default()
-    };
+    let mut rows = Rows::new(wallet.account_state);
     let mut dirty = !wallet.entries.is_empty();
     for lot in &wallet.state.lots {
         let Some(row) = grant_row(wallet, lot, now) else {
@@ -98,11 +95,11 @@ fn wallet_effects(wallet: &Loaded, now: i64, effects: &mut Effects) {
     for hold in &wallet.new_holds {
         let mut model = hold.clone();
         if let Some((state, captured, at)) = wallet.resolved.get(&hold.id) {
-            model.state = state.to_string();
+            model.state = *state;
             model.captured_units = *captured;
             model.resolve_time = Some(*at);
         }
-        if model.state == HOLD_OPEN {
+        if model.state == HoldState::Open {
             rows.holds.push(model.clone());
         }
         effects.new_holds.push(model);
@@ -112,7 +109,7 @@ fn wallet_effects(wallet: &Loaded, now: i64, effects: &mut Effects) {
         match wallet.resolved.get(id) {
             Some((state, captured, at)) => {
                 let after = reservation::Model {
-                    state: state.to_string(),
+                    state: *state,
                     captured_units: *captured,
                     resolve_time: Some(*at),
                     ..stored.clone()
@@ -120,7 +117,7 @@ fn wallet_effects(wallet: &Loaded, now: i64, effects: &mut Effects) {
                 effects.resolved_holds.push((stored.clone(), after));
                 dirty = true;
             }
-            None if stored.state == HOLD_OPEN => rows.holds.push(stored.clone()),
+            None if stored.state == HoldState::Open => rows.holds.push(stored.clone()),
             None => {}
         }
     }
@@ -227,7 +224,7 @@ async fn write_holds_and_schedules(conn: &DatabaseTransaction, effects: &Effects
     }
     for (stored, after) in &effects.resolved_holds {
         let mut active: reservation::ActiveModel = stored.clone().into();
-        active.state = Set(after.state.clone());
+        active.state = Set(after.state);
         active.captured_units = Set(after.captured_units);
         active.resolve_time = Set(after.resolve_time);
         active.update(conn).await?;

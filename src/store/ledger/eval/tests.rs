@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::{Batch, Loaded};
 use crate::{
-    domain::{Amount, Period, Rate, Rollover},
+    domain::{AccountState, Amount, CardState, GrantKind, Period, Rate, Rollover},
     store::{
         chain,
         entity::{rate_card, transaction, wallet},
@@ -128,7 +128,7 @@ fn wallet_row() -> wallet::Model {
 fn card(flat: i64) -> Card {
     let model = rate_card::Model {
         version: 1,
-        state: "PUBLISHED".into(),
+        state: CardState::Published,
         etag: String::new(),
         effective_time: Some(START),
         rates: String::new(),
@@ -151,14 +151,11 @@ fn card(flat: i64) -> Card {
 }
 
 fn batch(flat: i64) -> Batch {
-    let rows = Rows {
-        account_state: "ACTIVE".into(),
-        ..Rows::default()
-    };
+    let rows = Rows::new(AccountState::Active);
     Batch {
         now: START,
         card: Some(card(flat)),
-        accounts: HashMap::from([(ACCOUNT.to_string(), "ACTIVE".to_string())]),
+        accounts: HashMap::from([(ACCOUNT.to_string(), AccountState::Active)]),
         by_account_unit: HashMap::from([(
             (ACCOUNT.to_string(), "credits".to_string()),
             WALLET.to_string(),
@@ -206,7 +203,7 @@ fn op_for(step: &Step, n: usize, now: i64, seen: &Seen) -> Option<Op> {
         } => Op::Grant(GrantOp {
             key: key(n, "Grant"),
             wallet_id,
-            kind: "PURCHASE",
+            kind: GrantKind::Purchase,
             amount: Amount::from_micros(*units),
             priority: (n % 3) as i32,
             effective_time: None,
@@ -291,7 +288,7 @@ fn op_for(step: &Step, n: usize, now: i64, seen: &Seen) -> Option<Op> {
             start_time: now - past_periods * 86_400_000_000,
             end_time: None,
             rollover: Rollover::None,
-            kind: "CONTRACT",
+            kind: GrantKind::Contract,
             priority: 0,
             unit_price: Decimal::ONE,
             currency: "USD".into(),
