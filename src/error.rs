@@ -10,10 +10,154 @@ use tonic::Code;
 
 use crate::domain::{AmountError, PricingError, Refusal};
 
+/// Why a request failed: the `reason` of the `google.rpc.ErrorInfo` every error carries, and of
+/// the logs. The wire string is the variant's name in UPPER_SNAKE ([`Reason::as_str`]); these
+/// variants are the catalogue of every reason allot sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+pub enum Reason {
+    // UNAUTHENTICATED: the token (`AuthError::reason`).
+    /// No bearer token in the `authorization` header.
+    TokenMissing,
+    /// The header or the token is not well-formed.
+    TokenMalformed,
+    /// The token's `exp` is in the past (beyond the leeway).
+    TokenExpired,
+    /// No candidate key verified the token's signature.
+    TokenBadSignature,
+    /// The token's `kid` matches no configured key.
+    TokenUnknownKey,
+    /// The token's `alg` is `none`, unsupported, or not the pinned algorithm of any candidate key.
+    TokenAlgNotAllowed,
+    /// The token's `iss` is not the configured issuer.
+    TokenWrongIssuer,
+    /// The token's `aud` does not contain the configured audience.
+    TokenWrongAudience,
+    /// The signature is fine but the claims are unacceptable (missing claim, not yet valid, …).
+    TokenInvalid,
+
+    // PERMISSION_DENIED.
+    /// An allot method that no role may call.
+    MethodNotAllowed,
+    /// No role of the token may call the method.
+    RoleNotAllowed,
+    /// The account lies outside the token's scope (checked before existence), or a scoped token
+    /// creates a top-level account.
+    AccountOutOfScope,
+    /// Changing rate cards needs a token for all accounts (`"*"`).
+    GlobalScopeRequired,
+
+    // INVALID_ARGUMENT.
+    /// A required field is empty.
+    MissingField,
+    /// A field's value is not acceptable (format, combination with other fields, ordering).
+    InvalidField,
+    /// A string is longer than its bound.
+    FieldTooLong,
+    /// An id lacks its `<kind>_` prefix or has other characters than letters and digits.
+    InvalidId,
+    /// A timestamp outside 1970–9999.
+    InvalidTimestamp,
+    /// An enum value the API does not know.
+    InvalidEnum,
+    /// A malformed amount, or zero where it must not be.
+    InvalidAmount,
+    /// A well-formed amount beyond the stated bounds (docs/ARCHITECTURE.md, "Numbers").
+    AmountOutOfRange,
+    /// A map or list with more entries than allowed.
+    TooManyEntries,
+    /// A negative `page_size`.
+    InvalidPageSize,
+    /// A `page_token` the list did not issue.
+    InvalidPageToken,
+    /// A reservation TTL of zero or above the configured maximum.
+    TtlOutOfRange,
+    /// An allotment schedule that starts more periods ago than the catch-up bound.
+    ScheduleStartTooEarly,
+    /// Rates that fail validation (duplicate request types, `per` 0, negative prices).
+    InvalidRateCard,
+    /// A rate card published with an effective time in the past.
+    EffectiveTimeInPast,
+    /// A quantity names a dimension the rate does not price.
+    UnknownDimension,
+    /// The price of a request overflows the amount bounds.
+    PriceOutOfRange,
+    /// The wallet's grants plus its overdraft limit would exceed the largest amount.
+    BalanceOutOfRange,
+
+    // NOT_FOUND.
+    /// The id does not exist (inside scope).
+    NotFound,
+    /// No rate card is in force at the requested time.
+    NoRateCardInForce,
+
+    // ALREADY_EXISTS.
+    /// The `request_id` was already used with different parameters.
+    IdempotencyKeyReused,
+    /// Another account already has this `external_id`.
+    ExternalIdTaken,
+    /// The account already has a wallet of this unit.
+    WalletExists,
+
+    // FAILED_PRECONDITION.
+    /// The wallet's balance (with overdraft) does not cover the amount (metadata: required,
+    /// available).
+    InsufficientCredits,
+    /// The spend would exceed the wallet's daily or monthly cap.
+    SpendCapReached,
+    /// The request costs more than the caller's `max_units`.
+    OverCallerCap,
+    /// The request type has no rate in the card in force.
+    UnpricedRequestType,
+    /// The account's state does not allow the operation (suspended, closed).
+    AccountNotActive,
+    /// A closed account cannot be reopened.
+    AccountClosed,
+    /// A sub-account would nest deeper than allowed.
+    AccountTooDeep,
+    /// The reservation is captured, released or expired.
+    ReservationNotOpen,
+    /// The grant is no longer active (expired or voided).
+    GrantNotActive,
+    /// The overdraft limit cannot go below the overdraft in use.
+    OverdraftInUse,
+    /// Only debits and captures can be refunded.
+    NotRefundable,
+    /// The refund exceeds what is still refundable of the transaction.
+    RefundExceedsCharge,
+    /// The rate card is already published.
+    RateCardNotDraft,
+    /// The rate card changed since the caller read its etag.
+    StaleEtag,
+
+    // Other codes.
+    /// OUT_OF_RANGE: a statement's totals exceed what a decimal holds.
+    StatementOutOfRange,
+    /// ABORTED: a write conflict that survived internal retries.
+    WriteConflict,
+    /// UNAVAILABLE: the database is unreachable; safe to retry with the same `request_id`.
+    Unavailable,
+    /// INTERNAL: a bug; never for user input.
+    Internal,
+}
+
+impl Reason {
+    /// The UPPER_SNAKE string sent in `ErrorInfo.reason` and logged.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub code: Code,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     pub metadata: Vec<(String, String)>,
 }
@@ -21,7 +165,7 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, reason: Reason, message: impl Into<String>) -> Self {
         Error {
             code,
             reason,
@@ -36,21 +180,21 @@ impl Error {
         self
     }
 
-    pub fn invalid(reason: &'static str, field: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(reason: Reason, field: &str, message: impl Into<String>) -> Self {
         let message = format!("{field}: {}", message.into());
         Self::new(Code::InvalidArgument, reason, message).with("field", field)
     }
 
     pub fn missing(field: &str) -> Self {
-        Self::invalid("MISSING_FIELD", field, "is required")
+        Self::invalid(Reason::MissingField, field, "is required")
     }
 
     /// A malformed amount is `INVALID_AMOUNT`; a well-formed one beyond the stated bounds
     /// (docs/ARCHITECTURE.md, "Numbers") is `AMOUNT_OUT_OF_RANGE`.
     pub fn amount(field: &str, err: AmountError) -> Self {
         let reason = match err {
-            AmountError::OutOfRange(_) => "AMOUNT_OUT_OF_RANGE",
-            _ => "INVALID_AMOUNT",
+            AmountError::OutOfRange(_) => Reason::AmountOutOfRange,
+            _ => Reason::InvalidAmount,
         };
         Self::invalid(reason, field, err.to_string())
     }
@@ -58,37 +202,37 @@ impl Error {
     pub fn not_found(kind: &str, id: &str) -> Self {
         Self::new(
             Code::NotFound,
-            "NOT_FOUND",
+            Reason::NotFound,
             format!("{kind} `{id}` does not exist"),
         )
         .with("kind", kind)
         .with("id", id)
     }
 
-    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn precondition(reason: Reason, message: impl Into<String>) -> Self {
         Self::new(Code::FailedPrecondition, reason, message)
     }
 
-    pub fn permission_denied(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn permission_denied(reason: Reason, message: impl Into<String>) -> Self {
         Self::new(Code::PermissionDenied, reason, message)
     }
 
     pub fn aborted(message: impl Into<String>) -> Self {
-        Self::new(Code::Aborted, "WRITE_CONFLICT", message)
+        Self::new(Code::Aborted, Reason::WriteConflict, message)
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(Code::Unavailable, "UNAVAILABLE", message)
+        Self::new(Code::Unavailable, Reason::Unavailable, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(Code::Internal, "INTERNAL", message)
+        Self::new(Code::Internal, Reason::Internal, message)
     }
 
     pub fn idempotency_key_reused(request_id: &str) -> Self {
         Self::new(
             Code::AlreadyExists,
-            "IDEMPOTENCY_KEY_REUSED",
+            Reason::IdempotencyKeyReused,
             format!("request_id `{request_id}` was already used with different parameters"),
         )
         .with("request_id", request_id)
@@ -131,7 +275,7 @@ impl From<Refusal> for Error {
             Refusal::Insufficient {
                 required,
                 available,
-            } => Error::precondition("INSUFFICIENT_CREDITS", message)
+            } => Error::precondition(Reason::InsufficientCredits, message)
                 .with("required", required)
                 .with("available", available),
             Refusal::SpendCap {
@@ -139,27 +283,29 @@ impl From<Refusal> for Error {
                 cap,
                 used,
                 required,
-            } => Error::precondition("SPEND_CAP_REACHED", message)
+            } => Error::precondition(Reason::SpendCapReached, message)
                 .with("period", period)
                 .with("cap", cap)
                 .with("used", used)
                 .with("required", required),
-            Refusal::HoldNotOpen => Error::precondition("RESERVATION_NOT_OPEN", message),
-            Refusal::GrantNotActive => Error::precondition("GRANT_NOT_ACTIVE", message),
+            Refusal::HoldNotOpen => Error::precondition(Reason::ReservationNotOpen, message),
+            Refusal::GrantNotActive => Error::precondition(Reason::GrantNotActive, message),
             Refusal::OutOfRange { headroom } => {
-                Error::invalid("BALANCE_OUT_OF_RANGE", "units", message).with("headroom", headroom)
+                Error::invalid(Reason::BalanceOutOfRange, "units", message)
+                    .with("headroom", headroom)
             }
             Refusal::OverdraftInUse { debt } => {
-                Error::precondition("OVERDRAFT_IN_USE", message).with("debt", debt)
+                Error::precondition(Reason::OverdraftInUse, message).with("debt", debt)
             }
             Refusal::OverCallerCap {
                 required,
                 max_units,
-            } => Error::precondition("OVER_CALLER_CAP", message)
+            } => Error::precondition(Reason::OverCallerCap, message)
                 .with("required", required)
                 .with("max_units", max_units),
             Refusal::RefundExceedsCharge { refundable } => {
-                Error::precondition("REFUND_EXCEEDS_CHARGE", message).with("refundable", refundable)
+                Error::precondition(Reason::RefundExceedsCharge, message)
+                    .with("refundable", refundable)
             }
         }
     }
@@ -169,13 +315,13 @@ impl From<PricingError> for Error {
     fn from(err: PricingError) -> Self {
         match &err {
             PricingError::Overflow => {
-                Error::invalid("PRICE_OUT_OF_RANGE", "quantities", err.to_string())
+                Error::invalid(Reason::PriceOutOfRange, "quantities", err.to_string())
             }
             PricingError::UnknownDimension {
                 request_type,
                 dimension,
                 known,
-            } => Error::invalid("UNKNOWN_DIMENSION", "quantities", err.to_string())
+            } => Error::invalid(Reason::UnknownDimension, "quantities", err.to_string())
                 .with("request_type", request_type)
                 .with("dimension", dimension)
                 .with("known_dimensions", known),
@@ -185,7 +331,13 @@ impl From<PricingError> for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} {}: {}", self.code, self.reason, self.message)
+        write!(
+            f,
+            "{:?} {}: {}",
+            self.code,
+            self.reason.as_str(),
+            self.message
+        )
     }
 }
 
@@ -266,6 +418,68 @@ fn classify(err: &DbErr) -> DbFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every reason on the wire is UPPER_SNAKE and names one variant only.
+    #[test]
+    fn reasons_are_upper_snake_and_unique() {
+        use strum::IntoEnumIterator;
+
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::iter() {
+            let s = reason.as_str();
+            assert!(
+                !s.is_empty()
+                    && !s.starts_with('_')
+                    && !s.ends_with('_')
+                    && !s.contains("__")
+                    && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{reason:?} is sent as `{s}`, not UPPER_SNAKE"
+            );
+            assert!(seen.insert(s), "`{s}` is the string of two variants");
+        }
+        // Spot checks that the derived strings are the ones clients already match on.
+        assert_eq!(Reason::TokenAlgNotAllowed.as_str(), "TOKEN_ALG_NOT_ALLOWED");
+        assert_eq!(Reason::TtlOutOfRange.as_str(), "TTL_OUT_OF_RANGE");
+        assert_eq!(Reason::NotFound.as_str(), "NOT_FOUND");
+        assert_eq!(Error::internal("x").to_string(), "Internal INTERNAL: x");
+    }
+
+    /// Every reason the spec and the docs name is one allot sends.
+    #[test]
+    fn documented_reasons_exist() {
+        use strum::IntoEnumIterator;
+
+        const DOCUMENTED: [&str; 20] = [
+            // The spec's error table (SPEC.md, "Errors").
+            "IDEMPOTENCY_KEY_REUSED",
+            "INSUFFICIENT_CREDITS",
+            "ACCOUNT_NOT_ACTIVE",
+            "UNPRICED_REQUEST_TYPE",
+            "OVER_CALLER_CAP",
+            "RESERVATION_NOT_OPEN",
+            "STALE_ETAG",
+            "SPEND_CAP_REACHED",
+            // Named in docs/ARCHITECTURE.md.
+            "ACCOUNT_CLOSED",
+            "ACCOUNT_OUT_OF_SCOPE",
+            "AMOUNT_OUT_OF_RANGE",
+            "EFFECTIVE_TIME_IN_PAST",
+            "EXTERNAL_ID_TAKEN",
+            "GLOBAL_SCOPE_REQUIRED",
+            "INVALID_AMOUNT",
+            "RATE_CARD_NOT_DRAFT",
+            "SCHEDULE_START_TOO_EARLY",
+            "STATEMENT_OUT_OF_RANGE",
+            "TOKEN_INVALID",
+            "UNKNOWN_DIMENSION",
+        ];
+        for documented in DOCUMENTED {
+            assert!(
+                Reason::iter().any(|r| r.as_str() == documented),
+                "the docs name {documented}, which no Reason sends"
+            );
+        }
+    }
 
     /// Database text (hosts, users, SQL) is logged, never sent to the client.
     #[test]

@@ -20,7 +20,7 @@ use tonic::{Request, Status, body::Body, codegen::http};
 
 use crate::{
     auth::{Authenticator, Caller, Role},
-    error::{Error, Result},
+    error::{Error, Reason, Result},
 };
 
 /// Who may call a method.
@@ -122,7 +122,7 @@ pub fn authorize(auth: &Authenticator, path: &str, header: Option<&str>) -> Resu
         Some(Access::Roles(roles)) => roles,
         None if path.starts_with("/allot.") => {
             return Err(Error::permission_denied(
-                "METHOD_NOT_ALLOWED",
+                Reason::MethodNotAllowed,
                 format!("{method} is not open to any role"),
             )
             .with("method", method));
@@ -135,7 +135,7 @@ pub fn authorize(auth: &Authenticator, path: &str, header: Option<&str>) -> Resu
         .map_err(|err| Error::new(tonic::Code::Unauthenticated, err.reason(), err.to_string()))?;
     if !caller.has_any_role(roles) {
         return Err(Error::permission_denied(
-            "ROLE_NOT_ALLOWED",
+            Reason::RoleNotAllowed,
             format!("no role of this token may call {method}"),
         )
         .with("method", method));
@@ -253,7 +253,7 @@ mod tests {
         })
         .unwrap();
         let err = authorize(&auth, "/allot.v1.LedgerService/Mint", None).unwrap_err();
-        assert_eq!(err.reason, "METHOD_NOT_ALLOWED");
+        assert_eq!(err.reason, Reason::MethodNotAllowed);
         assert_eq!(
             authorize(&auth, "/grpc.health.v1.Health/Check", None),
             Ok(None)

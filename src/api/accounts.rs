@@ -8,7 +8,7 @@ use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     auth::Scope,
     domain::{AccountState, Amount},
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     proto::{self, account_service_server::AccountService},
     store::{
         accounts::{self, AccountChanges, NewAccount},
@@ -42,7 +42,7 @@ impl Ctx {
         let parent = if wire.parent_id.is_empty() {
             if !caller.is_global() {
                 return Err(Error::permission_denied(
-                    "ACCOUNT_OUT_OF_SCOPE",
+                    Reason::AccountOutOfScope,
                     "only a token for all accounts may create a top-level account",
                 ));
             }
@@ -107,7 +107,7 @@ impl Ctx {
         };
         if paths.is_empty() {
             return Err(Error::invalid(
-                "MISSING_FIELD",
+                Reason::MissingField,
                 "update_mask",
                 "nothing to update",
             ));
@@ -131,7 +131,7 @@ impl Ctx {
                 }
                 other => {
                     return Err(Error::invalid(
-                        "INVALID_FIELD",
+                        Reason::InvalidField,
                         "update_mask",
                         format!("`{other}` cannot be updated (display_name, labels, state can)"),
                     ));
@@ -245,7 +245,7 @@ impl Ctx {
         };
         if paths.is_empty() {
             return Err(Error::invalid(
-                "MISSING_FIELD",
+                Reason::MissingField,
                 "update_mask",
                 "nothing to update",
             ));
@@ -278,7 +278,7 @@ impl Ctx {
                 "low_balance_thresholds" => {
                     if wire.low_balance_thresholds.len() > 16 {
                         return Err(Error::invalid(
-                            "TOO_MANY_ENTRIES",
+                            Reason::TooManyEntries,
                             "wallet.low_balance_thresholds",
                             "at most 16 thresholds",
                         ));
@@ -295,7 +295,7 @@ impl Ctx {
                 }
                 other => {
                     return Err(Error::invalid(
-                        "INVALID_FIELD",
+                        Reason::InvalidField,
                         "update_mask",
                         format!(
                             "`{other}` cannot be updated (overdraft_limit, daily_spend_cap, \

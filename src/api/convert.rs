@@ -11,7 +11,7 @@ use crate::{
         AccountState, Amount, Balance, Dimension, GrantKind, HoldState, LotStatus, MovementKind,
         Period, Rate, RolloverPolicy, amount::parse_quantity,
     },
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     proto,
     store::{
         accounts,
@@ -36,7 +36,7 @@ pub fn micros(field: &str, value: Option<&Timestamp>) -> Result<Option<i64>> {
     const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     if !(0..=MAX_SECONDS).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(Error::invalid(
-            "INVALID_TIMESTAMP",
+            Reason::InvalidTimestamp,
             field,
             "must lie between 1970 and 9999",
         ));
@@ -58,14 +58,14 @@ pub fn required(field: &str, value: &str, max: usize) -> Result<String> {
 pub fn optional(field: &str, value: &str, max: usize) -> Result<String> {
     if value.len() > max {
         return Err(Error::invalid(
-            "FIELD_TOO_LONG",
+            Reason::FieldTooLong,
             field,
             format!("must be at most {max} bytes"),
         ));
     }
     if value.chars().any(char::is_control) {
         return Err(Error::invalid(
-            "INVALID_FIELD",
+            Reason::InvalidField,
             field,
             "must not contain control characters",
         ));
@@ -82,7 +82,7 @@ pub fn name(field: &str, value: &str, max: usize) -> Result<String> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
     {
         return Err(Error::invalid(
-            "INVALID_FIELD",
+            Reason::InvalidField,
             field,
             "may contain only letters, digits and _ - . : /",
         ));
@@ -112,7 +112,7 @@ pub fn id(field: &str, value: &str, prefix: &str) -> Result<String> {
             Ok(value)
         }
         _ => Err(Error::invalid(
-            "INVALID_ID",
+            Reason::InvalidId,
             field,
             format!("`{value}` is not a `{prefix}_…` id"),
         )),
@@ -128,7 +128,7 @@ pub fn string_map(
 ) -> Result<BTreeMap<String, String>> {
     if map.len() > max_entries {
         return Err(Error::invalid(
-            "TOO_MANY_ENTRIES",
+            Reason::TooManyEntries,
             field,
             format!("at most {max_entries} entries"),
         ));
@@ -178,7 +178,7 @@ pub fn unit_price(field: &str, value: &str) -> Result<Decimal> {
 pub fn quantities(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, Decimal>> {
     if map.len() > 32 {
         return Err(Error::invalid(
-            "TOO_MANY_ENTRIES",
+            Reason::TooManyEntries,
             "quantities",
             "at most 32 entries",
         ));
@@ -213,7 +213,7 @@ pub fn parse_account_state(value: i32) -> Result<Option<AccountState>> {
         Ok(proto::AccountState::Suspended) => Ok(Some(AccountState::Suspended)),
         Ok(proto::AccountState::Closed) => Ok(Some(AccountState::Closed)),
         Err(_) => Err(Error::invalid(
-            "INVALID_ENUM",
+            Reason::InvalidEnum,
             "state",
             format!("unknown account state {value}"),
         )),
@@ -284,7 +284,7 @@ pub fn parse_grant_kind(value: i32) -> Result<GrantKind> {
         Ok(proto::GrantKind::Promotional) => Ok(GrantKind::Promotional),
         Ok(proto::GrantKind::Adjustment) => Ok(GrantKind::Adjustment),
         Err(_) => Err(Error::invalid(
-            "INVALID_ENUM",
+            Reason::InvalidEnum,
             "grant.kind",
             format!("unknown grant kind {value}"),
         )),
@@ -513,7 +513,7 @@ pub fn parse_rate(index: usize, wire: &proto::Rate) -> Result<Rate> {
                 let per = decimal(&dim_field("per"), &dim.per)?;
                 if per.is_zero() {
                     return Err(Error::invalid(
-                        "INVALID_AMOUNT",
+                        Reason::InvalidAmount,
                         &dim_field("per"),
                         "must be greater than zero",
                     ));

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     domain::{Amount, GrantKind, Period, Rollover, Schedule, wallet::MAX_CATCH_UP_PERIODS},
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     proto::{self, grant_service_server::GrantService},
     store::{
         idempotency::Key,
@@ -20,7 +20,7 @@ fn currency(field: &str, value: &str, required: bool) -> Result<String> {
     if value.is_empty() {
         if required {
             return Err(Error::invalid(
-                "MISSING_FIELD",
+                Reason::MissingField,
                 field,
                 "is required when unit_price is above 0",
             ));
@@ -29,7 +29,7 @@ fn currency(field: &str, value: &str, required: bool) -> Result<String> {
     }
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Error::invalid(
-            "INVALID_FIELD",
+            Reason::InvalidField,
             field,
             "must be a three-letter ISO 4217 code such as USD",
         ));
@@ -60,7 +60,7 @@ impl Ctx {
             && expiry <= effective_time.unwrap_or(now).max(now)
         {
             return Err(Error::invalid(
-                "INVALID_FIELD",
+                Reason::InvalidField,
                 "grant.expire_time",
                 "must lie after now and after effective_time",
             ));
@@ -146,7 +146,7 @@ impl Ctx {
         let units = Amount::parse(&request.units).map_err(|err| Error::amount("units", err))?;
         if units.is_zero() {
             return Err(Error::invalid(
-                "INVALID_AMOUNT",
+                Reason::InvalidAmount,
                 "units",
                 "must not be zero",
             ));
@@ -185,7 +185,7 @@ impl Ctx {
             }
             Err(_) => {
                 return Err(Error::invalid(
-                    "INVALID_ENUM",
+                    Reason::InvalidEnum,
                     "allotment_schedule.period",
                     format!("unknown period {}", wire.period),
                 ));
@@ -195,7 +195,7 @@ impl Ctx {
             Ok(proto::RolloverPolicy::Unspecified | proto::RolloverPolicy::None) => {
                 if !wire.rollover_cap.is_empty() {
                     return Err(Error::invalid(
-                        "INVALID_FIELD",
+                        Reason::InvalidField,
                         "allotment_schedule.rollover_cap",
                         "only applies with ROLLOVER_POLICY_CAPPED",
                     ));
@@ -208,7 +208,7 @@ impl Ctx {
             )?),
             Err(_) => {
                 return Err(Error::invalid(
-                    "INVALID_ENUM",
+                    Reason::InvalidEnum,
                     "allotment_schedule.rollover_policy",
                     format!("unknown rollover policy {}", wire.rollover_policy),
                 ));
@@ -226,7 +226,7 @@ impl Ctx {
         let end_time = convert::micros("allotment_schedule.end_time", wire.end_time.as_ref())?;
         if end_time.is_some_and(|end| end <= start_time) {
             return Err(Error::invalid(
-                "INVALID_FIELD",
+                Reason::InvalidField,
                 "allotment_schedule.end_time",
                 "must lie after start_time",
             ));
@@ -247,7 +247,7 @@ impl Ctx {
         };
         if probe.periods_started(now, MAX_CATCH_UP_PERIODS) > MAX_CATCH_UP_PERIODS {
             return Err(Error::invalid(
-                "SCHEDULE_START_TOO_EARLY",
+                Reason::ScheduleStartTooEarly,
                 "allotment_schedule.start_time",
                 format!(
                     "a schedule may start at most {MAX_CATCH_UP_PERIODS} periods before now; \

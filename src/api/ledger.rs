@@ -8,7 +8,7 @@ use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     auth::{Caller, Role},
     domain::MovementKind,
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     proto::{self, ledger_service_server::LedgerService},
     store::{
         accounts::find_wallet,
@@ -97,7 +97,7 @@ impl Ctx {
         let debits = request.into_inner().debits;
         if debits.is_empty() || debits.len() > MAX_BATCH_DEBITS {
             return Err(Error::invalid(
-                "INVALID_FIELD",
+                Reason::InvalidField,
                 "debits",
                 format!("give 1 to {MAX_BATCH_DEBITS} debits"),
             )
@@ -123,7 +123,7 @@ impl Ctx {
                         Ok(response) => proto::debit_result::Result::Response(response),
                         Err(err) => proto::debit_result::Result::Error(proto::DebitError {
                             code: err.code as i32,
-                            reason: err.reason.to_string(),
+                            reason: err.reason.as_str().to_string(),
                             message: err.message,
                             metadata: err.metadata.into_iter().collect(),
                         }),
@@ -143,7 +143,7 @@ impl Ctx {
         } else {
             if !request.quantities.is_empty() {
                 return Err(Error::invalid(
-                    "INVALID_FIELD",
+                    Reason::InvalidField,
                     "units",
                     "give estimated quantities or units, not both",
                 ));
@@ -164,7 +164,7 @@ impl Ctx {
                     std::time::Duration::new(ttl.seconds.max(0) as u64, ttl.nanos.max(0) as u32);
                 if !valid || ttl.is_zero() || ttl > max {
                     return Err(Error::invalid(
-                        "TTL_OUT_OF_RANGE",
+                        Reason::TtlOutOfRange,
                         "ttl",
                         format!("must be above 0 and at most {}s", max.as_secs()),
                     )
@@ -210,14 +210,14 @@ impl Ctx {
             (true, false) => None,
             (false, false) => {
                 return Err(Error::invalid(
-                    "INVALID_FIELD",
+                    Reason::InvalidField,
                     "units",
                     "give the actual quantities or units, not both",
                 ));
             }
             (true, true) => {
                 return Err(Error::invalid(
-                    "MISSING_FIELD",
+                    Reason::MissingField,
                     "quantities",
                     "give the actual quantities or units",
                 ));
@@ -228,7 +228,7 @@ impl Ctx {
             .await?;
         if units.is_none() && hold.request_type.is_empty() {
             return Err(Error::invalid(
-                "INVALID_FIELD",
+                Reason::InvalidField,
                 "quantities",
                 "this reservation has no request_type to price quantities with; give units",
             ));
@@ -282,7 +282,7 @@ impl Ctx {
             .await?;
         if !matches!(original.kind, MovementKind::Debit | MovementKind::Capture) {
             return Err(Error::precondition(
-                "NOT_REFUNDABLE",
+                Reason::NotRefundable,
                 format!(
                     "only debits and captures can be refunded, not {}",
                     original.kind.as_str()

@@ -22,7 +22,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::{Authenticator, Caller},
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     store::{
         Store,
         accounts::{ancestry, find_account, find_by_external_id},
@@ -64,7 +64,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let metadata: std::collections::HashMap<String, String> =
             err.metadata.iter().cloned().collect();
-        let details = ErrorDetails::with_error_info(err.reason, "allot", metadata);
+        let details = ErrorDetails::with_error_info(err.reason.as_str(), "allot", metadata);
         Status::with_error_details(err.code, err.message, details)
     }
 }
@@ -94,12 +94,12 @@ impl Ctx {
                 self.check_scope(caller, found, "account with external_id", &external)
             }
             (true, true) => Err(Error::invalid(
-                "MISSING_FIELD",
+                Reason::MissingField,
                 "account_id",
                 "give account_id or external_id",
             )),
             (false, false) => Err(Error::invalid(
-                "INVALID_FIELD",
+                Reason::InvalidField,
                 "account_id",
                 "give account_id or external_id, not both",
             )),
@@ -162,7 +162,7 @@ impl Ctx {
 
 pub fn out_of_scope(id: &str) -> Error {
     Error::permission_denied(
-        "ACCOUNT_OUT_OF_SCOPE",
+        Reason::AccountOutOfScope,
         format!("`{id}` is outside this token's accounts"),
     )
     .with("id", id)
@@ -229,11 +229,13 @@ pub fn key<M: Mutation>(scope: String, request: &M) -> Result<Key> {
 pub fn reply<T>(result: Result<T>) -> std::result::Result<tonic::Response<T>, Status> {
     result.map(tonic::Response::new).map_err(|err| {
         match err.code {
-            tonic::Code::Internal => tracing::error!(reason = err.reason, "{}", err.message),
-            tonic::Code::Unavailable | tonic::Code::Aborted => {
-                tracing::warn!(reason = err.reason, "{}", err.message)
+            tonic::Code::Internal => {
+                tracing::error!(reason = err.reason.as_str(), "{}", err.message)
             }
-            _ => tracing::debug!(code = ?err.code, reason = err.reason, "{}", err.message),
+            tonic::Code::Unavailable | tonic::Code::Aborted => {
+                tracing::warn!(reason = err.reason.as_str(), "{}", err.message)
+            }
+            _ => tracing::debug!(code = ?err.code, reason = err.reason.as_str(), "{}", err.message),
         }
         Status::from(err)
     })

@@ -6,7 +6,7 @@ use super::{Ctx, convert, key, reply};
 use crate::{
     auth::{Caller, Role},
     domain::pricing::validate_rates,
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     proto::{self, rate_card_service_server::RateCardService},
     store::{idempotency::Key, pagination, rate_cards},
 };
@@ -24,7 +24,7 @@ fn require_global(caller: &Caller, method: &str) -> Result<()> {
         return Ok(());
     }
     Err(Error::permission_denied(
-        "GLOBAL_SCOPE_REQUIRED",
+        Reason::GlobalScopeRequired,
         format!(
             "{method} changes prices for every account: it needs a token for all accounts (\"*\")"
         ),
@@ -50,7 +50,7 @@ impl Ctx {
             .map(|(i, r)| convert::parse_rate(i, r))
             .collect::<Result<Vec<_>>>()?;
         validate_rates(&rates).map_err(|err| {
-            Error::invalid("INVALID_RATE_CARD", "rate_card.rates", err.to_string())
+            Error::invalid(Reason::InvalidRateCard, "rate_card.rates", err.to_string())
         })?;
         let notes = convert::optional("rate_card.notes", &wire.notes, 4096)?;
         let key = key(Key::caller_scope(&caller.sub), &request)?;
@@ -78,7 +78,7 @@ impl Ctx {
         let request = request.into_inner();
         if request.version <= 0 {
             return Err(Error::invalid(
-                "INVALID_FIELD",
+                Reason::InvalidField,
                 "version",
                 "must be a version number (1, 2, …)",
             ));
@@ -117,7 +117,7 @@ impl Ctx {
         let card = match request.version {
             v if v < 0 => {
                 return Err(Error::invalid(
-                    "INVALID_FIELD",
+                    Reason::InvalidField,
                     "version",
                     "must not be negative",
                 ));
@@ -129,7 +129,7 @@ impl Ctx {
                     .ok_or_else(|| {
                         Error::new(
                             tonic::Code::NotFound,
-                            "NO_RATE_CARD_IN_FORCE",
+                            Reason::NoRateCardInForce,
                             "no rate card is in force at that time",
                         )
                     })?
@@ -179,7 +179,7 @@ impl Ctx {
             .await?;
         let unpriced = || {
             Error::precondition(
-                "UNPRICED_REQUEST_TYPE",
+                Reason::UnpricedRequestType,
                 format!("no rate in force for request type `{request_type}`"),
             )
             .with("request_type", &request_type)

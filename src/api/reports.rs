@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Ctx, convert, reply};
 use crate::{
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     proto::{self, report_service_server::ReportService},
     store::{accounts::find_wallet, statements},
 };
@@ -31,7 +31,7 @@ impl Ctx {
         let end = convert::micros("end_time", request.end_time.as_ref())?.unwrap_or(now);
         if end < start {
             return Err(Error::invalid(
-                "INVALID_FIELD",
+                Reason::InvalidField,
                 "end_time",
                 "must not lie before start_time",
             ));
@@ -49,7 +49,7 @@ impl Ctx {
             }
             _ => {
                 return Err(Error::invalid(
-                    "INVALID_FIELD",
+                    Reason::InvalidField,
                     "account_id",
                     "give account_id or wallet_id",
                 ));

@@ -36,6 +36,7 @@ use jsonwebtoken::{Algorithm, Validation};
 
 use super::keys::{self, ConfigError, VerifyKey};
 use super::{Caller, Claims};
+use crate::error::Reason;
 
 /// Issuer expected when none is configured.
 pub const DEFAULT_ISSUER: &str = "allot";
@@ -81,18 +82,18 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// Stable machine-readable reason code (UPPER_SNAKE) for error details.
-    pub fn reason(&self) -> &'static str {
+    /// Stable machine-readable reason for error details.
+    pub fn reason(&self) -> Reason {
         match self {
-            AuthError::MissingToken => "TOKEN_MISSING",
-            AuthError::Malformed(_) => "TOKEN_MALFORMED",
-            AuthError::Expired => "TOKEN_EXPIRED",
-            AuthError::InvalidSignature => "TOKEN_BAD_SIGNATURE",
-            AuthError::UnknownKey => "TOKEN_UNKNOWN_KEY",
-            AuthError::AlgorithmNotAllowed => "TOKEN_ALG_NOT_ALLOWED",
-            AuthError::WrongIssuer => "TOKEN_WRONG_ISSUER",
-            AuthError::WrongAudience => "TOKEN_WRONG_AUDIENCE",
-            AuthError::Invalid(_) => "TOKEN_INVALID",
+            AuthError::MissingToken => Reason::TokenMissing,
+            AuthError::Malformed(_) => Reason::TokenMalformed,
+            AuthError::Expired => Reason::TokenExpired,
+            AuthError::InvalidSignature => Reason::TokenBadSignature,
+            AuthError::UnknownKey => Reason::TokenUnknownKey,
+            AuthError::AlgorithmNotAllowed => Reason::TokenAlgNotAllowed,
+            AuthError::WrongIssuer => Reason::TokenWrongIssuer,
+            AuthError::WrongAudience => Reason::TokenWrongAudience,
+            AuthError::Invalid(_) => Reason::TokenInvalid,
         }
     }
 }
@@ -442,7 +443,7 @@ mod tests {
         let t = sign(Algorithm::RS256, Some("k9"), &rsa_key(), &claims());
         let err = bearer(&a, &t).expect_err("unknown kid");
         assert!(matches!(err, AuthError::UnknownKey));
-        assert_eq!(err.reason(), "TOKEN_UNKNOWN_KEY");
+        assert_eq!(err.reason(), Reason::TokenUnknownKey);
     }
 
     #[test]
@@ -485,7 +486,7 @@ mod tests {
         ] {
             let err = a.authenticate(h).expect_err("missing");
             assert!(matches!(err, AuthError::MissingToken), "{h:?}");
-            assert_eq!(err.reason(), "TOKEN_MISSING");
+            assert_eq!(err.reason(), Reason::TokenMissing);
         }
     }
 
@@ -504,7 +505,7 @@ mod tests {
         for h in [format!("Basic {t}"), format!("Token {t}"), t.clone()] {
             let err = a.authenticate(Some(&h)).expect_err("scheme");
             assert!(matches!(err, AuthError::Malformed(_)), "{h}: {err:?}");
-            assert_eq!(err.reason(), "TOKEN_MALFORMED");
+            assert_eq!(err.reason(), Reason::TokenMalformed);
         }
     }
 
@@ -556,7 +557,7 @@ mod tests {
         c["exp"] = json!(now() - 120);
         let err = bearer(&a, &hs(&c)).expect_err("expired");
         assert!(matches!(err, AuthError::Expired));
-        assert_eq!(err.reason(), "TOKEN_EXPIRED");
+        assert_eq!(err.reason(), Reason::TokenExpired);
     }
 
     #[test]
@@ -631,7 +632,7 @@ mod tests {
         let t = sign(Algorithm::RS256, None, &rsa2_key(), &claims());
         let err = bearer(&a, &t).expect_err("wrong key");
         assert!(matches!(err, AuthError::InvalidSignature));
-        assert_eq!(err.reason(), "TOKEN_BAD_SIGNATURE");
+        assert_eq!(err.reason(), Reason::TokenBadSignature);
 
         let t = sign(
             Algorithm::HS256,
@@ -659,7 +660,7 @@ mod tests {
             let t = format!("{header}.{}.", b64(&claims()));
             let err = bearer(&a, &t).expect_err("alg none");
             assert!(matches!(err, AuthError::AlgorithmNotAllowed), "{alg}");
-            assert_eq!(err.reason(), "TOKEN_ALG_NOT_ALLOWED");
+            assert_eq!(err.reason(), Reason::TokenAlgNotAllowed);
         }
         // Unsupported algorithm names are refused the same way.
         let header = b64(&json!({"alg": "HS1", "typ": "JWT"}));
@@ -715,7 +716,7 @@ mod tests {
         c["iss"] = json!("someone-else");
         let err = bearer(&hs_auth(), &hs(&c)).expect_err("iss");
         assert!(matches!(err, AuthError::WrongIssuer));
-        assert_eq!(err.reason(), "TOKEN_WRONG_ISSUER");
+        assert_eq!(err.reason(), Reason::TokenWrongIssuer);
     }
 
     #[test]
@@ -724,7 +725,7 @@ mod tests {
         c["aud"] = json!("other-service");
         let err = bearer(&hs_auth(), &hs(&c)).expect_err("aud");
         assert!(matches!(err, AuthError::WrongAudience));
-        assert_eq!(err.reason(), "TOKEN_WRONG_AUDIENCE");
+        assert_eq!(err.reason(), Reason::TokenWrongAudience);
 
         c["aud"] = json!(["other-service", "billing"]);
         assert!(matches!(
@@ -776,7 +777,7 @@ mod tests {
             c.as_object_mut().expect("object").remove(claim);
             let err = bearer(&hs_auth(), &hs(&c)).expect_err(claim);
             assert!(matches!(err, AuthError::Invalid(_)), "{claim}: {err:?}");
-            assert_eq!(err.reason(), "TOKEN_INVALID");
+            assert_eq!(err.reason(), Reason::TokenInvalid);
         }
         let mut c = claims();
         c["sub"] = json!("");

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     domain::{AccountState, Action, Amount},
-    error::{Error, Result},
+    error::{Error, Reason, Result},
 };
 
 /// Deepest allowed parent chain (spec: any depth ≤ 8).
@@ -79,7 +79,7 @@ pub fn require_state(account_id: &str, state: AccountState, action: Action) -> R
     }
     let state = state.as_str();
     Err(Error::precondition(
-        "ACCOUNT_NOT_ACTIVE",
+        Reason::AccountNotActive,
         format!("account `{account_id}` is {state}: {action:?} is not allowed"),
     )
     .with("account_id", account_id)
@@ -106,7 +106,7 @@ pub async fn create_account(
         Some(parent) => {
             if parent.depth + 1 > MAX_DEPTH {
                 return Err(Error::precondition(
-                    "ACCOUNT_TOO_DEEP",
+                    Reason::AccountTooDeep,
                     format!("accounts nest at most {MAX_DEPTH} deep"),
                 )
                 .with("parent_id", &parent.id));
@@ -138,7 +138,7 @@ pub async fn create_account(
 fn external_id_taken(external_id: &str) -> Error {
     Error::new(
         tonic::Code::AlreadyExists,
-        "EXTERNAL_ID_TAKEN",
+        Reason::ExternalIdTaken,
         format!("an account with external_id `{external_id}` already exists"),
     )
     .with("external_id", external_id)
@@ -219,10 +219,11 @@ pub async fn update_account(
 ) -> Result<account::Model> {
     let closed = AccountState::Closed;
     if current.state == closed && changes.state.is_some_and(|s| s != closed) {
-        return Err(
-            Error::precondition("ACCOUNT_CLOSED", "a closed account cannot be reopened")
-                .with("account_id", &current.id),
-        );
+        return Err(Error::precondition(
+            Reason::AccountClosed,
+            "a closed account cannot be reopened",
+        )
+        .with("account_id", &current.id));
     }
     let state_given = changes.state.is_some();
     let mut model: account::ActiveModel = current.into();
@@ -274,7 +275,7 @@ pub async fn create_wallet(
     let exists = || {
         Error::new(
             tonic::Code::AlreadyExists,
-            "WALLET_EXISTS",
+            Reason::WalletExists,
             format!("account `{}` already has a `{unit}` wallet", account.id),
         )
         .with("account_id", &account.id)

@@ -14,7 +14,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use super::entity::idempotency_key::{self, Column, Entity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Reason, Result};
 
 /// The longest request_id accepted.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -102,14 +102,14 @@ pub fn validate_request_id(request_id: &str) -> Result<()> {
     }
     if request_id.len() > MAX_REQUEST_ID_LEN {
         return Err(Error::invalid(
-            "FIELD_TOO_LONG",
+            Reason::FieldTooLong,
             "request_id",
             format!("must be at most {MAX_REQUEST_ID_LEN} characters"),
         ));
     }
     if !request_id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::invalid(
-            "INVALID_FIELD",
+            Reason::InvalidField,
             "request_id",
             "must be printable ASCII without spaces",
         ));

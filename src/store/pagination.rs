@@ -3,7 +3,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Reason, Result};
 
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 pub const MAX_PAGE_SIZE: u64 = 1000;
@@ -19,7 +19,7 @@ pub struct Page {
 pub fn parse(list: &str, page_size: i32, page_token: &str) -> Result<Page> {
     if page_size < 0 {
         return Err(Error::invalid(
-            "INVALID_PAGE_SIZE",
+            Reason::InvalidPageSize,
             "page_size",
             "must not be negative",
         ));
@@ -33,7 +33,7 @@ pub fn parse(list: &str, page_size: i32, page_token: &str) -> Result<Page> {
     }
     let bad = || {
         Error::invalid(
-            "INVALID_PAGE_TOKEN",
+            Reason::InvalidPageToken,
             "page_token",
             "is not a token this list issued",
         )

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     domain::{CardState, Rate},
-    error::{Error, Result},
+    error::{Error, Reason, Result},
 };
 
 pub const DRAFT: CardState = CardState::Draft;
@@ -139,14 +139,14 @@ pub async fn publish(
         .ok_or_else(|| Error::not_found("rate card", &version.to_string()))?;
     if model.state != DRAFT {
         return Err(Error::precondition(
-            "RATE_CARD_NOT_DRAFT",
+            Reason::RateCardNotDraft,
             format!("rate card {version} is already published"),
         )
         .with("version", version));
     }
     if model.etag != etag_given {
         return Err(Error::precondition(
-            "STALE_ETAG",
+            Reason::StaleEtag,
             format!("rate card {version} has changed; read it again and publish its current etag"),
         )
         .with("version", version)
@@ -155,7 +155,7 @@ pub async fn publish(
     let effective = Ord::max(effective_time.unwrap_or(now), now);
     if effective_time.is_some_and(|t| t < now - PAST_TOLERANCE_MICROS) {
         return Err(Error::invalid(
-            "EFFECTIVE_TIME_IN_PAST",
+            Reason::EffectiveTimeInPast,
             "effective_time",
             "may not lie in the past",
         ));
@@ -259,7 +259,7 @@ pub async fn list(
     if let Some(after) = &page.after {
         let after: i64 = after.parse().map_err(|_| {
             Error::invalid(
-                "INVALID_PAGE_TOKEN",
+                Reason::InvalidPageToken,
                 "page_token",
                 "is not a token this list issued",
             )

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     domain::{Amount, amount::format_decimal},
-    error::{Error, Result},
+    error::{Error, Reason, Result},
 };
 
 /// One kind's movements in the window.
@@ -74,7 +74,7 @@ fn add_money(into: &mut BTreeMap<String, Decimal>, from: &BTreeMap<String, Decim
 fn out_of_range() -> Error {
     Error::new(
         tonic::Code::OutOfRange,
-        "STATEMENT_OUT_OF_RANGE",
+        Reason::StatementOutOfRange,
         "the statement's totals exceed what a decimal holds; ask for a shorter window",
     )
 }

@@ -20,7 +20,7 @@ use crate::{
         MovementKind, Rollover, RolloverPolicy, WalletState, amount::format_decimal,
         check_caller_cap, refund_returns,
     },
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     store::{
         accounts, chain,
         entity::{grant, idempotency_key, reservation, schedule, transaction, wallet},
@@ -357,7 +357,7 @@ impl Batch {
     ) -> Result<(Amount, &Card, String)> {
         let unpriced = || {
             Error::precondition(
-                "UNPRICED_REQUEST_TYPE",
+                Reason::UnpricedRequestType,
                 format!("no rate in force for request type `{request_type}`"),
             )
             .with("request_type", request_type)
@@ -395,7 +395,7 @@ impl Batch {
                     .is_some_and(|expiry| expiry <= op.effective_time.unwrap_or(now).max(now))
                 {
                     return Err(Error::invalid(
-                        "INVALID_FIELD",
+                        Reason::InvalidField,
                         "grant.expire_time",
                         "must lie after now and after effective_time",
                     ));
@@ -688,7 +688,7 @@ fn hold_model(wallet: &Loaded, id: &str) -> Result<reservation::Model> {
     match model {
         Some(model) if open => Ok(model),
         _ => Err(Error::precondition(
-            "RESERVATION_NOT_OPEN",
+            Reason::ReservationNotOpen,
             format!("reservation `{id}` is no longer open"),
         )
         .with("reservation_id", id)),

@@ -6,7 +6,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use super::load::load_one;
 use crate::{
     domain::Balance,
-    error::{Error, Result},
+    error::{Error, Reason, Result},
     store::{
         Store,
         entity::{grant, reservation, schedule, transaction, wallet},
@@ -87,7 +87,7 @@ pub async fn list_transactions(
     if let Some(after) = &page.after {
         let after: i64 = after.parse().map_err(|_| {
             Error::invalid(
-                "INVALID_PAGE_TOKEN",
+                Reason::InvalidPageToken,
                 "page_token",
                 "is not a token this list issued",
             )
