@@ -187,7 +187,7 @@ async fn assert_unauthenticated(app: &TestApp, header: Option<&str>, reason: &st
     let before = snapshot(app, &account.id).await;
     let before_accounts = app.all_accounts(&app.admin).await.len();
 
-    let auth = Bearer::raw(header);
+    let auth = raw_bearer(header);
     let channel = app.channel.clone();
     let mut accounts = proto::account_service_client::AccountServiceClient::with_interceptor(
         channel.clone(),
@@ -663,7 +663,7 @@ async fn tokens_with_unacceptable_claims_are_unauthenticated() {
         let header = bearer(&sign_json(&claims));
         let mut client = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
             app.channel.clone(),
-            Bearer::raw(Some(&header)),
+            raw_bearer(Some(&header)),
         );
         let status = client
             .get_balance(proto::GetBalanceRequest {
@@ -802,7 +802,7 @@ async fn bearer_scheme_is_case_insensitive() {
     ] {
         let mut client = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
             app.channel.clone(),
-            Bearer::raw(Some(&header)),
+            raw_bearer(Some(&header)),
         );
         let balance = client
             .get_balance(proto::GetBalanceRequest {

@@ -717,7 +717,7 @@ impl Run<'_> {
     ) -> proto::Statement {
         let app = self.app;
         let statement =
-            ReportServiceClient::with_interceptor(app.channel.clone(), Bearer::new(&app.admin))
+            ReportServiceClient::with_interceptor(app.channel.clone(), bearer(&app.admin))
                 .get_statement(proto::GetStatementRequest {
                     account_id: self.account_id.clone(),
                     start_time: start.map(ts),

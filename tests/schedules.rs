@@ -66,7 +66,7 @@ fn period_start(start: i64, period: SchedulePeriod, k: u32) -> i64 {
 }
 
 fn reports(app: &TestApp, token: &str) -> ReportServiceClient<InterceptedService<Channel, Bearer>> {
-    ReportServiceClient::with_interceptor(app.channel.clone(), Bearer::new(token))
+    ReportServiceClient::with_interceptor(app.channel.clone(), bearer(token))
 }
 
 /// A rate card with `units`: a debit with quantity `n` costs exactly `n` units.
@@ -838,7 +838,7 @@ async fn concurrent_sweeps_on_two_replicas_grant_each_period_once() {
         } else {
             replica.channel.clone()
         };
-        let mut client = ReportServiceClient::with_interceptor(channel, Bearer::new(&app.admin));
+        let mut client = ReportServiceClient::with_interceptor(channel, bearer(&app.admin));
         let account_id = account.id.clone();
         tasks.push(tokio::spawn(async move {
             let statement = client
@@ -1670,7 +1670,7 @@ async fn two_replicas_writing_one_wallet_keep_its_history_in_time_order() {
         };
         let mut client = proto::ledger_service_client::LedgerServiceClient::with_interceptor(
             channel,
-            Bearer::new(&app.admin),
+            bearer(&app.admin),
         );
         let mut request = debit_request(&account.id, "units", &uuid());
         request.quantities = quantities(&[("n", "1")]);

@@ -121,7 +121,7 @@ async fn extreme_prices_are_refused_and_the_bounds_work() {
         .expect("refund");
     let statement = proto::report_service_client::ReportServiceClient::with_interceptor(
         app.channel.clone(),
-        Bearer::new(&app.admin),
+        bearer(&app.admin),
     )
     .get_statement(proto::GetStatementRequest {
         account_id: account.id.clone(),
@@ -823,7 +823,7 @@ async fn statements_are_reads() {
     let procurement = token(&["procurement"], &[&account.id]);
     let statement = proto::report_service_client::ReportServiceClient::with_interceptor(
         app.channel.clone(),
-        Bearer::new(&procurement),
+        bearer(&procurement),
     )
     .get_statement(proto::GetStatementRequest {
         account_id: account.id.clone(),

@@ -15,6 +15,25 @@ pub struct Page {
     pub after: Option<String>,
 }
 
+impl Page {
+    /// The last key of the previous page, for lists keyed by a number (entries by `seq`,
+    /// rate cards by version).
+    pub fn after_number(&self) -> Result<Option<i64>> {
+        self.after
+            .as_deref()
+            .map(|after| {
+                after.parse().map_err(|_| {
+                    Error::invalid(
+                        Reason::InvalidPageToken,
+                        "page_token",
+                        "is not a token this list issued",
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
 /// Reads `page_size` (0 → default, capped at the maximum) and `page_token` for list `list`.
 pub fn parse(list: &str, page_size: i32, page_token: &str) -> Result<Page> {
     if page_size < 0 {

@@ -256,14 +256,7 @@ pub async fn list(
     if !drafts {
         query = query.filter(rate_card::Column::State.ne(DRAFT));
     }
-    if let Some(after) = &page.after {
-        let after: i64 = after.parse().map_err(|_| {
-            Error::invalid(
-                Reason::InvalidPageToken,
-                "page_token",
-                "is not a token this list issued",
-            )
-        })?;
+    if let Some(after) = page.after_number()? {
         query = query.filter(rate_card::Column::Version.lt(after));
     }
     let rows = query.limit(page.size + 1).all(conn).await?;

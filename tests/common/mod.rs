@@ -17,12 +17,7 @@ use allot::{
 };
 use sea_orm::{ConnectionTrait, Database};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{
-    Request, Status,
-    metadata::MetadataValue,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 mod assert;
 pub mod process;
 mod reads;
@@ -248,19 +243,19 @@ impl TestApp {
         &self,
         token: &str,
     ) -> AccountServiceClient<InterceptedService<Channel, Bearer>> {
-        AccountServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+        AccountServiceClient::with_interceptor(self.channel.clone(), bearer(token))
     }
 
     pub fn grants(&self, token: &str) -> GrantServiceClient<InterceptedService<Channel, Bearer>> {
-        GrantServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+        GrantServiceClient::with_interceptor(self.channel.clone(), bearer(token))
     }
 
     pub fn rates(&self, token: &str) -> RateCardServiceClient<InterceptedService<Channel, Bearer>> {
-        RateCardServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+        RateCardServiceClient::with_interceptor(self.channel.clone(), bearer(token))
     }
 
     pub fn ledger(&self, token: &str) -> LedgerServiceClient<InterceptedService<Channel, Bearer>> {
-        LedgerServiceClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+        LedgerServiceClient::with_interceptor(self.channel.clone(), bearer(token))
     }
 
     // ---- fixtures through the API ----------------------------------------------------------
@@ -362,31 +357,14 @@ pub fn token(roles: &[&str], accounts: &[&str]) -> String {
     mint_hs256(SECRET.as_bytes(), &claims(roles, accounts)).expect("mint")
 }
 
-/// Adds `authorization: Bearer …` (or a raw `authorization` value) to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub use allot::cli::client::Bearer;
 
-impl Bearer {
-    pub fn new(token: &str) -> Self {
-        if token.is_empty() {
-            return Bearer(None);
-        }
-        Bearer(format!("Bearer {token}").parse().ok())
-    }
-
-    /// Sends `authorization` exactly as given (or not at all).
-    pub fn raw(header: Option<&str>) -> Self {
-        Bearer(header.map(|h| h.parse().expect("ASCII header value")))
-    }
+/// Sends `authorization: Bearer <token>` (nothing for an empty token).
+pub fn bearer(token: &str) -> Bearer {
+    Bearer::new(Some(token)).expect("printable token")
 }
 
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
+/// Sends `authorization` exactly as given (or not at all).
+pub fn raw_bearer(header: Option<&str>) -> Bearer {
+    Bearer::header(header.map(|h| h.parse().expect("ASCII header value")))
 }

@@ -18,7 +18,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use super::{Bearer, SECRET, token};
+use super::{Bearer, SECRET, bearer, token};
 
 /// How long a process may take to migrate and answer.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -142,19 +142,19 @@ impl ServerProcess {
     }
 
     pub fn ledger(&self) -> LedgerServiceClient<InterceptedService<Channel, Bearer>> {
-        LedgerServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&self.admin))
+        LedgerServiceClient::with_interceptor(self.channel.clone(), bearer(&self.admin))
     }
 
     pub fn accounts(&self) -> AccountServiceClient<InterceptedService<Channel, Bearer>> {
-        AccountServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&self.admin))
+        AccountServiceClient::with_interceptor(self.channel.clone(), bearer(&self.admin))
     }
 
     pub fn grants(&self) -> GrantServiceClient<InterceptedService<Channel, Bearer>> {
-        GrantServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&self.admin))
+        GrantServiceClient::with_interceptor(self.channel.clone(), bearer(&self.admin))
     }
 
     pub fn rates(&self) -> RateCardServiceClient<InterceptedService<Channel, Bearer>> {
-        RateCardServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&self.admin))
+        RateCardServiceClient::with_interceptor(self.channel.clone(), bearer(&self.admin))
     }
 }
 

@@ -43,6 +43,11 @@ pub fn endpoint(server: &str) -> Result<tonic::transport::Endpoint> {
 pub struct Bearer(Option<AsciiMetadataValue>);
 
 impl Bearer {
+    /// Sends `authorization` exactly as given (or not at all): for tests of malformed headers.
+    pub fn header(value: Option<AsciiMetadataValue>) -> Self {
+        Bearer(value)
+    }
+
     pub fn new(token: Option<&str>) -> Result<Self> {
         let value = match token.map(str::trim).filter(|t| !t.is_empty()) {
             None => None,

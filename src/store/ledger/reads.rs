@@ -6,7 +6,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use super::load::load_one;
 use crate::{
     domain::Balance,
-    error::{Error, Reason, Result},
+    error::Result,
     store::{
         Store,
         entity::{grant, reservation, schedule, transaction, wallet},
@@ -84,14 +84,7 @@ pub async fn list_transactions(
     let mut query = transaction::Entity::find()
         .filter(transaction::Column::WalletId.eq(wallet_id))
         .order_by_desc(transaction::Column::Seq);
-    if let Some(after) = &page.after {
-        let after: i64 = after.parse().map_err(|_| {
-            Error::invalid(
-                Reason::InvalidPageToken,
-                "page_token",
-                "is not a token this list issued",
-            )
-        })?;
+    if let Some(after) = page.after_number()? {
         query = query.filter(transaction::Column::Seq.lt(after));
     }
     let rows = query.limit(page.size + 1).all(conn).await?;
