@@ -21,7 +21,10 @@
 //! [`verify`] reads through whatever connection it is given; [`verify_snapshot`] runs it in
 //! one read transaction so a live server writing meanwhile cannot cause false alarms.
 
-use std::{collections::BTreeSet, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use migration::{Migrator, MigratorTrait};
 use rust_decimal::Decimal;
@@ -31,12 +34,14 @@ use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, Order, Query},
 };
 
+use super::ledger::StoredBurn;
 use super::{
     chain,
     entity::{grant, reservation, transaction, wallet},
 };
 use crate::domain::{
-    AccountState, CardState, GrantKind, HoldState, LotStatus, MovementKind, Period, RolloverPolicy,
+    AccountState, Amount, CardState, GrantKind, HoldState, LotStatus, MovementKind, Period, Rate,
+    RolloverPolicy,
 };
 
 /// Wallets read per query.
@@ -99,6 +104,7 @@ pub async fn verify(conn: &impl ConnectionTrait) -> Result<Report, DbErr> {
     // Rows with a stored value that is none of its column's values cannot be read: they are
     // reported, and their wallets are not checked further.
     let unreadable = unreadable_values(conn, &mut report).await?;
+    unreadable_text(conn, &mut report).await?;
     let mut after: Option<String> = None;
     loop {
         let mut query = wallet::Entity::find()
@@ -269,6 +275,30 @@ async fn verify_wallet(
             }
             if let Some(problem) = delta_problem(entry) {
                 mismatch(Some(id), problem);
+            }
+            for (column, text, parses) in [
+                (
+                    "burns",
+                    &entry.burns,
+                    parses_as::<Vec<StoredBurn>> as Parses,
+                ),
+                (
+                    "quantities",
+                    &entry.quantities,
+                    parses_as::<BTreeMap<String, String>>,
+                ),
+                (
+                    "metadata",
+                    &entry.metadata,
+                    parses_as::<BTreeMap<String, String>>,
+                ),
+            ] {
+                if let Err(err) = parses(text) {
+                    mismatch(
+                        Some(id),
+                        format!("entry {id} has unreadable {column}: {err}"),
+                    );
+                }
             }
             // Statements rely on a wallet's entries being in time order.
             if entry.create_time < last_time {
@@ -485,7 +515,7 @@ async fn unreadable_values(
             .column(Alias::new(column))
             .from(Alias::new(table))
             .and_where(Expr::col(Alias::new(column)).is_not_in(values.clone()))
-            .order_by(Alias::new(id), Order::Asc)
+            .order_by((Alias::new(table), Alias::new(id)), Order::Asc)
             .to_owned();
         for row in conn.query_all(&query).await? {
             let id: String = row.try_get_by_index(0)?;
@@ -506,6 +536,96 @@ async fn unreadable_values(
         }
     }
     Ok(wallets)
+}
+
+/// Whether a stored text column parses as what it holds (`Err`: why not).
+type Parses = fn(&str) -> Result<(), String>;
+
+fn parses_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<(), String> {
+    serde_json::from_str::<T>(text)
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+}
+
+fn parses_as_decimal(text: &str) -> Result<(), String> {
+    text.parse::<Decimal>()
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+}
+
+/// Stored JSON and decimal text outside ledger entries (those are checked with their chain)
+/// that does not parse: the service still reads such a value with a default, so `verify`
+/// names every one.
+async fn unreadable_text(conn: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
+    let columns: [(&str, &str, Option<&str>, &str, Parses); 6] = [
+        (
+            "grants",
+            "id",
+            Some("wallet_id"),
+            "unit_price",
+            parses_as_decimal,
+        ),
+        (
+            "schedules",
+            "id",
+            Some("wallet_id"),
+            "unit_price",
+            parses_as_decimal,
+        ),
+        (
+            "reservations",
+            "id",
+            Some("wallet_id"),
+            "quantities",
+            parses_as::<BTreeMap<String, String>>,
+        ),
+        (
+            "wallets",
+            "id",
+            Some("id"),
+            "low_balance_thresholds",
+            parses_as::<Vec<Amount>>,
+        ),
+        (
+            "accounts",
+            "id",
+            None,
+            "labels",
+            parses_as::<BTreeMap<String, String>>,
+        ),
+        (
+            "rate_cards",
+            "version",
+            None,
+            "rates",
+            parses_as::<Vec<Rate>>,
+        ),
+    ];
+    for (table, id, wallet, column, parses) in columns {
+        let query = Query::select()
+            .expr(Expr::col(Alias::new(id)).cast_as(Alias::new("text")))
+            .expr(match wallet {
+                Some(wallet) => Expr::col(Alias::new(wallet)),
+                None => Expr::val(""),
+            })
+            .column(Alias::new(column))
+            .from(Alias::new(table))
+            .order_by((Alias::new(table), Alias::new(id)), Order::Asc)
+            .to_owned();
+        for row in conn.query_all(&query).await? {
+            let text: String = row.try_get_by_index(2)?;
+            if let Err(err) = parses(&text) {
+                let id: String = row.try_get_by_index(0)?;
+                let what = table.trim_end_matches('s').replace('_', " ");
+                report.mismatches.push(Mismatch {
+                    wallet_id: row.try_get_by_index(1)?,
+                    entry_id: None,
+                    problem: format!("{what} {id} has unreadable {column}: {err}"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Ledger entries whose wallet does not exist (its row deleted?).
