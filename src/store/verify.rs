@@ -506,16 +506,8 @@ async fn unreadable_values(
         } else {
             "id"
         };
-        let query = Query::select()
-            .expr(Expr::col(Alias::new(id)).cast_as(Alias::new("text")))
-            .expr(match wallet {
-                Some(wallet) => Expr::col(Alias::new(wallet)),
-                None => Expr::val(""),
-            })
-            .column(Alias::new(column))
-            .from(Alias::new(table))
+        let query = stored_values(table, id, wallet, column)
             .and_where(Expr::col(Alias::new(column)).is_not_in(values.clone()))
-            .order_by((Alias::new(table), Alias::new(id)), Order::Asc)
             .to_owned();
         for row in conn.query_all(&query).await? {
             let id: String = row.try_get_by_index(0)?;
@@ -536,6 +528,26 @@ async fn unreadable_values(
         }
     }
     Ok(wallets)
+}
+
+/// `SELECT CAST(<id> AS text), <wallet> (or ''), <column> FROM <table>` in id order: each
+/// row's id, wallet (empty for rows that belong to no wallet) and stored value.
+fn stored_values(
+    table: &str,
+    id: &str,
+    wallet: Option<&str>,
+    column: &str,
+) -> sea_orm::sea_query::SelectStatement {
+    Query::select()
+        .expr(Expr::col(Alias::new(id)).cast_as(Alias::new("text")))
+        .expr(match wallet {
+            Some(wallet) => Expr::col(Alias::new(wallet)),
+            None => Expr::val(""),
+        })
+        .column(Alias::new(column))
+        .from(Alias::new(table))
+        .order_by((Alias::new(table.to_string()), Alias::new(id)), Order::Asc)
+        .to_owned()
 }
 
 /// Whether a stored text column parses as what it holds (`Err`: why not).
@@ -602,17 +614,10 @@ async fn unreadable_text(conn: &impl ConnectionTrait, report: &mut Report) -> Re
         ),
     ];
     for (table, id, wallet, column, parses) in columns {
-        let query = Query::select()
-            .expr(Expr::col(Alias::new(id)).cast_as(Alias::new("text")))
-            .expr(match wallet {
-                Some(wallet) => Expr::col(Alias::new(wallet)),
-                None => Expr::val(""),
-            })
-            .column(Alias::new(column))
-            .from(Alias::new(table))
-            .order_by((Alias::new(table), Alias::new(id)), Order::Asc)
-            .to_owned();
-        for row in conn.query_all(&query).await? {
+        for row in conn
+            .query_all(&stored_values(table, id, wallet, column))
+            .await?
+        {
             let text: String = row.try_get_by_index(2)?;
             if let Err(err) = parses(&text) {
                 let id: String = row.try_get_by_index(0)?;
