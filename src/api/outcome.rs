@@ -37,7 +37,7 @@ fn charged(entry: &transaction::Model) -> proto::DebitResponse {
 /// A response built from the outcome of the operation that asks for it.
 pub trait Respond: Message + Default {
     /// The response to a fresh outcome (`None`: the outcome is not this method's).
-    fn fresh(outcome: Outcome) -> Option<Self>;
+    fn fresh(outcome: &Outcome) -> Option<Self>;
 
     /// The response to a replay (the stored bytes, decoded).
     fn replayed(response: &[u8]) -> Result<Self> {
@@ -47,22 +47,19 @@ pub trait Respond: Message + Default {
     fn respond(outcome: Outcome) -> Result<Self> {
         match outcome {
             Outcome::Replayed(response) => Self::replayed(&response),
-            other => {
-                let shown = format!("{other:?}");
-                Self::fresh(other).ok_or_else(|| {
-                    Error::internal(format!(
-                        "ledger answered with an unexpected outcome: {shown}"
-                    ))
-                })
-            }
+            other => Self::fresh(&other).ok_or_else(|| {
+                Error::internal(format!(
+                    "ledger answered with an unexpected outcome: {other:?}"
+                ))
+            }),
         }
     }
 }
 
 impl Respond for proto::DebitResponse {
-    fn fresh(outcome: Outcome) -> Option<Self> {
+    fn fresh(outcome: &Outcome) -> Option<Self> {
         match outcome {
-            Outcome::Charged(entry) => Some(charged(&entry)),
+            Outcome::Charged(entry) => Some(charged(entry)),
             _ => None,
         }
     }
@@ -78,7 +75,7 @@ impl Respond for proto::DebitResponse {
 macro_rules! respond {
     ($response:ty, $pattern:pat => $build:expr) => {
         impl Respond for $response {
-            fn fresh(outcome: Outcome) -> Option<Self> {
+            fn fresh(outcome: &Outcome) -> Option<Self> {
                 match outcome {
                     $pattern => Some($build),
                     _ => None,
@@ -88,11 +85,11 @@ macro_rules! respond {
     };
 }
 
-respond!(proto::Grant, Outcome::Grant { row, now } => convert::grant(&row, now));
-respond!(proto::Reservation, Outcome::Reservation(row) => convert::reservation(&row));
-respond!(proto::Transaction, Outcome::Entry(entry) => convert::transaction(&entry));
-respond!(proto::AllotmentSchedule, Outcome::Schedule(row) => convert::schedule(&row));
+respond!(proto::Grant, Outcome::Grant { row, now } => convert::grant(row, *now));
+respond!(proto::Reservation, Outcome::Reservation(row) => convert::reservation(row));
+respond!(proto::Transaction, Outcome::Entry(entry) => convert::transaction(entry));
+respond!(proto::AllotmentSchedule, Outcome::Schedule(row) => convert::schedule(row));
 respond!(
     proto::Wallet,
-    Outcome::Wallet { row, balance } => convert::wallet(&row, convert::balance(&row, &balance))
+    Outcome::Wallet { row, balance } => convert::wallet(row, convert::balance(row, balance))
 );
