@@ -869,10 +869,14 @@ async fn unreadable_stored_text_is_reported() {
         .expect("read grants")
         .expect("a grant");
     let entry = entries(&app, &history.wallet).await.remove(0);
+    let overdrawn = allot::store::accounts::find_wallet_by_id(conn, &history.overdrawn)
+        .await
+        .expect("read wallet")
+        .expect("wallet exists");
     let restore = [
         format!(
             "UPDATE grants SET unit_price = '{}' WHERE id = '{}'",
-            grant.unit_price, grant.id
+            grant.unit_price.0, grant.id
         ),
         format!(
             "UPDATE wallets SET low_balance_thresholds = '[]' WHERE id = '{}'",
@@ -880,9 +884,12 @@ async fn unreadable_stored_text_is_reported() {
         ),
         format!(
             "UPDATE transactions SET metadata = '{}' WHERE id = '{}'",
-            entry.metadata, entry.id
+            allot::store::columns::json_text(&entry.metadata),
+            entry.id
         ),
     ];
+    // Valid JSON of the wrong shape: PostgreSQL's jsonb refuses text that is not JSON at
+    // all, so this is what corruption can look like there (SQLite takes either).
     sql(
         &app,
         &format!(
@@ -894,7 +901,7 @@ async fn unreadable_stored_text_is_reported() {
     sql(
         &app,
         &format!(
-            "UPDATE wallets SET low_balance_thresholds = '[1,' WHERE id = '{}'",
+            "UPDATE wallets SET low_balance_thresholds = '[1]' WHERE id = '{}'",
             history.overdrawn
         ),
     )
@@ -902,7 +909,7 @@ async fn unreadable_stored_text_is_reported() {
     sql(
         &app,
         &format!(
-            "UPDATE transactions SET metadata = 'null-ish' WHERE id = '{}'",
+            "UPDATE transactions SET metadata = '{{\"user\": 7}}' WHERE id = '{}'",
             entry.id
         ),
     )
@@ -923,6 +930,20 @@ async fn unreadable_stored_text_is_reported() {
     ));
     named(&format!("entry {} has unreadable metadata", entry.id));
     assert_binary_reports(&app, "unreadable unit_price").await;
+    // The service does not read them as defaults: a read of the wallet fails.
+    let status = app
+        .ledger(&token(&["admin"], &["*"]))
+        .get_balance(proto::GetBalanceRequest {
+            account_id: overdrawn.account_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a wallet with unreadable thresholds cannot be read");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        !status.message().contains("[1]"),
+        "database text leaked: {status:?}"
+    );
 
     for statement in &restore {
         sql(&app, statement).await;

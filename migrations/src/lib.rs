@@ -10,6 +10,7 @@ mod m20261127_000003_entry_order;
 mod m20261128_000004_wallet_version;
 mod m20261129_000005_partial_ref_index;
 mod m20261130_000006_scope_width;
+mod m20261201_000007_typed_json;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_wallet_version::Migration),
             Box::new(m20261129_000005_partial_ref_index::Migration),
             Box::new(m20261130_000006_scope_width::Migration),
+            Box::new(m20261201_000007_typed_json::Migration),
         ]
     }
 }

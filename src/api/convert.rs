@@ -9,14 +9,15 @@ use rust_decimal::Decimal;
 use crate::{
     domain::{
         AccountState, Amount, Balance, Dimension, GrantKind, HoldState, LotStatus, MovementKind,
-        Period, Rate, RolloverPolicy, amount::parse_quantity,
+        Period, Rate, RolloverPolicy,
+        amount::{format_decimal, parse_quantity},
     },
     error::{Error, Reason, Result},
     proto,
     store::{
-        accounts,
+        columns::StoredBurn,
         entity::{account, grant, reservation, schedule, transaction, wallet},
-        ledger::{self, StoredBurn},
+        ledger,
         rate_cards::{self, Card},
     },
 };
@@ -227,7 +228,7 @@ pub fn account(model: &account::Model) -> proto::Account {
         display_name: model.display_name.clone(),
         parent_id: model.parent_id.clone().unwrap_or_default(),
         state: account_state(model.state),
-        labels: accounts::labels(model),
+        labels: model.labels.0.clone(),
         create_time: Some(timestamp(model.create_time)),
         update_time: Some(timestamp(model.update_time)),
     }
@@ -267,7 +268,9 @@ pub fn wallet(model: &wallet::Model, balance: proto::Balance) -> proto::Wallet {
         create_time: Some(timestamp(model.create_time)),
         daily_spend_cap: optional_amount(model.daily_spend_cap),
         monthly_spend_cap: optional_amount(model.monthly_spend_cap),
-        low_balance_thresholds: ledger::thresholds(model)
+        low_balance_thresholds: model
+            .low_balance_thresholds
+            .0
             .iter()
             .map(Amount::to_string)
             .collect(),
@@ -324,7 +327,7 @@ pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
         priority: model.priority,
         effective_time: Some(timestamp(model.effective_time)),
         expire_time: model.expire_time.map(timestamp),
-        unit_price: model.unit_price.clone(),
+        unit_price: format_decimal(model.unit_price.0),
         currency: model.currency.clone(),
         contract_ref: model.contract_ref.clone(),
         state: state as i32,
@@ -349,8 +352,7 @@ pub fn transaction(model: &transaction::Model) -> proto::Transaction {
         MovementKind::Void => proto::TransactionKind::Void,
         MovementKind::Adjust => proto::TransactionKind::Adjust,
     };
-    let burns: Vec<StoredBurn> = serde_json::from_str(&model.burns).unwrap_or_default();
-    let money = money(&burns, model.delta.signum());
+    let money = money(&model.burns.0, model.delta.signum());
     let reference = model.ref_id.clone().unwrap_or_default();
     let (reservation_id, refunded_transaction_id) = match model.kind {
         MovementKind::Refund => (String::new(), reference),
@@ -367,14 +369,17 @@ pub fn transaction(model: &transaction::Model) -> proto::Transaction {
         units: Amount::from_micros(model.units).to_string(),
         balance_after: Amount::from_micros(model.balance_after).to_string(),
         request_type: model.request_type.clone(),
-        quantities: serde_json::from_str(&model.quantities).unwrap_or_default(),
+        quantities: model.quantities.0.clone(),
         rate_card_version: model.rate_card_version.unwrap_or_default(),
         request_id: model.request_id.clone(),
         create_time: Some(timestamp(model.create_time)),
         actor: model.actor.clone(),
-        metadata: serde_json::from_str(&model.metadata).unwrap_or_default(),
-        burns: burns
-            .into_iter()
+        metadata: model.metadata.0.clone(),
+        burns: model
+            .burns
+            .0
+            .iter()
+            .cloned()
             .map(|b| proto::GrantBurn {
                 grant_id: b.grant_id,
                 units: b.units.to_string(),
@@ -417,7 +422,7 @@ pub fn money(burns: &[StoredBurn], sign: i64) -> Vec<proto::Money> {
         .into_iter()
         .map(|(currency, amount)| proto::Money {
             currency,
-            amount: crate::domain::amount::format_decimal(amount),
+            amount: format_decimal(amount),
         })
         .collect()
 }
@@ -439,7 +444,7 @@ pub fn reservation(model: &reservation::Model) -> proto::Reservation {
         expire_time: Some(timestamp(model.expire_time)),
         account_id: model.account_id.clone(),
         request_type: model.request_type.clone(),
-        quantities: serde_json::from_str(&model.quantities).unwrap_or_default(),
+        quantities: model.quantities.0.clone(),
         rate_card_version: model.rate_card_version.unwrap_or_default(),
         captured_units: optional_amount(model.captured_units),
         request_id: model.request_id.clone(),
@@ -470,7 +475,7 @@ pub fn schedule(model: &schedule::Model) -> proto::AllotmentSchedule {
         rollover_cap: optional_amount(model.rollover_cap),
         kind: kind as i32,
         priority: model.priority,
-        unit_price: model.unit_price.clone(),
+        unit_price: format_decimal(model.unit_price.0),
         currency: model.currency.clone(),
         contract_ref: model.contract_ref.clone(),
         next_grant_time: ledger::domain_schedule(model).next_start().map(timestamp),
@@ -489,7 +494,7 @@ pub fn rate(rate: &Rate) -> proto::Rate {
             .iter()
             .map(|d| proto::Dimension {
                 name: d.name.clone(),
-                per: crate::domain::amount::format_decimal(d.per),
+                per: format_decimal(d.per),
                 units: d.units.to_string(),
             })
             .collect(),
@@ -561,7 +566,7 @@ pub fn rate_card(card: &Card, current: Option<&Card>, operator_view: bool) -> pr
         etag: model.etag.clone(),
         effective_time: model.effective_time.map(timestamp),
         rates: card
-            .rates
+            .rates()
             .iter()
             .map(|r| {
                 let mut wire = rate(r);

@@ -1,6 +1,6 @@
 //! Ledger outcomes as responses: the one place the ledger's answers become wire messages —
-//! for the caller ([`Respond`]) and for the idempotency record a batch stores ([`encode`]),
-//! so a replay answers with the same bytes.
+//! for the caller ([`Respond`]) and, through the same conversion, for the idempotency record a
+//! batch stores ([`encode`]), so a replay answers with the same bytes.
 
 use prost::Message;
 
@@ -8,29 +8,26 @@ use super::convert;
 use crate::{
     error::{Error, Result},
     proto,
-    store::{entity::transaction, idempotency, ledger::Outcome},
+    store::{idempotency, ledger::Outcome},
 };
 
-/// The response bytes an outcome's idempotency record stores (`ledger::Encode`).
+/// The response bytes an outcome's idempotency record stores (`ledger::Encode`): the
+/// response [`Respond::fresh`] gives, encoded.
 pub fn encode(outcome: &Outcome) -> Vec<u8> {
+    fn bytes<R: Respond>(outcome: &Outcome) -> Vec<u8> {
+        R::fresh(outcome)
+            .map(|r| r.encode_to_vec())
+            .unwrap_or_default()
+    }
     match outcome {
-        Outcome::Charged(entry) => charged(entry).encode_to_vec(),
-        Outcome::Grant { row, now } => convert::grant(row, *now).encode_to_vec(),
-        Outcome::Reservation(row) => convert::reservation(row).encode_to_vec(),
-        Outcome::Entry(entry) => convert::transaction(entry).encode_to_vec(),
-        Outcome::Schedule(row) => convert::schedule(row).encode_to_vec(),
-        Outcome::Wallet { row, balance } => {
-            convert::wallet(row, convert::balance(row, balance)).encode_to_vec()
-        }
+        Outcome::Charged(_) => bytes::<proto::DebitResponse>(outcome),
+        Outcome::Grant { .. } => bytes::<proto::Grant>(outcome),
+        Outcome::Reservation(_) => bytes::<proto::Reservation>(outcome),
+        Outcome::Entry(_) => bytes::<proto::Transaction>(outcome),
+        Outcome::Schedule(_) => bytes::<proto::AllotmentSchedule>(outcome),
+        Outcome::Wallet { .. } => bytes::<proto::Wallet>(outcome),
         Outcome::Swept => Vec::new(),
         Outcome::Replayed(response) => response.clone(),
-    }
-}
-
-fn charged(entry: &transaction::Model) -> proto::DebitResponse {
-    proto::DebitResponse {
-        transaction: Some(convert::transaction(entry)),
-        replayed: false,
     }
 }
 
@@ -59,7 +56,10 @@ pub trait Respond: Message + Default {
 impl Respond for proto::DebitResponse {
     fn fresh(outcome: &Outcome) -> Option<Self> {
         match outcome {
-            Outcome::Charged(entry) => Some(charged(entry)),
+            Outcome::Charged(entry) => Some(proto::DebitResponse {
+                transaction: Some(convert::transaction(entry)),
+                replayed: false,
+            }),
             _ => None,
         }
     }

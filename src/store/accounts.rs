@@ -48,10 +48,6 @@ pub fn ancestry(model: &account::Model) -> Vec<&str> {
         .collect()
 }
 
-pub fn labels(model: &account::Model) -> BTreeMap<String, String> {
-    serde_json::from_str(&model.labels).unwrap_or_default()
-}
-
 /// The account row, locked on PostgreSQL (`exclusive`: FOR UPDATE, else FOR SHARE) so a
 /// decision taken on its state holds until the transaction ends, on every replica. SQLite
 /// writers hold the database's write lock already.
@@ -123,7 +119,7 @@ pub async fn create_account(
         ancestry: Set(ancestry),
         depth: Set(depth),
         state: Set(new.state),
-        labels: Set(to_json(&new.labels)),
+        labels: Set(account::StringMap(new.labels)),
         create_time: Set(now),
         update_time: Set(now),
     };
@@ -149,10 +145,6 @@ pub(crate) fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
         err.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
-}
-
-fn to_json(labels: &BTreeMap<String, String>) -> String {
-    serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_string())
 }
 
 pub async fn find_account(conn: &impl ConnectionTrait, id: &str) -> Result<Option<account::Model>> {
@@ -231,7 +223,7 @@ pub async fn update_account(
         model.display_name = Set(name);
     }
     if let Some(labels) = changes.labels {
-        model.labels = Set(to_json(&labels));
+        model.labels = Set(account::StringMap(labels));
     }
     if let Some(state) = changes.state {
         model.state = Set(state);
@@ -304,7 +296,7 @@ pub async fn create_wallet(
         spent_day_units: Set(0),
         spent_month: Set(0),
         spent_month_units: Set(0),
-        low_balance_thresholds: Set("[]".to_string()),
+        low_balance_thresholds: Set(Default::default()),
         next_due_time: Set(None),
         last_hash: Set(String::new()),
         last_entry_time: Set(0),

@@ -185,6 +185,11 @@ fn array_type(column: &ColumnType) -> (&'static str, ArrayType, Value) {
         ColumnType::BigInteger => ("int8", ArrayType::BigInt, Value::BigInt(Some(0))),
         ColumnType::Integer => ("int4", ArrayType::Int, Value::Int(Some(0))),
         ColumnType::Boolean => ("bool", ArrayType::Bool, Value::Bool(Some(false))),
+        ColumnType::JsonBinary => (
+            "jsonb",
+            ArrayType::Json,
+            Value::Json(Some(Box::new(serde_json::Value::Null))),
+        ),
         ColumnType::Binary(_) | ColumnType::VarBinary(_) | ColumnType::Blob => {
             ("bytea", ArrayType::Bytes, Value::Bytes(Some(Vec::new())))
         }
@@ -208,7 +213,7 @@ mod tests {
             priority: 0,
             effective_time: 1,
             expire_time: None,
-            unit_price: "0".into(),
+            unit_price: Default::default(),
             currency: "USD".into(),
             contract_ref: String::new(),
             voided: false,

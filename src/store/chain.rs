@@ -5,11 +5,12 @@
 
 use sha2::{Digest, Sha256};
 
-use super::entity::transaction;
+use super::{columns::json_text, entity::transaction};
 
 /// The hash an entry must carry, given its `prev_hash`.
 pub fn entry_hash(entry: &transaction::Model) -> String {
-    // A JSON array of the fields in a fixed order: unambiguous and stable.
+    // A JSON array of the fields in a fixed order: unambiguous and stable. JSON columns
+    // enter as their compact text (see `store::columns`).
     let content = serde_json::json!([
         entry.prev_hash,
         entry.id,
@@ -20,12 +21,12 @@ pub fn entry_hash(entry: &transaction::Model) -> String {
         entry.delta,
         entry.balance_after,
         entry.request_type,
-        entry.quantities,
+        json_text(&entry.quantities),
         entry.rate_card_version,
         entry.request_id,
         entry.actor,
-        entry.metadata,
-        entry.burns,
+        json_text(&entry.metadata),
+        json_text(&entry.burns),
         entry.provider_cost,
         entry.grant_id,
         entry.ref_id,

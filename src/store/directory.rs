@@ -99,7 +99,7 @@ mod tests {
             ancestry: ancestry.into(),
             depth: 0,
             state: crate::domain::AccountState::Active,
-            labels: "{}".into(),
+            labels: Default::default(),
             create_time: 0,
             update_time: 0,
         }

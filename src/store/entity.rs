@@ -4,6 +4,8 @@
 pub mod account {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::store::columns::StringMap;
+
     pub use crate::domain::AccountState;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -18,8 +20,9 @@ pub mod account {
         pub ancestry: String,
         pub depth: i32,
         pub state: AccountState,
-        /// JSON object of labels.
-        pub labels: String,
+        /// Labels (a JSON object of strings).
+        #[sea_orm(column_type = "JsonBinary")]
+        pub labels: StringMap,
         pub create_time: i64,
         pub update_time: i64,
     }
@@ -32,6 +35,8 @@ pub mod account {
 
 pub mod wallet {
     use sea_orm::entity::prelude::*;
+
+    pub use crate::store::columns::Thresholds;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "wallets")]
@@ -57,8 +62,8 @@ pub mod wallet {
         /// UTC month index (year × 12 + month0) and units spent in it.
         pub spent_month: i64,
         pub spent_month_units: i64,
-        /// JSON array of decimal strings.
-        pub low_balance_thresholds: String,
+        #[sea_orm(column_type = "JsonBinary")]
+        pub low_balance_thresholds: Thresholds,
         /// When something next falls due (grant activation or expiry, hold expiry, schedule
         /// period): the sweeper looks here.
         pub next_due_time: Option<i64>,
@@ -79,6 +84,8 @@ pub mod wallet {
 pub mod grant {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::store::columns::Price;
+
     pub use crate::domain::{GrantKind, LotStatus};
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -93,8 +100,8 @@ pub mod grant {
         pub priority: i32,
         pub effective_time: i64,
         pub expire_time: Option<i64>,
-        /// Exact decimal string (money per unit).
-        pub unit_price: String,
+        /// Money per unit.
+        pub unit_price: Price,
         pub currency: String,
         pub contract_ref: String,
         /// Kept equal to `status == VOIDED` (the first schema's flag).
@@ -119,6 +126,8 @@ pub mod grant {
 pub mod rate_card {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::store::columns::Rates;
+
     pub use crate::domain::CardState;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -130,8 +139,8 @@ pub mod rate_card {
         pub state: CardState,
         pub etag: String,
         pub effective_time: Option<i64>,
-        /// JSON array of `domain::Rate`.
-        pub rates: String,
+        #[sea_orm(column_type = "JsonBinary")]
+        pub rates: Rates,
         pub notes: String,
         pub create_time: i64,
         pub publish_time: Option<i64>,
@@ -164,6 +173,8 @@ pub mod rate_card_head {
 pub mod transaction {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::store::columns::{Burns, StringMap};
+
     pub use crate::domain::MovementKind;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -178,15 +189,17 @@ pub mod transaction {
         pub units: i64,
         pub balance_after: i64,
         pub request_type: String,
-        /// JSON object name → decimal string.
-        pub quantities: String,
+        /// Name → decimal string.
+        #[sea_orm(column_type = "JsonBinary")]
+        pub quantities: StringMap,
         pub rate_card_version: Option<i64>,
         pub request_id: String,
         pub actor: String,
-        /// JSON object.
-        pub metadata: String,
-        /// JSON array of burns: grant, units, unit price, currency, money.
-        pub burns: String,
+        #[sea_orm(column_type = "JsonBinary")]
+        pub metadata: StringMap,
+        /// Grant, units, unit price, currency and money of each grant drawn or returned.
+        #[sea_orm(column_type = "JsonBinary")]
+        pub burns: Burns,
         pub provider_cost: String,
         pub grant_id: Option<String>,
         pub create_time: i64,
@@ -232,6 +245,8 @@ pub mod idempotency_key {
 pub mod reservation {
     use sea_orm::entity::prelude::*;
 
+    pub use crate::store::columns::StringMap;
+
     pub use crate::domain::HoldState;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -246,7 +261,8 @@ pub mod reservation {
         pub state: HoldState,
         pub expire_time: i64,
         pub request_type: String,
-        pub quantities: String,
+        #[sea_orm(column_type = "JsonBinary")]
+        pub quantities: StringMap,
         pub rate_card_version: Option<i64>,
         pub captured_units: Option<i64>,
         pub request_id: String,
@@ -263,6 +279,8 @@ pub mod reservation {
 
 pub mod schedule {
     use sea_orm::entity::prelude::*;
+
+    pub use crate::store::columns::Price;
 
     pub use crate::domain::{GrantKind, Period, RolloverPolicy};
 
@@ -285,7 +303,7 @@ pub mod schedule {
         pub next_period: i64,
         pub kind: GrantKind,
         pub priority: i32,
-        pub unit_price: String,
+        pub unit_price: Price,
         pub currency: String,
         pub contract_ref: String,
         pub create_time: i64,

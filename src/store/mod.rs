@@ -15,6 +15,7 @@ pub mod batcher;
 pub mod bulk;
 pub mod chain;
 pub mod checkpointer;
+pub mod columns;
 pub mod directory;
 pub mod entity;
 pub mod idempotency;

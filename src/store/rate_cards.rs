@@ -13,6 +13,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use super::{
+    columns::{Rates, json_text},
     entity::{rate_card, rate_card_head},
     is_postgres,
     pagination::{self, Page},
@@ -29,29 +30,31 @@ pub const PUBLISHED: CardState = CardState::Published;
 /// server); anything earlier is rejected.
 pub const PAST_TOLERANCE_MICROS: i64 = 5_000_000;
 
-/// A stored card with its rates decoded.
+/// A stored card.
 #[derive(Debug, Clone)]
 pub struct Card {
     pub model: rate_card::Model,
-    pub rates: Vec<Rate>,
 }
 
 impl Card {
-    pub fn decode(model: rate_card::Model) -> Result<Self> {
-        let rates = serde_json::from_str(&model.rates).map_err(|err| {
-            Error::internal(format!("rate card {} unreadable: {err}", model.version))
-        })?;
-        Ok(Card { model, rates })
+    pub fn rates(&self) -> &[Rate] {
+        &self.model.rates.0
     }
 
     pub fn rate(&self, request_type: &str) -> Option<&Rate> {
-        self.rates.iter().find(|r| r.request_type == request_type)
+        self.rates().iter().find(|r| r.request_type == request_type)
     }
 }
 
-fn etag(rates_json: &str, notes: &str, state: CardState, effective_time: Option<i64>) -> String {
+impl From<rate_card::Model> for Card {
+    fn from(model: rate_card::Model) -> Self {
+        Card { model }
+    }
+}
+
+fn etag(rates: &Rates, notes: &str, state: CardState, effective_time: Option<i64>) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(rates_json.as_bytes());
+    hasher.update(json_text(rates).as_bytes());
     hasher.update([0]);
     hasher.update(notes.as_bytes());
     hasher.update([0]);
@@ -66,19 +69,18 @@ pub async fn create_draft(
     notes: &str,
     now: i64,
 ) -> Result<Card> {
-    let rates_json = serde_json::to_string(rates)
-        .map_err(|err| Error::internal(format!("cannot encode rates: {err}")))?;
+    let rates = Rates(rates.to_vec());
     let model = rate_card::ActiveModel {
         state: Set(DRAFT),
-        etag: Set(etag(&rates_json, notes, DRAFT, None)),
+        etag: Set(etag(&rates, notes, DRAFT, None)),
         effective_time: Set(None),
-        rates: Set(rates_json),
+        rates: Set(rates),
         notes: Set(notes.to_string()),
         create_time: Set(now),
         publish_time: Set(None),
         ..Default::default()
     };
-    Card::decode(model.insert(conn).await?)
+    Ok(model.insert(conn).await?.into())
 }
 
 /// Locks the head row: FOR UPDATE when publishing, FOR SHARE when pricing (PostgreSQL only;
@@ -177,7 +179,7 @@ pub async fn publish(
             .and_where(rate_card_head::Column::Id.eq(1)),
     )
     .await?;
-    Card::decode(model)
+    Ok(model.into())
 }
 
 pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Card>> {
@@ -188,7 +190,7 @@ pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Car
         .order_by_desc(rate_card::Column::Version)
         .one(conn)
         .await?;
-    model.map(Card::decode).transpose()
+    Ok(model.map(Card::from))
 }
 
 /// Every published card, kept in memory per publish generation. A ledger batch reads the
@@ -223,8 +225,8 @@ impl CardCache {
             .all(conn)
             .await?
             .into_iter()
-            .map(Card::decode)
-            .collect::<Result<_>>()?;
+            .map(Card::from)
+            .collect();
         let cards = std::sync::Arc::new(cards);
         if let Ok(mut guard) = self.inner.lock() {
             *guard = Some((generation, cards.clone()));
@@ -243,7 +245,7 @@ pub fn in_force_among(cards: &[Card], at: i64) -> Option<&Card> {
 
 pub async fn get(conn: &impl ConnectionTrait, version: i64) -> Result<Option<Card>> {
     let model = rate_card::Entity::find_by_id(version).one(conn).await?;
-    model.map(Card::decode).transpose()
+    Ok(model.map(Card::from))
 }
 
 /// Newest version first; drafts only with `drafts`.
@@ -261,7 +263,7 @@ pub async fn list(
     }
     let rows = query.limit(page.size + 1).all(conn).await?;
     let (rows, next) = pagination::finish("rate_cards", rows, page, |c| c.version.to_string());
-    let cards = rows.into_iter().map(Card::decode).collect::<Result<_>>()?;
+    let cards = rows.into_iter().map(Card::from).collect();
     Ok((cards, next))
 }
 

@@ -8,11 +8,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{
-    Store,
-    entity::transaction,
-    ledger::{self, stored_burns},
-};
+use super::{Store, entity::transaction, ledger};
 use crate::{
     domain::{Amount, amount::format_decimal},
     error::{Error, Reason, Result},
@@ -43,7 +39,9 @@ pub struct Statement {
 fn money_of(entry: &transaction::Model) -> Result<BTreeMap<String, Decimal>> {
     let sign = Decimal::from(entry.delta.signum());
     let mut out = BTreeMap::new();
-    for burn in stored_burns(entry)?
+    for burn in entry
+        .burns
+        .0
         .iter()
         .filter(|b| !b.currency.is_empty() && !b.money.is_empty())
     {

@@ -21,10 +21,7 @@
 //! [`verify`] reads through whatever connection it is given; [`verify_snapshot`] runs it in
 //! one read transaction so a live server writing meanwhile cannot cause false alarms.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-};
+use std::{collections::BTreeSet, fmt};
 
 use migration::{Migrator, MigratorTrait};
 use rust_decimal::Decimal;
@@ -34,14 +31,13 @@ use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, Order, Query},
 };
 
-use super::ledger::StoredBurn;
 use super::{
     chain,
+    columns::{Burns, Rates, StringMap, Thresholds},
     entity::{grant, reservation, transaction, wallet},
 };
 use crate::domain::{
-    AccountState, Amount, CardState, GrantKind, HoldState, LotStatus, MovementKind, Period, Rate,
-    RolloverPolicy,
+    AccountState, CardState, GrantKind, HoldState, LotStatus, MovementKind, Period, RolloverPolicy,
 };
 
 /// Wallets read per query.
@@ -103,26 +99,32 @@ pub async fn verify(conn: &impl ConnectionTrait) -> Result<Report, DbErr> {
     let mut report = Report::default();
     // Rows with a stored value that is none of its column's values cannot be read: they are
     // reported, and their wallets are not checked further.
-    let unreadable = unreadable_values(conn, &mut report).await?;
-    unreadable_text(conn, &mut report).await?;
+    let mut unreadable = unreadable_values(conn, &mut report).await?;
+    unreadable.extend(unreadable_text(conn, &mut report).await?);
     let mut after: Option<String> = None;
     loop {
+        // Ids first: an unreadable wallet row cannot be read whole.
         let mut query = wallet::Entity::find()
+            .select_only()
+            .column(wallet::Column::Id)
             .order_by_asc(wallet::Column::Id)
             .limit(WALLET_PAGE);
         if let Some(after) = &after {
             query = query.filter(wallet::Column::Id.gt(after.as_str()));
         }
-        let page = query.all(conn).await?;
-        for model in &page {
-            if unreadable.contains(&model.id) {
-                report.wallets += 1;
+        let page: Vec<String> = query.into_tuple().all(conn).await?;
+        for id in &page {
+            report.wallets += 1;
+            if unreadable.contains(id) {
                 continue;
             }
-            verify_wallet(conn, model, &mut report).await?;
+            // Gone since the page was read (verify runs beside a live service).
+            if let Some(model) = wallet::Entity::find_by_id(id.as_str()).one(conn).await? {
+                verify_wallet(conn, &model, &mut report).await?;
+            }
         }
         match page.last() {
-            Some(last) if page.len() as u64 == WALLET_PAGE => after = Some(last.id.clone()),
+            Some(last) if page.len() as u64 == WALLET_PAGE => after = Some(last.clone()),
             _ => break,
         }
     }
@@ -201,7 +203,6 @@ async fn verify_wallet(
     model: &wallet::Model,
     report: &mut Report,
 ) -> Result<(), DbErr> {
-    report.wallets += 1;
     let wallet_id = &model.id;
     let mut found = Vec::new();
     let mut mismatch = |entry_id: Option<&str>, problem: String| {
@@ -275,30 +276,6 @@ async fn verify_wallet(
             }
             if let Some(problem) = delta_problem(entry) {
                 mismatch(Some(id), problem);
-            }
-            for (column, text, parses) in [
-                (
-                    "burns",
-                    &entry.burns,
-                    parses_as::<Vec<StoredBurn>> as Parses,
-                ),
-                (
-                    "quantities",
-                    &entry.quantities,
-                    parses_as::<BTreeMap<String, String>>,
-                ),
-                (
-                    "metadata",
-                    &entry.metadata,
-                    parses_as::<BTreeMap<String, String>>,
-                ),
-            ] {
-                if let Err(err) = parses(text) {
-                    mismatch(
-                        Some(id),
-                        format!("entry {id} has unreadable {column}: {err}"),
-                    );
-                }
             }
             // Statements rely on a wallet's entries being in time order.
             if entry.create_time < last_time {
@@ -513,7 +490,7 @@ async fn unreadable_values(
             let id: String = row.try_get_by_index(0)?;
             let wallet_id: String = row.try_get_by_index(1)?;
             let stored: String = row.try_get_by_index(2)?;
-            let what = table.trim_end_matches('s').replace('_', " ");
+            let what = row_name(table);
             report.mismatches.push(Mismatch {
                 wallet_id: wallet_id.clone(),
                 entry_id: (table == "transactions").then(|| id.clone()),
@@ -530,8 +507,9 @@ async fn unreadable_values(
     Ok(wallets)
 }
 
-/// `SELECT CAST(<id> AS text), <wallet> (or ''), <column> FROM <table>` in id order: each
-/// row's id, wallet (empty for rows that belong to no wallet) and stored value.
+/// `SELECT CAST(<id> AS text), <wallet> (or ''), CAST(<column> AS text) FROM <table>` in id
+/// order: each row's id, wallet (empty for rows that belong to no wallet) and stored value as
+/// text.
 fn stored_values(
     table: &str,
     id: &str,
@@ -544,10 +522,18 @@ fn stored_values(
             Some(wallet) => Expr::col(Alias::new(wallet)),
             None => Expr::val(""),
         })
-        .column(Alias::new(column))
+        .expr(Expr::col(Alias::new(column)).cast_as(Alias::new("text")))
         .from(Alias::new(table))
         .order_by((Alias::new(table.to_string()), Alias::new(id)), Order::Asc)
         .to_owned()
+}
+
+/// What a row of `table` is called in a report: "entry", "grant", "rate card"…
+fn row_name(table: &str) -> String {
+    match table {
+        "transactions" => "entry".to_string(),
+        table => table.trim_end_matches('s').replace('_', " "),
+    }
 }
 
 /// Whether a stored text column parses as what it holds (`Err`: why not).
@@ -565,54 +551,67 @@ fn parses_as_decimal(text: &str) -> Result<(), String> {
         .map_err(|err| err.to_string())
 }
 
-/// Stored JSON and decimal text outside ledger entries (those are checked with their chain)
-/// that does not parse: the service still reads such a value with a default, so `verify`
-/// names every one.
-async fn unreadable_text(conn: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
-    let columns: [(&str, &str, Option<&str>, &str, Parses); 6] = [
+/// A provider cost: a decimal, or empty when the rate named none.
+fn parses_as_cost(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    parses_as_decimal(text)
+}
+
+/// Stored JSON and decimal values that are not what their column holds (a hand edit, or a
+/// bug): reading such a row is an error, never a default (`store::columns`), so `verify`
+/// names each one. On PostgreSQL JSON columns are `jsonb`, so only the shape can be wrong; on
+/// SQLite the text may not be JSON at all. Returns the wallets concerned.
+async fn unreadable_text(
+    conn: &impl ConnectionTrait,
+    report: &mut Report,
+) -> Result<BTreeSet<String>, DbErr> {
+    let wallet = Some("wallet_id");
+    let columns: [(&str, &str, Option<&str>, &str, Parses); 10] = [
+        ("transactions", "id", wallet, "burns", parses_as::<Burns>),
         (
-            "grants",
+            "transactions",
             "id",
-            Some("wallet_id"),
-            "unit_price",
-            parses_as_decimal,
+            wallet,
+            "quantities",
+            parses_as::<StringMap>,
         ),
         (
-            "schedules",
+            "transactions",
             "id",
-            Some("wallet_id"),
-            "unit_price",
-            parses_as_decimal,
+            wallet,
+            "metadata",
+            parses_as::<StringMap>,
         ),
+        ("grants", "id", wallet, "unit_price", parses_as_decimal),
+        ("schedules", "id", wallet, "unit_price", parses_as_decimal),
         (
             "reservations",
             "id",
-            Some("wallet_id"),
+            wallet,
             "quantities",
-            parses_as::<BTreeMap<String, String>>,
+            parses_as::<StringMap>,
         ),
         (
             "wallets",
             "id",
             Some("id"),
             "low_balance_thresholds",
-            parses_as::<Vec<Amount>>,
+            parses_as::<Thresholds>,
         ),
+        ("accounts", "id", None, "labels", parses_as::<StringMap>),
+        ("rate_cards", "version", None, "rates", parses_as::<Rates>),
+        // Not JSON, but hashed with the entry and summed by reports.
         (
-            "accounts",
+            "transactions",
             "id",
-            None,
-            "labels",
-            parses_as::<BTreeMap<String, String>>,
-        ),
-        (
-            "rate_cards",
-            "version",
-            None,
-            "rates",
-            parses_as::<Vec<Rate>>,
+            wallet,
+            "provider_cost",
+            parses_as_cost,
         ),
     ];
+    let mut wallets = BTreeSet::new();
     for (table, id, wallet, column, parses) in columns {
         for row in conn
             .query_all(&stored_values(table, id, wallet, column))
@@ -621,16 +620,20 @@ async fn unreadable_text(conn: &impl ConnectionTrait, report: &mut Report) -> Re
             let text: String = row.try_get_by_index(2)?;
             if let Err(err) = parses(&text) {
                 let id: String = row.try_get_by_index(0)?;
-                let what = table.trim_end_matches('s').replace('_', " ");
+                let wallet_id: String = row.try_get_by_index(1)?;
+                let what = row_name(table);
                 report.mismatches.push(Mismatch {
-                    wallet_id: row.try_get_by_index(1)?,
-                    entry_id: None,
+                    wallet_id: wallet_id.clone(),
+                    entry_id: (table == "transactions").then(|| id.clone()),
                     problem: format!("{what} {id} has unreadable {column}: {err}"),
                 });
+                if !wallet_id.is_empty() {
+                    wallets.insert(wallet_id);
+                }
             }
         }
     }
-    Ok(())
+    Ok(wallets)
 }
 
 /// Ledger entries whose wallet does not exist (its row deleted?).

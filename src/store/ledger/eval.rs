@@ -10,19 +10,17 @@ use rust_decimal::Decimal;
 use super::{
     SYSTEM_ACTOR,
     ops::{Encode, Op, Outcome},
-    rows::{
-        StoredBurn, domain_schedule, json, quantity_strings, stored_burns, thresholds, wallet_state,
-    },
+    rows::{domain_schedule, wallet_state},
 };
 use crate::{
     domain::{
         AccountState, Action, Amount, Burn, GrantKind, HoldState, Lot, LotStatus, Movement,
-        MovementKind, Rollover, RolloverPolicy, WalletState, amount::format_decimal,
-        check_caller_cap, refund_returns,
+        MovementKind, Rollover, RolloverPolicy, WalletState, check_caller_cap, refund_returns,
     },
     error::{Error, Reason, Result},
     store::{
         accounts, chain,
+        columns::{Burns, Price, StoredBurn, StringMap, Thresholds},
         entity::{grant, idempotency_key, reservation, schedule, transaction, wallet},
         new_id,
         rate_cards::Card,
@@ -36,7 +34,7 @@ pub(super) struct EntryContext {
     actor: String,
     request_id: String,
     request_type: String,
-    quantities: BTreeMap<String, String>,
+    quantities: StringMap,
     metadata: BTreeMap<String, String>,
     rate_card_version: Option<i64>,
     provider_cost: String,
@@ -114,7 +112,7 @@ impl Loaded {
                 .map(|s| (s.id.clone(), s))
                 .collect(),
             new_schedules: Vec::new(),
-            thresholds: thresholds(&model),
+            thresholds: model.low_balance_thresholds.0.clone(),
             entries: Vec::new(),
             state,
             model,
@@ -171,12 +169,12 @@ impl Loaded {
             units: movement.units.micros(),
             balance_after: self.posted,
             request_type: ctx.request_type.clone(),
-            quantities: json(&ctx.quantities),
+            quantities: ctx.quantities.clone(),
             rate_card_version: ctx.rate_card_version,
             request_id: ctx.request_id.clone(),
             actor: ctx.actor.clone(),
-            metadata: json(&metadata),
-            burns: json(&burns),
+            metadata: StringMap(metadata),
+            burns: Burns(burns),
             provider_cost: ctx.provider_cost.clone(),
             grant_id: movement.grant_id.clone(),
             create_time: time,
@@ -380,7 +378,7 @@ impl Batch {
                     actor: op.actor.clone(),
                     request_id: op.key.request_id.clone(),
                     request_type: op.request_type.clone(),
-                    quantities: quantity_strings(&op.quantities),
+                    quantities: StringMap::quantities(&op.quantities),
                     metadata: op.metadata.clone(),
                     rate_card_version: Some(version),
                     provider_cost,
@@ -453,7 +451,7 @@ impl Batch {
                     state: HoldState::Open,
                     expire_time,
                     request_type: op.request_type.clone(),
-                    quantities: json(&quantity_strings(&op.quantities)),
+                    quantities: StringMap::quantities(&op.quantities),
                     rate_card_version: version,
                     captured_units: None,
                     request_id: op.key.request_id.clone(),
@@ -466,7 +464,7 @@ impl Batch {
                     actor: op.actor.clone(),
                     request_id: op.key.request_id.clone(),
                     request_type: op.request_type.clone(),
-                    quantities: quantity_strings(&op.quantities),
+                    quantities: StringMap::quantities(&op.quantities),
                     rate_card_version: version,
                     ..Default::default()
                 };
@@ -491,7 +489,7 @@ impl Batch {
                     actor: op.actor.clone(),
                     request_id: op.key.request_id.clone(),
                     request_type: hold.request_type.clone(),
-                    quantities: quantity_strings(&op.quantities),
+                    quantities: StringMap::quantities(&op.quantities),
                     rate_card_version: version,
                     provider_cost,
                     ..Default::default()
@@ -523,8 +521,11 @@ impl Batch {
                     .get(&op.transaction_id)
                     .cloned()
                     .ok_or_else(|| Error::not_found("transaction", &op.transaction_id))?;
-                let burns: Vec<(Option<String>, Amount)> = stored_burns(&original)?
-                    .into_iter()
+                let burns: Vec<(Option<String>, Amount)> = original
+                    .burns
+                    .0
+                    .iter()
+                    .cloned()
                     .map(|b| ((!b.grant_id.is_empty()).then_some(b.grant_id), b.units))
                     .collect();
                 let charged = Amount::from_micros(original.units);
@@ -632,7 +633,7 @@ impl Batch {
                     next_period: 0,
                     kind: op.kind,
                     priority: op.priority,
-                    unit_price: format_decimal(op.unit_price),
+                    unit_price: Price(op.unit_price),
                     currency: op.currency.clone(),
                     contract_ref: op.contract_ref.clone(),
                     create_time: now,
@@ -709,7 +710,7 @@ pub(super) fn updated_wallet(wallet: &Loaded, now: i64) -> wallet::Model {
         spent_day_units: state.spent.day_units.micros(),
         spent_month: state.spent.month,
         spent_month_units: state.spent.month_units.micros(),
-        low_balance_thresholds: json(&wallet.thresholds),
+        low_balance_thresholds: Thresholds(wallet.thresholds.clone()),
         next_due_time: state.next_due(),
         last_hash: wallet.last_hash.clone(),
         last_entry_time: wallet.last_time,
@@ -742,7 +743,7 @@ pub(super) fn grant_row(wallet: &Loaded, lot: &Lot, now: i64) -> Option<grant::M
         priority: lot.priority,
         effective_time: lot.effective_time,
         expire_time: lot.expire_time,
-        unit_price: format_decimal(lot.unit_price),
+        unit_price: Price(lot.unit_price),
         currency: lot.currency.clone(),
         contract_ref: template.contract_ref.clone(),
         voided: lot.status == LotStatus::Voided,

@@ -10,7 +10,6 @@ use sea_orm::{
 use super::{
     eval::{Batch, Loaded},
     ops::Op,
-    rows::stored_burns,
 };
 use crate::{
     domain::{AccountState, HoldState, LotStatus, MovementKind},
@@ -254,9 +253,11 @@ pub(super) async fn lock_and_load(
             .await?;
         for original in &originals {
             extra_grants.extend(
-                stored_burns(original)?
-                    .into_iter()
-                    .map(|b| b.grant_id)
+                original
+                    .burns
+                    .0
+                    .iter()
+                    .map(|b| b.grant_id.clone())
                     .filter(|g| !g.is_empty()),
             );
         }

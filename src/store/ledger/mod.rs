@@ -38,7 +38,7 @@ pub use reads::{
     balance, due_wallets, find_grant, find_reservation, find_transaction, list_grants,
     list_schedules, list_transactions, pending_entries, wallet_balance,
 };
-pub use rows::{StoredBurn, domain_schedule, lot, stored_burns, thresholds};
+pub use rows::{domain_schedule, lot};
 
 use super::{Store, is_postgres, log_sync::Durable};
 use crate::error::{Error, Result};

@@ -117,7 +117,7 @@ fn wallet_row() -> wallet::Model {
         spent_day_units: 0,
         spent_month: 0,
         spent_month_units: 0,
-        low_balance_thresholds: "[]".into(),
+        low_balance_thresholds: Default::default(),
         next_due_time: None,
         last_hash: String::new(),
         last_entry_time: 0,
@@ -126,16 +126,6 @@ fn wallet_row() -> wallet::Model {
 }
 
 fn card(flat: i64) -> Card {
-    let model = rate_card::Model {
-        version: 1,
-        state: CardState::Published,
-        etag: String::new(),
-        effective_time: Some(START),
-        rates: String::new(),
-        notes: String::new(),
-        create_time: START,
-        publish_time: Some(START),
-    };
     let rate = Rate {
         request_type: "chat".into(),
         flat_units: Amount::from_micros(flat),
@@ -144,10 +134,16 @@ fn card(flat: i64) -> Card {
         route: String::new(),
         provider_cost: String::new(),
     };
-    Card {
-        model,
-        rates: vec![rate],
-    }
+    Card::from(rate_card::Model {
+        version: 1,
+        state: CardState::Published,
+        etag: String::new(),
+        effective_time: Some(START),
+        rates: rate_card::Rates(vec![rate]),
+        notes: String::new(),
+        create_time: START,
+        publish_time: Some(START),
+    })
 }
 
 fn batch(flat: i64) -> Batch {
