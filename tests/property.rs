@@ -312,6 +312,10 @@ fn cell(row: &QueryResult, i: usize) -> String {
     if let Ok(v) = row.try_get_by_index::<Option<f64>>(i) {
         return show(v);
     }
+    // jsonb on PostgreSQL (text on SQLite, read above).
+    if let Ok(v) = row.try_get_by_index::<Option<serde_json::Value>>(i) {
+        return show(v);
+    }
     panic!("column {i} of {:?}: no readable type", row.column_names());
 }
 

@@ -138,6 +138,11 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
     spawn_on(db, auth, Clock::system()).await
 }
 
+/// A server on a database the test prepared (it migrates what is not applied yet).
+pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
+    spawn_on(db, auth_config(), Clock::system()).await
+}
+
 impl TestApp {
     /// A second server (another replica) on the same database; stopping it leaves the
     /// database alone.
