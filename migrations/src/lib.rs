@@ -14,6 +14,15 @@ mod m20261201_000007_typed_json;
 
 pub struct Migrator;
 
+/// Runs `sql` on PostgreSQL only: for changes SQLite does not need (it enforces no declared
+/// lengths and stores any value in any column).
+async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
+        manager.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {

@@ -10,26 +10,18 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared(
-                    r#"ALTER TABLE "idempotency_keys" ALTER COLUMN "scope" TYPE varchar(300)"#,
-                )
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres(
+            manager,
+            r#"ALTER TABLE "idempotency_keys" ALTER COLUMN "scope" TYPE varchar(300)"#,
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared(
-                    r#"ALTER TABLE "idempotency_keys" ALTER COLUMN "scope" TYPE varchar(80)"#,
-                )
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres(
+            manager,
+            r#"ALTER TABLE "idempotency_keys" ALTER COLUMN "scope" TYPE varchar(80)"#,
+        )
+        .await
     }
 }

@@ -48,22 +48,10 @@ fn alter(to: &str) -> String {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared(&alter("jsonb"))
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres(manager, &alter("jsonb")).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared(&alter("text"))
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres(manager, &alter("text")).await
     }
 }

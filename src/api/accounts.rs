@@ -89,29 +89,12 @@ impl Ctx {
             .ok_or_else(|| Error::missing("account"))?;
         let id = convert::id("account.id", &wire.id, "acct")?;
         self.account_in_scope(&caller, &id).await?;
-        let paths: Vec<String> = match &request.update_mask {
-            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-            _ => {
-                let mut paths = Vec::new();
-                if !wire.display_name.is_empty() {
-                    paths.push("display_name".to_string());
-                }
-                if !wire.labels.is_empty() {
-                    paths.push("labels".to_string());
-                }
-                if wire.state != 0 {
-                    paths.push("state".to_string());
-                }
-                paths
-            }
-        };
-        if paths.is_empty() {
-            return Err(Error::invalid(
-                Reason::MissingField,
-                "update_mask",
-                "nothing to update",
-            ));
-        }
+        let fields = [
+            ("display_name", !wire.display_name.is_empty()),
+            ("labels", !wire.labels.is_empty()),
+            ("state", wire.state != 0),
+        ];
+        let paths = convert::update_paths(request.update_mask.as_ref(), &fields)?;
         let mut changes = AccountChanges::default();
         for path in &paths {
             match path.as_str() {
@@ -129,13 +112,7 @@ impl Ctx {
                             .ok_or_else(|| Error::missing("account.state"))?,
                     )
                 }
-                other => {
-                    return Err(Error::invalid(
-                        Reason::InvalidField,
-                        "update_mask",
-                        format!("`{other}` cannot be updated (display_name, labels, state can)"),
-                    ));
-                }
+                other => return Err(convert::not_updatable(other, &fields)),
             }
         }
         let key = key(Key::account_scope(&id), &request)?;
@@ -227,29 +204,16 @@ impl Ctx {
             .wallet
             .clone()
             .ok_or_else(|| Error::missing("wallet"))?;
-        let paths: Vec<String> = match &request.update_mask {
-            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-            _ => [
-                ("overdraft_limit", !wire.overdraft_limit.is_empty()),
-                ("daily_spend_cap", !wire.daily_spend_cap.is_empty()),
-                ("monthly_spend_cap", !wire.monthly_spend_cap.is_empty()),
-                (
-                    "low_balance_thresholds",
-                    !wire.low_balance_thresholds.is_empty(),
-                ),
-            ]
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(path, _)| path.to_string())
-            .collect(),
-        };
-        if paths.is_empty() {
-            return Err(Error::invalid(
-                Reason::MissingField,
-                "update_mask",
-                "nothing to update",
-            ));
-        }
+        let fields = [
+            ("overdraft_limit", !wire.overdraft_limit.is_empty()),
+            ("daily_spend_cap", !wire.daily_spend_cap.is_empty()),
+            ("monthly_spend_cap", !wire.monthly_spend_cap.is_empty()),
+            (
+                "low_balance_thresholds",
+                !wire.low_balance_thresholds.is_empty(),
+            ),
+        ];
+        let paths = convert::update_paths(request.update_mask.as_ref(), &fields)?;
         // An empty cap in a masked update removes the cap.
         let cap = |field: &str, value: &str| -> Result<Option<Amount>> {
             if value.is_empty() {
@@ -293,16 +257,7 @@ impl Ctx {
                         .collect::<Result<Vec<_>>>()?;
                     changes.low_balance_thresholds = Some(thresholds);
                 }
-                other => {
-                    return Err(Error::invalid(
-                        Reason::InvalidField,
-                        "update_mask",
-                        format!(
-                            "`{other}` cannot be updated (overdraft_limit, daily_spend_cap, \
-                             monthly_spend_cap, low_balance_thresholds can)"
-                        ),
-                    ));
-                }
+                other => return Err(convert::not_updatable(other, &fields)),
             }
         }
         let wallet = self.wallet_in_scope(&caller, &wire.id).await?;

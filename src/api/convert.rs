@@ -120,6 +120,40 @@ pub fn id(field: &str, value: &str, prefix: &str) -> Result<String> {
     }
 }
 
+/// The fields an update changes: the mask's paths, or without a mask the fields that are set
+/// (`fields`: each updatable field and whether the request sets it).
+pub fn update_paths(
+    mask: Option<&prost_types::FieldMask>,
+    fields: &[(&str, bool)],
+) -> Result<Vec<String>> {
+    let paths: Vec<String> = match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+        _ => fields
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(path, _)| path.to_string())
+            .collect(),
+    };
+    if paths.is_empty() {
+        return Err(Error::invalid(
+            Reason::MissingField,
+            "update_mask",
+            "nothing to update",
+        ));
+    }
+    Ok(paths)
+}
+
+/// A mask path that is none of the updatable `fields`.
+pub fn not_updatable(path: &str, fields: &[(&str, bool)]) -> Error {
+    let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+    Error::invalid(
+        Reason::InvalidField,
+        "update_mask",
+        format!("`{path}` cannot be updated ({} can)", names.join(", ")),
+    )
+}
+
 /// A string map (labels, metadata) with bounded size.
 pub fn string_map(
     field: &str,

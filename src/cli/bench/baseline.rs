@@ -32,6 +32,22 @@ enum Pool {
     Postgres(PgPool),
 }
 
+enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// `$body` once per database, with `$it` the pool (or transaction) of that database: the
+/// statements are the same text, the driver types differ.
+macro_rules! on_each {
+    ($kind:ident, $value:expr, $it:ident => $body:expr) => {
+        match $value {
+            $kind::Sqlite($it) => $body,
+            $kind::Postgres($it) => $body,
+        }
+    };
+}
+
 /// The baseline tables, seeded, and a pool to debit them.
 pub struct Baseline {
     pool: Pool,
@@ -152,30 +168,17 @@ impl Baseline {
     /// Checks every baseline wallet's balance against what the run acknowledged, and counts
     /// the ledger rows.
     pub async fn verify(&self, charged: &[i64]) -> anyhow::Result<Verification> {
-        let (rows, ledger_rows): (Vec<(i64, i64)>, i64) = match &self.pool {
-            Pool::Sqlite(pool) => (
-                rows(
-                    sqlx::query("SELECT id, balance FROM bench_baseline_wallets")
-                        .fetch_all(pool)
-                        .await?,
-                )?,
-                sqlx::query("SELECT COUNT(*) FROM bench_baseline_ledger")
-                    .fetch_one(pool)
-                    .await?
-                    .try_get(0)?,
-            ),
-            Pool::Postgres(pool) => (
-                rows(
-                    sqlx::query("SELECT id, balance FROM bench_baseline_wallets")
-                        .fetch_all(pool)
-                        .await?,
-                )?,
-                sqlx::query("SELECT COUNT(*) FROM bench_baseline_ledger")
-                    .fetch_one(pool)
-                    .await?
-                    .try_get(0)?,
-            ),
-        };
+        let (rows, ledger_rows): (Vec<(i64, i64)>, i64) = on_each!(Pool, &self.pool, pool => (
+            rows(
+                sqlx::query("SELECT id, balance FROM bench_baseline_wallets")
+                    .fetch_all(pool)
+                    .await?,
+            )?,
+            sqlx::query("SELECT COUNT(*) FROM bench_baseline_ledger")
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?,
+        ));
         let mut mismatches = 0;
         for (id, balance) in &rows {
             let charged = usize::try_from(*id)
@@ -196,20 +199,12 @@ impl Baseline {
 
     /// Drops the baseline tables and closes the pool.
     pub async fn teardown(&self) -> anyhow::Result<()> {
-        match &self.pool {
-            Pool::Sqlite(pool) => {
-                for sql in DROP {
-                    sqlx::query(sql).execute(pool).await?;
-                }
-                pool.close().await;
+        on_each!(Pool, &self.pool, pool => {
+            for sql in DROP {
+                sqlx::query(sql).execute(pool).await?;
             }
-            Pool::Postgres(pool) => {
-                for sql in DROP {
-                    sqlx::query(sql).execute(pool).await?;
-                }
-                pool.close().await;
-            }
-        }
+            pool.close().await;
+        });
         Ok(())
     }
 
@@ -219,47 +214,24 @@ impl Baseline {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
-        match &self.pool {
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let updated = sqlx::query(
-                    "UPDATE bench_baseline_wallets SET balance = balance - ?1
-                     WHERE id = ?2 AND balance >= ?1",
-                )
-                .bind(1i64)
-                .bind(wallet)
-                .execute(&mut *tx)
-                .await?;
-                if updated.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                sqlx::query(
-                    "INSERT INTO bench_baseline_ledger (wallet_id, amount, request_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .bind(wallet)
-                .bind(1i64)
-                .bind(request_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-            }
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let updated = sqlx::query(
-                    "UPDATE bench_baseline_wallets SET balance = balance - $1
-                     WHERE id = $2 AND balance >= $1",
-                )
-                .bind(1i64)
-                .bind(wallet)
-                .execute(&mut *tx)
-                .await?;
-                if updated.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
+        // SQLite takes `$n` as numbered parameters too, so one text serves both.
+        let mut tx = match &self.pool {
+            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        };
+        let charged = on_each!(Tx, &mut tx, tx => {
+            let updated = sqlx::query(
+                "UPDATE bench_baseline_wallets SET balance = balance - $1
+                 WHERE id = $2 AND balance >= $1",
+            )
+            .bind(1i64)
+            .bind(wallet)
+            .execute(&mut **tx)
+            .await?;
+            updated.rows_affected() > 0
+        });
+        if charged {
+            on_each!(Tx, &mut tx, tx => {
                 sqlx::query(
                     "INSERT INTO bench_baseline_ledger (wallet_id, amount, request_id, created_at)
                      VALUES ($1, $2, $3, $4)",
@@ -268,12 +240,17 @@ impl Baseline {
                 .bind(1i64)
                 .bind(request_id)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-                tx.commit().await?;
-            }
+            });
         }
-        Ok(true)
+        match (tx, charged) {
+            (Tx::Sqlite(tx), true) => tx.commit().await?,
+            (Tx::Sqlite(tx), false) => tx.rollback().await?,
+            (Tx::Postgres(tx), true) => tx.commit().await?,
+            (Tx::Postgres(tx), false) => tx.rollback().await?,
+        }
+        Ok(charged)
     }
 }
 
