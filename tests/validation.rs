@@ -824,6 +824,50 @@ async fn missing_resource_messages_are_rejected() {
             .await,
     );
     assert_invalid(&status, "MISSING_FIELD", "update_mask");
+    // A path that is not an updatable field, of an account and of a wallet.
+    let status = rejected(
+        app.accounts(&app.admin)
+            .update_account(proto::UpdateAccountRequest {
+                account: Some(proto::Account {
+                    id: account.id.clone(),
+                    external_id: "renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["external_id".into()],
+                }),
+                request_id: "m7".into(),
+            })
+            .await,
+    );
+    assert_invalid(&status, "INVALID_FIELD", "update_mask");
+    assert!(
+        status
+            .message()
+            .contains("`external_id` cannot be updated (display_name, labels, state can)"),
+        "{status:?}"
+    );
+    let status = rejected(
+        app.accounts(&app.admin)
+            .update_wallet(proto::UpdateWalletRequest {
+                wallet: Some(proto::Wallet {
+                    id: "wal_0123456789abcdef0123456789abcdef".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["unit".into()],
+                }),
+                request_id: "m8".into(),
+            })
+            .await,
+    );
+    assert_invalid(&status, "INVALID_FIELD", "update_mask");
+    assert!(
+        status.message().contains(
+            "(overdraft_limit, daily_spend_cap, monthly_spend_cap, low_balance_thresholds can)"
+        ),
+        "{status:?}"
+    );
 
     assert_eq!(app.all_accounts(&app.admin).await, before_accounts);
     assert!(wallets(&app, &account.id).await.is_empty());
