@@ -29,7 +29,7 @@ use std::{
 
 use allot::{
     domain::Amount,
-    proto::{self, TransactionKind, report_service_client::ReportServiceClient},
+    proto::{self, TransactionKind},
     store::verify,
 };
 use common::*;
@@ -720,17 +720,17 @@ impl Run<'_> {
         at_step: &str,
     ) -> proto::Statement {
         let app = self.app;
-        let statement =
-            ReportServiceClient::with_interceptor(app.channel.clone(), bearer(&app.admin))
-                .get_statement(proto::GetStatementRequest {
-                    account_id: self.account_id.clone(),
-                    start_time: start.map(ts),
-                    end_time: end.map(ts),
-                    ..Default::default()
-                })
-                .await
-                .unwrap_or_else(|s| panic!("{at_step}: statement: {s:?}"))
-                .into_inner();
+        let statement = app
+            .reports(&app.admin)
+            .get_statement(proto::GetStatementRequest {
+                account_id: self.account_id.clone(),
+                start_time: start.map(ts),
+                end_time: end.map(ts),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{at_step}: statement: {s:?}"))
+            .into_inner();
         let lines: i64 = statement
             .lines
             .iter()

@@ -30,7 +30,7 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use common::*;
 use rust_decimal::Decimal;
 use tokio::task::JoinHandle;
-use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -63,10 +63,6 @@ fn period_start(start: i64, period: SchedulePeriod, k: u32) -> i64 {
         SchedulePeriod::Yearly => months(12 * k),
         SchedulePeriod::Unspecified => unreachable!(),
     }
-}
-
-fn reports(app: &TestApp, token: &str) -> ReportServiceClient<InterceptedService<Channel, Bearer>> {
-    ReportServiceClient::with_interceptor(app.channel.clone(), bearer(token))
 }
 
 /// A rate card with `units`: a debit with quantity `n` costs exactly `n` units.
@@ -1188,7 +1184,7 @@ async fn statement(
     token: &str,
     request: proto::GetStatementRequest,
 ) -> Result<proto::Statement, Status> {
-    reports(app, token)
+    app.reports(token)
         .get_statement(request)
         .await
         .map(tonic::Response::into_inner)

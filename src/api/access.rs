@@ -42,6 +42,9 @@ const DEBITORS: Access = Access::Roles(&[Role::Service]);
 const REFUNDERS: Access = Access::Roles(&[Role::Service, Role::AccountManager]);
 /// Rate cards: drafts and publishing.
 const OPERATORS: Access = Access::Roles(&[Role::Operator]);
+/// Reports over many entries: for the people who read them, not for the request path
+/// (service tokens cannot export). Operators see provider costs in them.
+const REPORTERS: Access = Access::Roles(&[Role::AccountManager, Role::Procurement, Role::Operator]);
 /// Anyone may read prices (only operators see routes and provider costs).
 const PRICE_READERS: Access = Access::Roles(&[
     Role::Service,
@@ -83,6 +86,7 @@ pub const ROUTES: &[(&str, Access)] = &[
     ("/allot.v1.LedgerService/GetBalance", READERS),
     ("/allot.v1.LedgerService/ListTransactions", READERS),
     ("/allot.v1.ReportService/GetStatement", READERS),
+    ("/allot.v1.ReportService/ExportTransactions", REPORTERS),
 ];
 
 /// Services callable without a token.

@@ -374,6 +374,29 @@ pub fn grant(model: &grant::Model, now: i64) -> proto::Grant {
 
 // ---- ledger --------------------------------------------------------------------------------
 
+/// A transaction kind from the wire (`field` names it in the error).
+pub fn movement_kind(field: &str, value: i32) -> Result<MovementKind> {
+    use proto::TransactionKind as Wire;
+    Ok(match Wire::try_from(value) {
+        Ok(Wire::Grant) => MovementKind::Grant,
+        Ok(Wire::Debit) => MovementKind::Debit,
+        Ok(Wire::Reserve) => MovementKind::Reserve,
+        Ok(Wire::Capture) => MovementKind::Capture,
+        Ok(Wire::Release) => MovementKind::Release,
+        Ok(Wire::Refund) => MovementKind::Refund,
+        Ok(Wire::Expire) => MovementKind::Expire,
+        Ok(Wire::Void) => MovementKind::Void,
+        Ok(Wire::Adjust) => MovementKind::Adjust,
+        Ok(Wire::Unspecified) | Err(_) => {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                field,
+                format!("{value} is not a transaction kind"),
+            ));
+        }
+    })
+}
+
 pub fn transaction(model: &transaction::Model) -> proto::Transaction {
     let kind = match model.kind {
         MovementKind::Grant => proto::TransactionKind::Grant,

@@ -4,9 +4,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, convert, key, outcome::Respond, reply};
+use super::{Ctx, convert, key, outcome::Respond, redact, reply};
 use crate::{
-    auth::{Caller, Role},
+    auth::Caller,
     domain::MovementKind,
     error::{Error, Reason, Result},
     proto::{self, ledger_service_server::LedgerService},
@@ -24,13 +24,6 @@ use crate::{
 pub const MAX_BATCH_DEBITS: usize = 1000;
 
 /// Provider costs are for operators; everyone else gets the entry without them.
-fn redact(caller: &Caller, mut transaction: proto::Transaction) -> proto::Transaction {
-    if !caller.has_any_role(&[Role::Operator]) {
-        transaction.provider_cost.clear();
-    }
-    transaction
-}
-
 impl Ctx {
     async fn debit(&self, request: Request<proto::DebitRequest>) -> Result<proto::DebitResponse> {
         let caller = super::access::caller(&request)?;

@@ -227,18 +227,30 @@ pub fn key<M: Mutation>(scope: String, request: &M) -> Result<Key> {
 /// Converts the handler's result to a tonic response, logging failures (INTERNAL and
 /// UNAVAILABLE loudly, caller mistakes at debug level).
 pub fn reply<T>(result: Result<T>) -> std::result::Result<tonic::Response<T>, Status> {
-    result.map(tonic::Response::new).map_err(|err| {
-        match err.code {
-            tonic::Code::Internal => {
-                tracing::error!(reason = err.reason.as_str(), "{}", err.message)
-            }
-            tonic::Code::Unavailable | tonic::Code::Aborted => {
-                tracing::warn!(reason = err.reason.as_str(), "{}", err.message)
-            }
-            _ => tracing::debug!(code = ?err.code, reason = err.reason.as_str(), "{}", err.message),
+    result.map(tonic::Response::new).map_err(status)
+}
+
+/// An error as the status a caller receives, logged as [`reply`] logs it.
+pub fn status(err: Error) -> Status {
+    match err.code {
+        tonic::Code::Internal => tracing::error!(reason = err.reason.as_str(), "{}", err.message),
+        tonic::Code::Unavailable | tonic::Code::Aborted => {
+            tracing::warn!(reason = err.reason.as_str(), "{}", err.message)
         }
-        Status::from(err)
-    })
+        _ => tracing::debug!(code = ?err.code, reason = err.reason.as_str(), "{}", err.message),
+    }
+    Status::from(err)
+}
+
+/// An entry as `caller` may see it: provider costs are for operators (and admins) only.
+pub fn redact(
+    caller: &Caller,
+    mut transaction: crate::proto::Transaction,
+) -> crate::proto::Transaction {
+    if !caller.has_any_role(&[crate::auth::Role::Operator]) {
+        transaction.provider_cost.clear();
+    }
+    transaction
 }
 
 impl Ctx {

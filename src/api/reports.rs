@@ -1,16 +1,30 @@
-//! ReportService: statements for procurement and finance.
+//! ReportService: statements and exports for procurement and finance.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, pin::Pin};
 
 use rust_decimal::Decimal;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, convert, reply};
+use super::{Ctx, convert, redact, reply, status};
 use crate::{
+    auth::{Caller, Scope},
     error::{Error, Reason, Result},
     proto::{self, report_service_server::ReportService},
-    store::{accounts::find_wallet, statements},
+    store::{
+        accounts::find_wallet,
+        export::{self, Covers, Filter},
+        statements,
+    },
 };
+
+/// Chunks an export holds between the database and the connection: with [`export::CHUNK`]
+/// entries each, what bounds its memory whatever its length.
+const EXPORT_BUFFER: usize = 2;
+
+type ExportStream =
+    Pin<Box<dyn Stream<Item = Result<proto::ExportTransactionsResponse, Status>> + Send>>;
 
 fn money(values: &BTreeMap<String, Decimal>) -> Vec<proto::Money> {
     statements::format_money(values)
@@ -58,7 +72,6 @@ impl Ctx {
         // A read: one snapshot, nothing written (what fell due but is not recorded yet is
         // worked out in memory, see `statements::build`).
         let statement = statements::build(&self.store, &wallet.id, start, end, now).await?;
-        let operator = caller.has_any_role(&[crate::auth::Role::Operator]);
         Ok(proto::Statement {
             wallet_id: wallet.id.clone(),
             account_id: wallet.account_id.clone(),
@@ -89,13 +102,7 @@ impl Ctx {
             movements: statement
                 .movements
                 .iter()
-                .map(|entry| {
-                    let mut t = convert::transaction(entry);
-                    if !operator {
-                        t.provider_cost.clear();
-                    }
-                    t
-                })
+                .map(|entry| redact(&caller, convert::transaction(entry)))
                 .collect(),
             opening_money: money(&statement.opening_money),
             closing_money: money(&statement.closing_money),
@@ -103,8 +110,99 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// What an export request selects, within the caller's scope.
+    async fn export_filter(
+        &self,
+        caller: &Caller,
+        request: &proto::ExportTransactionsRequest,
+    ) -> Result<Filter> {
+        let start = convert::micros("start_time", request.start_time.as_ref())?;
+        let end = convert::micros("end_time", request.end_time.as_ref())?;
+        if let (Some(start), Some(end)) = (start, end)
+            && end < start
+        {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                "end_time",
+                "must not lie before start_time",
+            ));
+        }
+        let kinds = request
+            .kinds
+            .iter()
+            .map(|kind| convert::movement_kind("kinds", *kind))
+            .collect::<Result<Vec<_>>>()?;
+        let covers = match (request.account_id.is_empty(), request.wallet_id.is_empty()) {
+            (true, false) if request.include_sub_accounts => {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "include_sub_accounts",
+                    "applies to account_id, not to a wallet",
+                ));
+            }
+            (true, false) => {
+                Covers::Wallet(self.wallet_in_scope(caller, &request.wallet_id).await?.id)
+            }
+            (false, true) => {
+                let account = self
+                    .resolve_account(caller, &request.account_id, "")
+                    .await?;
+                if request.include_sub_accounts {
+                    Covers::Subtrees(vec![account.id])
+                } else {
+                    Covers::Accounts(vec![account.id])
+                }
+            }
+            (true, true) => match &caller.scope {
+                Scope::All => Covers::All,
+                Scope::Accounts(ids) => Covers::Subtrees(ids.iter().cloned().collect()),
+            },
+            (false, false) => {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "account_id",
+                    "give account_id or wallet_id, not both",
+                ));
+            }
+        };
+        Ok(Filter {
+            covers,
+            start,
+            end,
+            kinds,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ReportService for Ctx {
+    type ExportTransactionsStream = ExportStream;
+
+    async fn export_transactions(
+        &self,
+        request: Request<proto::ExportTransactionsRequest>,
+    ) -> Result<Response<ExportStream>, Status> {
+        let caller = super::access::caller(&request).map_err(status)?;
+        let filter = self
+            .export_filter(&caller, request.get_ref())
+            .await
+            .map_err(status)?;
+        let (rows, received) = mpsc::channel(EXPORT_BUFFER);
+        tokio::spawn(export::export(self.store.db.clone(), filter, rows));
+        let chunks = ReceiverStream::new(received).map(move |chunk| {
+            chunk
+                .map(|rows| proto::ExportTransactionsResponse {
+                    transactions: rows
+                        .iter()
+                        .map(|t| redact(&caller, convert::transaction(t)))
+                        .collect(),
+                })
+                .map_err(status)
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
     async fn get_statement(
         &self,
         request: Request<proto::GetStatementRequest>,

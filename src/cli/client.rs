@@ -14,6 +14,7 @@
 
 mod accounts;
 mod args;
+mod export;
 mod grants;
 mod ledger;
 mod output;
@@ -50,5 +51,6 @@ pub async fn run(command: ClientCommand, outer: &ClientArgs) -> Result<()> {
         ClientCommand::Balance(single) => ledger::balance(&ctx, single.args).await,
         ClientCommand::Transactions(single) => ledger::transactions(&ctx, single.args).await,
         ClientCommand::Report(group) => report::run(&ctx, group.command).await,
+        ClientCommand::Export(single) => export::run(&ctx, single.args).await,
     }
 }

@@ -18,6 +18,7 @@ pub mod checkpointer;
 pub mod columns;
 pub mod directory;
 pub mod entity;
+pub mod export;
 pub mod idempotency;
 pub mod ledger;
 pub mod log_sync;

@@ -12,6 +12,7 @@ use allot::{
         self, account_service_client::AccountServiceClient,
         grant_service_client::GrantServiceClient, ledger_service_client::LedgerServiceClient,
         rate_card_service_client::RateCardServiceClient,
+        report_service_client::ReportServiceClient,
     },
     server::{self, Settings},
 };
@@ -257,6 +258,10 @@ impl TestApp {
 
     pub fn rates(&self, token: &str) -> RateCardServiceClient<InterceptedService<Channel, Bearer>> {
         RateCardServiceClient::with_interceptor(self.channel.clone(), bearer(token))
+    }
+
+    pub fn reports(&self, token: &str) -> ReportServiceClient<InterceptedService<Channel, Bearer>> {
+        ReportServiceClient::with_interceptor(self.channel.clone(), bearer(token))
     }
 
     pub fn ledger(&self, token: &str) -> LedgerServiceClient<InterceptedService<Channel, Bearer>> {

@@ -107,6 +107,9 @@ pub enum ClientCommand {
     Transactions(Single<TransactionsArgs>),
     /// Statements for procurement and finance.
     Report(Group<ReportCommand>),
+    /// Every ledger entry of an account, a wallet or your whole scope, oldest first, as CSV
+    /// (or JSON lines with --json); streamed, whatever the number.
+    Export(Single<ExportArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -378,6 +381,46 @@ pub struct StatementArgs {
     /// Write the statement as CSV to FILE (`-`: stdout) instead of printing it.
     #[arg(long, value_name = "FILE|-")]
     pub(super) csv: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only this account's entries (`acct_…`) [default: every account you may read].
+    #[arg(long, conflicts_with = "wallet")]
+    pub(super) account: Option<String>,
+    /// Only this wallet's entries (`wal_…`).
+    #[arg(long)]
+    pub(super) wallet: Option<String>,
+    /// With --account: its sub-accounts' entries too.
+    #[arg(long, requires = "account")]
+    pub(super) sub_accounts: bool,
+    /// Start of the window (RFC 3339, inclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) from: Option<Timestamp>,
+    /// End of the window (RFC 3339, exclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) to: Option<Timestamp>,
+    /// Only entries of this kind (repeat for several): grant, debit, reserve, capture,
+    /// release, refund, expire, void, adjust.
+    #[arg(long = "kind", value_name = "KIND", value_parser = transaction_kind)]
+    pub(super) kinds: Vec<proto::TransactionKind>,
+    /// Write to FILE (`-`: stdout).
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    pub(super) csv: PathBuf,
+}
+
+fn transaction_kind(text: &str) -> Result<proto::TransactionKind, String> {
+    proto::TransactionKind::from_str_name(&format!(
+        "TRANSACTION_KIND_{}",
+        text.to_ascii_uppercase()
+    ))
+    .filter(|kind| *kind != proto::TransactionKind::Unspecified)
+    .ok_or_else(|| {
+        format!(
+            "`{text}` is not a kind (grant, debit, reserve, capture, release, refund, expire, \
+             void, adjust)"
+        )
+    })
 }
 
 /// Which wallet a statement covers: an account's (with --unit), or one by id.
@@ -723,6 +766,7 @@ impl ClientCommand {
             ClientCommand::Balance(single) => &single.client,
             ClientCommand::Transactions(single) => &single.client,
             ClientCommand::Report(group) => &group.client,
+            ClientCommand::Export(single) => &single.client,
         }
     }
 }

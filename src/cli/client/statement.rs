@@ -133,7 +133,7 @@ pub fn write_csv(statement: &proto::Statement, out: impl io::Write) -> csv::Resu
 }
 
 /// `DEBIT` for TRANSACTION_KIND_DEBIT; a kind the client does not know stays a number.
-fn kind_name(kind: i32) -> String {
+pub(super) fn kind_name(kind: i32) -> String {
     proto::TransactionKind::try_from(kind).map_or_else(
         |_| kind.to_string(),
         |kind| {

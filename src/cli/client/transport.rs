@@ -157,12 +157,17 @@ impl Ctx {
     ) -> Result<T> {
         match response.await {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(RpcError {
-                status,
-                server: self.server.clone(),
-            }
-            .into()),
+            Err(status) => Err(self.rpc_error(status)),
         }
+    }
+
+    /// A failed call (or a stream that ended with an error) as an [`RpcError`].
+    pub(super) fn rpc_error(&self, status: Status) -> anyhow::Error {
+        RpcError {
+            status,
+            server: self.server.clone(),
+        }
+        .into()
     }
 
     /// Awaits a call and prints the message it returns.
