@@ -392,7 +392,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub(super) wallet: Option<String>,
     /// With --account: its sub-accounts' entries too.
-    #[arg(long, requires = "account")]
+    #[arg(long, requires = "account", conflicts_with = "wallet")]
     pub(super) sub_accounts: bool,
     /// Start of the window (RFC 3339, inclusive).
     #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
@@ -960,6 +960,37 @@ pub(super) mod tests {
         let ReportCommand::Statement(args) = group.command;
         assert_eq!(args.from.unwrap().seconds, 1_767_225_600);
         assert!(args.to.is_none() && args.csv.is_none());
+    }
+
+    #[test]
+    fn exports_take_kinds_and_sub_accounts_only_with_an_account() {
+        let export = |extra: &[&str]| parse(&[&["export"][..], extra].concat());
+        let Ok(ClientCommand::Export(single)) = export(&[
+            "--account",
+            "a",
+            "--sub-accounts",
+            "--kind",
+            "debit",
+            "--kind",
+            "REFUND",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            single.args.kinds,
+            [
+                proto::TransactionKind::Debit,
+                proto::TransactionKind::Refund
+            ]
+        );
+        assert!(single.args.sub_accounts);
+        assert_eq!(single.args.csv.as_os_str(), "-");
+        assert!(export(&[]).is_ok());
+        assert!(export(&["--sub-accounts"]).is_err());
+        assert!(export(&["--wallet", "w", "--sub-accounts"]).is_err());
+        assert!(export(&["--account", "a", "--wallet", "w"]).is_err());
+        assert!(export(&["--kind", "unspecified"]).is_err());
+        assert!(export(&["--kind", "debits"]).is_err());
     }
 
     #[test]
