@@ -18,6 +18,7 @@ mod export;
 mod grants;
 mod ledger;
 mod output;
+mod rate_diff;
 mod rates;
 mod rates_file;
 mod report;

@@ -437,11 +437,19 @@ pub struct StatementWallet {
 
 #[derive(Debug, Subcommand)]
 pub enum RatesCommand {
-    /// Publish a rate card from a TOML file.
+    /// Publish a rate card from a TOML file. When a card is in force, shows what changes
+    /// (and which request types would be left unpriced) and asks before publishing.
     #[command(long_about = rates_file::FORMAT_HELP)]
     Publish {
         /// The rate card file (TOML).
         file: PathBuf,
+        /// Publish without asking (for scripts; without a terminal, a card that changes the
+        /// one in force is published only with --yes).
+        #[arg(long, conflicts_with = "dry_run")]
+        yes: bool,
+        /// Show what would change and publish nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// When the card takes effect (RFC 3339, not in the past) [default: now].
         #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
         effective_time: Option<Timestamp>,
@@ -463,6 +471,15 @@ pub enum RatesCommand {
     List {
         #[command(flatten)]
         page: PageArgs,
+    },
+    /// What changes from card A to card B, request type by request type: prices, routes and
+    /// provider costs. Each side is a version number, `current` (the card in force) or a
+    /// rate card file (TOML).
+    Diff {
+        /// The card before: VERSION, `current` or FILE.
+        from: String,
+        /// The card after: VERSION, `current` or FILE.
+        to: String,
     },
 }
 
