@@ -32,6 +32,27 @@ pub fn timestamp(micros: i64) -> Timestamp {
 }
 
 /// Reads an optional timestamp as microseconds since the epoch (years 1970–9999).
+/// A report's half-open window `[start_time, end_time)`, each bound optional (`end_default`
+/// when no end is given); refused when the end lies before the start.
+pub fn window(
+    start: Option<&Timestamp>,
+    end: Option<&Timestamp>,
+    end_default: Option<i64>,
+) -> Result<(Option<i64>, Option<i64>)> {
+    let start = micros("start_time", start)?;
+    let end = micros("end_time", end)?.or(end_default);
+    if let (Some(start), Some(end)) = (start, end)
+        && end < start
+    {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "end_time",
+            "must not lie before start_time",
+        ));
+    }
+    Ok((start, end))
+}
+
 pub fn micros(field: &str, value: Option<&Timestamp>) -> Result<Option<i64>> {
     let Some(ts) = value else { return Ok(None) };
     const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
@@ -609,10 +630,10 @@ pub fn parse_rate(index: usize, wire: &proto::Rate) -> Result<Rate> {
 
 /// A card as the caller may see it: `route` and `provider_cost` only for operators.
 pub fn rate_card(card: &Card, current: Option<&Card>, operator_view: bool) -> proto::RateCard {
-    let model = &card.model;
+    let model = card;
     let state = if model.state == rate_cards::DRAFT {
         proto::RateCardState::Draft
-    } else if rate_cards::is_superseded(model, current.map(|c| &c.model)) {
+    } else if rate_cards::is_superseded(model, current) {
         proto::RateCardState::Superseded
     } else {
         proto::RateCardState::Published

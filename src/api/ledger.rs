@@ -23,7 +23,6 @@ use crate::{
 /// Most debits one BatchDebit may carry.
 pub const MAX_BATCH_DEBITS: usize = 1000;
 
-/// Provider costs are for operators; everyone else gets the entry without them.
 impl Ctx {
     async fn debit(&self, request: Request<proto::DebitRequest>) -> Result<proto::DebitResponse> {
         let caller = super::access::caller(&request)?;

@@ -137,7 +137,7 @@ impl Ctx {
             // Drafts are for operators: to anyone else one does not exist.
             v => rate_cards::get(&self.store.db, v)
                 .await?
-                .filter(|card| operator_view(&caller) || card.model.state != rate_cards::DRAFT)
+                .filter(|card| operator_view(&caller) || card.state != rate_cards::DRAFT)
                 .ok_or_else(|| Error::not_found("rate card", &v.to_string()))?,
         };
         Ok(convert::rate_card(
@@ -191,7 +191,7 @@ impl Ctx {
         let units = rate.price(&quantities)?;
         Ok(proto::Quote {
             units: units.to_string(),
-            rate_card_version: card.model.version,
+            rate_card_version: card.version,
             request_type,
         })
     }

@@ -41,15 +41,12 @@ impl Ctx {
         let caller = super::access::caller(&request)?;
         let request = request.into_inner();
         let now = self.store.clock.now_micros();
-        let start = convert::micros("start_time", request.start_time.as_ref())?.unwrap_or(0);
-        let end = convert::micros("end_time", request.end_time.as_ref())?.unwrap_or(now);
-        if end < start {
-            return Err(Error::invalid(
-                Reason::InvalidField,
-                "end_time",
-                "must not lie before start_time",
-            ));
-        }
+        let (start, end) = convert::window(
+            request.start_time.as_ref(),
+            request.end_time.as_ref(),
+            Some(now),
+        )?;
+        let (start, end) = (start.unwrap_or(0), end.unwrap_or(now));
         let wallet = match (request.wallet_id.is_empty(), request.account_id.is_empty()) {
             (false, true) => self.wallet_in_scope(&caller, &request.wallet_id).await?,
             (true, false) => {
@@ -117,17 +114,8 @@ impl Ctx {
         caller: &Caller,
         request: &proto::ExportTransactionsRequest,
     ) -> Result<Filter> {
-        let start = convert::micros("start_time", request.start_time.as_ref())?;
-        let end = convert::micros("end_time", request.end_time.as_ref())?;
-        if let (Some(start), Some(end)) = (start, end)
-            && end < start
-        {
-            return Err(Error::invalid(
-                Reason::InvalidField,
-                "end_time",
-                "must not lie before start_time",
-            ));
-        }
+        let (start, end) =
+            convert::window(request.start_time.as_ref(), request.end_time.as_ref(), None)?;
         let kinds = request
             .kinds
             .iter()

@@ -30,25 +30,16 @@ pub const PUBLISHED: CardState = CardState::Published;
 /// server); anything earlier is rejected.
 pub const PAST_TOLERANCE_MICROS: i64 = 5_000_000;
 
-/// A stored card.
-#[derive(Debug, Clone)]
-pub struct Card {
-    pub model: rate_card::Model,
-}
+/// A stored card (its rates typed, see `store::columns`).
+pub type Card = rate_card::Model;
 
-impl Card {
+impl rate_card::Model {
     pub fn rates(&self) -> &[Rate] {
-        &self.model.rates.0
+        &self.rates.0
     }
 
     pub fn rate(&self, request_type: &str) -> Option<&Rate> {
         self.rates().iter().find(|r| r.request_type == request_type)
-    }
-}
-
-impl From<rate_card::Model> for Card {
-    fn from(model: rate_card::Model) -> Self {
-        Card { model }
     }
 }
 
@@ -80,7 +71,7 @@ pub async fn create_draft(
         publish_time: Set(None),
         ..Default::default()
     };
-    Ok(model.insert(conn).await?.into())
+    Ok(model.insert(conn).await?)
 }
 
 /// Locks the head row: FOR UPDATE when publishing, FOR SHARE when pricing (PostgreSQL only;
@@ -179,7 +170,7 @@ pub async fn publish(
             .and_where(rate_card_head::Column::Id.eq(1)),
     )
     .await?;
-    Ok(model.into())
+    Ok(model)
 }
 
 pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Card>> {
@@ -190,7 +181,7 @@ pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Car
         .order_by_desc(rate_card::Column::Version)
         .one(conn)
         .await?;
-    Ok(model.map(Card::from))
+    Ok(model)
 }
 
 /// Every published card, kept in memory per publish generation. A ledger batch reads the
@@ -223,10 +214,7 @@ impl CardCache {
             .filter(rate_card::Column::State.eq(PUBLISHED))
             .order_by_asc(rate_card::Column::Version)
             .all(conn)
-            .await?
-            .into_iter()
-            .map(Card::from)
-            .collect();
+            .await?;
         let cards = std::sync::Arc::new(cards);
         if let Ok(mut guard) = self.inner.lock() {
             *guard = Some((generation, cards.clone()));
@@ -239,13 +227,13 @@ impl CardCache {
 pub fn in_force_among(cards: &[Card], at: i64) -> Option<&Card> {
     cards
         .iter()
-        .filter(|c| c.model.effective_time.is_some_and(|t| t <= at))
-        .max_by_key(|c| (c.model.effective_time, c.model.version))
+        .filter(|c| c.effective_time.is_some_and(|t| t <= at))
+        .max_by_key(|c| (c.effective_time, c.version))
 }
 
 pub async fn get(conn: &impl ConnectionTrait, version: i64) -> Result<Option<Card>> {
     let model = rate_card::Entity::find_by_id(version).one(conn).await?;
-    Ok(model.map(Card::from))
+    Ok(model)
 }
 
 /// Newest version first; drafts only with `drafts`.
@@ -263,8 +251,7 @@ pub async fn list(
     }
     let rows = query.limit(page.size + 1).all(conn).await?;
     let (rows, next) = pagination::finish("rate_cards", rows, page, |c| c.version.to_string());
-    let cards = rows.into_iter().map(Card::from).collect();
-    Ok((cards, next))
+    Ok((rows, next))
 }
 
 /// A published card is SUPERSEDED once a later card is in force.

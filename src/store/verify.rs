@@ -490,18 +490,12 @@ async fn unreadable_values(
             let id: String = row.try_get_by_index(0)?;
             let wallet_id: String = row.try_get_by_index(1)?;
             let stored: String = row.try_get_by_index(2)?;
-            let what = row_name(table);
-            report.mismatches.push(Mismatch {
-                wallet_id: wallet_id.clone(),
-                entry_id: (table == "transactions").then(|| id.clone()),
-                problem: format!(
-                    "{what} {id} has {column} `{stored}`, which is none of {}",
-                    values.join(", ")
-                ),
-            });
-            if !wallet_id.is_empty() {
-                wallets.insert(wallet_id);
-            }
+            let problem = format!(
+                "{} {id} has {column} `{stored}`, which is none of {}",
+                row_name(table),
+                values.join(", ")
+            );
+            unreadable_row(report, &mut wallets, table, id, wallet_id, problem);
         }
     }
     Ok(wallets)
@@ -526,6 +520,25 @@ fn stored_values(
         .from(Alias::new(table))
         .order_by((Alias::new(table.to_string()), Alias::new(id)), Order::Asc)
         .to_owned()
+}
+
+/// Reports a row that cannot be read; its wallet (if it has one) is not checked further.
+fn unreadable_row(
+    report: &mut Report,
+    wallets: &mut BTreeSet<String>,
+    table: &str,
+    id: String,
+    wallet_id: String,
+    problem: String,
+) {
+    report.mismatches.push(Mismatch {
+        wallet_id: wallet_id.clone(),
+        entry_id: (table == "transactions").then_some(id),
+        problem,
+    });
+    if !wallet_id.is_empty() {
+        wallets.insert(wallet_id);
+    }
 }
 
 /// What a row of `table` is called in a report: "entry", "grant", "rate card"…
@@ -620,16 +633,9 @@ async fn unreadable_text(
             let text: String = row.try_get_by_index(2)?;
             if let Err(err) = parses(&text) {
                 let id: String = row.try_get_by_index(0)?;
-                let wallet_id: String = row.try_get_by_index(1)?;
-                let what = row_name(table);
-                report.mismatches.push(Mismatch {
-                    wallet_id: wallet_id.clone(),
-                    entry_id: (table == "transactions").then(|| id.clone()),
-                    problem: format!("{what} {id} has unreadable {column}: {err}"),
-                });
-                if !wallet_id.is_empty() {
-                    wallets.insert(wallet_id);
-                }
+                let problem = format!("{} {id} has unreadable {column}: {err}", row_name(table));
+                let wallet_id = row.try_get_by_index(1)?;
+                unreadable_row(report, &mut wallets, table, id, wallet_id, problem);
             }
         }
     }

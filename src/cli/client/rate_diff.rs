@@ -22,15 +22,10 @@ pub struct Change {
     pub after: String,
 }
 
-/// Whether two decimal strings are the same number (or the same text, if either is not one).
+/// Whether two decimal strings are the same number (or the same text, if either is not one:
+/// an empty `max_units` is no cap, not a cap of 0).
 fn same(a: &str, b: &str) -> bool {
-    let value = |s: &str| {
-        if s.is_empty() {
-            Some(Decimal::ZERO)
-        } else {
-            s.parse::<Decimal>().ok().map(|d| d.normalize())
-        }
-    };
+    let value = |s: &str| s.parse::<Decimal>().ok().map(|d| d.normalize());
     match (value(a), value(b)) {
         (Some(a), Some(b)) => a == b,
         _ => a == b,
@@ -183,6 +178,10 @@ mod tests {
         // Decimals compare by value.
         let same = [rate("chat", "1.0", &[("output_tokens", "1000.00", "0.20")])];
         assert!(diff(&card, &same).is_empty());
+        // No cap and a cap are different, whatever the cap.
+        let mut capped = card[0].clone();
+        capped.max_units = "0".into();
+        assert_eq!(diff(&card, &[capped])[0].field, "max_units");
         assert_eq!(text(&[]), "no differences\n");
     }
 

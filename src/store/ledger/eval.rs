@@ -372,7 +372,7 @@ impl Batch {
             Op::Debit(op) => {
                 let (units, card, provider_cost) = self.price(&op.request_type, &op.quantities)?;
                 check_caller_cap(units, op.max_units)?;
-                let version = card.model.version;
+                let version = card.version;
                 let movement = wallet.state.debit(units, now)?;
                 let ctx = EntryContext {
                     actor: op.actor.clone(),
@@ -437,7 +437,7 @@ impl Batch {
                     Some(units) => (units, None),
                     None => {
                         let (units, card, _) = self.price(&op.request_type, &op.quantities)?;
-                        (units, Some(card.model.version))
+                        (units, Some(card.version))
                     }
                 };
                 let id = new_id("rsv");
@@ -477,7 +477,7 @@ impl Batch {
                     Some(units) => (units, hold.rate_card_version, String::new()),
                     None => {
                         let (units, card, cost) = self.price(&hold.request_type, &op.quantities)?;
-                        (units, Some(card.model.version), cost)
+                        (units, Some(card.version), cost)
                     }
                 };
                 let movement = wallet.state.capture(&op.reservation_id, units, now)?;
@@ -525,8 +525,12 @@ impl Batch {
                     .burns
                     .0
                     .iter()
-                    .cloned()
-                    .map(|b| ((!b.grant_id.is_empty()).then_some(b.grant_id), b.units))
+                    .map(|b| {
+                        (
+                            (!b.grant_id.is_empty()).then(|| b.grant_id.clone()),
+                            b.units,
+                        )
+                    })
                     .collect();
                 let charged = Amount::from_micros(original.units);
                 let (units, returns) =

@@ -134,7 +134,7 @@ fn card(flat: i64) -> Card {
         route: String::new(),
         provider_cost: String::new(),
     };
-    Card::from(rate_card::Model {
+    rate_card::Model {
         version: 1,
         state: CardState::Published,
         etag: String::new(),
@@ -143,7 +143,7 @@ fn card(flat: i64) -> Card {
         notes: String::new(),
         create_time: START,
         publish_time: Some(START),
-    })
+    }
 }
 
 fn batch(flat: i64) -> Batch {
