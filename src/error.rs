@@ -68,6 +68,10 @@ pub enum Reason {
     TooManyEntries,
     /// A negative `page_size`.
     InvalidPageSize,
+    /// A report that would read or return more than its bound (a usage report split by
+    /// metadata over more than 93 days, or more than 50,000 rows): narrow the window, cover
+    /// fewer accounts or choose a coarser granularity.
+    ReportTooLarge,
     /// A `page_token` the list did not issue.
     InvalidPageToken,
     /// A reservation TTL of zero or above the configured maximum.

@@ -11,6 +11,7 @@ mod m20261128_000004_wallet_version;
 mod m20261129_000005_partial_ref_index;
 mod m20261130_000006_scope_width;
 mod m20261201_000007_typed_json;
+mod m20261202_000008_usage_rollup;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_partial_ref_index::Migration),
             Box::new(m20261130_000006_scope_width::Migration),
             Box::new(m20261201_000007_typed_json::Migration),
+            Box::new(m20261202_000008_usage_rollup::Migration),
         ]
     }
 }

@@ -87,6 +87,8 @@ pub const ROUTES: &[(&str, Access)] = &[
     ("/allot.v1.LedgerService/ListTransactions", READERS),
     ("/allot.v1.ReportService/GetStatement", READERS),
     ("/allot.v1.ReportService/ExportTransactions", REPORTERS),
+    ("/allot.v1.ReportService/GetBudget", REPORTERS),
+    ("/allot.v1.ReportService/GetUsageReport", REPORTERS),
 ];
 
 /// Services callable without a token.

@@ -10,6 +10,7 @@ pub mod access;
 pub mod accounts;
 pub mod convert;
 pub mod grants;
+pub mod insight;
 pub mod ledger;
 pub mod outcome;
 pub mod rate_cards;

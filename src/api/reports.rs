@@ -191,6 +191,20 @@ impl ReportService for Ctx {
         Ok(Response::new(Box::pin(chunks)))
     }
 
+    async fn get_budget(
+        &self,
+        request: Request<proto::GetBudgetRequest>,
+    ) -> Result<Response<proto::Budget>, Status> {
+        reply(Ctx::budget(self, request).await)
+    }
+
+    async fn get_usage_report(
+        &self,
+        request: Request<proto::GetUsageReportRequest>,
+    ) -> Result<Response<proto::UsageReport>, Status> {
+        reply(Ctx::usage_report(self, request).await)
+    }
+
     async fn get_statement(
         &self,
         request: Request<proto::GetStatementRequest>,

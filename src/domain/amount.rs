@@ -85,6 +85,28 @@ pub fn format_decimal(value: Decimal) -> String {
     }
 }
 
+/// Renders a sum of micro-units (which may exceed an [`Amount`]) as units (`"12.5"`).
+pub fn format_micros(micros: i128) -> String {
+    match Decimal::try_from_i128_with_scale(micros, 6) {
+        Ok(value) => format_decimal(value),
+        // Beyond 96 bits: whole units and the fraction separately.
+        Err(_) => {
+            let sign = if micros < 0 { "-" } else { "" };
+            let (whole, fraction) = (
+                micros.unsigned_abs() / 1_000_000,
+                micros.unsigned_abs() % 1_000_000,
+            );
+            let fraction = format!("{fraction:06}");
+            let fraction = fraction.trim_end_matches('0');
+            if fraction.is_empty() {
+                format!("{sign}{whole}")
+            } else {
+                format!("{sign}{whole}.{fraction}")
+            }
+        }
+    }
+}
+
 /// An exact amount of units, held as a count of micro-units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Amount(i64);

@@ -24,7 +24,7 @@ use sea_orm::{DeriveActiveEnum, EnumIter, prelude::StringLen};
 
 use super::amount::Amount;
 
-const DAY_MICROS: i64 = 86_400_000_000;
+pub const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Where a grant is in its life (stored as `PENDING`, `ACTIVE`, `EXPIRED`, `VOIDED`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
@@ -413,7 +413,7 @@ pub struct WalletState {
 }
 
 /// UTC day and month indices of a time.
-fn day_of(now: i64) -> i64 {
+pub fn day_of(now: i64) -> i64 {
     now.div_euclid(DAY_MICROS)
 }
 
@@ -960,6 +960,8 @@ impl WalletState {
         m
     }
 }
+
+pub mod forecast;
 
 #[cfg(test)]
 mod tests;

@@ -339,3 +339,38 @@ pub async fn list_wallets(
     })
     .await
 }
+
+/// The wallets in `unit` of `root` and, with `below`, of every account under it: the root's
+/// first, then by account id (one indexed query).
+pub async fn wallets_in_unit(
+    conn: &impl ConnectionTrait,
+    root: &account::Model,
+    unit: &str,
+    below: bool,
+) -> Result<Vec<wallet::Model>> {
+    let mut query = wallet::Entity::find().filter(wallet::Column::Unit.eq(unit));
+    query = if below {
+        let pattern = format!("%/{}/%", escape_like(&root.id));
+        query.filter(
+            wallet::Column::AccountId.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(account::Column::Id)
+                    .from(account::Entity)
+                    .and_where(
+                        Expr::col(account::Column::Ancestry)
+                            .like(LikeExpr::new(pattern).escape('\\')),
+                    )
+                    .to_owned(),
+            ),
+        )
+    } else {
+        query.filter(wallet::Column::AccountId.eq(root.id.as_str()))
+    };
+    let mut wallets = query
+        .order_by_asc(wallet::Column::AccountId)
+        .all(conn)
+        .await?;
+    // The root's own wallet first.
+    wallets.sort_by_key(|w| w.account_id != root.id);
+    Ok(wallets)
+}

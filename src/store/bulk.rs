@@ -19,6 +19,24 @@ pub enum OnConflict<'a, C> {
     Ignore(&'a [C]),
     /// Update these columns from the new row.
     Update { key: &'a [C], columns: &'a [C] },
+    /// Add the new row's values of these (integer) columns to the stored ones, saturating
+    /// ([`saturating_add`]).
+    Add { key: &'a [C], columns: &'a [C] },
+}
+
+/// `"table"."column" + EXCLUDED."column"` held within a signed 64-bit integer: a counter
+/// that would overflow stays at the bound instead of failing the statement (PostgreSQL) or
+/// turning into a float (SQLite). Both databases take this text.
+pub fn saturating_add(table: &str, column: &str) -> String {
+    let stored = format!("\"{table}\".\"{column}\"");
+    let added = format!("EXCLUDED.\"{column}\"");
+    format!(
+        "CASE WHEN {added} > 0 AND {stored} > 9223372036854775807 - {added} \
+         THEN 9223372036854775807 \
+         WHEN {added} < 0 AND {stored} < (-9223372036854775807 - 1) - {added} \
+         THEN (-9223372036854775807 - 1) \
+         ELSE {stored} + {added} END"
+    )
 }
 
 /// `INSERT INTO <table> (<columns>) SELECT … FROM unnest(<arrays>) [ON CONFLICT …]` for
@@ -159,6 +177,19 @@ fn insert_sql<E: EntityTrait>(
             columns
                 .iter()
                 .map(|c| format!("\"{0}\" = EXCLUDED.\"{0}\"", c.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(OnConflict::Add { key, columns }) => format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            quoted(key),
+            columns
+                .iter()
+                .map(|c| format!(
+                    "\"{}\" = {}",
+                    c.as_str(),
+                    saturating_add(E::default().table_name(), c.as_str())
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

@@ -314,3 +314,43 @@ pub mod schedule {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod usage_day {
+    use sea_orm::entity::prelude::*;
+
+    /// What a wallet consumed on one UTC day, per request type, rate card version and grant
+    /// price: the rollup reports read (kept by the ledger batch, `store/ledger/write.rs`).
+    /// The row with an empty `currency` and `unit_price` holds a key's totals; a row with a
+    /// price holds the units burnt from grants at that price.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "usage_days")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub wallet_id: String,
+        /// Days since the Unix epoch (UTC).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub day: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub request_type: String,
+        /// The card that priced the requests (0: none, e.g. a capture of explicit units).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub rate_card_version: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub currency: String,
+        /// A grant's unit price (exact decimal text); empty on the totals row.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub unit_price: String,
+        pub account_id: String,
+        /// Debits and captures (the totals row only).
+        pub requests: i64,
+        /// Micro-units consumed, net of refunds (refunds count on the day they are made).
+        pub units: i64,
+        /// Requests that carried a provider cost (the totals row only).
+        pub costed: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

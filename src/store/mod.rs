@@ -12,6 +12,7 @@
 
 pub mod accounts;
 pub mod batcher;
+pub mod budget;
 pub mod bulk;
 pub mod chain;
 pub mod checkpointer;
@@ -28,6 +29,7 @@ pub mod rate_cards;
 pub mod shape;
 pub mod statements;
 pub mod sweeper;
+pub mod usage;
 pub mod verify;
 pub mod wallet_cache;
 

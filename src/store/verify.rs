@@ -12,7 +12,8 @@
 //!
 //! and then for the wallet: Σ delta = `posted`, `last_hash` = the hash of its latest entry,
 //! Σ units of its OPEN reservations = `reserved`, and Σ remaining of its ACTIVE grants − `debt`
-//! = `posted`. Entries of wallets that do not exist are reported too.
+//! = `posted`; its daily usage rollup (`usage_days`) is what its entries add up to
+//! (`store::usage`). Entries of wallets that do not exist are reported too.
 //!
 //! The hashes are not keyed: someone able to rewrite the database can rewrite a whole chain
 //! consistently. What this catches is a hand edit of an entry or a balance, a lost or extra
@@ -21,7 +22,10 @@
 //! [`verify`] reads through whatever connection it is given; [`verify_snapshot`] runs it in
 //! one read transaction so a live server writing meanwhile cannot cause false alarms.
 
-use std::{collections::BTreeSet, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use migration::{Migrator, MigratorTrait};
 use rust_decimal::Decimal;
@@ -34,7 +38,8 @@ use sea_orm::{
 use super::{
     chain,
     columns::{Burns, Rates, StringMap, Thresholds},
-    entity::{grant, reservation, transaction, wallet},
+    entity::{grant, reservation, transaction, usage_day, wallet},
+    usage,
 };
 use crate::domain::{
     AccountState, CardState, GrantKind, HoldState, LotStatus, MovementKind, Period, RolloverPolicy,
@@ -228,6 +233,7 @@ async fn verify_wallet(
     };
     let mut after_seq: Option<i64> = None;
     let mut last_time = i64::MIN;
+    let mut rollup = BTreeMap::new();
     loop {
         let mut query = transaction::Entity::find()
             .filter(transaction::Column::WalletId.eq(wallet_id.as_str()))
@@ -237,6 +243,9 @@ async fn verify_wallet(
             query = query.filter(transaction::Column::Seq.gt(seq));
         }
         let entries = query.all(conn).await?;
+        for row in usage::increments(&with_refunded_versions(conn, &entries).await?) {
+            usage::add(&mut rollup, row);
+        }
         for entry in &entries {
             report.entries += 1;
             let id = entry.id.as_str();
@@ -349,6 +358,32 @@ async fn verify_wallet(
         _ => {}
     }
 
+    // The usage rollup against the entries.
+    let stored: Vec<usage_day::Model> = usage_day::Entity::find()
+        .filter(usage_day::Column::WalletId.eq(wallet_id.as_str()))
+        .all(conn)
+        .await?;
+    for row in stored {
+        let key = usage::key(&row);
+        let expected = rollup.remove(&key);
+        let counters =
+            |r: Option<&usage_day::Model>| r.map_or((0, 0, 0), |r| (r.requests, r.units, r.costed));
+        if counters(Some(&row)) != counters(expected.as_ref()) {
+            mismatch(
+                None,
+                rollup_problem(&key, counters(Some(&row)), counters(expected.as_ref())),
+            );
+        }
+    }
+    for (key, row) in rollup {
+        if (row.requests, row.units, row.costed) != (0, 0, 0) {
+            mismatch(
+                None,
+                rollup_problem(&key, (0, 0, 0), (row.requests, row.units, row.costed)),
+            );
+        }
+    }
+
     // Open holds against `reserved`.
     let holds: Vec<i64> = reservation::Entity::find()
         .select_only()
@@ -397,6 +432,65 @@ async fn verify_wallet(
 
     report.mismatches.append(&mut found);
     Ok(())
+}
+
+/// Entries with each refund's rate card version filled in from the entry it refunds (refunds
+/// made before the rollup recorded none; the rollup counts them under that version).
+async fn with_refunded_versions(
+    conn: &impl ConnectionTrait,
+    entries: &[transaction::Model],
+) -> Result<Vec<transaction::Model>, DbErr> {
+    let refunded: Vec<String> = entries
+        .iter()
+        .filter(|e| e.kind == MovementKind::Refund && e.rate_card_version.is_none())
+        .filter_map(|e| e.ref_id.clone())
+        .collect();
+    let versions: BTreeMap<String, Option<i64>> = if refunded.is_empty() {
+        BTreeMap::new()
+    } else {
+        transaction::Entity::find()
+            .select_only()
+            .column(transaction::Column::Id)
+            .column(transaction::Column::RateCardVersion)
+            .filter(transaction::Column::Id.is_in(refunded))
+            .into_tuple::<(String, Option<i64>)>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    Ok(entries
+        .iter()
+        .map(|entry| {
+            let mut entry = entry.clone();
+            if entry.kind == MovementKind::Refund && entry.rate_card_version.is_none() {
+                entry.rate_card_version = entry
+                    .ref_id
+                    .as_ref()
+                    .and_then(|id| versions.get(id).copied().flatten());
+            }
+            entry
+        })
+        .collect())
+}
+
+fn rollup_problem(key: &usage::Key, stored: (i64, i64, i64), entries: (i64, i64, i64)) -> String {
+    let (_, day, request_type, version, currency, price) = key;
+    let at = if price.is_empty() {
+        String::new()
+    } else {
+        format!(" at {price} {currency}")
+    };
+    format!(
+        "usage rollup for day {day}, request type `{request_type}`, card {version}{at}: stored \
+         {} requests, {} units, {} costed; the entries add up to {} requests, {} units, {} costed",
+        stored.0,
+        units_i64(stored.1),
+        stored.2,
+        entries.0,
+        units_i64(entries.1),
+        entries.2
+    )
 }
 
 /// Whether an entry's signed `delta` fits its kind and `units`.

@@ -544,6 +544,8 @@ impl Batch {
                     actor: op.actor.clone(),
                     request_id: op.key.request_id.clone(),
                     request_type: original.request_type.clone(),
+                    // The card that priced what is refunded (reports net it there).
+                    rate_card_version: original.rate_card_version,
                     ref_id: Some(original.id.clone()),
                     reason: op.reason.clone(),
                     ..Default::default()

@@ -36,7 +36,7 @@ pub use ops::{
 };
 pub use reads::{
     balance, due_wallets, find_grant, find_reservation, find_transaction, list_grants,
-    list_schedules, list_transactions, pending_entries, wallet_balance,
+    list_schedules, list_transactions, pending_entries, wallet_balance, wallet_states,
 };
 pub use rows::{domain_schedule, lot};
 

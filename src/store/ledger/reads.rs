@@ -3,9 +3,11 @@
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::load::load_one;
+use std::collections::BTreeSet;
+
+use super::load::{load_one, load_wallets};
 use crate::{
-    domain::Balance,
+    domain::{Balance, Movement, WalletState},
     error::Result,
     store::{
         Store,
@@ -28,6 +30,27 @@ async fn read_balance(
     });
     let balance = loaded.state.balance(&loaded.thresholds);
     Ok((loaded.model, balance))
+}
+
+/// Wallets as `conn` reads them, each brought up to `now` in memory (nothing written), with
+/// the movements of what fell due on the way and not yet recorded.
+pub async fn wallet_states(
+    conn: &impl ConnectionTrait,
+    ids: &BTreeSet<String>,
+    now: i64,
+) -> Result<Vec<(wallet::Model, WalletState, Vec<Movement>)>> {
+    let loaded = load_wallets(conn, ids, &BTreeSet::new(), false, None).await?;
+    Ok(loaded
+        .into_values()
+        .map(|mut wallet| {
+            let mut n = 0;
+            let due = wallet.state.advance(now, &mut || {
+                n += 1;
+                format!("preview-{n}")
+            });
+            (wallet.model, wallet.state, due)
+        })
+        .collect())
 }
 
 /// [`read_balance`] in one snapshot of the database: never a balance that did not exist.

@@ -4,8 +4,9 @@
 //! idempotency records — and the batch commits only if every record was new.
 
 use sea_orm::{
-    ActiveModelTrait, DatabaseTransaction, EntityTrait, Iterable, PrimaryKeyToColumn, Set,
-    sea_query::OnConflict,
+    ActiveModelTrait, DatabaseTransaction, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn,
+    Set,
+    sea_query::{Expr, OnConflict},
 };
 
 use super::{
@@ -17,9 +18,10 @@ use crate::{
     error::Result,
     store::{
         bulk,
-        entity::{grant, idempotency_key, reservation, schedule, transaction, wallet},
+        entity::{grant, idempotency_key, reservation, schedule, transaction, usage_day, wallet},
         idempotency,
         shape::{ROWS_PER_STATEMENT, padded_chunks},
+        usage,
         wallet_cache::Rows,
     },
 };
@@ -40,6 +42,8 @@ pub(super) struct Effects {
     /// Stored holds resolved in the batch: (as stored, as after the batch).
     resolved_holds: Vec<(reservation::Model, reservation::Model)>,
     records: Vec<idempotency_key::Model>,
+    /// What the batch's entries add to the daily usage rollup (one row per key).
+    usage: Vec<usage_day::Model>,
     /// For the wallet cache: each wallet's version after the batch and the rows
     /// `load::load_wallets` would then read.
     pub cache: Vec<(String, i64, Rows)>,
@@ -54,6 +58,7 @@ pub(super) fn effects(batch: &Batch, records: Vec<idempotency_key::Model>) -> Ef
     for wallet in batch.wallets.values() {
         wallet_effects(wallet, batch.now, &mut effects);
     }
+    effects.usage = usage::increments(&effects.entries);
     effects
 }
 
@@ -170,6 +175,7 @@ impl Writer for Sqlite {
                 .exec_without_returning(conn)
                 .await?;
         }
+        add_usage(conn, &effects.usage).await?;
         let inserted = idempotency::record_many(conn, &effects.records).await?;
         Ok(inserted == effects.records.len() as u64)
     }
@@ -199,6 +205,15 @@ impl Writer for Postgres {
         );
         // Entry ids are new: a clash is an error, not a row to skip.
         writes.insert::<transaction::Entity>(&effects.entries, &[transaction::Column::Seq], None);
+        let usage_key = primary_key::<usage_day::Entity>();
+        writes.insert::<usage_day::Entity>(
+            &effects.usage,
+            &[],
+            Some(bulk::OnConflict::Add {
+                key: &usage_key,
+                columns: &USAGE_COUNTERS,
+            }),
+        );
         idempotency::add_records(&mut writes, &effects.records);
         let inserted = writes.execute(conn).await?;
         Ok(inserted == effects.records.len() as u64)
@@ -231,6 +246,39 @@ async fn write_holds_and_schedules(conn: &DatabaseTransaction, effects: &Effects
     }
     Ok(())
 }
+
+/// SQLite: adds the usage increments to their rows (padded statements like every other
+/// table; a padded repeat is made to add nothing).
+async fn add_usage(conn: &DatabaseTransaction, rows: &[usage_day::Model]) -> Result<()> {
+    for chunk in padded_chunks(rows.iter().collect(), ROWS_PER_STATEMENT) {
+        let mut seen = std::collections::HashSet::new();
+        let chunk = chunk.into_iter().map(|row| {
+            let mut row = row.clone();
+            if !seen.insert(usage::key(&row)) {
+                (row.requests, row.units, row.costed) = (0, 0, 0);
+            }
+            usage_day::ActiveModel::from(row)
+        });
+        let mut on_conflict = OnConflict::columns(primary_key::<usage_day::Entity>());
+        for column in USAGE_COUNTERS {
+            on_conflict.value(
+                column,
+                Expr::cust(bulk::saturating_add("usage_days", column.as_str())),
+            );
+        }
+        usage_day::Entity::insert_many(chunk)
+            .on_conflict(on_conflict.to_owned())
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+const USAGE_COUNTERS: [usage_day::Column; 3] = [
+    usage_day::Column::Requests,
+    usage_day::Column::Units,
+    usage_day::Column::Costed,
+];
 
 fn primary_key<E: EntityTrait>() -> Vec<E::Column> {
     E::PrimaryKey::iter().map(|k| k.into_column()).collect()

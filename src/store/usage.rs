@@ -1,0 +1,292 @@
+//! The daily usage rollup (`usage_days`): what each wallet consumed per UTC day, request
+//! type, rate card version and grant price. The ledger batch adds each batch's increments in
+//! the batch's own transaction (`store/ledger/write.rs`), so a report reading the rollup sees
+//! exactly the committed ledger; `allot verify` recomputes it from the entries.
+
+use std::collections::BTreeMap;
+
+use chrono::Datelike;
+use rust_decimal::Decimal;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+
+use crate::{
+    domain::{
+        MovementKind,
+        wallet::{DAY_MICROS, day_of},
+    },
+    error::Result,
+    store::{
+        columns::StringMap,
+        entity::{transaction, usage_day},
+    },
+};
+
+/// The usage rollup's increments for `entries`: debits and captures add a request and their
+/// units, refunds take their units back (on the refund's own day, under the version of the
+/// entry they refund); units burnt from grants are added by price as well. One row per key,
+/// the counters summed (saturating: a rollup never fails a batch).
+pub fn increments(entries: &[transaction::Model]) -> Vec<usage_day::Model> {
+    let mut rows = BTreeMap::new();
+    for entry in entries {
+        let sign = match entry.kind {
+            MovementKind::Debit | MovementKind::Capture => 1,
+            MovementKind::Refund => -1,
+            _ => continue,
+        };
+        let costed = sign > 0 && !entry.provider_cost.is_empty();
+        let totals = usage_day::Model {
+            requests: i64::from(sign > 0),
+            units: entry.units.saturating_mul(sign),
+            costed: i64::from(costed),
+            ..zero_row(entry, "", "")
+        };
+        add(&mut rows, totals);
+        for burn in entry.burns.0.iter().filter(|b| !b.grant_id.is_empty()) {
+            let priced = usage_day::Model {
+                units: burn.units.micros().saturating_mul(sign),
+                ..zero_row(entry, &burn.currency, &burn.unit_price)
+            };
+            add(&mut rows, priced);
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// The rollup row `entry` counts in (counters at zero).
+fn zero_row(entry: &transaction::Model, currency: &str, unit_price: &str) -> usage_day::Model {
+    usage_day::Model {
+        wallet_id: entry.wallet_id.clone(),
+        day: day_of(entry.create_time),
+        request_type: entry.request_type.clone(),
+        rate_card_version: entry.rate_card_version.unwrap_or(0),
+        currency: currency.to_string(),
+        unit_price: unit_price.to_string(),
+        account_id: entry.account_id.clone(),
+        requests: 0,
+        units: 0,
+        costed: 0,
+    }
+}
+
+pub type Key = (String, i64, String, i64, String, String);
+
+pub fn key(row: &usage_day::Model) -> Key {
+    (
+        row.wallet_id.clone(),
+        row.day,
+        row.request_type.clone(),
+        row.rate_card_version,
+        row.currency.clone(),
+        row.unit_price.clone(),
+    )
+}
+
+pub fn add(rows: &mut BTreeMap<Key, usage_day::Model>, add: usage_day::Model) {
+    let row = rows.entry(key(&add)).or_insert_with(|| usage_day::Model {
+        requests: 0,
+        units: 0,
+        costed: 0,
+        ..add.clone()
+    });
+    row.requests = row.requests.saturating_add(add.requests);
+    row.units = row.units.saturating_add(add.units);
+    row.costed = row.costed.saturating_add(add.costed);
+}
+
+/// Periods a usage report groups days into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Day,
+    /// ISO weeks (Monday to Sunday, UTC).
+    Week,
+    Month,
+}
+
+impl Granularity {
+    /// The start (micros) of the period holding `day`.
+    pub fn period_start(self, day: i64) -> i64 {
+        let first = match self {
+            Granularity::Day => day,
+            // 1970-01-01 was a Thursday: Monday is three days before.
+            Granularity::Week => day - (day + 3).rem_euclid(7),
+            Granularity::Month => {
+                let date = chrono::DateTime::from_timestamp(day * 86_400, 0)
+                    .map(|t| t.date_naive())
+                    .and_then(|d| d.with_day(1));
+                match date {
+                    Some(first) => first
+                        .and_hms_opt(0, 0, 0)
+                        .map_or(day, |t| t.and_utc().timestamp().div_euclid(86_400)),
+                    None => day,
+                }
+            }
+        };
+        first.saturating_mul(DAY_MICROS)
+    }
+}
+
+/// One line of a usage report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageLine {
+    pub period_start: i64,
+    pub account_id: String,
+    pub request_type: String,
+    pub metadata_value: String,
+    pub requests: i64,
+    /// Micro-units, net of refunds.
+    pub units: i128,
+    pub money: BTreeMap<String, Decimal>,
+}
+
+type LineKey = (i64, String, String, String);
+
+fn line<'a>(
+    lines: &'a mut BTreeMap<LineKey, UsageLine>,
+    period_start: i64,
+    account_id: &str,
+    request_type: &str,
+    metadata_value: &str,
+) -> &'a mut UsageLine {
+    lines
+        .entry((
+            period_start,
+            account_id.to_string(),
+            request_type.to_string(),
+            metadata_value.to_string(),
+        ))
+        .or_insert_with(|| UsageLine {
+            period_start,
+            account_id: account_id.to_string(),
+            request_type: request_type.to_string(),
+            metadata_value: metadata_value.to_string(),
+            ..UsageLine::default()
+        })
+}
+
+/// Adds `units` (micro) at `price` to `money` (a price that is not a decimal, or a value out
+/// of range, adds nothing).
+fn add_money(money: &mut BTreeMap<String, Decimal>, currency: &str, units: i64, price: &str) {
+    let Ok(price) = price.parse::<Decimal>() else {
+        return;
+    };
+    if let Some(value) = Decimal::new(units, 6).checked_mul(price) {
+        let sum = money.entry(currency.to_string()).or_default();
+        if let Some(total) = sum.checked_add(value) {
+            *sum = total.normalize();
+        }
+    }
+}
+
+/// Usage of `wallets` on the days [start_day, end_day), from the rollup (cost: its rows for
+/// those wallets and days — about one per wallet, day, request type and grant price).
+pub async fn from_rollup(
+    conn: &impl ConnectionTrait,
+    wallets: &[String],
+    start_day: i64,
+    end_day: i64,
+    granularity: Granularity,
+) -> Result<Vec<UsageLine>> {
+    let mut lines = BTreeMap::new();
+    for chunk in wallets.chunks(WALLETS_PER_QUERY) {
+        let rows = usage_day::Entity::find()
+            .filter(usage_day::Column::WalletId.is_in(chunk.iter().cloned()))
+            .filter(usage_day::Column::Day.gte(start_day))
+            .filter(usage_day::Column::Day.lt(end_day))
+            .all(conn)
+            .await?;
+        for row in rows {
+            let period = granularity.period_start(row.day);
+            let line = line(&mut lines, period, &row.account_id, &row.request_type, "");
+            if row.unit_price.is_empty() {
+                line.requests = line.requests.saturating_add(row.requests);
+                line.units += i128::from(row.units);
+            } else {
+                add_money(&mut line.money, &row.currency, row.units, &row.unit_price);
+            }
+        }
+    }
+    Ok(lines.into_values().collect())
+}
+
+/// Usage of `wallets` in [start, end) split by the value of metadata `key`, from the ledger
+/// entries of the window (cost: the debits, captures and refunds of those wallets in the
+/// window, read by the `(wallet_id, create_time)` index). A refund counts under the value of
+/// the entry it refunds.
+pub async fn by_metadata(
+    conn: &impl ConnectionTrait,
+    wallets: &[String],
+    start: i64,
+    end: i64,
+    granularity: Granularity,
+    key: &str,
+) -> Result<Vec<UsageLine>> {
+    let mut lines = BTreeMap::new();
+    for chunk in wallets.chunks(WALLETS_PER_QUERY) {
+        let entries = transaction::Entity::find()
+            .filter(transaction::Column::WalletId.is_in(chunk.iter().cloned()))
+            .filter(transaction::Column::CreateTime.gte(start))
+            .filter(transaction::Column::CreateTime.lt(end))
+            .filter(transaction::Column::Kind.is_in([
+                MovementKind::Debit,
+                MovementKind::Capture,
+                MovementKind::Refund,
+            ]))
+            .all(conn)
+            .await?;
+        let refunded: Vec<String> = entries
+            .iter()
+            .filter(|e| e.kind == MovementKind::Refund)
+            .filter_map(|e| e.ref_id.clone())
+            .collect();
+        let mut originals: BTreeMap<String, String> = BTreeMap::new();
+        for ids in refunded.chunks(WALLETS_PER_QUERY) {
+            let rows: Vec<(String, StringMap)> = transaction::Entity::find()
+                .select_only()
+                .column(transaction::Column::Id)
+                .column(transaction::Column::Metadata)
+                .filter(transaction::Column::Id.is_in(ids.iter().cloned()))
+                .into_tuple()
+                .all(conn)
+                .await?;
+            for (id, metadata) in rows {
+                originals.insert(id, metadata.0.get(key).cloned().unwrap_or_default());
+            }
+        }
+        for entry in entries {
+            let refund = entry.kind == MovementKind::Refund;
+            let value = if refund {
+                entry
+                    .ref_id
+                    .as_ref()
+                    .and_then(|id| originals.get(id))
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                entry.metadata.0.get(key).cloned().unwrap_or_default()
+            };
+            let sign = if refund { -1 } else { 1 };
+            let period = granularity.period_start(day_of(entry.create_time));
+            let line = line(
+                &mut lines,
+                period,
+                &entry.account_id,
+                &entry.request_type,
+                &value,
+            );
+            line.requests += i64::from(!refund);
+            line.units += i128::from(entry.units) * sign as i128;
+            for burn in entry.burns.0.iter().filter(|b| !b.grant_id.is_empty()) {
+                add_money(
+                    &mut line.money,
+                    &burn.currency,
+                    burn.units.micros().saturating_mul(sign),
+                    &burn.unit_price,
+                );
+            }
+        }
+    }
+    Ok(lines.into_values().collect())
+}
+
+/// Wallet ids per `IN` list.
+const WALLETS_PER_QUERY: usize = 500;
