@@ -680,3 +680,55 @@ async fn usage_requests_are_checked_and_scoped() {
     assert_error(&refused, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn extreme_amounts_saturate_the_rollup_and_never_fail_a_debit() {
+    let app = spawn_app().await;
+    app.publish_card(vec![rate("huge", "9000000000000", &[], "")])
+        .await;
+    let d0 = to_next_day(&app);
+    let (account, wallet) = app.funded("extreme", "").await;
+    // Twice the most a wallet can hold, spent on one day: more than a 64-bit counter holds.
+    for _ in 0..2 {
+        grant_at(
+            &app,
+            &wallet.id,
+            "9000000000000",
+            "1000000000000",
+            None,
+            None,
+        )
+        .await;
+        app.ledger(&app.admin)
+            .debit(debit_request(&account.id, "huge", &uuid()))
+            .await
+            .expect("a debit whose rollup counter saturates still succeeds");
+    }
+    let report = usage(
+        &app,
+        &app.admin,
+        proto::GetUsageReportRequest {
+            account_id: account.id.clone(),
+            start_time: Some(ts(d0)),
+            end_time: Some(ts(d0 + DAY)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("usage");
+    assert_eq!(report.rows.len(), 1);
+    assert_eq!(report.rows[0].requests, 2);
+    assert_eq!(report.rows[0].units, "9223372036854.775807");
+    let b = budget(&app, &app.admin, of_wallet(&wallet.id))
+        .await
+        .expect("budget");
+    assert_eq!(
+        (b.granted.as_str(), b.consumed.as_str()),
+        ("18000000000000", "18000000000000")
+    );
+    let verified = allot::store::verify::verify(app.handles.store.connection())
+        .await
+        .expect("verify");
+    assert!(verified.is_ok(), "{verified:#?}");
+    app.stop().await;
+}

@@ -67,6 +67,14 @@ fn forecast(rate: Amount, f: &Forecast) -> proto::Forecast {
         units_missing: f.missing.to_string(),
         money_left: money(&f.left_money),
         money_missing: money(&f.missing_money),
+        path: f
+            .path
+            .iter()
+            .map(|(time, units)| proto::ForecastPoint {
+                time: Some(convert::timestamp(*time)),
+                units: units.to_string(),
+            })
+            .collect(),
     }
 }
 

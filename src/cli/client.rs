@@ -10,10 +10,13 @@
 //! Where things are: the command line in `args.rs`; the connection, the token and errors in
 //! `transport.rs`; each command group's calls in its own file (`accounts.rs`, `wallets.rs`,
 //! `grants.rs`, `schedules.rs`, `rates.rs`, `ledger.rs`, `report.rs`); printing in
-//! `output.rs`, statements in `statement.rs`, the rate card file in `rates_file.rs`.
+//! `output.rs`, statements in `statement.rs`, budgets and usage in `budget.rs` (the SVG
+//! burn-down in `burndown.rs`), the rate card file in `rates_file.rs`.
 
 mod accounts;
 mod args;
+mod budget;
+mod burndown;
 mod export;
 mod grants;
 mod ledger;

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use prost_types::{FieldMask, Timestamp};
 use uuid::Uuid;
 
-use super::{rates_file, statement};
+use super::{budget, rates_file, statement};
 use crate::proto;
 
 const CLIENT_OPTIONS: &str = "Client options";
@@ -105,7 +105,7 @@ pub enum ClientCommand {
     Balance(Single<WalletRef>),
     /// List a wallet's ledger entries, newest first.
     Transactions(Single<TransactionsArgs>),
-    /// Statements for procurement and finance.
+    /// Statements, budgets and usage for procurement and finance.
     Report(Group<ReportCommand>),
     /// Every ledger entry of an account, a wallet or your whole scope, oldest first, as CSV
     /// (or JSON lines with --json); streamed, whatever the number.
@@ -363,6 +363,79 @@ pub enum ReportCommand {
     /// A wallet's opening balance, movements by kind, closing balance and movements.
     #[command(long_about = statement::HELP)]
     Statement(StatementArgs),
+    /// A wallet's or account's budget: the term, what is granted, consumed and left, burn
+    /// rates and when they run the units out.
+    #[command(long_about = budget::BUDGET_HELP)]
+    Budget(BudgetArgs),
+    /// Requests, units and money by request type and day, week or month.
+    #[command(long_about = budget::USAGE_HELP)]
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    #[command(flatten)]
+    pub(super) wallet: StatementWallet,
+    /// With --account: unit of the wallets [server default: credits].
+    #[arg(long, conflicts_with = "wallet")]
+    pub(super) unit: Option<String>,
+    /// With --account: roll up its sub-accounts (one line each, and the total).
+    #[arg(long, conflicts_with = "wallet")]
+    pub(super) sub_accounts: bool,
+    /// Write the budget lines as CSV to FILE (`-`: stdout) instead of printing them.
+    #[arg(long, value_name = "FILE|-")]
+    pub(super) csv: Option<PathBuf>,
+    /// Also draw the burn-down chart as SVG to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(super) svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Account id (`acct_…`).
+    #[arg(long)]
+    pub(super) account: String,
+    /// Unit of the wallets [server default: credits].
+    #[arg(long)]
+    pub(super) unit: Option<String>,
+    /// Its sub-accounts too, each on its own rows.
+    #[arg(long)]
+    pub(super) sub_accounts: bool,
+    /// Split by the value of this metadata key (e.g. `user`, `feature`, `project`).
+    #[arg(long, value_name = "KEY")]
+    pub(super) by: Option<String>,
+    /// Rows per day, week (ISO, from Monday) or month.
+    #[arg(long, value_enum, default_value_t = Granularity::Day)]
+    pub(super) per: Granularity,
+    /// The whole UTC days ending with today (e.g. `30d`), unless --from is given.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = whole_days)]
+    pub(super) window: i64,
+    /// Start of the window (RFC 3339, inclusive; a UTC midnight unless --by is given).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "to")]
+    pub(super) from: Option<Timestamp>,
+    /// End of the window (RFC 3339, exclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "from")]
+    pub(super) to: Option<Timestamp>,
+    /// Write the rows as CSV to FILE (`-`: stdout) instead of printing them.
+    #[arg(long, value_name = "FILE|-")]
+    pub(super) csv: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Granularity {
+    Day,
+    Week,
+    Month,
+}
+
+/// A window of whole days (`30d`, `2w`, `720h`), in days.
+fn whole_days(text: &str) -> Result<i64, String> {
+    let duration = crate::cli::duration::parse_duration(text)?;
+    let secs = duration.as_secs();
+    if secs == 0 || secs % 86_400 != 0 || duration.subsec_nanos() != 0 {
+        return Err(format!("`{text}` is not a whole number of days (e.g. 30d)"));
+    }
+    i64::try_from(secs / 86_400).map_err(|err| err.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -974,7 +1047,9 @@ pub(super) mod tests {
         else {
             panic!()
         };
-        let ReportCommand::Statement(args) = group.command;
+        let ReportCommand::Statement(args) = group.command else {
+            panic!()
+        };
         assert_eq!(args.from.unwrap().seconds, 1_767_225_600);
         assert!(args.to.is_none() && args.csv.is_none());
     }

@@ -1,12 +1,43 @@
-//! `allot report statement`: printed, as JSON, or written as CSV (layout in `statement.rs`).
+//! `allot report statement | budget | usage`: printed, as JSON, or written as CSV (layouts in
+//! `statement.rs` and `budget.rs`); a budget's burn-down as SVG (`burndown.rs`).
+
+use std::{io, path::Path};
 
 use anyhow::{Context, Result};
+use chrono::Utc;
 
-use super::{args::ReportCommand, statement, transport::Ctx};
+use super::{
+    args::{BudgetArgs, Granularity, ReportCommand, StatementArgs, UsageArgs},
+    budget, burndown, statement,
+    transport::Ctx,
+};
 use crate::proto::{self, report_service_client::ReportServiceClient};
 
 pub(super) async fn run(ctx: &Ctx, command: ReportCommand) -> Result<()> {
-    let ReportCommand::Statement(args) = command;
+    match command {
+        ReportCommand::Statement(args) => run_statement(ctx, args).await,
+        ReportCommand::Budget(args) => run_budget(ctx, args).await,
+        ReportCommand::Usage(args) => run_usage(ctx, args).await,
+    }
+}
+
+/// Writes CSV with `write` to `path` (`-`: stdout); `done` says what was written where.
+fn csv_to(
+    path: &Path,
+    write: impl FnOnce(Box<dyn io::Write>) -> csv::Result<()>,
+    done: impl FnOnce() -> String,
+) -> Result<()> {
+    if path.as_os_str() == "-" {
+        return Ok(write(Box::new(io::stdout().lock()))?);
+    }
+    let cannot = || format!("cannot write {}", path.display());
+    let file = std::fs::File::create(path).with_context(cannot)?;
+    write(Box::new(file)).with_context(cannot)?;
+    eprintln!("{} written to {}", done(), path.display());
+    Ok(())
+}
+
+async fn run_statement(ctx: &Ctx, args: StatementArgs) -> Result<()> {
     let request = proto::GetStatementRequest {
         account_id: args.wallet.account.unwrap_or_default(),
         wallet_id: args.wallet.wallet.unwrap_or_default(),
@@ -18,20 +49,76 @@ pub(super) async fn run(ctx: &Ctx, command: ReportCommand) -> Result<()> {
     let statement = ctx.call(client.get_statement(request)).await?;
     match args.csv {
         None => Ok(ctx.out.laid_out(&statement, statement::text)?),
-        Some(path) if path.as_os_str() == "-" => {
-            Ok(statement::write_csv(&statement, std::io::stdout().lock())?)
+        Some(path) => csv_to(
+            &path,
+            |out| statement::write_csv(&statement, out),
+            || {
+                format!(
+                    "statement of {} ({} movements)",
+                    statement.wallet_id,
+                    statement.movements.len()
+                )
+            },
+        ),
+    }
+}
+
+async fn run_budget(ctx: &Ctx, args: BudgetArgs) -> Result<()> {
+    let request = proto::GetBudgetRequest {
+        account_id: args.wallet.account.unwrap_or_default(),
+        wallet_id: args.wallet.wallet.unwrap_or_default(),
+        unit: args.unit.unwrap_or_default(),
+        include_sub_accounts: args.sub_accounts,
+    };
+    let mut client = ctx.client(ReportServiceClient::new).await?;
+    let report = ctx.call(client.get_budget(request)).await?;
+    if let Some(file) = &args.svg {
+        burndown::write(&report, file)?;
+        eprintln!("burn-down chart written to {}", file.display());
+    }
+    match args.csv {
+        None => Ok(ctx.out.laid_out(&report, budget::budget_text)?),
+        Some(path) => csv_to(
+            &path,
+            |out| budget::write_budget_csv(&report, out),
+            || format!("budget ({} lines)", report.lines.len().max(1)),
+        ),
+    }
+}
+
+async fn run_usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
+    const DAY: i64 = 86_400;
+    let (start, end) = match (args.from, args.to) {
+        (Some(from), Some(to)) => (from, to),
+        _ => {
+            // The whole days ending with today (UTC).
+            let end = (Utc::now().timestamp().div_euclid(DAY) + 1) * DAY;
+            let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+            (at(end - args.window * DAY), at(end))
         }
-        Some(path) => {
-            let cannot = || format!("cannot write {}", path.display());
-            let file = std::fs::File::create(&path).with_context(cannot)?;
-            statement::write_csv(&statement, file).with_context(cannot)?;
-            eprintln!(
-                "statement of {} ({} movements) written to {}",
-                statement.wallet_id,
-                statement.movements.len(),
-                path.display()
-            );
-            Ok(())
-        }
+    };
+    let granularity = match args.per {
+        Granularity::Day => proto::Granularity::Day,
+        Granularity::Week => proto::Granularity::Week,
+        Granularity::Month => proto::Granularity::Month,
+    };
+    let request = proto::GetUsageReportRequest {
+        account_id: args.account,
+        start_time: Some(start),
+        end_time: Some(end),
+        granularity: granularity as i32,
+        group_by_metadata_key: args.by.unwrap_or_default(),
+        include_sub_accounts: args.sub_accounts,
+        unit: args.unit.unwrap_or_default(),
+    };
+    let mut client = ctx.client(ReportServiceClient::new).await?;
+    let report = ctx.call(client.get_usage_report(request)).await?;
+    match args.csv {
+        None => Ok(ctx.out.laid_out(&report, budget::usage_text)?),
+        Some(path) => csv_to(
+            &path,
+            |out| budget::write_usage_csv(&report, out),
+            || format!("usage ({} rows)", report.rows.len()),
+        ),
     }
 }

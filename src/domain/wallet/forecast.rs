@@ -34,7 +34,13 @@ pub struct Forecast {
     /// `missing` in money at the unit price of the last grant to burn (what more units at
     /// the going price would cost), by currency; empty if no priced grant ever burns.
     pub missing_money: BTreeMap<String, Decimal>,
+    /// The units left to burn along the way (for charts): at the start, at each event and
+    /// at the end, and 0 at a run-out; at most [`MAX_PATH_POINTS`].
+    pub path: Vec<(i64, Amount)>,
 }
+
+/// Most points a forecast's path keeps (later ones are dropped, the end point is kept).
+pub const MAX_PATH_POINTS: usize = 250;
 
 impl WalletState {
     /// The wallet from `now` until `end` (exclusive) burning `per_day` units a day.
@@ -56,6 +62,12 @@ impl WalletState {
         let mut forecast = Forecast::default();
         let mut missing: i128 = 0;
         let mut t = now;
+        let point = |forecast: &mut Forecast, time: i64, left: Amount| {
+            if forecast.path.len() < MAX_PATH_POINTS - 1 {
+                forecast.path.push((time, left));
+            }
+        };
+        point(&mut forecast, now, state.posted().max(Amount::ZERO));
         for _ in 0..MAX_FORECAST_STEPS {
             let next = state
                 .next_due()
@@ -67,7 +79,9 @@ impl WalletState {
             let take = need.min(available);
             if need > available && forecast.runout_time.is_none() {
                 let lasts = available * i128::from(DAY_MICROS) / rate;
-                forecast.runout_time = Some(t.saturating_add(lasts as i64));
+                let at = t.saturating_add(lasts as i64);
+                forecast.runout_time = Some(at);
+                point(&mut forecast, at, Amount::ZERO);
             }
             if take > 0 {
                 let burns = state.burn(Amount::from_micros(take as i64));
@@ -79,14 +93,17 @@ impl WalletState {
             if next >= end {
                 break;
             }
+            point(&mut forecast, next, state.posted().max(Amount::ZERO));
             state.advance(next, &mut new_id);
             // Spent and expired grants play no further part.
             state
                 .lots
                 .retain(|lot| matches!(lot.status, LotStatus::Active | LotStatus::Pending));
+            point(&mut forecast, next, state.posted().max(Amount::ZERO));
             t = next;
         }
         forecast.left = state.posted().max(Amount::ZERO);
+        forecast.path.push((end, forecast.left));
         for lot in state.lots.iter().filter(|lot| lot.counts()) {
             add_money(
                 &mut forecast.left_money,
@@ -195,6 +212,14 @@ mod tests {
         assert_eq!(f.left, Amount::ZERO);
         assert_eq!(f.missing, units(200));
         assert_eq!(f.missing_money["USD"], Decimal::from(100));
+        assert_eq!(
+            f.path,
+            [
+                (0, units(100)),
+                (10 * DAY, Amount::ZERO),
+                (30 * DAY, Amount::ZERO)
+            ]
+        );
     }
 
     #[test]
