@@ -9,7 +9,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, Utc};
-use plotters::prelude::*;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use crate::proto;
 
@@ -118,6 +121,15 @@ pub fn write(budget: &proto::Budget, file: &Path) -> Result<()> {
             .x_label_formatter(&|days| date(start + (days * day) as i64))
             .x_labels(8)
             .draw()?;
+        // Labels near the right edge end at their mark instead of starting there.
+        let style = |at: f64, size: u32, color: &RGBColor| {
+            let anchor = if at > span * 0.75 {
+                Pos::new(HPos::Right, VPos::Top)
+            } else {
+                Pos::new(HPos::Left, VPos::Top)
+            };
+            ("sans-serif", size).into_font().color(color).pos(anchor)
+        };
         let series = |points: &[(i64, f64)]| -> Vec<(f64, f64)> {
             points.iter().map(|(t, v)| (x(*t), *v)).collect()
         };
@@ -166,7 +178,7 @@ pub fn write(budget: &proto::Budget, file: &Path) -> Result<()> {
                 chart.draw_series([Text::new(
                     format!("run-out {}", date(t)),
                     (x(t), top * 0.92),
-                    ("sans-serif", 13).into_font().color(&color),
+                    style(x(t), 13, &color),
                 )])?;
             }
         }
@@ -182,7 +194,7 @@ pub fn write(budget: &proto::Budget, file: &Path) -> Result<()> {
             chart.draw_series([Text::new(
                 label.clone(),
                 (x(*t), top * 0.98),
-                ("sans-serif", 13).into_font().color(color),
+                style(x(*t), 13, color),
             )])?;
         }
         for event in &budget.events {
@@ -198,8 +210,8 @@ pub fn write(budget: &proto::Budget, file: &Path) -> Result<()> {
             chart.draw_series([Circle::new((x(t), level), 4, color.filled())])?;
             chart.draw_series([Text::new(
                 label,
-                (x(t), level + top * 0.03),
-                ("sans-serif", 11).into_font().color(&color),
+                (x(t), level + top * 0.05),
+                style(x(t), 11, &color),
             )])?;
         }
         chart
