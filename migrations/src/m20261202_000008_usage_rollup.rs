@@ -90,6 +90,15 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .name("usage_days_day")
+                    .table(UsageDays::Table)
+                    .col(UsageDays::Day)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
                     .name("transactions_wallet_time")
                     .table(Transactions::Table)
                     .col(Transactions::WalletId)

@@ -89,6 +89,9 @@ pub const ROUTES: &[(&str, Access)] = &[
     ("/allot.v1.ReportService/ExportTransactions", REPORTERS),
     ("/allot.v1.ReportService/GetBudget", REPORTERS),
     ("/allot.v1.ReportService/GetUsageReport", REPORTERS),
+    // Routes and provider costs: operators (and admins) only.
+    ("/allot.v1.ReportService/GetMarginReport", OPERATORS),
+    ("/allot.v1.ReportService/GetPriceTransparency", REPORTERS),
 ];
 
 /// Services callable without a token.

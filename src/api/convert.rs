@@ -8,8 +8,8 @@ use rust_decimal::Decimal;
 
 use crate::{
     domain::{
-        AccountState, Amount, Balance, Dimension, GrantKind, HoldState, LotStatus, MovementKind,
-        Period, Rate, RolloverPolicy,
+        AccountState, Amount, Balance, Dimension, GrantKind, HoldState, ListPrice, LotStatus,
+        MovementKind, Period, Rate, RolloverPolicy,
         amount::{format_decimal, parse_quantity},
     },
     error::{Error, Reason, Result},
@@ -67,6 +67,29 @@ pub fn micros(field: &str, value: Option<&Timestamp>) -> Result<Option<i64>> {
 }
 
 // ---- strings -------------------------------------------------------------------------------
+
+/// The currency of a price (`field` names it in errors): an ISO 4217-style code, three
+/// upper-case letters; `required` when the price is above 0.
+pub fn currency(field: &str, value: &str, required: bool) -> Result<String> {
+    if value.is_empty() {
+        if required {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                field,
+                "is required when unit_price is above 0",
+            ));
+        }
+        return Ok(String::new());
+    }
+    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            field,
+            "must be a three-letter ISO 4217 code such as USD",
+        ));
+    }
+    Ok(value.to_string())
+}
 
 /// A required string of at most `max` bytes.
 pub fn required(field: &str, value: &str, max: usize) -> Result<String> {
@@ -579,6 +602,16 @@ pub fn rate(rate: &Rate) -> proto::Rate {
         max_units: rate.max_units.map(|m| m.to_string()).unwrap_or_default(),
         route: rate.route.clone(),
         provider_cost: rate.provider_cost.clone(),
+        list_prices: rate
+            .list_prices
+            .iter()
+            .map(|p| proto::ListPrice {
+                dimension: p.dimension.clone(),
+                per: format_decimal(p.per),
+                price: format_decimal(p.price),
+                currency: p.currency.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -618,6 +651,58 @@ pub fn parse_rate(index: usize, wire: &proto::Rate) -> Result<Rate> {
     if !wire.provider_cost.is_empty() {
         unit_price(&field("provider_cost"), &wire.provider_cost)?;
     }
+    if wire.list_prices.len() > dimensions.len() {
+        return Err(Error::invalid(
+            Reason::TooManyEntries,
+            &field("list_prices"),
+            "at most one list price per dimension",
+        ));
+    }
+    let list_prices = wire
+        .list_prices
+        .iter()
+        .enumerate()
+        .map(|(i, price)| {
+            let at = |name: &str| field(&format!("list_prices[{i}].{name}"));
+            if !dimensions.iter().any(|d| d.name == price.dimension) {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    &at("dimension"),
+                    "must name one of the rate's dimensions",
+                ));
+            }
+            let per = if price.per.is_empty() {
+                Decimal::from(1000)
+            } else {
+                unit_price(&at("per"), &price.per)?
+            };
+            if per.is_zero() {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    &at("per"),
+                    "must be greater than zero",
+                ));
+            }
+            if price.price.is_empty() {
+                return Err(Error::missing(&at("price")));
+            }
+            Ok(ListPrice {
+                dimension: price.dimension.clone(),
+                per,
+                price: unit_price(&at("price"), &price.price)?,
+                currency: currency(&at("currency"), &price.currency, true)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut named: Vec<&str> = list_prices.iter().map(|p| p.dimension.as_str()).collect();
+    named.sort_unstable();
+    if named.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            &field("list_prices"),
+            "at most one list price per dimension",
+        ));
+    }
     Ok(Rate {
         request_type: name(&field("request_type"), &wire.request_type, 128)?,
         flat_units: non_negative(&field("flat_units"), &wire.flat_units)?,
@@ -625,6 +710,7 @@ pub fn parse_rate(index: usize, wire: &proto::Rate) -> Result<Rate> {
         max_units,
         route: optional(&field("route"), &wire.route, 256)?,
         provider_cost: wire.provider_cost.clone(),
+        list_prices,
     })
 }
 

@@ -14,29 +14,6 @@ use crate::{
     },
 };
 
-/// ISO 4217-style currency code: three upper-case letters.
-/// The currency of a unit price (`field` names it in errors).
-fn currency(field: &str, value: &str, required: bool) -> Result<String> {
-    if value.is_empty() {
-        if required {
-            return Err(Error::invalid(
-                Reason::MissingField,
-                field,
-                "is required when unit_price is above 0",
-            ));
-        }
-        return Ok(String::new());
-    }
-    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Error::invalid(
-            Reason::InvalidField,
-            field,
-            "must be a three-letter ISO 4217 code such as USD",
-        ));
-    }
-    Ok(value.to_string())
-}
-
 impl Ctx {
     async fn create_grant(
         &self,
@@ -51,7 +28,7 @@ impl Ctx {
         let kind = convert::parse_grant_kind(wire.kind)?;
         let amount = convert::positive("grant.amount", &wire.amount)?;
         let unit_price = convert::unit_price("grant.unit_price", &wire.unit_price)?;
-        let currency = currency("grant.currency", &wire.currency, !unit_price.is_zero())?;
+        let currency = convert::currency("grant.currency", &wire.currency, !unit_price.is_zero())?;
         let contract_ref = convert::optional("grant.contract_ref", &wire.contract_ref, 256)?;
         let effective_time = convert::micros("grant.effective_time", wire.effective_time.as_ref())?;
         let expire_time = convert::micros("grant.expire_time", wire.expire_time.as_ref())?;
@@ -257,7 +234,7 @@ impl Ctx {
             .with("max_catch_up_periods", MAX_CATCH_UP_PERIODS));
         }
         let unit_price = convert::unit_price("allotment_schedule.unit_price", &wire.unit_price)?;
-        let currency = currency(
+        let currency = convert::currency(
             "allotment_schedule.currency",
             &wire.currency,
             !unit_price.is_zero(),

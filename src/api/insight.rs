@@ -20,7 +20,8 @@ use crate::{
         accounts::wallets_in_unit,
         budget::{self, Budget, EventKind},
         entity::wallet,
-        usage::{self, Granularity, UsageLine},
+        transparency,
+        usage::{self, Granularity, MarginLine, UsageLine},
     },
 };
 
@@ -223,22 +224,8 @@ impl Ctx {
         let account = self
             .resolve_account(&caller, &request.account_id, "")
             .await?;
-        let (start, end) =
-            convert::window(request.start_time.as_ref(), request.end_time.as_ref(), None)?;
-        let start = start.ok_or_else(|| Error::missing("start_time"))?;
-        let end = end.ok_or_else(|| Error::missing("end_time"))?;
-        let granularity = match proto::Granularity::try_from(request.granularity) {
-            Ok(proto::Granularity::Unspecified | proto::Granularity::Day) => Granularity::Day,
-            Ok(proto::Granularity::Week) => Granularity::Week,
-            Ok(proto::Granularity::Month) => Granularity::Month,
-            Err(_) => {
-                return Err(Error::invalid(
-                    Reason::InvalidEnum,
-                    "granularity",
-                    "not a Granularity value",
-                ));
-            }
-        };
+        let (start, end) = required_window(&request.start_time, &request.end_time)?;
+        let granularity = granularity(request.granularity)?;
         let key = convert::optional("group_by_metadata_key", &request.group_by_metadata_key, 64)?;
         let wallets: Vec<wallet::Model> = wallets_in_unit(
             &self.store.db,
@@ -250,44 +237,236 @@ impl Ctx {
         let ids: Vec<String> = wallets.into_iter().map(|w| w.id).collect();
         let tx = self.store.read_snapshot().await?;
         let lines = if key.is_empty() {
-            for (field, at) in [("start_time", start), ("end_time", end)] {
-                if at.rem_euclid(DAY_MICROS) != 0 {
-                    return Err(Error::invalid(
-                        Reason::InvalidField,
-                        field,
-                        "must be a UTC midnight: usage is kept per day (split by a metadata \
-                         key for any window)",
-                    ));
-                }
-            }
+            whole_days(start, end, "split by a metadata key for any window")?;
             usage::from_rollup(&tx, &ids, start / DAY_MICROS, end / DAY_MICROS, granularity).await
         } else {
-            if end - start > MAX_METADATA_DAYS * DAY_MICROS {
-                return Err(Error::invalid(
-                    Reason::ReportTooLarge,
-                    "end_time",
-                    format!(
-                        "a report split by metadata covers at most {MAX_METADATA_DAYS} days \
-                         (it reads the window's entries)"
-                    ),
-                ));
-            }
+            at_most_days(start, end, "a report split by metadata")?;
             usage::by_metadata(&tx, &ids, start, end, granularity, &key).await
         };
         tx.rollback().await?;
         let lines = lines?;
-        if lines.len() > MAX_USAGE_ROWS {
+        at_most_rows(lines.len())?;
+        Ok(usage_proto(&lines))
+    }
+
+    pub(super) async fn margin_report(
+        &self,
+        request: Request<proto::GetMarginReportRequest>,
+    ) -> Result<proto::MarginReport> {
+        let caller = super::access::caller(&request)?;
+        let request = request.into_inner();
+        let (start, end) = required_window(&request.start_time, &request.end_time)?;
+        whole_days(start, end, "margins are kept per day")?;
+        let granularity = granularity(request.granularity)?;
+        let wallets = if request.account_id.is_empty() {
+            if request.include_sub_accounts || !request.unit.is_empty() {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "account_id",
+                    "include_sub_accounts and unit apply to an account",
+                ));
+            }
+            if !matches!(caller.scope, crate::auth::Scope::All) {
+                return Err(Error::invalid(
+                    Reason::MissingField,
+                    "account_id",
+                    "a token scoped to accounts reads one of them: name it",
+                ));
+            }
+            None
+        } else {
+            let unit = convert::unit(&request.unit)?;
+            let account = self
+                .resolve_account(&caller, &request.account_id, "")
+                .await?;
+            let wallets = wallets_in_unit(
+                &self.store.db,
+                &account,
+                &unit,
+                request.include_sub_accounts,
+            )
+            .await?;
+            Some(wallets.into_iter().map(|w| w.id).collect::<Vec<_>>())
+        };
+        let tx = self.store.read_snapshot().await?;
+        let lines = usage::margin(
+            &tx,
+            wallets.as_deref(),
+            start / DAY_MICROS,
+            end / DAY_MICROS,
+            granularity,
+        )
+        .await;
+        tx.rollback().await?;
+        let lines = lines?;
+        at_most_rows(lines.len())?;
+        Ok(proto::MarginReport {
+            rows: lines.iter().map(margin_row).collect(),
+        })
+    }
+
+    pub(super) async fn price_transparency(
+        &self,
+        request: Request<proto::GetPriceTransparencyRequest>,
+    ) -> Result<proto::PriceTransparency> {
+        let caller = super::access::caller(&request)?;
+        let request = request.into_inner();
+        let unit = convert::unit(&request.unit)?;
+        let account = self
+            .resolve_account(&caller, &request.account_id, "")
+            .await?;
+        let (start, end) = required_window(&request.start_time, &request.end_time)?;
+        at_most_days(start, end, "a transparency report")?;
+        let wallets = wallets_in_unit(
+            &self.store.db,
+            &account,
+            &unit,
+            request.include_sub_accounts,
+        )
+        .await?;
+        let ids: Vec<String> = wallets.into_iter().map(|w| w.id).collect();
+        let tx = self.store.read_snapshot().await?;
+        let lines = transparency::report(&tx, &ids, start, end).await;
+        tx.rollback().await?;
+        let lines = lines?;
+        Ok(proto::PriceTransparency {
+            rows: lines.iter().map(transparency_row).collect(),
+        })
+    }
+}
+
+fn granularity(value: i32) -> Result<Granularity> {
+    match proto::Granularity::try_from(value) {
+        Ok(proto::Granularity::Unspecified | proto::Granularity::Day) => Ok(Granularity::Day),
+        Ok(proto::Granularity::Week) => Ok(Granularity::Week),
+        Ok(proto::Granularity::Month) => Ok(Granularity::Month),
+        Err(_) => Err(Error::invalid(
+            Reason::InvalidEnum,
+            "granularity",
+            "not a Granularity value",
+        )),
+    }
+}
+
+/// A report's window, both ends required.
+fn required_window(
+    start: &Option<prost_types::Timestamp>,
+    end: &Option<prost_types::Timestamp>,
+) -> Result<(i64, i64)> {
+    let (start, end) = convert::window(start.as_ref(), end.as_ref(), None)?;
+    Ok((
+        start.ok_or_else(|| Error::missing("start_time"))?,
+        end.ok_or_else(|| Error::missing("end_time"))?,
+    ))
+}
+
+/// Reports read from the daily rollup take whole UTC days.
+fn whole_days(start: i64, end: i64, otherwise: &str) -> Result<()> {
+    for (field, at) in [("start_time", start), ("end_time", end)] {
+        if at.rem_euclid(DAY_MICROS) != 0 {
             return Err(Error::invalid(
-                Reason::ReportTooLarge,
-                "start_time",
-                format!(
-                    "the report has {} rows, more than {MAX_USAGE_ROWS}: narrow the window or \
-                     choose a coarser granularity",
-                    lines.len()
-                ),
+                Reason::InvalidField,
+                field,
+                format!("must be a UTC midnight: usage is kept per day ({otherwise})"),
             ));
         }
-        Ok(usage_proto(&lines))
+    }
+    Ok(())
+}
+
+/// Reports that read the window's entries cover at most [`MAX_METADATA_DAYS`].
+fn at_most_days(start: i64, end: i64, what: &str) -> Result<()> {
+    if end - start > MAX_METADATA_DAYS * DAY_MICROS {
+        return Err(Error::invalid(
+            Reason::ReportTooLarge,
+            "end_time",
+            format!(
+                "{what} covers at most {MAX_METADATA_DAYS} days (it reads the window's entries)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn at_most_rows(rows: usize) -> Result<()> {
+    if rows > MAX_USAGE_ROWS {
+        return Err(Error::invalid(
+            Reason::ReportTooLarge,
+            "start_time",
+            format!(
+                "the report has {rows} rows, more than {MAX_USAGE_ROWS}: narrow the window or \
+                 choose a coarser granularity"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn margin_row(line: &MarginLine) -> proto::MarginRow {
+    let (currency, revenue) = single(&line.revenue);
+    let cost = line.provider_cost;
+    let (margin, percent) = match (line.revenue.len(), cost) {
+        (0, Some(cost)) => (format_decimal(-cost), String::new()),
+        (1, Some(cost)) => {
+            let revenue = line.revenue.values().next().copied().unwrap_or_default();
+            let margin = revenue.checked_sub(cost);
+            let percent = margin
+                .filter(|_| !revenue.is_zero())
+                .and_then(|m| m.checked_mul(Decimal::from(100)))
+                .and_then(|m| m.checked_div(revenue))
+                .map(|p| format_decimal(p.round_dp(2)))
+                .unwrap_or_default();
+            (margin.map(format_decimal).unwrap_or_default(), percent)
+        }
+        _ => (String::new(), String::new()),
+    };
+    proto::MarginRow {
+        period_start: Some(convert::timestamp(line.period_start)),
+        request_type: line.request_type.clone(),
+        route: line.route.clone(),
+        requests: line.requests,
+        units: format_micros(line.units),
+        revenue,
+        currency,
+        revenue_by_currency: money(&line.revenue),
+        provider_cost: cost.map(format_decimal).unwrap_or_default(),
+        margin,
+        margin_percent: percent,
+    }
+}
+
+fn transparency_row(line: &transparency::Line) -> proto::TransparencyRow {
+    proto::TransparencyRow {
+        request_type: line.request_type.clone(),
+        requests: line.requests,
+        units: format_micros(line.units),
+        currency: line.currency.clone(),
+        mean_money: format_decimal(line.mean),
+        p50_money: format_decimal(line.p50),
+        p95_money: format_decimal(line.p95),
+        dimensions: line
+            .dimensions
+            .iter()
+            .map(|d| proto::DimensionPrice {
+                dimension: d.dimension.clone(),
+                quantity: format_decimal(d.quantity),
+                money: format_decimal(d.money),
+                effective_price_per_1000: d
+                    .effective_per_1000
+                    .map(format_decimal)
+                    .unwrap_or_default(),
+                list_price_per_1000: d
+                    .list_per_1000
+                    .as_ref()
+                    .map(|(p, _)| format_decimal(*p))
+                    .unwrap_or_default(),
+                list_currency: d
+                    .list_per_1000
+                    .as_ref()
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 

@@ -205,6 +205,20 @@ impl ReportService for Ctx {
         reply(Ctx::usage_report(self, request).await)
     }
 
+    async fn get_margin_report(
+        &self,
+        request: Request<proto::GetMarginReportRequest>,
+    ) -> Result<Response<proto::MarginReport>, Status> {
+        reply(Ctx::margin_report(self, request).await)
+    }
+
+    async fn get_price_transparency(
+        &self,
+        request: Request<proto::GetPriceTransparencyRequest>,
+    ) -> Result<Response<proto::PriceTransparency>, Status> {
+        reply(Ctx::price_transparency(self, request).await)
+    }
+
     async fn get_statement(
         &self,
         request: Request<proto::GetStatementRequest>,

@@ -20,6 +20,7 @@ mod allot;
 mod baseline;
 mod database;
 mod load;
+mod reports;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -32,7 +33,7 @@ use self::{
     allot::{AllotTarget, Clients, Driver, InProcess},
     baseline::Baseline,
     database::{BenchDatabase, Kind},
-    load::{Load, Measured, Sampler},
+    load::{Latency, Load, Measured, Sampler},
 };
 use super::duration::parse_duration;
 
@@ -89,6 +90,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
+    /// Run this many report readers beside the load, each calling GetBudget and
+    /// GetUsageReport (the last two days) for the seeded accounts in turn, and report their
+    /// latencies.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub reports: u64,
 }
 
 /// Everything measured, for the text or JSON report.
@@ -110,6 +116,8 @@ struct Report {
     verification: allot::Verification,
     rss: Option<Rss>,
     baseline: Option<BaselineReport>,
+    /// Latencies of the report readers run beside the load: (budget, usage, calls).
+    reports: Option<(Latency, Latency, usize)>,
     notes: Vec<String>,
 }
 
@@ -262,7 +270,9 @@ async fn measure(args: &BenchArgs, database: Option<&BenchDatabase>) -> anyhow::
         &run_id,
         concurrency,
     ));
+    let readers = reports::start(&clients, &accounts, args.reports as usize);
     let mut measured = load::run(target.clone(), &load, wallets).await?;
+    let reports = readers.stop().await?;
     let (resolved, unresolved) = target.resolve_unknown().await;
     for (wallet, micros) in resolved {
         measured.charged[wallet] += micros;
@@ -337,6 +347,7 @@ async fn measure(args: &BenchArgs, database: Option<&BenchDatabase>) -> anyhow::
         verification,
         rss,
         baseline,
+        reports,
         notes,
     })
 }
@@ -448,6 +459,13 @@ impl Report {
             "peak_rss_mb": self.rss.map(|r| round(r.peak_mb, 1)),
             "rss_note": self.rss.map(|_| "VmRSS/VmHWM of the bench process: the in-process server shares it with the load generator"),
             "baseline": baseline,
+            "reports": self.reports.map(|(budget, usage, calls)| json!({
+                "calls": calls,
+                "budget_p50_ms": round(budget.p50, 3),
+                "budget_p99_ms": round(budget.p99, 3),
+                "usage_p50_ms": round(usage.p50, 3),
+                "usage_p99_ms": round(usage.p99, 3),
+            })),
             "notes": self.notes,
         })
     }
@@ -505,6 +523,14 @@ impl Report {
         }
         if let Some(ratio) = self.ratio() {
             let _ = writeln!(out, "{:<10} {:>9.2}x", "ratio", ratio);
+        }
+        if let Some((budget, usage, calls)) = &self.reports {
+            let _ = writeln!(
+                out,
+                "reports:      {calls} calls beside the load; GetBudget p50 {:.2} ms, p99 {:.2} \
+                 ms; GetUsageReport p50 {:.2} ms, p99 {:.2} ms",
+                budget.p50, budget.p99, usage.p50, usage.p99
+            );
         }
         let _ = writeln!(out);
         let _ = writeln!(

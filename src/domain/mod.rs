@@ -9,7 +9,7 @@ pub mod wallet;
 
 pub use account_state::{AccountState, Action};
 pub use amount::{Amount, AmountError};
-pub use pricing::{CardState, Dimension, PricingError, Rate, RateError};
+pub use pricing::{CardState, Dimension, ListPrice, PricingError, Rate, RateError};
 pub use wallet::{
     Balance, Burn, GrantKind, Hold, HoldState, Lot, LotStatus, Movement, MovementKind, Period,
     Refusal, Rollover, RolloverPolicy, Schedule, SpendCaps, Spent, WalletState, check_caller_cap,

@@ -40,6 +40,21 @@ pub struct Rate {
     pub route: String,
     /// Operator-only: money the provider pays per request (decimal string, may be empty).
     pub provider_cost: String,
+    /// Reference list prices of its quantities (shown to buyers). Not stored when empty, so
+    /// cards written before they existed keep their text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub list_prices: Vec<ListPrice>,
+}
+
+/// A reference list price: `price` money per `per` of the quantity `dimension`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPrice {
+    pub dimension: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub per: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -201,6 +216,7 @@ mod tests {
             max_units: Some(amount("50")),
             route: "model-a".into(),
             provider_cost: "0.002".into(),
+            list_prices: Vec::new(),
         }
     }
 

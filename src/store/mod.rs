@@ -29,6 +29,7 @@ pub mod rate_cards;
 pub mod shape;
 pub mod statements;
 pub mod sweeper;
+pub mod transparency;
 pub mod usage;
 pub mod verify;
 pub mod wallet_cache;

@@ -17,7 +17,7 @@ use crate::{
     error::Result,
     store::{
         columns::StringMap,
-        entity::{transaction, usage_day},
+        entity::{rate_card, transaction, usage_day},
     },
 };
 
@@ -290,3 +290,100 @@ pub async fn by_metadata(
 
 /// Wallet ids per `IN` list.
 const WALLETS_PER_QUERY: usize = 500;
+
+/// One line of a margin report: revenue at the grants' unit prices against what the provider
+/// charges, for a request type and route in a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarginLine {
+    pub period_start: i64,
+    pub request_type: String,
+    /// The route of the rate that priced the requests (empty: none recorded).
+    pub route: String,
+    pub requests: i64,
+    /// Micro-units, net of refunds.
+    pub units: i128,
+    pub revenue: BTreeMap<String, Decimal>,
+    /// Σ requests carrying a provider cost × that cost (`None` if it overflowed a decimal).
+    pub provider_cost: Option<Decimal>,
+}
+
+/// The margin of `wallets` (all wallets for `None`) on the days [start_day, end_day), from
+/// the rollup and the rate cards that priced the requests (cost: the rollup rows of the
+/// window — by the rollup's key, or by `usage_days_day` for every wallet — and one read of
+/// those cards). Requests priced by no card (captures of explicit units) have no route.
+pub async fn margin(
+    conn: &impl ConnectionTrait,
+    wallets: Option<&[String]>,
+    start_day: i64,
+    end_day: i64,
+    granularity: Granularity,
+) -> Result<Vec<MarginLine>> {
+    let window = usage_day::Entity::find()
+        .filter(usage_day::Column::Day.gte(start_day))
+        .filter(usage_day::Column::Day.lt(end_day));
+    let rows = match wallets {
+        None => window.all(conn).await?,
+        Some(wallets) => {
+            let mut rows = Vec::new();
+            for chunk in wallets.chunks(WALLETS_PER_QUERY) {
+                rows.extend(
+                    window
+                        .clone()
+                        .filter(usage_day::Column::WalletId.is_in(chunk.iter().cloned()))
+                        .all(conn)
+                        .await?,
+                );
+            }
+            rows
+        }
+    };
+    let versions: Vec<i64> = rows
+        .iter()
+        .map(|r| r.rate_card_version)
+        .filter(|v| *v > 0)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let cards: BTreeMap<i64, rate_card::Model> = if versions.is_empty() {
+        BTreeMap::new()
+    } else {
+        rate_card::Entity::find()
+            .filter(rate_card::Column::Version.is_in(versions))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|card| (card.version, card))
+            .collect()
+    };
+    let mut lines: BTreeMap<(i64, String, String), MarginLine> = BTreeMap::new();
+    for row in rows {
+        let rate = cards
+            .get(&row.rate_card_version)
+            .and_then(|card| card.rate(&row.request_type));
+        let route = rate.map(|r| r.route.clone()).unwrap_or_default();
+        let period = granularity.period_start(row.day);
+        let line = lines
+            .entry((period, row.request_type.clone(), route.clone()))
+            .or_insert_with(|| MarginLine {
+                period_start: period,
+                request_type: row.request_type.clone(),
+                route,
+                provider_cost: Some(Decimal::ZERO),
+                ..MarginLine::default()
+            });
+        if row.unit_price.is_empty() {
+            line.requests = line.requests.saturating_add(row.requests);
+            line.units += i128::from(row.units);
+            let cost = rate
+                .and_then(|r| r.provider_cost.parse::<Decimal>().ok())
+                .unwrap_or_default();
+            line.provider_cost = line.provider_cost.and_then(|sum| {
+                cost.checked_mul(Decimal::from(row.costed))
+                    .and_then(|c| sum.checked_add(c))
+            });
+        } else {
+            add_money(&mut line.revenue, &row.currency, row.units, &row.unit_price);
+        }
+    }
+    Ok(lines.into_values().collect())
+}

@@ -23,6 +23,7 @@ pub fn rate(request_type: &str, flat: &str, dims: &[(&str, &str, &str)], max: &s
         max_units: max.into(),
         route: "provider/model-a".into(),
         provider_cost: "0.001".into(),
+        list_prices: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ use crate::{
         self, account_service_client::AccountServiceClient,
         grant_service_client::GrantServiceClient, ledger_service_client::LedgerServiceClient,
         rate_card_service_client::RateCardServiceClient,
+        report_service_client::ReportServiceClient,
     },
     server::{self, Settings},
 };
@@ -191,6 +192,10 @@ impl Clients {
 
     fn grants(&self, lane: usize) -> GrantServiceClient<Authed> {
         GrantServiceClient::with_interceptor(self.channel(lane), self.bearer.clone())
+    }
+
+    pub fn reports(&self, lane: usize) -> ReportServiceClient<Authed> {
+        ReportServiceClient::with_interceptor(self.channel(lane), self.bearer.clone())
     }
 
     fn rates(&self) -> RateCardServiceClient<Authed> {

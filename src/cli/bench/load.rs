@@ -148,7 +148,7 @@ pub struct Latency {
 
 impl Latency {
     /// From latencies in microseconds (sorted in place).
-    fn from_micros(samples: &mut [u32]) -> Self {
+    pub fn from_micros(samples: &mut [u32]) -> Self {
         if samples.is_empty() {
             return Latency::default();
         }

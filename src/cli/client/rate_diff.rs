@@ -115,6 +115,41 @@ pub fn diff(before: &[proto::Rate], after: &[proto::Rate]) -> Vec<Change> {
                 )),
             }
         }
+        let lists = |r: &proto::Rate| -> BTreeMap<String, proto::ListPrice> {
+            r.list_prices
+                .iter()
+                .map(|p| (p.dimension.clone(), p.clone()))
+                .collect()
+        };
+        let (la, lb) = (lists(a), lists(b));
+        let mut names: Vec<&String> = la.keys().chain(lb.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let per = |p: &proto::ListPrice| {
+                if p.per.is_empty() {
+                    "1000".to_string()
+                } else {
+                    p.per.clone()
+                }
+            };
+            match (la.get(name), lb.get(name)) {
+                (Some(x), Some(y))
+                    if x.currency == y.currency
+                        && same(&x.price, &y.price)
+                        && same(&per(x), &per(y)) => {}
+                (x, y) => {
+                    let text =
+                        |p: &proto::ListPrice| format!("{} {}/{}", p.currency, p.price, per(p));
+                    changes.push(change(
+                        "changed",
+                        &format!("list price {name}"),
+                        x.map(text).unwrap_or_default(),
+                        y.map(text).unwrap_or_default(),
+                    ))
+                }
+            }
+        }
     }
     changes
 }

@@ -27,6 +27,12 @@ File format (see examples/rates.toml):
   per = "1000"                            # optional, default 1
   units = "0.2"                           # units per `per` of the quantity
 
+  [[rate.list_price]]                     # optional: a reference price buyers see
+  dimension = "output_tokens"             # one of the rate's dimensions
+  per = "1000"                            # optional, default 1000
+  price = "0.01"                          # money per `per` (e.g. the model's public price)
+  currency = "USD"
+
   [[rate]]
   request_type = "image.generate"
   flat_units = "4"
@@ -57,6 +63,18 @@ struct RateEntry {
     provider_cost: Amount,
     #[serde(default, rename = "dimension")]
     dimensions: Vec<DimensionEntry>,
+    #[serde(default, rename = "list_price")]
+    list_prices: Vec<ListPriceEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListPriceEntry {
+    dimension: String,
+    #[serde(default)]
+    per: Amount,
+    price: Amount,
+    currency: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +140,16 @@ pub fn parse(text: &str) -> Result<proto::RateCard> {
                 max_units: rate.max_units.0,
                 route: rate.route,
                 provider_cost: rate.provider_cost.0,
+                list_prices: rate
+                    .list_prices
+                    .into_iter()
+                    .map(|p| proto::ListPrice {
+                        dimension: p.dimension,
+                        per: p.per.0,
+                        price: p.price.0,
+                        currency: p.currency,
+                    })
+                    .collect(),
             })
             .collect(),
         ..Default::default()

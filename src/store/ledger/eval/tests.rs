@@ -133,6 +133,7 @@ fn card(flat: i64) -> Card {
         max_units: None,
         route: String::new(),
         provider_cost: String::new(),
+        list_prices: Vec::new(),
     };
     rate_card::Model {
         version: 1,
