@@ -239,6 +239,78 @@ async fn budgets_and_usage_print_write_csv_and_draw_the_burn_down() {
         10,
         "{table}"
     );
+    // Transparency: twenty requests of 10 units at 0.01; no quantities.
+    let transparency = stdout(
+        &allot(
+            &app,
+            &[
+                "report",
+                "transparency",
+                "--account",
+                &org.id,
+                "--from",
+                &rfc3339(d0),
+                "--to",
+                &rfc3339(d0 + 10 * DAY),
+                "--csv",
+                "-",
+            ],
+        )
+        .await,
+    );
+    let lines: Vec<&str> = transparency.lines().collect();
+    assert_eq!(lines.len(), 2, "{transparency}");
+    assert!(lines[0].starts_with("request_type,requests,units,currency,mean,p50,p95,dimension"));
+    assert_eq!(lines[1], "ten,20,200,USD,0.1,0.1,0.1,,,,,,");
+    // Margins over every account (the admin token), per month: revenue 3, cost 30 × 0.001.
+    let margin = stdout(
+        &allot(
+            &app,
+            &[
+                "report",
+                "margin",
+                "--per",
+                "month",
+                "--from",
+                &rfc3339(d0),
+                "--to",
+                &rfc3339(d0 + 10 * DAY),
+                "--csv",
+                "-",
+            ],
+        )
+        .await,
+    );
+    let revenue: f64 = margin
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            assert_eq!(
+                (cells[1], cells[2]),
+                ("ten", "provider/model-a"),
+                "{margin}"
+            );
+            cells[5].parse::<f64>().unwrap()
+        })
+        .sum();
+    assert!((revenue - 3.0).abs() < 1e-9, "{margin}");
+    let table = stdout(
+        &allot(
+            &app,
+            &[
+                "report",
+                "margin",
+                "--from",
+                &rfc3339(d0),
+                "--to",
+                &rfc3339(d0 + DAY),
+            ],
+        )
+        .await,
+    );
+    assert!(table.contains("provider/model-a"), "{table}");
+    assert!(table.contains("0.003"), "{table}");
     // A window that is not whole days is the server's refusal, named.
     let refused = allot(
         &app,

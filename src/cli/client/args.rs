@@ -370,6 +370,66 @@ pub enum ReportCommand {
     /// Requests, units and money by request type and day, week or month.
     #[command(long_about = budget::USAGE_HELP)]
     Usage(UsageArgs),
+    /// What one request cost in money, and the effective price per 1,000 tokens beside the
+    /// reference list price.
+    #[command(long_about = budget::TRANSPARENCY_HELP)]
+    Transparency(TransparencyArgs),
+    /// Operators: revenue against provider cost by request type and route.
+    #[command(long_about = budget::MARGIN_HELP)]
+    Margin(MarginArgs),
+}
+
+/// A report's window: whole UTC days ending with today, or --from/--to.
+#[derive(Debug, Args)]
+pub struct ReportWindow {
+    /// The whole UTC days ending with today (e.g. `30d`), unless --from is given.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = whole_days)]
+    pub(super) window: i64,
+    /// Start of the window (RFC 3339, inclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "to")]
+    pub(super) from: Option<Timestamp>,
+    /// End of the window (RFC 3339, exclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "from")]
+    pub(super) to: Option<Timestamp>,
+}
+
+#[derive(Debug, Args)]
+pub struct TransparencyArgs {
+    /// Account id (`acct_…`).
+    #[arg(long)]
+    pub(super) account: String,
+    /// Unit of the wallets [server default: credits].
+    #[arg(long)]
+    pub(super) unit: Option<String>,
+    /// Its sub-accounts' requests too.
+    #[arg(long)]
+    pub(super) sub_accounts: bool,
+    #[command(flatten)]
+    pub(super) window: ReportWindow,
+    /// Write the rows as CSV to FILE (`-`: stdout) instead of printing them.
+    #[arg(long, value_name = "FILE|-")]
+    pub(super) csv: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MarginArgs {
+    /// Only this account (`acct_…`) [default: every account].
+    #[arg(long)]
+    pub(super) account: Option<String>,
+    /// With --account: unit of its wallets [server default: credits].
+    #[arg(long, requires = "account")]
+    pub(super) unit: Option<String>,
+    /// With --account: its sub-accounts too.
+    #[arg(long, requires = "account")]
+    pub(super) sub_accounts: bool,
+    /// Rows per day, week (ISO, from Monday) or month.
+    #[arg(long, value_enum, default_value_t = Granularity::Day)]
+    pub(super) per: Granularity,
+    #[command(flatten)]
+    pub(super) window: ReportWindow,
+    /// Write the rows as CSV to FILE (`-`: stdout) instead of printing them.
+    #[arg(long, value_name = "FILE|-")]
+    pub(super) csv: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -407,15 +467,9 @@ pub struct UsageArgs {
     /// Rows per day, week (ISO, from Monday) or month.
     #[arg(long, value_enum, default_value_t = Granularity::Day)]
     pub(super) per: Granularity,
-    /// The whole UTC days ending with today (e.g. `30d`), unless --from is given.
-    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = whole_days)]
-    pub(super) window: i64,
-    /// Start of the window (RFC 3339, inclusive; a UTC midnight unless --by is given).
-    #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "to")]
-    pub(super) from: Option<Timestamp>,
-    /// End of the window (RFC 3339, exclusive).
-    #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "from")]
-    pub(super) to: Option<Timestamp>,
+    /// (Without --by, --from and --to must be UTC midnights.)
+    #[command(flatten)]
+    pub(super) window: ReportWindow,
     /// Write the rows as CSV to FILE (`-`: stdout) instead of printing them.
     #[arg(long, value_name = "FILE|-")]
     pub(super) csv: Option<PathBuf>,

@@ -43,6 +43,32 @@ both must be UTC midnights (usage is kept per day), and with --by it covers at m
 
   period_start,account_id,request_type,metadata_value,requests,units,money";
 
+/// `--help` text of `allot report transparency`.
+pub const TRANSPARENCY_HELP: &str = "\
+Shows, per request type, what one request cost in money over the window (mean, median, 95th
+percentile; at the unit prices of the grants it burnt, less refunds made in the window), and
+for requests that carried quantities (tokens) the effective price per 1,000 of each: each
+request's money shared among its flat part and its quantities in proportion to the units
+each accounted for, summed, divided by the quantity. Beside it, the reference list price
+the operator published for that quantity (e.g. the model's public per-token price). The
+window covers at most 93 days.
+
+--csv FILE (`-`: stdout) writes one row per request type and quantity:
+
+  request_type,requests,units,currency,mean,p50,p95,dimension,quantity,money,effective_per_1000,list_per_1000,list_currency";
+
+/// `--help` text of `allot report margin`.
+pub const MARGIN_HELP: &str = "\
+Operators and admins: revenue (units consumed, net of refunds, at the unit prices of the
+grants they burnt) against provider cost (the provider_cost of the rate that priced each
+request) by period, request type and route, over whole UTC days. A remap shows as a new
+route from its effective time. Provider costs are taken to be in the revenue's currency
+(allot converts none); with several currencies the margin is left empty.
+
+--csv FILE (`-`: stdout) writes the rows:
+
+  period_start,request_type,route,requests,units,revenue,currency,provider_cost,margin,margin_percent";
+
 /// The columns of a budget's table and CSV.
 pub const BUDGET_COLUMNS: [&str; 15] = [
     "account",
@@ -202,6 +228,146 @@ pub fn write_usage_csv(report: &proto::UsageReport, out: impl io::Write) -> csv:
     let mut csv = csv::Writer::from_writer(out);
     csv.write_record(USAGE_COLUMNS)?;
     for row in usage_rows(report) {
+        csv.write_record(row)?;
+    }
+    csv.flush()?;
+    Ok(())
+}
+
+const TRANSPARENCY_COLUMNS: [&str; 7] = [
+    "request_type",
+    "requests",
+    "units",
+    "currency",
+    "mean",
+    "p50",
+    "p95",
+];
+const DIMENSION_COLUMNS: [&str; 6] = [
+    "dimension",
+    "quantity",
+    "money",
+    "effective_per_1000",
+    "list_per_1000",
+    "list_currency",
+];
+
+fn transparency_row(row: &proto::TransparencyRow) -> Vec<String> {
+    vec![
+        row.request_type.clone(),
+        row.requests.to_string(),
+        row.units.clone(),
+        row.currency.clone(),
+        row.mean_money.clone(),
+        row.p50_money.clone(),
+        row.p95_money.clone(),
+    ]
+}
+
+fn dimension_row(d: &proto::DimensionPrice) -> Vec<String> {
+    vec![
+        d.dimension.clone(),
+        d.quantity.clone(),
+        d.money.clone(),
+        d.effective_price_per_1000.clone(),
+        d.list_price_per_1000.clone(),
+        d.list_currency.clone(),
+    ]
+}
+
+pub fn transparency_text(report: &proto::PriceTransparency) -> String {
+    let rows: Vec<Vec<String>> = report.rows.iter().map(transparency_row).collect();
+    let mut out = table(&TRANSPARENCY_COLUMNS, &rows);
+    let dims: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .flat_map(|row| {
+            row.dimensions.iter().map(|d| {
+                let mut line = vec![row.request_type.clone()];
+                line.extend(dimension_row(d));
+                line
+            })
+        })
+        .collect();
+    if !dims.is_empty() {
+        let mut header = vec!["request_type"];
+        header.extend(DIMENSION_COLUMNS);
+        out.push('\n');
+        out += &table(&header, &dims);
+    }
+    out
+}
+
+pub fn write_transparency_csv(
+    report: &proto::PriceTransparency,
+    out: impl io::Write,
+) -> csv::Result<()> {
+    let mut csv = csv::Writer::from_writer(out);
+    let mut header: Vec<&str> = TRANSPARENCY_COLUMNS.to_vec();
+    header.extend(DIMENSION_COLUMNS);
+    csv.write_record(&header)?;
+    for row in &report.rows {
+        if row.dimensions.is_empty() {
+            let mut line = transparency_row(row);
+            line.extend(std::iter::repeat_n(String::new(), DIMENSION_COLUMNS.len()));
+            csv.write_record(line)?;
+        }
+        for d in &row.dimensions {
+            let mut line = transparency_row(row);
+            line.extend(dimension_row(d));
+            csv.write_record(line)?;
+        }
+    }
+    csv.flush()?;
+    Ok(())
+}
+
+const MARGIN_COLUMNS: [&str; 10] = [
+    "period_start",
+    "request_type",
+    "route",
+    "requests",
+    "units",
+    "revenue",
+    "currency",
+    "provider_cost",
+    "margin",
+    "margin_percent",
+];
+
+fn margin_rows(report: &proto::MarginReport) -> Vec<Vec<String>> {
+    report
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                rfc3339(r.period_start.as_ref()).unwrap_or_default(),
+                r.request_type.clone(),
+                r.route.clone(),
+                r.requests.to_string(),
+                r.units.clone(),
+                if r.revenue.is_empty() {
+                    money_line(&r.revenue_by_currency)
+                } else {
+                    r.revenue.clone()
+                },
+                r.currency.clone(),
+                r.provider_cost.clone(),
+                r.margin.clone(),
+                r.margin_percent.clone(),
+            ]
+        })
+        .collect()
+}
+
+pub fn margin_text(report: &proto::MarginReport) -> String {
+    table(&MARGIN_COLUMNS, &margin_rows(report))
+}
+
+pub fn write_margin_csv(report: &proto::MarginReport, out: impl io::Write) -> csv::Result<()> {
+    let mut csv = csv::Writer::from_writer(out);
+    csv.write_record(MARGIN_COLUMNS)?;
+    for row in margin_rows(report) {
         csv.write_record(row)?;
     }
     csv.flush()?;

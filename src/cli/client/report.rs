@@ -7,7 +7,10 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use super::{
-    args::{BudgetArgs, Granularity, ReportCommand, StatementArgs, UsageArgs},
+    args::{
+        BudgetArgs, Granularity, MarginArgs, ReportCommand, ReportWindow, StatementArgs,
+        TransparencyArgs, UsageArgs,
+    },
     budget, burndown, statement,
     transport::Ctx,
 };
@@ -18,6 +21,29 @@ pub(super) async fn run(ctx: &Ctx, command: ReportCommand) -> Result<()> {
         ReportCommand::Statement(args) => run_statement(ctx, args).await,
         ReportCommand::Budget(args) => run_budget(ctx, args).await,
         ReportCommand::Usage(args) => run_usage(ctx, args).await,
+        ReportCommand::Transparency(args) => run_transparency(ctx, args).await,
+        ReportCommand::Margin(args) => run_margin(ctx, args).await,
+    }
+}
+
+/// The window's bounds: --from/--to, or the whole UTC days ending with today.
+fn window(window: &ReportWindow) -> (prost_types::Timestamp, prost_types::Timestamp) {
+    const DAY: i64 = 86_400;
+    match (&window.from, &window.to) {
+        (Some(from), Some(to)) => (*from, *to),
+        _ => {
+            let end = (Utc::now().timestamp().div_euclid(DAY) + 1) * DAY;
+            let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+            (at(end - window.window * DAY), at(end))
+        }
+    }
+}
+
+fn granularity(per: Granularity) -> proto::Granularity {
+    match per {
+        Granularity::Day => proto::Granularity::Day,
+        Granularity::Week => proto::Granularity::Week,
+        Granularity::Month => proto::Granularity::Month,
     }
 }
 
@@ -87,26 +113,12 @@ async fn run_budget(ctx: &Ctx, args: BudgetArgs) -> Result<()> {
 }
 
 async fn run_usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
-    const DAY: i64 = 86_400;
-    let (start, end) = match (args.from, args.to) {
-        (Some(from), Some(to)) => (from, to),
-        _ => {
-            // The whole days ending with today (UTC).
-            let end = (Utc::now().timestamp().div_euclid(DAY) + 1) * DAY;
-            let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
-            (at(end - args.window * DAY), at(end))
-        }
-    };
-    let granularity = match args.per {
-        Granularity::Day => proto::Granularity::Day,
-        Granularity::Week => proto::Granularity::Week,
-        Granularity::Month => proto::Granularity::Month,
-    };
+    let (start, end) = window(&args.window);
     let request = proto::GetUsageReportRequest {
         account_id: args.account,
         start_time: Some(start),
         end_time: Some(end),
-        granularity: granularity as i32,
+        granularity: granularity(args.per) as i32,
         group_by_metadata_key: args.by.unwrap_or_default(),
         include_sub_accounts: args.sub_accounts,
         unit: args.unit.unwrap_or_default(),
@@ -119,6 +131,49 @@ async fn run_usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
             &path,
             |out| budget::write_usage_csv(&report, out),
             || format!("usage ({} rows)", report.rows.len()),
+        ),
+    }
+}
+
+async fn run_transparency(ctx: &Ctx, args: TransparencyArgs) -> Result<()> {
+    let (start, end) = window(&args.window);
+    let request = proto::GetPriceTransparencyRequest {
+        account_id: args.account,
+        include_sub_accounts: args.sub_accounts,
+        start_time: Some(start),
+        end_time: Some(end),
+        unit: args.unit.unwrap_or_default(),
+    };
+    let mut client = ctx.client(ReportServiceClient::new).await?;
+    let report = ctx.call(client.get_price_transparency(request)).await?;
+    match args.csv {
+        None => Ok(ctx.out.laid_out(&report, budget::transparency_text)?),
+        Some(path) => csv_to(
+            &path,
+            |out| budget::write_transparency_csv(&report, out),
+            || format!("price transparency ({} request types)", report.rows.len()),
+        ),
+    }
+}
+
+async fn run_margin(ctx: &Ctx, args: MarginArgs) -> Result<()> {
+    let (start, end) = window(&args.window);
+    let request = proto::GetMarginReportRequest {
+        account_id: args.account.unwrap_or_default(),
+        include_sub_accounts: args.sub_accounts,
+        start_time: Some(start),
+        end_time: Some(end),
+        granularity: granularity(args.per) as i32,
+        unit: args.unit.unwrap_or_default(),
+    };
+    let mut client = ctx.client(ReportServiceClient::new).await?;
+    let report = ctx.call(client.get_margin_report(request)).await?;
+    match args.csv {
+        None => Ok(ctx.out.laid_out(&report, budget::margin_text)?),
+        Some(path) => csv_to(
+            &path,
+            |out| budget::write_margin_csv(&report, out),
+            || format!("margins ({} rows)", report.rows.len()),
         ),
     }
 }
