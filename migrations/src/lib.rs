@@ -12,6 +12,7 @@ mod m20261129_000005_partial_ref_index;
 mod m20261130_000006_scope_width;
 mod m20261201_000007_typed_json;
 mod m20261202_000008_usage_rollup;
+mod m20261203_000009_overrides_audit;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_scope_width::Migration),
             Box::new(m20261201_000007_typed_json::Migration),
             Box::new(m20261202_000008_usage_rollup::Migration),
+            Box::new(m20261203_000009_overrides_audit::Migration),
         ]
     }
 }

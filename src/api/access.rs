@@ -42,6 +42,8 @@ const DEBITORS: Access = Access::Roles(&[Role::Service]);
 const REFUNDERS: Access = Access::Roles(&[Role::Service, Role::AccountManager]);
 /// Rate cards: drafts and publishing.
 const OPERATORS: Access = Access::Roles(&[Role::Operator]);
+/// Account overrides (contract prices).
+const PRICE_SETTERS: Access = Access::Roles(&[Role::AccountManager, Role::Operator]);
 /// Reports over many entries: for the people who read them, not for the request path
 /// (service tokens cannot export). Operators see provider costs in them.
 const REPORTERS: Access = Access::Roles(&[Role::AccountManager, Role::Procurement, Role::Operator]);
@@ -77,6 +79,14 @@ pub const ROUTES: &[(&str, Access)] = &[
     ("/allot.v1.RateCardService/GetRateCard", PRICE_READERS),
     ("/allot.v1.RateCardService/ListRateCards", PRICE_READERS),
     ("/allot.v1.RateCardService/QuotePrice", PRICE_READERS),
+    // Contract prices: negotiated by account managers, set by them or operators; read by
+    // the people who read reports.
+    (
+        "/allot.v1.RateCardService/SetAccountOverride",
+        PRICE_SETTERS,
+    ),
+    ("/allot.v1.RateCardService/ListAccountOverrides", REPORTERS),
+    ("/allot.v1.RateCardService/SimulateRateCard", OPERATORS),
     ("/allot.v1.LedgerService/Debit", DEBITORS),
     ("/allot.v1.LedgerService/BatchDebit", DEBITORS),
     ("/allot.v1.LedgerService/Reserve", DEBITORS),
@@ -92,6 +102,7 @@ pub const ROUTES: &[(&str, Access)] = &[
     // Routes and provider costs: operators (and admins) only.
     ("/allot.v1.ReportService/GetMarginReport", OPERATORS),
     ("/allot.v1.ReportService/GetPriceTransparency", REPORTERS),
+    ("/allot.v1.ReportService/ListAuditEvents", REPORTERS),
 ];
 
 /// Services callable without a token.

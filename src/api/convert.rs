@@ -16,7 +16,7 @@ use crate::{
     proto,
     store::{
         columns::StoredBurn,
-        entity::{account, grant, reservation, schedule, transaction, wallet},
+        entity::{account, account_override, grant, reservation, schedule, transaction, wallet},
         ledger,
         rate_cards::{self, Card},
     },
@@ -497,6 +497,7 @@ pub fn transaction(model: &transaction::Model) -> proto::Transaction {
         reason: model.reason.clone(),
         hash: model.hash.clone(),
         prev_hash: model.prev_hash.clone(),
+        override_id: model.override_id.clone().unwrap_or_default(),
         money,
     }
 }
@@ -615,8 +616,9 @@ pub fn rate(rate: &Rate) -> proto::Rate {
     }
 }
 
-pub fn parse_rate(index: usize, wire: &proto::Rate) -> Result<Rate> {
-    let field = |name: &str| format!("rate_card.rates[{index}].{name}");
+/// A rate from the wire; `at` names it in errors (`rate_card.rates[0]`).
+pub fn parse_rate(at: &str, wire: &proto::Rate) -> Result<Rate> {
+    let field = |name: &str| format!("{at}.{name}");
     let dimensions = wire
         .dimensions
         .iter()
@@ -744,5 +746,25 @@ pub fn rate_card(card: &Card, current: Option<&Card>, operator_view: bool) -> pr
         notes: model.notes.clone(),
         create_time: Some(timestamp(model.create_time)),
         publish_time: model.publish_time.map(timestamp),
+    }
+}
+
+/// An override record on the wire.
+pub fn account_override(model: &account_override::Model) -> proto::AccountOverride {
+    proto::AccountOverride {
+        id: model.id.clone(),
+        account_id: model.account_id.clone(),
+        request_type: model.request_type.clone(),
+        rate: model.rate.0.as_ref().map(|r| {
+            let mut wire = rate(r);
+            wire.request_type.clear();
+            wire
+        }),
+        effective_time: Some(timestamp(model.effective_time)),
+        expire_time: model.expire_time.map(timestamp),
+        note: model.note.clone(),
+        actor: model.actor.clone(),
+        create_time: Some(timestamp(model.create_time)),
+        cleared: model.cleared,
     }
 }

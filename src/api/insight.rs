@@ -18,9 +18,10 @@ use crate::{
     proto,
     store::{
         accounts::wallets_in_unit,
+        audit,
         budget::{self, Budget, EventKind},
         entity::wallet,
-        transparency,
+        pagination, transparency,
         usage::{self, Granularity, MarginLine, UsageLine},
     },
 };
@@ -258,36 +259,14 @@ impl Ctx {
         let (start, end) = required_window(&request.start_time, &request.end_time)?;
         whole_days(start, end, "margins are kept per day")?;
         let granularity = granularity(request.granularity)?;
-        let wallets = if request.account_id.is_empty() {
-            if request.include_sub_accounts || !request.unit.is_empty() {
-                return Err(Error::invalid(
-                    Reason::InvalidField,
-                    "account_id",
-                    "include_sub_accounts and unit apply to an account",
-                ));
-            }
-            if !matches!(caller.scope, crate::auth::Scope::All) {
-                return Err(Error::invalid(
-                    Reason::MissingField,
-                    "account_id",
-                    "a token scoped to accounts reads one of them: name it",
-                ));
-            }
-            None
-        } else {
-            let unit = convert::unit(&request.unit)?;
-            let account = self
-                .resolve_account(&caller, &request.account_id, "")
-                .await?;
-            let wallets = wallets_in_unit(
-                &self.store.db,
-                &account,
-                &unit,
+        let wallets = self
+            .wallets_or_all(
+                &caller,
+                &request.account_id,
+                &request.unit,
                 request.include_sub_accounts,
             )
             .await?;
-            Some(wallets.into_iter().map(|w| w.id).collect::<Vec<_>>())
-        };
         let tx = self.store.read_snapshot().await?;
         let lines = usage::margin(
             &tx,
@@ -335,6 +314,144 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// The ids of the wallets in `unit` of an account in the caller's scope (with `below`,
+    /// of its sub-accounts too).
+    pub(super) async fn account_wallet_ids(
+        &self,
+        caller: &crate::auth::Caller,
+        account_id: &str,
+        unit: &str,
+        below: bool,
+    ) -> Result<Vec<String>> {
+        let unit = convert::unit(unit)?;
+        let account = self.resolve_account(caller, account_id, "").await?;
+        let wallets = wallets_in_unit(&self.store.db, &account, &unit, below).await?;
+        Ok(wallets.into_iter().map(|w| w.id).collect())
+    }
+
+    /// For operator reports over everyone or one account: `None` (every wallet) when no
+    /// account is named — which needs a token for all accounts — else the account's wallets.
+    pub(super) async fn wallets_or_all(
+        &self,
+        caller: &crate::auth::Caller,
+        account_id: &str,
+        unit: &str,
+        below: bool,
+    ) -> Result<Option<Vec<String>>> {
+        if !account_id.is_empty() {
+            return Ok(Some(
+                self.account_wallet_ids(caller, account_id, unit, below)
+                    .await?,
+            ));
+        }
+        if below || !unit.is_empty() {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                "account_id",
+                "include_sub_accounts and unit apply to an account",
+            ));
+        }
+        if !caller.is_global() {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "account_id",
+                "a token scoped to accounts reads one of them: name it",
+            ));
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<proto::ListAuditEventsResponse> {
+        let caller = super::access::caller(&request)?;
+        let request = request.into_inner();
+        let page = pagination::parse("audit_events", request.page_size, &request.page_token)?;
+        let (start, end) =
+            convert::window(request.start_time.as_ref(), request.end_time.as_ref(), None)?;
+        for (i, action) in request.actions.iter().enumerate() {
+            if !audit::ACTIONS.contains(&action.as_str()) {
+                return Err(Error::invalid(
+                    Reason::InvalidEnum,
+                    &format!("actions[{i}]"),
+                    format!("not an action: {}", audit::ACTIONS.join(", ")),
+                ));
+            }
+        }
+        let account = if request.account_id.is_empty() {
+            if request.include_sub_accounts {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "include_sub_accounts",
+                    "applies to account_id",
+                ));
+            }
+            None
+        } else {
+            let account = self
+                .resolve_account(&caller, &request.account_id, "")
+                .await?;
+            Some((account.id, request.include_sub_accounts))
+        };
+        let filter = audit::Filter {
+            scope: match &caller.scope {
+                crate::auth::Scope::All => None,
+                crate::auth::Scope::Accounts(ids) => Some(ids.iter().cloned().collect()),
+            },
+            account,
+            actions: request.actions.clone(),
+            actor: (!request.actor.is_empty()).then(|| request.actor.clone()),
+            resource: (!request.resource.is_empty()).then(|| request.resource.clone()),
+            start,
+            end,
+        };
+        let (events, next_page_token) = audit::list(&self.store.db, &filter, &page).await?;
+        let operator = caller.has_any_role(&[crate::auth::Role::Operator]);
+        Ok(proto::ListAuditEventsResponse {
+            audit_events: events
+                .into_iter()
+                .map(|event| audit_proto(event, operator))
+                .collect(),
+            next_page_token,
+        })
+    }
+}
+
+fn audit_proto(
+    mut event: crate::store::entity::audit_event::Model,
+    operator: bool,
+) -> proto::AuditEvent {
+    if !operator {
+        for side in [&mut event.before, &mut event.after].into_iter().flatten() {
+            audit::redact(side);
+        }
+    }
+    let text = |value: &Option<serde_json::Value>| {
+        value.as_ref().map(|v| v.to_string()).unwrap_or_default()
+    };
+    proto::AuditEvent {
+        changes: audit::changes(event.before.as_ref(), event.after.as_ref())
+            .into_iter()
+            .map(|(path, before, after)| proto::AuditChange {
+                path,
+                before,
+                after,
+            })
+            .collect(),
+        before: text(&event.before),
+        after: text(&event.after),
+        id: event.id,
+        time: Some(convert::timestamp(event.time)),
+        actor: event.actor,
+        action: event.action,
+        resource: event.resource,
+        account_id: event.account_id.unwrap_or_default(),
+        request_id: event.request_id,
+    }
+}
+
 fn granularity(value: i32) -> Result<Granularity> {
     match proto::Granularity::try_from(value) {
         Ok(proto::Granularity::Unspecified | proto::Granularity::Day) => Ok(Granularity::Day),
@@ -375,7 +492,7 @@ fn whole_days(start: i64, end: i64, otherwise: &str) -> Result<()> {
 }
 
 /// Reports that read the window's entries cover at most [`MAX_METADATA_DAYS`].
-fn at_most_days(start: i64, end: i64, what: &str) -> Result<()> {
+pub(super) fn at_most_days(start: i64, end: i64, what: &str) -> Result<()> {
     if end - start > MAX_METADATA_DAYS * DAY_MICROS {
         return Err(Error::invalid(
             Reason::ReportTooLarge,

@@ -206,6 +206,7 @@ mutations! {
     CreateAllotmentScheduleRequest => "CreateAllotmentSchedule",
     CreateRateCardRequest => "CreateRateCard",
     PublishRateCardRequest => "PublishRateCard",
+    SetAccountOverrideRequest => "SetAccountOverride",
     DebitRequest => "Debit",
     ReserveRequest => "Reserve",
     CaptureReservationRequest => "CaptureReservation",

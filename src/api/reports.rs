@@ -219,6 +219,13 @@ impl ReportService for Ctx {
         reply(Ctx::price_transparency(self, request).await)
     }
 
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        reply(Ctx::audit_events(self, request).await)
+    }
+
     async fn get_statement(
         &self,
         request: Request<proto::GetStatementRequest>,

@@ -90,11 +90,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
-    /// Run this many report readers beside the load, each calling GetBudget and
-    /// GetUsageReport (the last two days) for the seeded accounts in turn, and report their
-    /// latencies.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
-    pub reports: u64,
+    /// Read reports beside the load: this many GetBudget + GetUsageReport (the last two days)
+    /// pairs a second, for the seeded accounts in turn, and report their latencies.
+    #[arg(long, default_value_t = 0.0)]
+    pub reports: f64,
 }
 
 /// Everything measured, for the text or JSON report.
@@ -179,6 +178,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.duration.is_zero() {
         bail!("--duration must be above 0");
+    }
+    if !(args.reports.is_finite() && args.reports >= 0.0) {
+        bail!("--reports must be 0 or more (report pairs a second)");
     }
     if args.server.is_some() && args.token.is_none() {
         bail!("--server needs a token: --token or ALLOT_TOKEN");
@@ -270,7 +272,7 @@ async fn measure(args: &BenchArgs, database: Option<&BenchDatabase>) -> anyhow::
         &run_id,
         concurrency,
     ));
-    let readers = reports::start(&clients, &accounts, args.reports as usize);
+    let readers = reports::start(&clients, &accounts, args.reports);
     let mut measured = load::run(target.clone(), &load, wallets).await?;
     let reports = readers.stop().await?;
     let (resolved, unresolved) = target.resolve_unknown().await;

@@ -21,6 +21,7 @@ mod export;
 mod grants;
 mod ledger;
 mod output;
+mod overrides;
 mod rate_diff;
 mod rates;
 mod rates_file;
@@ -54,6 +55,8 @@ pub async fn run(command: ClientCommand, outer: &ClientArgs) -> Result<()> {
         ClientCommand::Adjust(single) => ledger::adjust(&ctx, single.args).await,
         ClientCommand::Balance(single) => ledger::balance(&ctx, single.args).await,
         ClientCommand::Transactions(single) => ledger::transactions(&ctx, single.args).await,
+        ClientCommand::Overrides(group) => overrides::run(&ctx, group.command).await,
+        ClientCommand::Audit(single) => overrides::audit(&ctx, single.args).await,
         ClientCommand::Report(group) => report::run(&ctx, group.command).await,
         ClientCommand::Export(single) => export::run(&ctx, single.args).await,
     }

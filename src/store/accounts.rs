@@ -374,3 +374,34 @@ pub async fn wallets_in_unit(
     wallets.sort_by_key(|w| w.account_id != root.id);
     Ok(wallets)
 }
+
+/// The ids from the root down to `account_id` (empty if there is no such account).
+pub async fn ancestry_ids(conn: &impl ConnectionTrait, account_id: &str) -> Result<Vec<String>> {
+    let ancestry: Option<String> = account::Entity::find_by_id(account_id.to_string())
+        .select_only()
+        .column(account::Column::Ancestry)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(ancestry
+        .unwrap_or_default()
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The ids of `root` and every account under it.
+pub async fn subtree_ids(
+    conn: &impl ConnectionTrait,
+    root: &account::Model,
+) -> Result<Vec<String>> {
+    let pattern = format!("%/{}/%", escape_like(&root.id));
+    Ok(account::Entity::find()
+        .select_only()
+        .column(account::Column::Id)
+        .filter(Expr::col(account::Column::Ancestry).like(LikeExpr::new(pattern).escape('\\')))
+        .into_tuple()
+        .all(conn)
+        .await?)
+}

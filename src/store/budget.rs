@@ -130,7 +130,6 @@ async fn burn_by_day(
         .filter(usage_day::Column::WalletId.is_in(ids.iter().cloned()))
         .filter(usage_day::Column::Day.gte(today - 30))
         .filter(usage_day::Column::Day.lt(today))
-        .filter(usage_day::Column::UnitPrice.eq(""))
         .into_tuple()
         .all(conn)
         .await?;

@@ -11,7 +11,7 @@ use super::{columns::json_text, entity::transaction};
 pub fn entry_hash(entry: &transaction::Model) -> String {
     // A JSON array of the fields in a fixed order: unambiguous and stable. JSON columns
     // enter as their compact text (see `store::columns`).
-    let content = serde_json::json!([
+    let mut content = serde_json::json!([
         entry.prev_hash,
         entry.id,
         entry.kind.as_str(),
@@ -33,6 +33,11 @@ pub fn entry_hash(entry: &transaction::Model) -> String {
         entry.reason,
         entry.create_time,
     ]);
+    // Added after the chain began: entries priced by the card (all earlier ones) hash as
+    // they always did.
+    if let (Some(id), Some(fields)) = (&entry.override_id, content.as_array_mut()) {
+        fields.push(serde_json::json!(id));
+    }
     let mut hasher = Sha256::new();
     // Writing into a hasher cannot fail.
     serde_json::to_writer(&mut HashWriter(&mut hasher), &content).expect("hashing entry");

@@ -43,6 +43,12 @@ pub struct Thresholds(pub Vec<Amount>);
 #[serde(transparent)]
 pub struct Rates(pub Vec<Rate>);
 
+/// An account override's price (a JSON [`Rate`]; its route and provider cost are unused:
+/// those stay the card's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+#[serde(transparent)]
+pub struct OverrideRate(pub Option<Rate>);
+
 /// The grants a ledger entry drew from or returned to (a JSON array of [`StoredBurn`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
 #[serde(transparent)]

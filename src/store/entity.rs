@@ -210,6 +210,8 @@ pub mod transaction {
         pub reason: String,
         pub hash: String,
         pub prev_hash: String,
+        /// The account override that priced the request (none: the rate card did).
+        pub override_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -320,8 +322,8 @@ pub mod usage_day {
 
     /// What a wallet consumed on one UTC day, per request type, rate card version and grant
     /// price: the rollup reports read (kept by the ledger batch, `store/ledger/write.rs`).
-    /// The row with an empty `currency` and `unit_price` holds a key's totals; a row with a
-    /// price holds the units burnt from grants at that price.
+    /// A row holds the units burnt from grants at its price (empty: overdraft units) and the
+    /// requests whose first burn was there; a key's rows add up to its totals.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "usage_days")]
     pub struct Model {
@@ -337,16 +339,80 @@ pub mod usage_day {
         pub rate_card_version: i64,
         #[sea_orm(primary_key, auto_increment = false)]
         pub currency: String,
-        /// A grant's unit price (exact decimal text); empty on the totals row.
+        /// A grant's unit price (exact decimal text); empty for overdraft units.
         #[sea_orm(primary_key, auto_increment = false)]
         pub unit_price: String,
         pub account_id: String,
-        /// Debits and captures (the totals row only).
+        /// Debits and captures (each counted on the row of its first burn).
         pub requests: i64,
-        /// Micro-units consumed, net of refunds (refunds count on the day they are made).
+        /// Micro-units consumed at this price, net of refunds (refunds count on the day they
+        /// are made).
         pub units: i64,
-        /// Requests that carried a provider cost (the totals row only).
+        /// Of `requests`, those that carried a provider cost.
         pub costed: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod account_override {
+    use sea_orm::entity::prelude::*;
+
+    pub use crate::store::columns::OverrideRate;
+
+    /// A contract price of one request type for an account and its sub-accounts, from
+    /// `effective_time` (until `expire_time`, or until a later record of the same account and
+    /// request type); `cleared` records end the account's override.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "account_overrides")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub request_type: String,
+        #[sea_orm(column_type = "JsonBinary")]
+        pub rate: OverrideRate,
+        pub cleared: bool,
+        pub effective_time: i64,
+        pub expire_time: Option<i64>,
+        pub note: String,
+        pub actor: String,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod audit_event {
+    use sea_orm::entity::prelude::*;
+
+    /// A change made by hand to prices or balances: who, when, what, and the state before
+    /// and after (JSON objects; `store/audit.rs`).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        /// `aud_…` (time-ordered).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub time: i64,
+        pub actor: String,
+        /// RATE_CARD_PUBLISHED, ACCOUNT_OVERRIDE_SET, GRANT_VOIDED, BALANCE_ADJUSTED.
+        pub action: String,
+        /// What changed, e.g. `rate_cards/3`, `grants/grt_…`.
+        pub resource: String,
+        /// The account concerned (none for rate cards: they price everyone).
+        pub account_id: Option<String>,
+        #[sea_orm(column_type = "JsonBinary", nullable)]
+        pub before: Option<Json>,
+        #[sea_orm(column_type = "JsonBinary", nullable)]
+        pub after: Option<Json>,
+        pub request_id: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,7 @@
 //! concurrent writers, across any number of replicas.
 
 pub mod accounts;
+pub mod audit;
 pub mod batcher;
 pub mod budget;
 pub mod bulk;
@@ -23,10 +24,12 @@ pub mod export;
 pub mod idempotency;
 pub mod ledger;
 pub mod log_sync;
+pub mod overrides;
 pub mod pagination;
 pub mod pg_socket;
 pub mod rate_cards;
 pub mod shape;
+pub mod simulate;
 pub mod statements;
 pub mod sweeper;
 pub mod transparency;
@@ -74,6 +77,8 @@ pub struct Store {
     pub clock: Clock,
     /// Published rate cards as of a head generation (see `rate_cards::CardCache`).
     pub(crate) cards: rate_cards::CardCache,
+    /// Account overrides as of a head generation (see `overrides::OverrideCache`).
+    pub(crate) overrides: overrides::OverrideCache,
     /// Identity facts that never change (see `directory`).
     pub(crate) directory: Arc<directory::Directory>,
     /// Wallets' grants, holds and schedules as of their last write here.
@@ -137,6 +142,7 @@ impl Store {
             writer,
             clock,
             cards: rate_cards::CardCache::default(),
+            overrides: overrides::OverrideCache::default(),
             directory: Arc::default(),
             wallets: Arc::default(),
             log,

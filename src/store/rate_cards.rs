@@ -13,6 +13,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use super::{
+    audit,
     columns::{Rates, json_text},
     entity::{rate_card, rate_card_head},
     is_postgres,
@@ -116,12 +117,15 @@ fn head_missing() -> Error {
     Error::internal("rate_card_head row missing")
 }
 
+/// Publishes draft `version` and records it in the audit trail (what it replaces at its
+/// effective time → the card).
 pub async fn publish(
     conn: &impl ConnectionTrait,
     version: i64,
     etag_given: &str,
     effective_time: Option<i64>,
     now_at: impl Fn() -> i64,
+    actor: &audit::Actor,
 ) -> Result<Card> {
     lock_head(conn, true).await?;
     // Time is read after the lock: every debit that commits later sees this card.
@@ -153,6 +157,7 @@ pub async fn publish(
             "may not lie in the past",
         ));
     }
+    let replaced = in_force(conn, effective).await?;
     let new_etag = etag(&model.rates, &model.notes, PUBLISHED, Some(effective));
     let mut active: rate_card::ActiveModel = model.into();
     active.state = Set(PUBLISHED);
@@ -160,6 +165,26 @@ pub async fn publish(
     active.publish_time = Set(Some(now));
     active.etag = Set(new_etag);
     let model = active.update(conn).await?;
+    bump_generation(conn).await?;
+    audit::record(
+        conn,
+        audit::event(
+            audit::RATE_CARD_PUBLISHED,
+            format!("rate_cards/{version}"),
+            None,
+            actor,
+            now,
+            replaced.as_ref().map(audit::card_json),
+            Some(audit::card_json(&model)),
+        ),
+    )
+    .await?;
+    Ok(model)
+}
+
+/// Moves the head's generation on (the caller holds it exclusively): every process reloads
+/// its cards and overrides before its next batch prices anything.
+pub async fn bump_generation(conn: &impl ConnectionTrait) -> Result<()> {
     conn.execute(
         Query::update()
             .table(rate_card_head::Entity)
@@ -170,7 +195,7 @@ pub async fn publish(
             .and_where(rate_card_head::Column::Id.eq(1)),
     )
     .await?;
-    Ok(model)
+    Ok(())
 }
 
 pub async fn in_force(conn: &impl ConnectionTrait, at: i64) -> Result<Option<Card>> {
@@ -229,6 +254,25 @@ pub fn in_force_among(cards: &[Card], at: i64) -> Option<&Card> {
         .iter()
         .filter(|c| c.effective_time.is_some_and(|t| t <= at))
         .max_by_key(|c| (c.effective_time, c.version))
+}
+
+/// The cards of `versions` (reports name the cards that priced their requests).
+pub async fn by_versions(
+    conn: &impl ConnectionTrait,
+    versions: impl IntoIterator<Item = i64>,
+) -> Result<std::collections::BTreeMap<i64, Card>> {
+    let versions: std::collections::BTreeSet<i64> =
+        versions.into_iter().filter(|v| *v > 0).collect();
+    if versions.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(rate_card::Entity::find()
+        .filter(rate_card::Column::Version.is_in(versions))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|card| (card.version, card))
+        .collect())
 }
 
 pub async fn get(conn: &impl ConnectionTrait, version: i64) -> Result<Option<Card>> {

@@ -9,15 +9,12 @@
 //! the rate that priced it (before rounding and the cap), so a quantity's effective price is
 //! Σ its share ÷ Σ the quantity × 1,000.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
-use super::{
-    entity::{rate_card, transaction},
-    rate_cards,
-};
+use super::{entity::transaction, rate_cards};
 use crate::{
     domain::{MovementKind, Rate},
     error::Result,
@@ -148,18 +145,8 @@ pub async fn report(
                 .await?,
         );
     }
-    let versions: BTreeSet<i64> = entries.iter().filter_map(|e| e.rate_card_version).collect();
-    let cards: BTreeMap<i64, rate_card::Model> = if versions.is_empty() {
-        BTreeMap::new()
-    } else {
-        rate_card::Entity::find()
-            .filter(rate_card::Column::Version.is_in(versions))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|c| (c.version, c))
-            .collect()
-    };
+    let cards =
+        rate_cards::by_versions(conn, entries.iter().filter_map(|e| e.rate_card_version)).await?;
     let current = rate_cards::in_force(conn, end.saturating_sub(1)).await?;
 
     let mut requests: BTreeMap<String, Request> = BTreeMap::new();

@@ -17,14 +17,17 @@ use crate::{
     error::Result,
     store::{
         columns::StringMap,
-        entity::{rate_card, transaction, usage_day},
+        entity::{transaction, usage_day},
+        rate_cards,
     },
 };
 
-/// The usage rollup's increments for `entries`: debits and captures add a request and their
-/// units, refunds take their units back (on the refund's own day, under the version of the
-/// entry they refund); units burnt from grants are added by price as well. One row per key,
-/// the counters summed (saturating: a rollup never fails a batch).
+/// The usage rollup's increments for `entries`: debits and captures add their units, refunds
+/// take theirs back (on the refund's own day, under the version of the entry they refund),
+/// each on the row of the price of the grant the units came from (overdraft units: the row
+/// without a price); a request (and whether it carried a provider cost) counts once, on the
+/// row of its first burn. So the rows of a key add up to its totals, and most requests touch
+/// one row. One row per key, the counters summed (saturating: a rollup never fails a batch).
 pub fn increments(entries: &[transaction::Model]) -> Vec<usage_day::Model> {
     let mut rows = BTreeMap::new();
     for entry in entries {
@@ -33,20 +36,31 @@ pub fn increments(entries: &[transaction::Model]) -> Vec<usage_day::Model> {
             MovementKind::Refund => -1,
             _ => continue,
         };
-        let costed = sign > 0 && !entry.provider_cost.is_empty();
-        let totals = usage_day::Model {
+        let mut request = usage_day::Model {
             requests: i64::from(sign > 0),
-            units: entry.units.saturating_mul(sign),
-            costed: i64::from(costed),
+            costed: i64::from(sign > 0 && !entry.provider_cost.is_empty()),
             ..zero_row(entry, "", "")
         };
-        add(&mut rows, totals);
-        for burn in entry.burns.0.iter().filter(|b| !b.grant_id.is_empty()) {
-            let priced = usage_day::Model {
-                units: burn.units.micros().saturating_mul(sign),
-                ..zero_row(entry, &burn.currency, &burn.unit_price)
+        for burn in &entry.burns.0 {
+            let (currency, price) = if burn.grant_id.is_empty() {
+                ("", "")
+            } else {
+                (burn.currency.as_str(), burn.unit_price.as_str())
             };
-            add(&mut rows, priced);
+            add(
+                &mut rows,
+                usage_day::Model {
+                    units: burn.units.micros().saturating_mul(sign),
+                    requests: request.requests,
+                    costed: request.costed,
+                    ..zero_row(entry, currency, price)
+                },
+            );
+            (request.requests, request.costed) = (0, 0);
+        }
+        if entry.burns.0.is_empty() {
+            // Nothing burnt (a request of 0 units): the request still counts.
+            add(&mut rows, request);
         }
     }
     rows.into_values().collect()
@@ -197,10 +211,9 @@ pub async fn from_rollup(
         for row in rows {
             let period = granularity.period_start(row.day);
             let line = line(&mut lines, period, &row.account_id, &row.request_type, "");
-            if row.unit_price.is_empty() {
-                line.requests = line.requests.saturating_add(row.requests);
-                line.units += i128::from(row.units);
-            } else {
+            line.requests = line.requests.saturating_add(row.requests);
+            line.units += i128::from(row.units);
+            if !row.unit_price.is_empty() {
                 add_money(&mut line.money, &row.currency, row.units, &row.unit_price);
             }
         }
@@ -337,24 +350,7 @@ pub async fn margin(
             rows
         }
     };
-    let versions: Vec<i64> = rows
-        .iter()
-        .map(|r| r.rate_card_version)
-        .filter(|v| *v > 0)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let cards: BTreeMap<i64, rate_card::Model> = if versions.is_empty() {
-        BTreeMap::new()
-    } else {
-        rate_card::Entity::find()
-            .filter(rate_card::Column::Version.is_in(versions))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|card| (card.version, card))
-            .collect()
-    };
+    let cards = rate_cards::by_versions(conn, rows.iter().map(|r| r.rate_card_version)).await?;
     let mut lines: BTreeMap<(i64, String, String), MarginLine> = BTreeMap::new();
     for row in rows {
         let rate = cards
@@ -371,17 +367,16 @@ pub async fn margin(
                 provider_cost: Some(Decimal::ZERO),
                 ..MarginLine::default()
             });
-        if row.unit_price.is_empty() {
-            line.requests = line.requests.saturating_add(row.requests);
-            line.units += i128::from(row.units);
-            let cost = rate
-                .and_then(|r| r.provider_cost.parse::<Decimal>().ok())
-                .unwrap_or_default();
-            line.provider_cost = line.provider_cost.and_then(|sum| {
-                cost.checked_mul(Decimal::from(row.costed))
-                    .and_then(|c| sum.checked_add(c))
-            });
-        } else {
+        line.requests = line.requests.saturating_add(row.requests);
+        line.units += i128::from(row.units);
+        let cost = rate
+            .and_then(|r| r.provider_cost.parse::<Decimal>().ok())
+            .unwrap_or_default();
+        line.provider_cost = line.provider_cost.and_then(|sum| {
+            cost.checked_mul(Decimal::from(row.costed))
+                .and_then(|c| sum.checked_add(c))
+        });
+        if !row.unit_price.is_empty() {
             add_money(&mut line.revenue, &row.currency, row.units, &row.unit_price);
         }
     }

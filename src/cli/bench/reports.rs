@@ -17,19 +17,37 @@ pub struct Readers {
     tasks: JoinSet<anyhow::Result<(Vec<u32>, Vec<u32>)>>,
 }
 
-/// Starts `n` readers, each going through `accounts` in turn from its own offset.
-pub fn start(clients: &Clients, accounts: &[String], n: usize) -> Readers {
+/// Most report pairs in flight at once (a slow server makes the readers fall behind rather
+/// than pile up).
+const IN_FLIGHT: usize = 8;
+
+/// Starts readers issuing `per_sec` report pairs (GetBudget, then GetUsageReport for the
+/// last two days) a second in all, going through `accounts` in turn (open loop).
+pub fn start(clients: &Clients, accounts: &[String], per_sec: f64) -> Readers {
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    for reader in 0..n {
+    if per_sec <= 0.0 || accounts.is_empty() {
+        return Readers { stop, tasks };
+    }
+    let lanes = IN_FLIGHT;
+    let every = std::time::Duration::from_secs_f64(lanes as f64 / per_sec);
+    for lane in 0..lanes {
         let (clients, accounts, stop) = (clients.clone(), accounts.to_vec(), stop.clone());
         tasks.spawn(async move {
             let (mut budget, mut usage) = (Vec::new(), Vec::new());
-            let mut i = reader * accounts.len().max(1) / n.max(1);
-            while !stop.is_cancelled() && !accounts.is_empty() {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Lanes start spread over one interval.
+            tokio::time::sleep(every.mul_f64(lane as f64 / lanes as f64)).await;
+            let mut i = lane * accounts.len() / lanes;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
                 let account = accounts[i % accounts.len()].clone();
                 i += 1;
-                let mut reports = clients.reports(reader);
+                let mut reports = clients.reports(lane);
                 let started = Instant::now();
                 reports
                     .get_budget(proto::GetBudgetRequest {

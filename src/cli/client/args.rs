@@ -105,11 +105,110 @@ pub enum ClientCommand {
     Balance(Single<WalletRef>),
     /// List a wallet's ledger entries, newest first.
     Transactions(Single<TransactionsArgs>),
+    /// Contract prices per account (and its sub-accounts) ahead of the rate card.
+    Overrides(Group<OverridesCommand>),
+    /// The audit trail: rate card publishes, override changes, voids and adjustments.
+    Audit(Single<AuditArgs>),
     /// Statements, budgets and usage for procurement and finance.
     Report(Group<ReportCommand>),
     /// Every ledger entry of an account, a wallet or your whole scope, oldest first, as CSV
     /// (or JSON lines with --json); streamed, whatever the number.
     Export(Single<ExportArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OverridesCommand {
+    /// Set an account's price for a request type from a time on (or end it with --clear).
+    Set(SetOverrideArgs),
+    /// List an account's override records (all of them, newest effective last).
+    List {
+        /// Account id (`acct_…`).
+        #[arg(long)]
+        account: String,
+        /// Its sub-accounts' records too.
+        #[arg(long)]
+        sub_accounts: bool,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this account's events (`acct_…`).
+    #[arg(long)]
+    pub(super) account: Option<String>,
+    /// With --account: its sub-accounts' events too.
+    #[arg(long, requires = "account")]
+    pub(super) sub_accounts: bool,
+    /// Only these actions (repeat): RATE_CARD_PUBLISHED, ACCOUNT_OVERRIDE_SET, GRANT_VOIDED,
+    /// BALANCE_ADJUSTED.
+    #[arg(long = "action", value_name = "ACTION")]
+    pub(super) actions: Vec<String>,
+    /// Only this caller's changes (the token's `sub`).
+    #[arg(long)]
+    pub(super) actor: Option<String>,
+    /// Only this resource, e.g. `rate_cards/3`.
+    #[arg(long)]
+    pub(super) resource: Option<String>,
+    /// From (RFC 3339, inclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) from: Option<Timestamp>,
+    /// To (RFC 3339, exclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) to: Option<Timestamp>,
+    #[command(flatten)]
+    pub(super) page: PageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SetOverrideArgs {
+    /// Account id (`acct_…`); the price covers its sub-accounts too.
+    #[arg(long)]
+    pub(super) account: String,
+    /// The request type priced.
+    #[arg(long = "type", value_name = "REQUEST_TYPE")]
+    pub(super) request_type: String,
+    /// Units charged per request.
+    #[arg(long, value_name = "UNITS", required_unless_present = "clear")]
+    pub(super) flat: Option<String>,
+    /// Units per quantity: `NAME=UNITS` (per 1) or `NAME=UNITS/PER`, e.g.
+    /// `output_tokens=0.15/1000` (repeat for several).
+    #[arg(long = "dim", value_name = "NAME=UNITS[/PER]", value_parser = dimension, conflicts_with = "clear")]
+    pub(super) dimensions: Vec<proto::Dimension>,
+    /// Cap per request.
+    #[arg(long, value_name = "UNITS", conflicts_with = "clear")]
+    pub(super) max: Option<String>,
+    /// End the account's override instead (the parent's, or the card's price applies).
+    #[arg(long, conflicts_with = "flat")]
+    pub(super) clear: bool,
+    /// From when (RFC 3339, not in the past) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) effective_time: Option<Timestamp>,
+    /// Until when (RFC 3339).
+    #[arg(long, value_name = "RFC3339", value_parser = timestamp)]
+    pub(super) expire_time: Option<Timestamp>,
+    /// A note, e.g. the contract reference.
+    #[arg(long)]
+    pub(super) note: Option<String>,
+    #[command(flatten)]
+    pub(super) request: RetryKey,
+}
+
+/// `NAME=UNITS` or `NAME=UNITS/PER`.
+fn dimension(text: &str) -> Result<proto::Dimension, String> {
+    let (name, price) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=UNITS or NAME=UNITS/PER"))?;
+    let (units, per) = price.split_once('/').unwrap_or((price, ""));
+    if name.is_empty() || units.is_empty() {
+        return Err(format!("`{text}` is not NAME=UNITS or NAME=UNITS/PER"));
+    }
+    Ok(proto::Dimension {
+        name: name.to_string(),
+        per: per.to_string(),
+        units: units.to_string(),
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -564,6 +663,21 @@ pub struct StatementWallet {
 
 #[derive(Debug, Subcommand)]
 pub enum RatesCommand {
+    /// Price the requests of the last days with a rate card file (and the overrides in
+    /// force) beside what they were charged, per account and request type (operators).
+    Simulate {
+        /// The rate card file (TOML).
+        file: PathBuf,
+        /// How many days back (up to 93), ending now.
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = whole_days)]
+        window: i64,
+        /// Only this account's requests [default: every account].
+        #[arg(long)]
+        account: Option<String>,
+        /// With --account: its sub-accounts' too.
+        #[arg(long, requires = "account")]
+        sub_accounts: bool,
+    },
     /// Publish a rate card from a TOML file. When a card is in force, shows what changes
     /// (and which request types would be left unpriced) and asks before publishing.
     #[command(long_about = rates_file::FORMAT_HELP)]
@@ -909,6 +1023,8 @@ impl ClientCommand {
             ClientCommand::Adjust(single) => &single.client,
             ClientCommand::Balance(single) => &single.client,
             ClientCommand::Transactions(single) => &single.client,
+            ClientCommand::Overrides(group) => &group.client,
+            ClientCommand::Audit(single) => &single.client,
             ClientCommand::Report(group) => &group.client,
             ClientCommand::Export(single) => &single.client,
         }

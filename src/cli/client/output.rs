@@ -285,6 +285,16 @@ fn inline(type_name: &str, fields: &[(String, Node)]) -> Option<String> {
             field("per"),
             field("name")
         )),
+        "allot.v1.ListPrice" => Some(format!(
+            "{}/{} {}",
+            money_text(field("currency"), field("price")),
+            if field("per").is_empty() {
+                "1000"
+            } else {
+                field("per")
+            },
+            field("dimension")
+        )),
         _ => None,
     }
 }
@@ -632,6 +642,12 @@ mod tests {
                     per: "1000".into(),
                     units: "0.2".into(),
                 }],
+                list_prices: vec![proto::ListPrice {
+                    dimension: "output_tokens".into(),
+                    per: String::new(),
+                    price: "0.002".into(),
+                    currency: "USD".into(),
+                }],
                 ..Default::default()
             }],
             ..Default::default()
@@ -647,8 +663,8 @@ mod tests {
              create_time:    -\n\
              publish_time:   -\n\
              rates:\n\
-             \x20 request_type  flat_units  dimensions              max_units  route  provider_cost\n\
-             \x20 chat.message  1           0.2/1000 output_tokens  -          -      -\n"
+             \x20 request_type  flat_units  dimensions              max_units  route  provider_cost  list_prices\n\
+             \x20 chat.message  1           0.2/1000 output_tokens  -          -      -              USD 0.002/1000 output_tokens\n"
         );
     }
 
@@ -693,7 +709,7 @@ mod tests {
         let json = serde_json::to_string(&node_of(&debit())).unwrap();
         assert_eq!(
             json,
-            r#"{"transaction":{"id":"txn_1","kind":"TRANSACTION_KIND_DEBIT","wallet_id":"","account_id":"","units":"1.5","balance_after":"","request_type":"","quantities":{"a":"1","b":"2"},"rate_card_version":9000000000,"request_id":"","create_time":null,"actor":"","metadata":{},"burns":[{"grant_id":"grt_1","units":"1.5","unit_price":"","currency":"","money":""}],"provider_cost":"","grant_id":"","delta":"","reservation_id":"","refunded_transaction_id":"","reason":"","hash":"","prev_hash":"","money":[{"currency":"USD","amount":"-0.25"}]},"replayed":true}"#
+            r#"{"transaction":{"id":"txn_1","kind":"TRANSACTION_KIND_DEBIT","wallet_id":"","account_id":"","units":"1.5","balance_after":"","request_type":"","quantities":{"a":"1","b":"2"},"rate_card_version":9000000000,"request_id":"","create_time":null,"actor":"","metadata":{},"burns":[{"grant_id":"grt_1","units":"1.5","unit_price":"","currency":"","money":""}],"provider_cost":"","grant_id":"","delta":"","reservation_id":"","refunded_transaction_id":"","reason":"","hash":"","prev_hash":"","money":[{"currency":"USD","amount":"-0.25"}],"override_id":""},"replayed":true}"#
         );
     }
 
@@ -723,6 +739,7 @@ mod tests {
              hash:                    -\n\
              prev_hash:               -\n\
              money:                   USD -0.25\n\
+             override_id:             -\n\
              replayed:                true\n\
              burns:\n\
              \x20 grant_id  units  unit_price  currency  money\n\

@@ -50,6 +50,9 @@ async fn review(
             unpriced.join(", ")
         );
     }
+    if !changes.is_empty() {
+        report += &impact(client, card).await;
+    }
     if dry_run {
         print!("{report}");
         return Ok(false);
@@ -77,6 +80,126 @@ async fn review(
     } else {
         bail!("not published")
     }
+}
+
+/// What the card would have charged the customers over the last 30 days, by request type
+/// (or why that could not be worked out: the review goes on without it).
+async fn impact(
+    client: &mut RateCardServiceClient<super::transport::Authed>,
+    card: &proto::RateCard,
+) -> String {
+    const DAYS: i64 = 30;
+    // Up to the next whole second: requests made this second are in.
+    let now = chrono::Utc::now().timestamp() + 1;
+    let request = proto::SimulateRateCardRequest {
+        rate_card: Some(card.clone()),
+        start_time: Some(prost_types::Timestamp {
+            seconds: now - DAYS * 86_400,
+            nanos: 0,
+        }),
+        end_time: Some(prost_types::Timestamp {
+            seconds: now,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    match client.simulate_rate_card(request).await {
+        Ok(response) => format!(
+            "simulated customer impact over the last {DAYS} days (the requests made, priced \
+             with this card and the overrides in force):\n{}",
+            simulation_text(&response.into_inner().rows, true)
+        ),
+        Err(status) => format!(
+            "(customer impact not simulated: {} {})\n",
+            crate::error::code_name(status.code()),
+            status.message()
+        ),
+    }
+}
+
+/// Simulation rows as a table; `by_type` sums the accounts of each request type.
+pub fn simulation_text(rows: &[proto::SimulationRow], by_type: bool) -> String {
+    if rows.is_empty() {
+        return "no requests in the window\n".into();
+    }
+    let units = |text: &str| text.parse::<rust_decimal::Decimal>().unwrap_or_default();
+    let mut lines: Vec<(
+        String,
+        String,
+        i64,
+        rust_decimal::Decimal,
+        rust_decimal::Decimal,
+        i64,
+    )> = Vec::new();
+    for row in rows {
+        let account = if by_type {
+            String::new()
+        } else {
+            row.account_id.clone()
+        };
+        match lines
+            .iter_mut()
+            .find(|l| l.0 == account && l.1 == row.request_type)
+        {
+            Some(line) => {
+                line.2 += row.requests;
+                line.3 += units(&row.actual_units);
+                line.4 += units(&row.simulated_units);
+                line.5 += row.unpriced_requests;
+            }
+            None => lines.push((
+                account,
+                row.request_type.clone(),
+                row.requests,
+                units(&row.actual_units),
+                units(&row.simulated_units),
+                row.unpriced_requests,
+            )),
+        }
+    }
+    let table: Vec<Vec<String>> = lines
+        .iter()
+        .map(
+            |(account, request_type, requests, actual, simulated, unpriced)| {
+                let change = if actual.is_zero() {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{:+}%",
+                        ((simulated - actual) * rust_decimal::Decimal::from(100) / actual)
+                            .round_dp(2)
+                            .normalize()
+                    )
+                };
+                let mut row = Vec::new();
+                if !by_type {
+                    row.push(account.clone());
+                }
+                row.extend([
+                    request_type.clone(),
+                    requests.to_string(),
+                    actual.normalize().to_string(),
+                    simulated.normalize().to_string(),
+                    change,
+                    unpriced.to_string(),
+                ]);
+                row
+            },
+        )
+        .collect();
+    let mut header = Vec::new();
+    if !by_type {
+        header.push("account");
+    }
+    header.extend([
+        "request_type",
+        "requests",
+        "actual_units",
+        "simulated_units",
+        "change",
+        "unpriced",
+    ]);
+    super::output::table(&header, &table)
 }
 
 /// One side of a diff: `current` (the card in force), a version number, or a file.
@@ -160,6 +283,35 @@ pub(super) async fn run(ctx: &Ctx, command: RatesCommand) -> Result<()> {
                 print!("{}", rate_diff::text(&changes));
             }
             Ok(())
+        }
+        RatesCommand::Simulate {
+            file,
+            window,
+            account,
+            sub_accounts,
+        } => {
+            let card = rates_file::load(&file)?;
+            let mut client = ctx.client(RateCardServiceClient::new).await?;
+            // Up to the next whole second: requests made this second are in.
+            let now = chrono::Utc::now().timestamp() + 1;
+            let request = proto::SimulateRateCardRequest {
+                rate_card: Some(card),
+                start_time: Some(prost_types::Timestamp {
+                    seconds: now - window * 86_400,
+                    nanos: 0,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: now,
+                    nanos: 0,
+                }),
+                account_id: account.unwrap_or_default(),
+                include_sub_accounts: sub_accounts,
+                ..Default::default()
+            };
+            let response = ctx.call(client.simulate_rate_card(request)).await?;
+            Ok(ctx
+                .out
+                .laid_out(&response, |r| simulation_text(&r.rows, false))?)
         }
         RatesCommand::List { page } => {
             let client = ctx.client(RateCardServiceClient::new).await?;

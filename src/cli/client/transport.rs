@@ -230,7 +230,9 @@ list_request!(
     ListGrantsRequest,
     ListAllotmentSchedulesRequest,
     ListRateCardsRequest,
-    ListTransactionsRequest
+    ListTransactionsRequest,
+    ListAccountOverridesRequest,
+    ListAuditEventsRequest
 );
 
 #[cfg(test)]

@@ -19,10 +19,13 @@ use crate::{
     },
     error::{Error, Reason, Result},
     store::{
-        accounts, chain,
+        accounts, audit, chain,
         columns::{Burns, Price, StoredBurn, StringMap, Thresholds},
-        entity::{grant, idempotency_key, reservation, schedule, transaction, wallet},
-        new_id,
+        entity::{
+            account_override, audit_event, grant, idempotency_key, reservation, schedule,
+            transaction, wallet,
+        },
+        new_id, overrides,
         rate_cards::Card,
         wallet_cache::Rows,
     },
@@ -40,6 +43,8 @@ pub(super) struct EntryContext {
     provider_cost: String,
     ref_id: Option<String>,
     reason: String,
+    /// The account override that priced the request, if one did.
+    override_id: Option<String>,
 }
 
 impl EntryContext {
@@ -84,6 +89,8 @@ pub(super) struct Loaded {
     pub(super) new_schedules: Vec<schedule::Model>,
     pub(super) thresholds: Vec<Amount>,
     pub(super) entries: Vec<transaction::Model>,
+    /// Audit events of the batch's voids and adjustments.
+    pub(super) audits: Vec<audit_event::Model>,
 }
 
 impl Loaded {
@@ -114,6 +121,7 @@ impl Loaded {
             new_schedules: Vec::new(),
             thresholds: model.low_balance_thresholds.0.clone(),
             entries: Vec::new(),
+            audits: Vec::new(),
             state,
             model,
         }
@@ -183,6 +191,7 @@ impl Loaded {
             reason: ctx.reason.clone(),
             hash: String::new(),
             prev_hash: self.last_hash.clone(),
+            override_id: ctx.override_id.clone(),
         };
         entry.hash = chain::entry_hash(&entry);
         self.last_hash = entry.hash.clone();
@@ -240,6 +249,10 @@ pub(super) struct Batch {
     pub now: i64,
     /// The rate card in force at `now` (loaded only when an operation needs a price).
     pub card: Option<Card>,
+    /// Every account override record (loaded with the card), and the ancestry (root first)
+    /// of the batch's accounts when there are any.
+    pub overrides: std::sync::Arc<Vec<account_override::Model>>,
+    pub ancestry: HashMap<String, Vec<String>>,
     /// Account id → state, for every account the batch names.
     pub accounts: HashMap<String, AccountState>,
     /// (account, unit) → wallet id, for debits and holds.
@@ -250,6 +263,14 @@ pub(super) struct Batch {
     /// The stored idempotency records of the batch's keys, by (scope, request_id); records
     /// of operations that succeed in this batch are added as they go.
     pub records: HashMap<(String, String), idempotency_key::Model>,
+}
+
+/// A request's price and what set it.
+struct Priced<'a> {
+    units: Amount,
+    card: &'a Card,
+    provider_cost: String,
+    override_id: Option<String>,
 }
 
 /// What evaluation decided: one outcome per operation, and the idempotency records of the
@@ -348,11 +369,15 @@ impl Batch {
         result
     }
 
+    /// The price of a request of `account_id`: its override in force, else the card's rate
+    /// (route and provider cost are always the card's). A request type the card does not
+    /// price is unpriced even with an override: the card names what exists.
     fn price(
         &self,
+        account_id: &str,
         request_type: &str,
         quantities: &BTreeMap<String, Decimal>,
-    ) -> Result<(Amount, &Card, String)> {
+    ) -> Result<Priced<'_>> {
         let unpriced = || {
             Error::precondition(
                 Reason::UnpricedRequestType,
@@ -362,15 +387,34 @@ impl Batch {
         };
         let card = self.card.as_ref().ok_or_else(unpriced)?;
         let rate = card.rate(request_type).ok_or_else(unpriced)?;
-        let units = rate.price(quantities)?;
-        Ok((units, card, rate.provider_cost.clone()))
+        let ancestry: Vec<&str> = self
+            .ancestry
+            .get(account_id)
+            .map(|ids| ids.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let (override_id, units) =
+            match overrides::in_force(&self.overrides, &ancestry, request_type, self.now) {
+                Some((record, contract)) => (Some(record.id.clone()), contract.price(quantities)?),
+                None => (None, rate.price(quantities)?),
+            };
+        Ok(Priced {
+            units,
+            card,
+            provider_cost: rate.provider_cost.clone(),
+            override_id,
+        })
     }
 
     fn run(&mut self, op: &Op, wallet: &mut Loaded) -> Result<Outcome> {
         let now = self.now;
         match op {
             Op::Debit(op) => {
-                let (units, card, provider_cost) = self.price(&op.request_type, &op.quantities)?;
+                let Priced {
+                    units,
+                    card,
+                    provider_cost,
+                    override_id,
+                } = self.price(&wallet.model.account_id, &op.request_type, &op.quantities)?;
                 check_caller_cap(units, op.max_units)?;
                 let version = card.version;
                 let movement = wallet.state.debit(units, now)?;
@@ -382,6 +426,7 @@ impl Batch {
                     metadata: op.metadata.clone(),
                     rate_card_version: Some(version),
                     provider_cost,
+                    override_id,
                     ..Default::default()
                 };
                 Ok(Outcome::Charged(wallet.record(movement, &ctx)))
@@ -436,8 +481,9 @@ impl Batch {
                 let (units, version) = match op.units {
                     Some(units) => (units, None),
                     None => {
-                        let (units, card, _) = self.price(&op.request_type, &op.quantities)?;
-                        (units, Some(card.version))
+                        let priced =
+                            self.price(&wallet.model.account_id, &op.request_type, &op.quantities)?;
+                        (priced.units, Some(priced.card.version))
                     }
                 };
                 let id = new_id("rsv");
@@ -473,11 +519,21 @@ impl Batch {
             }
             Op::Capture(op) => {
                 let hold = hold_model(wallet, &op.reservation_id)?;
-                let (units, version, provider_cost) = match op.units {
-                    Some(units) => (units, hold.rate_card_version, String::new()),
+                let (units, version, provider_cost, override_id) = match op.units {
+                    Some(units) => (units, hold.rate_card_version, String::new(), None),
                     None => {
-                        let (units, card, cost) = self.price(&hold.request_type, &op.quantities)?;
-                        (units, Some(card.version), cost)
+                        let priced = self.price(
+                            &wallet.model.account_id,
+                            &hold.request_type,
+                            &op.quantities,
+                        )?;
+                        let version = Some(priced.card.version);
+                        (
+                            priced.units,
+                            version,
+                            priced.provider_cost,
+                            priced.override_id,
+                        )
                     }
                 };
                 let movement = wallet.state.capture(&op.reservation_id, units, now)?;
@@ -492,6 +548,7 @@ impl Batch {
                     quantities: StringMap::quantities(&op.quantities),
                     rate_card_version: version,
                     provider_cost,
+                    override_id,
                     ..Default::default()
                 };
                 Ok(Outcome::Charged(wallet.record(movement, &ctx)))
@@ -563,7 +620,36 @@ impl Batch {
                 Ok(Outcome::Entry(entry))
             }
             Op::Void(op) => {
+                let before = wallet
+                    .state
+                    .lots
+                    .iter()
+                    .find(|l| l.grant_id == op.grant_id)
+                    .map(|l| {
+                        serde_json::json!({
+                            "remaining": l.remaining.to_string(),
+                            "status": format!("{:?}", l.status).to_uppercase(),
+                        })
+                    });
                 let movement = wallet.state.void(&op.grant_id, now)?;
+                let actor = audit::Actor {
+                    sub: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                };
+                wallet.audits.push(audit::event(
+                    audit::GRANT_VOIDED,
+                    format!("grants/{}", op.grant_id),
+                    Some(wallet.model.account_id.clone()),
+                    &actor,
+                    now,
+                    before,
+                    Some(serde_json::json!({
+                        "remaining": "0",
+                        "status": "VOIDED",
+                        "reason": op.reason,
+                        "voided_units": movement.units.to_string(),
+                    })),
+                ));
                 wallet
                     .void_reasons
                     .insert(op.grant_id.clone(), op.reason.clone());
@@ -577,6 +663,7 @@ impl Batch {
                 grant_outcome(wallet, &op.grant_id, now)
             }
             Op::Adjust(op) => {
+                let posted_before = Amount::from_micros(wallet.posted);
                 let ctx = EntryContext {
                     actor: op.actor.clone(),
                     request_id: op.key.request_id.clone(),
@@ -617,6 +704,24 @@ impl Batch {
                     wallet.state.adjust_down(units, now)?
                 };
                 let entry = wallet.record(movement, &ctx);
+                let actor = audit::Actor {
+                    sub: op.actor.clone(),
+                    request_id: op.key.request_id.clone(),
+                };
+                wallet.audits.push(audit::event(
+                    audit::BALANCE_ADJUSTED,
+                    format!("wallets/{}", wallet.model.id),
+                    Some(wallet.model.account_id.clone()),
+                    &actor,
+                    now,
+                    Some(serde_json::json!({"posted": posted_before.to_string()})),
+                    Some(serde_json::json!({
+                        "posted": Amount::from_micros(wallet.posted).to_string(),
+                        "units": Amount::from_micros(op.units).to_string(),
+                        "reason": op.reason,
+                        "transaction_id": entry.id,
+                    })),
+                ));
                 Ok(Outcome::Entry(entry))
             }
             Op::Schedule(op) => {

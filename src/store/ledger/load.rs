@@ -313,12 +313,24 @@ pub(super) async fn lock_and_load(
     let needs_card = ops
         .iter()
         .any(|op| matches!(op, Op::Debit(_) | Op::Reserve(_) | Op::Capture(_)));
-    let card = if needs_card {
+    let (card, overrides) = if needs_card {
         let cards = store.cards.published(conn, generation).await?;
-        rate_cards::in_force_among(&cards, now).cloned()
+        let overrides = store.overrides.all(conn, generation).await?;
+        (rate_cards::in_force_among(&cards, now).cloned(), overrides)
     } else {
-        None
+        (None, Default::default())
     };
+    // Overrides apply to an account and its sub-accounts: the batch's accounts' ancestry.
+    let mut ancestry = HashMap::new();
+    if !overrides.is_empty() {
+        for account_id in accounts.keys() {
+            let ids = match store.directory.account(account_id) {
+                Some(identity) => identity.ancestry.clone(),
+                None => crate::store::accounts::ancestry_ids(conn, account_id).await?,
+            };
+            ancestry.insert(account_id.clone(), ids);
+        }
+    }
     for loaded in wallets.values_mut() {
         loaded.advance(now);
     }
@@ -332,6 +344,8 @@ pub(super) async fn lock_and_load(
     Ok(Batch {
         now,
         card,
+        overrides,
+        ancestry,
         accounts,
         by_account_unit,
         wallets,

@@ -18,7 +18,10 @@ use crate::{
     error::Result,
     store::{
         bulk,
-        entity::{grant, idempotency_key, reservation, schedule, transaction, usage_day, wallet},
+        entity::{
+            audit_event, grant, idempotency_key, reservation, schedule, transaction, usage_day,
+            wallet,
+        },
         idempotency,
         shape::{ROWS_PER_STATEMENT, padded_chunks},
         usage,
@@ -44,6 +47,8 @@ pub(super) struct Effects {
     records: Vec<idempotency_key::Model>,
     /// What the batch's entries add to the daily usage rollup (one row per key).
     usage: Vec<usage_day::Model>,
+    /// Audit events of its voids and adjustments.
+    audits: Vec<audit_event::Model>,
     /// For the wallet cache: each wallet's version after the batch and the rows
     /// `load::load_wallets` would then read.
     pub cache: Vec<(String, i64, Rows)>,
@@ -139,6 +144,7 @@ fn wallet_effects(wallet: &Loaded, now: i64, effects: &mut Effects) {
         .cache
         .push((wallet.model.id.clone(), updated.version, rows));
     effects.entries.extend(wallet.entries.iter().cloned());
+    effects.audits.extend(wallet.audits.iter().cloned());
 }
 
 /// Stores a batch's effects in its transaction. `Ok(false)`: another writer (a replica)
@@ -176,6 +182,16 @@ impl Writer for Sqlite {
                 .await?;
         }
         add_usage(conn, &effects.usage).await?;
+        if !effects.audits.is_empty() {
+            let rows = effects
+                .audits
+                .iter()
+                .cloned()
+                .map(audit_event::ActiveModel::from);
+            audit_event::Entity::insert_many(rows)
+                .exec_without_returning(conn)
+                .await?;
+        }
         let inserted = idempotency::record_many(conn, &effects.records).await?;
         Ok(inserted == effects.records.len() as u64)
     }
@@ -214,6 +230,7 @@ impl Writer for Postgres {
                 columns: &USAGE_COUNTERS,
             }),
         );
+        writes.insert::<audit_event::Entity>(&effects.audits, &[], None);
         idempotency::add_records(&mut writes, &effects.records);
         let inserted = writes.execute(conn).await?;
         Ok(inserted == effects.records.len() as u64)

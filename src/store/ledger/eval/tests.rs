@@ -152,6 +152,8 @@ fn batch(flat: i64) -> Batch {
     Batch {
         now: START,
         card: Some(card(flat)),
+        overrides: Default::default(),
+        ancestry: HashMap::new(),
         accounts: HashMap::from([(ACCOUNT.to_string(), AccountState::Active)]),
         by_account_unit: HashMap::from([(
             (ACCOUNT.to_string(), "credits".to_string()),
