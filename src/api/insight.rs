@@ -20,7 +20,6 @@ use crate::{
         accounts::wallets_in_unit,
         audit,
         budget::{self, Budget, EventKind},
-        entity::wallet,
         pagination, transparency,
         usage::{self, Granularity, MarginLine, UsageLine},
     },
@@ -221,21 +220,17 @@ impl Ctx {
     ) -> Result<proto::UsageReport> {
         let caller = super::access::caller(&request)?;
         let request = request.into_inner();
-        let unit = convert::unit(&request.unit)?;
-        let account = self
-            .resolve_account(&caller, &request.account_id, "")
+        let ids = self
+            .account_wallet_ids(
+                &caller,
+                &request.account_id,
+                &request.unit,
+                request.include_sub_accounts,
+            )
             .await?;
         let (start, end) = required_window(&request.start_time, &request.end_time)?;
         let granularity = granularity(request.granularity)?;
         let key = convert::optional("group_by_metadata_key", &request.group_by_metadata_key, 64)?;
-        let wallets: Vec<wallet::Model> = wallets_in_unit(
-            &self.store.db,
-            &account,
-            &unit,
-            request.include_sub_accounts,
-        )
-        .await?;
-        let ids: Vec<String> = wallets.into_iter().map(|w| w.id).collect();
         let tx = self.store.read_snapshot().await?;
         let lines = if key.is_empty() {
             whole_days(start, end, "split by a metadata key for any window")?;
@@ -290,20 +285,16 @@ impl Ctx {
     ) -> Result<proto::PriceTransparency> {
         let caller = super::access::caller(&request)?;
         let request = request.into_inner();
-        let unit = convert::unit(&request.unit)?;
-        let account = self
-            .resolve_account(&caller, &request.account_id, "")
+        let ids = self
+            .account_wallet_ids(
+                &caller,
+                &request.account_id,
+                &request.unit,
+                request.include_sub_accounts,
+            )
             .await?;
         let (start, end) = required_window(&request.start_time, &request.end_time)?;
         at_most_days(start, end, "a transparency report")?;
-        let wallets = wallets_in_unit(
-            &self.store.db,
-            &account,
-            &unit,
-            request.include_sub_accounts,
-        )
-        .await?;
-        let ids: Vec<String> = wallets.into_iter().map(|w| w.id).collect();
         let tx = self.store.read_snapshot().await?;
         let lines = transparency::report(&tx, &ids, start, end).await;
         tx.rollback().await?;
