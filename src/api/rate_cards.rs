@@ -210,11 +210,10 @@ impl Ctx {
         let records = overrides::all(&self.store.db).await?;
         let ancestry = accounts::ancestry_ids(&self.store.db, &account.id).await?;
         let ancestry: Vec<&str> = ancestry.iter().map(String::as_str).collect();
-        let (units, override_id) =
-            match overrides::in_force(&records, &ancestry, &request_type, now) {
-                Some((record, contract)) => (contract.price(&quantities)?, record.id.clone()),
-                None => (rate.price(&quantities)?, String::new()),
-            };
+        let (units, override_id) = match records.in_force(&ancestry, &request_type, now) {
+            Some((record, contract)) => (contract.price(&quantities)?, record.id.clone()),
+            None => (rate.price(&quantities)?, String::new()),
+        };
         Ok(proto::Quote {
             units: units.to_string(),
             rate_card_version: card.version,

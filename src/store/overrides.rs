@@ -10,11 +10,12 @@
 //! does): a ledger batch holds that head shared, so it prices with the overrides and card of
 //! one moment, and each process reloads both when the generation moves (`OverrideCache`).
 
-use std::sync::{Arc, Mutex};
-
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
 };
+
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use super::{
     audit,
@@ -24,69 +25,103 @@ use super::{
 };
 use crate::{domain::Rate, error::Result};
 
-/// A head generation and every override record as of it.
-type Cached = (i64, Arc<Vec<account_override::Model>>);
+/// Every override record, indexed by (account, request type), latest last: what pricing
+/// looks up for each request (a few map lookups, whatever the number of records).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    by_key: HashMap<(String, String), Vec<account_override::Model>>,
+}
 
-/// The override records as of a head generation.
+impl Overrides {
+    pub fn new(records: Vec<account_override::Model>) -> Self {
+        let mut by_key: HashMap<(String, String), Vec<account_override::Model>> = HashMap::new();
+        for record in records {
+            by_key
+                .entry((record.account_id.clone(), record.request_type.clone()))
+                .or_default()
+                .push(record);
+        }
+        for records in by_key.values_mut() {
+            records.sort_by(|a, b| {
+                (a.effective_time, a.create_time, &a.id).cmp(&(
+                    b.effective_time,
+                    b.create_time,
+                    &b.id,
+                ))
+            });
+        }
+        Overrides { by_key }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The override that prices `request_type` for an account with `ancestry` (root first,
+    /// the account last) at `at`, if any (see the module's rule).
+    pub fn in_force(
+        &self,
+        ancestry: &[&str],
+        request_type: &str,
+        at: i64,
+    ) -> Option<(&account_override::Model, &Rate)> {
+        for account in ancestry.iter().rev() {
+            let Some(records) = self
+                .by_key
+                .get(&(account.to_string(), request_type.to_string()))
+            else {
+                continue;
+            };
+            // The latest record that has started.
+            let Some(record) = records.iter().rev().find(|r| r.effective_time <= at) else {
+                continue;
+            };
+            if let Some(rate) = &record.rate.0
+                && !record.cleared
+                && record.expire_time.is_none_or(|end| end > at)
+            {
+                return Some((record, rate));
+            }
+        }
+        None
+    }
+}
+
+/// A head generation and the overrides as of it.
+type Cached = (i64, Arc<Overrides>);
+
+/// The overrides as of a head generation.
 #[derive(Clone, Default)]
 pub struct OverrideCache {
     inner: Arc<Mutex<Option<Cached>>>,
 }
 
 impl OverrideCache {
-    /// Every override record as of `generation` (loaded again when it moved).
+    /// Every override as of `generation` (loaded again when it moved).
     pub async fn all(
         &self,
         conn: &impl ConnectionTrait,
         generation: i64,
-    ) -> Result<Arc<Vec<account_override::Model>>> {
+    ) -> Result<Arc<Overrides>> {
         if let Ok(guard) = self.inner.lock()
-            && let Some((cached, records)) = guard.as_ref()
+            && let Some((cached, overrides)) = guard.as_ref()
             && *cached == generation
         {
-            return Ok(records.clone());
+            return Ok(overrides.clone());
         }
-        let records = Arc::new(
-            account_override::Entity::find()
-                .order_by_asc(account_override::Column::EffectiveTime)
-                .all(conn)
-                .await?,
-        );
+        let overrides = Arc::new(all(conn).await?);
         if let Ok(mut guard) = self.inner.lock() {
-            *guard = Some((generation, records.clone()));
+            *guard = Some((generation, overrides.clone()));
         }
-        Ok(records)
+        Ok(overrides)
     }
 }
 
-/// Every override record, read now (for quotes; batches use the cache).
-pub async fn all(conn: &impl ConnectionTrait) -> Result<Vec<account_override::Model>> {
-    Ok(account_override::Entity::find().all(conn).await?)
-}
-
-/// The override that prices `request_type` for an account with `ancestry` (root first, the
-/// account last) at `at`, if any (see the module's rule).
-pub fn in_force<'a>(
-    records: &'a [account_override::Model],
-    ancestry: &[&str],
-    request_type: &str,
-    at: i64,
-) -> Option<(&'a account_override::Model, &'a Rate)> {
-    for account in ancestry.iter().rev() {
-        let latest = records
-            .iter()
-            .filter(|r| r.account_id == *account && r.request_type == request_type)
-            .filter(|r| r.effective_time <= at)
-            .max_by_key(|r| (r.effective_time, r.create_time, r.id.as_str()));
-        let Some(record) = latest else { continue };
-        if let Some(rate) = &record.rate.0
-            && !record.cleared
-            && record.expire_time.is_none_or(|end| end > at)
-        {
-            return Some((record, rate));
-        }
-    }
-    None
+/// Every override, read now (for quotes and simulations; batches use the cache).
+pub async fn all(conn: &impl ConnectionTrait) -> Result<Overrides> {
+    Ok(Overrides::new(
+        account_override::Entity::find().all(conn).await?,
+    ))
 }
 
 /// Stores the record `make` builds from "now" (read once the head is held exclusively, so
@@ -188,22 +223,28 @@ mod tests {
 
     #[test]
     fn the_nearest_account_and_the_latest_record_win() {
-        let records = vec![
+        let records = Overrides::new(vec![
             record("parent", "p", 10, 1, false),
             record("child-old", "c", 10, 2, false),
             record("child-new", "c", 20, 3, false),
             record("child-end", "c", 30, 0, true),
-        ];
-        let id = |at| in_force(&records, &["p", "c"], "chat", at).map(|(r, _)| r.id.as_str());
+        ]);
+        let id = |at| {
+            records
+                .in_force(&["p", "c"], "chat", at)
+                .map(|(r, _)| r.id.as_str())
+        };
         assert_eq!(id(5), None);
         assert_eq!(id(15), Some("child-old"));
         assert_eq!(id(25), Some("child-new"));
         // The child's override ended: the parent's applies again.
         assert_eq!(id(35), Some("parent"));
         assert_eq!(
-            in_force(&records, &["p"], "chat", 15).map(|(r, _)| r.id.as_str()),
+            records
+                .in_force(&["p"], "chat", 15)
+                .map(|(r, _)| r.id.as_str()),
             Some("parent")
         );
-        assert!(in_force(&records, &["p", "c"], "image", 15).is_none());
+        assert!(records.in_force(&["p", "c"], "image", 15).is_none());
     }
 }

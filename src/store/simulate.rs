@@ -23,7 +23,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::{
-    entity::{account, account_override, transaction, wallet},
+    entity::{account, transaction, wallet},
     overrides,
 };
 use crate::{
@@ -79,7 +79,7 @@ pub async fn simulate(
                 .await?
         }
     };
-    let records: Vec<account_override::Model> = overrides::all(conn).await?;
+    let records = overrides::all(conn).await?;
     let mut ancestry: HashMap<String, Vec<String>> = HashMap::new();
     let mut lines: BTreeMap<(String, String), SimulatedLine> = BTreeMap::new();
     for chunk in wallets.chunks(WALLETS_PER_QUERY) {
@@ -145,7 +145,8 @@ pub async fn simulate(
                 .get(&entry.account_id)
                 .map(|ids| ids.iter().map(String::as_str).collect())
                 .unwrap_or_default();
-            let contract = overrides::in_force(&records, &path, &entry.request_type, now)
+            let contract = records
+                .in_force(&path, &entry.request_type, now)
                 .map(|(_, rate)| rate);
             let quantities: Option<BTreeMap<String, Decimal>> = entry
                 .quantities

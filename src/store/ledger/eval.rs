@@ -21,10 +21,7 @@ use crate::{
     store::{
         accounts, audit, chain,
         columns::{Burns, Price, StoredBurn, StringMap, Thresholds},
-        entity::{
-            account_override, audit_event, grant, idempotency_key, reservation, schedule,
-            transaction, wallet,
-        },
+        entity::{audit_event, grant, idempotency_key, reservation, schedule, transaction, wallet},
         new_id, overrides,
         rate_cards::Card,
         wallet_cache::Rows,
@@ -251,7 +248,7 @@ pub(super) struct Batch {
     pub card: Option<Card>,
     /// Every account override record (loaded with the card), and the ancestry (root first)
     /// of the batch's accounts when there are any.
-    pub overrides: std::sync::Arc<Vec<account_override::Model>>,
+    pub overrides: std::sync::Arc<overrides::Overrides>,
     pub ancestry: HashMap<String, Vec<String>>,
     /// Account id → state, for every account the batch names.
     pub accounts: HashMap<String, AccountState>,
@@ -392,11 +389,11 @@ impl Batch {
             .get(account_id)
             .map(|ids| ids.iter().map(String::as_str).collect())
             .unwrap_or_default();
-        let (override_id, units) =
-            match overrides::in_force(&self.overrides, &ancestry, request_type, self.now) {
-                Some((record, contract)) => (Some(record.id.clone()), contract.price(quantities)?),
-                None => (None, rate.price(quantities)?),
-            };
+        let (override_id, units) = match self.overrides.in_force(&ancestry, request_type, self.now)
+        {
+            Some((record, contract)) => (Some(record.id.clone()), contract.price(quantities)?),
+            None => (None, rate.price(quantities)?),
+        };
         Ok(Priced {
             units,
             card,
@@ -628,7 +625,7 @@ impl Batch {
                     .map(|l| {
                         serde_json::json!({
                             "remaining": l.remaining.to_string(),
-                            "status": format!("{:?}", l.status).to_uppercase(),
+                            "status": sea_orm::ActiveEnum::to_value(&l.status),
                         })
                     });
                 let movement = wallet.state.void(&op.grant_id, now)?;
