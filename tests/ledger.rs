@@ -551,3 +551,94 @@ async fn request_ids_are_remembered_for_the_retention_then_forgotten() {
     assert_eq!(app.balance(&account.id).await.posted, "95");
     app.stop().await;
 }
+
+/// ListTransactions pages newest first through a wallet's ledger in the order it was written,
+/// entries of one instant included (pages end between entries of the same time), and a page
+/// token naming another wallet's entry still pages this wallet correctly.
+#[tokio::test]
+async fn pages_follow_the_ledger_order() {
+    let app = spawn_app().await;
+    app.publish_standard_card().await;
+    let (account, _) = app.funded("paged", "1000").await;
+    let (other, _) = app.funded("other", "1000").await;
+    let mut ledger = app.ledger(&app.admin);
+    for round in 0..3 {
+        for n in 0..4 {
+            ledger
+                .debit(debit_request(&account.id, "one", &format!("p-{round}-{n}")))
+                .await
+                .expect("debit");
+        }
+        ledger
+            .debit(debit_request(&other.id, "one", &format!("o-{round}")))
+            .await
+            .expect("debit");
+        app.advance(std::time::Duration::from_secs(1)).await;
+    }
+    let all = app.all_transactions(&account.id).await;
+    assert_eq!(all.len(), 13, "a grant and 12 debits: {all:#?}");
+    let ids = |page: &[proto::Transaction]| page.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ledger
+            .list_transactions(proto::ListTransactionsRequest {
+                account_id: account.id.clone(),
+                page_size: 3,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.transactions.len() <= 3);
+        paged.extend(page.transactions);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(ids(&paged), ids(&all));
+    // Newest first: the last debit written is the first listed, the grant the last.
+    assert_eq!(all[0].request_id, "p-2-3");
+    assert_eq!(all[12].kind, TransactionKind::Grant as i32);
+
+    // A token naming an entry of the other wallet: this wallet's entries written before it.
+    use base64::Engine;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let theirs = app.all_transactions(&other.id).await;
+    let middle = theirs
+        .iter()
+        .find(|t| t.request_id == "o-1")
+        .expect("the other wallet's second debit");
+    let seq: i64 = allot::store::entity::transaction::Entity::find()
+        .filter(allot::store::entity::transaction::Column::Id.eq(middle.id.as_str()))
+        .one(app.handles.store.connection())
+        .await
+        .expect("read")
+        .expect("entry")
+        .seq;
+    let token =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("transactions|{seq}"));
+    let page = ledger
+        .list_transactions(proto::ListTransactionsRequest {
+            account_id: account.id.clone(),
+            page_size: 100,
+            page_token: token,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    let written_before: Vec<String> = all
+        .iter()
+        .filter(|t| {
+            t.request_id.starts_with("p-0-")
+                || t.request_id.starts_with("p-1-")
+                || t.kind == TransactionKind::Grant as i32
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(ids(&page.transactions), written_before);
+}

@@ -953,3 +953,39 @@ async fn unreadable_stored_text_is_reported() {
     assert_ok(&run_verify(&app).await);
     app.stop().await;
 }
+
+/// Verification walks a wallet's entries in time order (the one index on them): an entry
+/// dated before one written earlier is named, and the chain check sees it out of place.
+#[tokio::test]
+async fn an_entry_dated_back_is_named() {
+    let app = spawn_app().await;
+    let history = history(&app).await;
+    let chain = entries(&app, &history.wallet).await;
+    assert!(chain.len() > 4, "{chain:#?}");
+    let (first, moved) = (&chain[0], &chain[3]);
+    sql(
+        &app,
+        &format!(
+            "UPDATE transactions SET create_time = {} WHERE id = '{}'",
+            first.create_time - 1,
+            moved.id
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    let expected = format!(
+        "entry {} is dated before the entry written before it ({})",
+        moved.id, first.id
+    );
+    assert!(
+        report.for_entry(&moved.id).any(|m| m.problem == expected),
+        "{report:#?}"
+    );
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .any(|m| m.problem.contains("chain is broken")),
+        "{report:#?}"
+    );
+}

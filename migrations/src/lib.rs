@@ -13,6 +13,9 @@ mod m20261130_000006_scope_width;
 mod m20261201_000007_typed_json;
 mod m20261202_000008_usage_rollup;
 mod m20261203_000009_overrides_audit;
+mod m20261204_000010_entry_indexes;
+
+pub use m20261204_000010_entry_indexes::GRANT_EVENT_KINDS;
 
 pub struct Migrator;
 
@@ -38,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_typed_json::Migration),
             Box::new(m20261202_000008_usage_rollup::Migration),
             Box::new(m20261203_000009_overrides_audit::Migration),
+            Box::new(m20261204_000010_entry_indexes::Migration),
         ]
     }
 }

@@ -19,6 +19,7 @@
 mod allot;
 mod baseline;
 mod database;
+mod history;
 mod load;
 mod reports;
 
@@ -94,6 +95,17 @@ pub struct BenchArgs {
     /// pairs a second, for the seeded accounts in turn, and report their latencies.
     #[arg(long, default_value_t = 0.0)]
     pub reports: f64,
+    /// Report scale instead of the debit run: build a history of this many debits (through
+    /// the API, the in-process server's clock walking forward a day at a time) for --wallets
+    /// accounts, then time every report. Use a SQLite URL to keep the database.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub history: Option<u64>,
+    /// Days the --history spans (ending today).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub history_days: u32,
+    /// With --history: calls of each report measured.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub report_calls: u64,
 }
 
 /// Everything measured, for the text or JSON report.
@@ -193,6 +205,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (Some(_), None) => None,
         (_, url) => Some(BenchDatabase::prepare(url.as_deref()).await?),
     };
+    if let Some(entries) = args.history {
+        if args.server.is_some() {
+            bail!("--history runs its own server (it moves the server's clock): drop --server");
+        }
+        let database = database.context("no database for --history")?;
+        let result = tokio::select! {
+            result = history::run(&args, &database, entries) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        if let Err(err) = database.cleanup().await {
+            eprintln!("warning: {err:#}");
+        }
+        return result;
+    }
     let result = tokio::select! {
         result = measure(&args, database.as_ref()) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

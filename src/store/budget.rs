@@ -1,8 +1,8 @@
 //! Budgets: a wallet's contract term, what it granted, consumed and holds, its burn rates and
 //! forecasts (`domain::wallet::forecast`). Read in one snapshot; nothing is written. Cost per
 //! wallet: its row, live grants, holds and schedules (as a debit's batch reads them), its
-//! grant rows, the expiry, void and adjustment entries of its term (by the
-//! `(wallet_id, create_time)` index) and at most 30 days of its usage rollup — never the
+//! grant rows, the expiry, void and adjustment entries of its term (by the partial index
+//! `transactions_grant_events`) and at most 30 days of its usage rollup — never the
 //! ledger's debits.
 //!
 //! Definitions (docs/ARCHITECTURE.md, "Budgets"):
@@ -21,7 +21,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr,
+};
 
 use super::{
     Store,
@@ -288,11 +290,8 @@ async fn term_movements(
         .column(transaction::Column::Delta)
         .filter(transaction::Column::WalletId.eq(model.id.as_str()))
         .filter(transaction::Column::CreateTime.gte(start))
-        .filter(transaction::Column::Kind.is_in([
-            MovementKind::Expire,
-            MovementKind::Void,
-            MovementKind::Adjust,
-        ]))
+        // In these words, so that SQLite uses the partial index of exactly these entries.
+        .filter(Expr::cust(migration::GRANT_EVENT_KINDS))
         .into_tuple()
         .all(conn)
         .await?;

@@ -3,19 +3,20 @@
 //!
 //! Cost: entries are read in `seq` order (the primary key) with the filter applied as they are
 //! read, one chunk per query, each query starting after the last `seq` sent — the whole
-//! export reads each entry of the ledger at most once. One wallet reads through its
-//! `(wallet_id, seq)` index instead. A time window or kind list narrows what is sent, not
+//! export reads each entry of the ledger at most once. One wallet reads a range of its
+//! `(wallet_id, create_time, seq)` index instead (`store::entries`), in the same order. A time window or kind list narrows what is sent, not
 //! what is read.
 
 use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait, LikeExpr, Query},
+    sea_query::{Expr, ExprTrait, LikeExpr, Order, Query},
 };
 use tokio::sync::mpsc;
 
 use super::{
     accounts::escape_like,
     entity::{account, transaction},
+    entries::{self, Position},
     snapshot,
 };
 use crate::{domain::MovementKind, error::Result};
@@ -106,18 +107,25 @@ async fn export_in_snapshot(
 ) -> Result<()> {
     let tx = snapshot(db).await?;
     let condition = filter.condition();
-    let mut after: Option<i64> = None;
+    let one_wallet = matches!(filter.covers, Covers::Wallet(_));
+    let mut after: Option<Position> = None;
     loop {
-        let mut query = transaction::Entity::find()
-            .filter(condition.clone())
-            .order_by_asc(transaction::Column::Seq)
-            .limit(CHUNK);
-        if let Some(seq) = after {
-            query = query.filter(transaction::Column::Seq.gt(seq));
-        }
-        let rows = query.all(&tx).await?;
+        let query = transaction::Entity::find().filter(condition.clone());
+        // One wallet: a range of its index, in its ledger order (its seq order). Otherwise
+        // seq order, by the primary key.
+        let query = match (one_wallet, after) {
+            (true, None) => entries::in_ledger_order(query, Order::Asc),
+            (true, Some(position)) => {
+                entries::in_ledger_order(query.filter(position.after()), Order::Asc)
+            }
+            (false, None) => query.order_by_asc(transaction::Column::Seq),
+            (false, Some(position)) => query
+                .filter(transaction::Column::Seq.gt(position.seq))
+                .order_by_asc(transaction::Column::Seq),
+        };
+        let rows = query.limit(CHUNK).all(&tx).await?;
         let full = rows.len() as u64 == CHUNK;
-        after = rows.last().map(|r| r.seq);
+        after = rows.last().map(Position::of);
         if !rows.is_empty() && out.send(Ok(rows)).await.is_err() {
             break;
         }

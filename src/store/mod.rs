@@ -20,6 +20,7 @@ pub mod checkpointer;
 pub mod columns;
 pub mod directory;
 pub mod entity;
+pub mod entries;
 pub mod export;
 pub mod idempotency;
 pub mod ledger;

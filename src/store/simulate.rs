@@ -14,8 +14,8 @@
 //! `provider_cost` per request. So a remap of route and provider cost alone shows no
 //! customer change and the margin change.
 //!
-//! Cost: the window's debits and captures of the wallets covered, read by the
-//! `(wallet_id, create_time)` index, a chunk of wallets at a time.
+//! Cost: the window's debits and captures of the wallets covered, read by ranges of the
+//! wallets' index, a chunk of wallets at a time (`store::entries`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,15 +23,13 @@ use rust_decimal::Decimal;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::{
-    entity::{account, transaction, wallet},
-    overrides,
+    entity::{account, wallet},
+    entries, overrides,
 };
 use crate::{
     domain::{Amount, MovementKind, Rate},
     error::Result,
 };
-
-const WALLETS_PER_QUERY: usize = 200;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimulatedLine {
@@ -82,14 +80,9 @@ pub async fn simulate(
     let records = overrides::all(conn).await?;
     let mut ancestry: HashMap<String, Vec<String>> = HashMap::new();
     let mut lines: BTreeMap<(String, String), SimulatedLine> = BTreeMap::new();
-    for chunk in wallets.chunks(WALLETS_PER_QUERY) {
-        let entries = transaction::Entity::find()
-            .filter(transaction::Column::WalletId.is_in(chunk.iter().cloned()))
-            .filter(transaction::Column::CreateTime.gte(start))
-            .filter(transaction::Column::CreateTime.lt(end))
-            .filter(transaction::Column::Kind.is_in([MovementKind::Debit, MovementKind::Capture]))
-            .all(conn)
-            .await?;
+    let kinds = [MovementKind::Debit, MovementKind::Capture];
+    let mut window = entries::Window::<entries::Used>::new(&wallets, (start, end), &kinds);
+    while let Some(entries) = window.next(conn).await? {
         if !records.is_empty() {
             let missing: Vec<String> = entries
                 .iter()

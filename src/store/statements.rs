@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::Order};
 
-use super::{Store, entity::transaction, ledger};
+use super::{Store, entity::transaction, entries, ledger};
 use crate::{
     domain::{Amount, amount::format_decimal},
     error::{Error, Reason, Result},
@@ -107,12 +107,14 @@ async fn read(
     end: i64,
     now: i64,
 ) -> Result<Statement> {
-    let mut entries = transaction::Entity::find()
-        .filter(transaction::Column::WalletId.eq(wallet_id))
-        .filter(transaction::Column::CreateTime.lt(end))
-        .order_by_asc(transaction::Column::Seq)
-        .all(conn)
-        .await?;
+    let mut entries = entries::in_ledger_order(
+        transaction::Entity::find()
+            .filter(transaction::Column::WalletId.eq(wallet_id))
+            .filter(transaction::Column::CreateTime.lt(end)),
+        Order::Asc,
+    )
+    .all(conn)
+    .await?;
     entries.extend(
         ledger::pending_entries(conn, wallet_id, now)
             .await?

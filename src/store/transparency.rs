@@ -1,7 +1,7 @@
 //! Price transparency: what one request of each type cost the customer in money over a
 //! window, and what each quantity (tokens) effectively cost per 1,000 beside the operator's
 //! reference list price. Read from the window's debits and captures (and the refunds made in
-//! it) by the `(wallet_id, create_time)` index; never routes or provider costs.
+//! it) by ranges of the wallets' index (`store::entries`); never routes or provider costs.
 //!
 //! A request's money is the money of the grants it burnt (its main currency: the one most
 //! of its money is in), less what refunds made in the window gave back. Its money is shared
@@ -12,17 +12,15 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::ConnectionTrait;
 
-use super::{entity::transaction, rate_cards};
+use super::{entries, rate_cards};
 use crate::{
     domain::{MovementKind, Rate},
     error::Result,
 };
 
 /// Wallet ids per `IN` list.
-const WALLETS_PER_QUERY: usize = 500;
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DimensionLine {
     pub dimension: String,
@@ -58,7 +56,7 @@ struct Request {
 }
 
 /// The money of `entry`'s burns in its main currency.
-fn main_money(entry: &transaction::Model) -> (String, Decimal) {
+fn main_money(entry: &entries::Used) -> (String, Decimal) {
     let mut by_currency: BTreeMap<&str, Decimal> = BTreeMap::new();
     for burn in entry.burns.0.iter().filter(|b| !b.currency.is_empty()) {
         if let Ok(money) = burn.money.parse::<Decimal>() {
@@ -76,7 +74,7 @@ fn main_money(entry: &transaction::Model) -> (String, Decimal) {
 /// How `money` divides among the rate's flat part and the entry's quantities.
 fn shares(
     rate: Option<&Rate>,
-    entry: &transaction::Model,
+    entry: &entries::Used,
     money: Decimal,
 ) -> BTreeMap<String, (Decimal, Decimal)> {
     let mut out = BTreeMap::new();
@@ -130,20 +128,14 @@ pub async fn report(
     end: i64,
 ) -> Result<Vec<Line>> {
     let mut entries = Vec::new();
-    for chunk in wallets.chunks(WALLETS_PER_QUERY) {
-        entries.extend(
-            transaction::Entity::find()
-                .filter(transaction::Column::WalletId.is_in(chunk.iter().cloned()))
-                .filter(transaction::Column::CreateTime.gte(start))
-                .filter(transaction::Column::CreateTime.lt(end))
-                .filter(transaction::Column::Kind.is_in([
-                    MovementKind::Debit,
-                    MovementKind::Capture,
-                    MovementKind::Refund,
-                ]))
-                .all(conn)
-                .await?,
-        );
+    let kinds = [
+        MovementKind::Debit,
+        MovementKind::Capture,
+        MovementKind::Refund,
+    ];
+    let mut window = entries::Window::<entries::Used>::new(wallets, (start, end), &kinds);
+    while let Some(chunk) = window.next(conn).await? {
+        entries.extend(chunk);
     }
     let cards =
         rate_cards::by_versions(conn, entries.iter().filter_map(|e| e.rate_card_version)).await?;

@@ -18,7 +18,7 @@ use crate::{
     store::{
         columns::StringMap,
         entity::{transaction, usage_day},
-        rate_cards,
+        entries, rate_cards,
     },
 };
 
@@ -223,7 +223,7 @@ pub async fn from_rollup(
 
 /// Usage of `wallets` in [start, end) split by the value of metadata `key`, from the ledger
 /// entries of the window (cost: the debits, captures and refunds of those wallets in the
-/// window, read by the `(wallet_id, create_time)` index). A refund counts under the value of
+/// window, read by ranges of the wallets' index, `store::entries`). A refund counts under the value of
 /// the entry it refunds.
 pub async fn by_metadata(
     conn: &impl ConnectionTrait,
@@ -234,22 +234,17 @@ pub async fn by_metadata(
     key: &str,
 ) -> Result<Vec<UsageLine>> {
     let mut lines = BTreeMap::new();
-    for chunk in wallets.chunks(WALLETS_PER_QUERY) {
-        let entries = transaction::Entity::find()
-            .filter(transaction::Column::WalletId.is_in(chunk.iter().cloned()))
-            .filter(transaction::Column::CreateTime.gte(start))
-            .filter(transaction::Column::CreateTime.lt(end))
-            .filter(transaction::Column::Kind.is_in([
-                MovementKind::Debit,
-                MovementKind::Capture,
-                MovementKind::Refund,
-            ]))
-            .all(conn)
-            .await?;
+    let kinds = [
+        MovementKind::Debit,
+        MovementKind::Capture,
+        MovementKind::Refund,
+    ];
+    let mut window = entries::Window::<entries::WithMetadata>::new(wallets, (start, end), &kinds);
+    while let Some(entries) = window.next(conn).await? {
         let refunded: Vec<String> = entries
             .iter()
-            .filter(|e| e.kind == MovementKind::Refund)
-            .filter_map(|e| e.ref_id.clone())
+            .filter(|e| e.entry.kind == MovementKind::Refund)
+            .filter_map(|e| e.entry.ref_id.clone())
             .collect();
         let mut originals: BTreeMap<String, String> = BTreeMap::new();
         for ids in refunded.chunks(WALLETS_PER_QUERY) {
@@ -265,7 +260,7 @@ pub async fn by_metadata(
                 originals.insert(id, metadata.0.get(key).cloned().unwrap_or_default());
             }
         }
-        for entry in entries {
+        for entries::WithMetadata { entry, metadata } in entries {
             let refund = entry.kind == MovementKind::Refund;
             let value = if refund {
                 entry
@@ -275,7 +270,7 @@ pub async fn by_metadata(
                     .cloned()
                     .unwrap_or_default()
             } else {
-                entry.metadata.0.get(key).cloned().unwrap_or_default()
+                metadata.0.get(key).cloned().unwrap_or_default()
             };
             let sign = if refund { -1 } else { 1 };
             let period = granularity.period_start(day_of(entry.create_time));

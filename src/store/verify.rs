@@ -1,14 +1,15 @@
 //! `allot verify`: a read-only pass over the whole ledger that recomputes what the stored
 //! balances claim (issue 3, "Tamper evidence").
 //!
-//! For every wallet (in id order), over its entries in `seq` order:
+//! For every wallet (in id order), over its entries in time order (`store::entries`):
 //! * each entry's `prev_hash` is the stored `hash` of the entry before it (`''` for the first):
 //!   a removed, inserted or reordered entry breaks the chain;
 //! * each entry's `hash` is [`chain::entry_hash`] of its content: an edited entry no longer
 //!   matches;
 //! * each entry's `delta` agrees with its kind and `units`, and its `balance_after` is the
 //!   running Σ delta;
-//! * entries are in time order (statements rely on it);
+//! * their time order is the order they were written in, `seq` (every read of a wallet's
+//!   ledger relies on it);
 //!
 //! and then for the wallet: Σ delta = `posted`, `last_hash` = the hash of its latest entry,
 //! Σ units of its OPEN reservations = `reserved`, and Σ remaining of its ACTIVE grants − `debt`
@@ -39,6 +40,7 @@ use super::{
     chain,
     columns::{Burns, Rates, StringMap, Thresholds},
     entity::{grant, reservation, transaction, usage_day, wallet},
+    entries::{self, Position},
     usage,
 };
 use crate::domain::{
@@ -231,16 +233,18 @@ async fn verify_wallet(
             units(offset)
         )
     };
-    let mut after_seq: Option<i64> = None;
-    let mut last_time = i64::MIN;
+    let mut after: Option<Position> = None;
+    let mut last_seq = i64::MIN;
     let mut rollup = BTreeMap::new();
     loop {
-        let mut query = transaction::Entity::find()
-            .filter(transaction::Column::WalletId.eq(wallet_id.as_str()))
-            .order_by_asc(transaction::Column::Seq)
-            .limit(ENTRY_PAGE);
-        if let Some(seq) = after_seq {
-            query = query.filter(transaction::Column::Seq.gt(seq));
+        let mut query = entries::in_ledger_order(
+            transaction::Entity::find()
+                .filter(transaction::Column::WalletId.eq(wallet_id.as_str())),
+            Order::Asc,
+        )
+        .limit(ENTRY_PAGE);
+        if let Some(position) = after {
+            query = query.filter(position.after());
         }
         let entries = query.all(conn).await?;
         for row in usage::increments(&with_refunded_versions(conn, &entries).await?) {
@@ -286,14 +290,17 @@ async fn verify_wallet(
             if let Some(problem) = delta_problem(entry) {
                 mismatch(Some(id), problem);
             }
-            // Statements rely on a wallet's entries being in time order.
-            if entry.create_time < last_time {
+            // Entries are read in time order; statements and every read of a wallet's ledger
+            // rely on that being the order they were written in (seq).
+            if entry.seq < last_seq
+                && let Some((prev_id, _)) = &previous
+            {
                 mismatch(
-                    Some(id),
-                    format!("entry {id} is dated before the entry written before it"),
+                    Some(prev_id),
+                    format!("entry {prev_id} is dated before the entry written before it ({id})"),
                 );
             }
-            last_time = Ord::max(last_time, entry.create_time);
+            last_seq = Ord::max(last_seq, entry.seq);
             running += i128::from(entry.delta);
             let off = i128::from(entry.balance_after) - running;
             if off == offset {
@@ -320,7 +327,7 @@ async fn verify_wallet(
             previous = Some((entry.id.clone(), entry.hash.clone()));
         }
         match entries.last() {
-            Some(last) if entries.len() as u64 == ENTRY_PAGE => after_seq = Some(last.seq),
+            Some(last) if entries.len() as u64 == ENTRY_PAGE => after = Some(Position::of(last)),
             _ => break,
         }
     }

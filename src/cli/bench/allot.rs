@@ -82,6 +82,11 @@ impl InProcess {
     /// Starts `server::run` on an ephemeral port (as `allot serve` would: default limits, the
     /// sweeper every second) and waits until it has migrated the database.
     pub async fn start(database_url: &str) -> anyhow::Result<InProcess> {
+        Self::start_with_clock(database_url, Clock::system()).await
+    }
+
+    /// [`InProcess::start`] with the server's clock (`--history` moves it).
+    pub async fn start_with_clock(database_url: &str, clock: Clock) -> anyhow::Result<InProcess> {
         let secret: [u8; 32] = rand::random();
         let secret = hex::encode(secret);
         let auth = Authenticator::from_config(&AuthConfig {
@@ -99,7 +104,7 @@ impl InProcess {
             idempotency_retention: crate::store::idempotency::DEFAULT_RETENTION,
             on_ready: Some(ready_tx),
             auth,
-            clock: Clock::system(),
+            clock,
             shutdown_grace: Duration::from_secs(5),
         };
         let shutdown = CancellationToken::new();
@@ -186,11 +191,11 @@ impl Clients {
         LedgerServiceClient::with_interceptor(self.channel(lane), self.bearer.clone())
     }
 
-    fn accounts(&self, lane: usize) -> AccountServiceClient<Authed> {
+    pub fn accounts(&self, lane: usize) -> AccountServiceClient<Authed> {
         AccountServiceClient::with_interceptor(self.channel(lane), self.bearer.clone())
     }
 
-    fn grants(&self, lane: usize) -> GrantServiceClient<Authed> {
+    pub fn grants(&self, lane: usize) -> GrantServiceClient<Authed> {
         GrantServiceClient::with_interceptor(self.channel(lane), self.bearer.clone())
     }
 
@@ -198,7 +203,7 @@ impl Clients {
         ReportServiceClient::with_interceptor(self.channel(lane), self.bearer.clone())
     }
 
-    fn rates(&self) -> RateCardServiceClient<Authed> {
+    pub fn rates(&self) -> RateCardServiceClient<Authed> {
         RateCardServiceClient::with_interceptor(self.channel(0), self.bearer.clone())
     }
 }
@@ -296,40 +301,59 @@ pub async fn seed(
                     .await
                     .map_err(|s| rpc_error("CreateAccount", s))?
                     .into_inner();
-                let wallet = clients
-                    .accounts(i)
-                    .create_wallet(proto::CreateWalletRequest {
-                        wallet: Some(proto::Wallet {
-                            account_id: account.id.clone(),
-                            unit: "credits".into(),
-                            ..Default::default()
-                        }),
-                        request_id: uuid::Uuid::new_v4().to_string(),
-                    })
-                    .await
-                    .map_err(|s| rpc_error("CreateWallet", s))?
-                    .into_inner();
-                clients
-                    .grants(i)
-                    .create_grant(proto::CreateGrantRequest {
-                        grant: Some(proto::Grant {
-                            wallet_id: wallet.id,
-                            kind: proto::GrantKind::Contract as i32,
-                            amount: GRANT_UNITS.to_string(),
-                            unit_price: "0.01".into(),
-                            currency: "USD".into(),
-                            ..Default::default()
-                        }),
-                        request_id: uuid::Uuid::new_v4().to_string(),
-                    })
-                    .await
-                    .map_err(|s| rpc_error("CreateGrant", s))?;
+                fund(
+                    &clients,
+                    i,
+                    &account.id,
+                    proto::Grant {
+                        kind: proto::GrantKind::Contract as i32,
+                        amount: GRANT_UNITS.to_string(),
+                        unit_price: "0.01".into(),
+                        currency: "USD".into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 anyhow::Ok(account.id)
             }
         })
         .buffered(concurrency.max(1))
         .try_collect()
         .await
+}
+
+/// Creates a `credits` wallet for `account` and grants it `grant`.
+pub async fn fund(
+    clients: &Clients,
+    lane: usize,
+    account: &str,
+    grant: proto::Grant,
+) -> anyhow::Result<()> {
+    let wallet = clients
+        .accounts(lane)
+        .create_wallet(proto::CreateWalletRequest {
+            wallet: Some(proto::Wallet {
+                account_id: account.into(),
+                unit: "credits".into(),
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .map_err(|s| rpc_error("CreateWallet", s))?
+        .into_inner();
+    clients
+        .grants(lane)
+        .create_grant(proto::CreateGrantRequest {
+            grant: Some(proto::Grant {
+                wallet_id: wallet.id,
+                ..grant
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .map_err(|s| rpc_error("CreateGrant", s))?;
+    Ok(())
 }
 
 /// How debits are sent. A `Batch(n)` variant (one `BatchDebit` of n debits per call) slots in

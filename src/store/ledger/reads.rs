@@ -1,7 +1,10 @@
 //! Reads outside ledger batches: balances (due events applied in memory), the entries a
 //! statement shows as pending, lists and lookups. Nothing here writes.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::Order,
+};
 
 use std::collections::BTreeSet;
 
@@ -12,6 +15,7 @@ use crate::{
     store::{
         Store,
         entity::{grant, reservation, schedule, transaction, wallet},
+        entries::{self, Position},
         pagination::{self, Page},
     },
 };
@@ -104,11 +108,17 @@ pub async fn list_transactions(
     wallet_id: &str,
     page: &Page,
 ) -> Result<(Vec<transaction::Model>, String)> {
-    let mut query = transaction::Entity::find()
-        .filter(transaction::Column::WalletId.eq(wallet_id))
-        .order_by_desc(transaction::Column::Seq);
+    let mut query = entries::in_ledger_order(
+        transaction::Entity::find().filter(transaction::Column::WalletId.eq(wallet_id)),
+        Order::Desc,
+    );
     if let Some(after) = page.after_number()? {
-        query = query.filter(transaction::Column::Seq.lt(after));
+        query = match Position::find(conn, wallet_id, after).await? {
+            Some(position) => query.filter(position.before()),
+            // Not an entry of this wallet (no page of it ends there): the seq bound alone
+            // still pages in the same order, without the index range.
+            None => query.filter(transaction::Column::Seq.lt(after)),
+        };
     }
     let rows = query.limit(page.size + 1).all(conn).await?;
     Ok(pagination::finish("transactions", rows, page, |t| {
