@@ -688,22 +688,33 @@ async fn extreme_amounts_saturate_the_rollup_and_never_fail_a_debit() {
         .await;
     let d0 = to_next_day(&app);
     let (account, wallet) = app.funded("extreme", "").await;
+    let (other, other_wallet) = app.funded("extreme-too", "").await;
     // Twice the most a wallet can hold, spent on one day: more than a 64-bit counter holds.
-    for _ in 0..2 {
-        grant_at(
-            &app,
-            &wallet.id,
-            "9000000000000",
-            "1000000000000",
-            None,
-            None,
-        )
-        .await;
-        app.ledger(&app.admin)
-            .debit(debit_request(&account.id, "huge", &uuid()))
-            .await
-            .expect("a debit whose rollup counter saturates still succeeds");
+    for (account, wallet) in [(&account, &wallet), (&other, &other_wallet)] {
+        for _ in 0..2 {
+            grant_at(&app, &wallet.id, "9000000000000", "1", None, None).await;
+            app.ledger(&app.admin)
+                .debit(debit_request(&account.id, "huge", &uuid()))
+                .await
+                .expect("a debit whose rollup counter saturates still succeeds");
+        }
     }
+    // Every account's margin sums both saturated counters: past 64 bits (SQLite's SUM
+    // refuses; the report then sums the rows itself).
+    let margin = app
+        .reports(&app.admin)
+        .get_margin_report(proto::GetMarginReportRequest {
+            start_time: Some(ts(d0)),
+            end_time: Some(ts(d0 + DAY)),
+            ..Default::default()
+        })
+        .await
+        .expect("margin")
+        .into_inner();
+    assert_eq!(margin.rows.len(), 1, "{margin:#?}");
+    assert_eq!(margin.rows[0].requests, 4);
+    assert_eq!(margin.rows[0].units, "18446744073709.551614");
+    assert_eq!(margin.rows[0].revenue, "18446744073709.551614");
     let report = usage(
         &app,
         &app.admin,

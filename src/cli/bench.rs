@@ -97,7 +97,9 @@ pub struct BenchArgs {
     pub reports: f64,
     /// Report scale instead of the debit run: build a history of this many debits (through
     /// the API, the in-process server's clock walking forward a day at a time) for --wallets
-    /// accounts, then time every report. Use a SQLite URL to keep the database.
+    /// accounts, then time every report. A history already in the database is measured
+    /// again, not rebuilt: with a SQLite URL, or on PostgreSQL (database `allot_history`,
+    /// kept).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub history: Option<u64>,
     /// Days the --history spans (ending today).
@@ -201,15 +203,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Kind::of(url)?;
     }
     init_logging();
-    let database = match (&args.server, &args.database_url) {
-        (Some(_), None) => None,
-        (_, url) => Some(BenchDatabase::prepare(url.as_deref()).await?),
-    };
     if let Some(entries) = args.history {
         if args.server.is_some() {
             bail!("--history runs its own server (it moves the server's clock): drop --server");
         }
-        let database = database.context("no database for --history")?;
+        let database = BenchDatabase::prepare_kept(args.database_url.as_deref()).await?;
         let result = tokio::select! {
             result = history::run(&args, &database, entries) => result,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -219,6 +217,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return result;
     }
+    let database = match (&args.server, &args.database_url) {
+        (Some(_), None) => None,
+        (_, url) => Some(BenchDatabase::prepare(url.as_deref()).await?),
+    };
     let result = tokio::select! {
         result = measure(&args, database.as_ref()) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

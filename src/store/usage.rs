@@ -7,14 +7,17 @@ use std::collections::BTreeMap;
 
 use chrono::Datelike;
 use rust_decimal::Decimal;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, IdenStatic, QueryFilter, QuerySelect,
+    sea_query::Expr,
+};
 
 use crate::{
     domain::{
         MovementKind,
         wallet::{DAY_MICROS, day_of},
     },
-    error::Result,
+    error::{Error, Result},
     store::{
         columns::StringMap,
         entity::{transaction, usage_day},
@@ -179,11 +182,19 @@ fn line<'a>(
 
 /// Adds `units` (micro) at `price` to `money` (a price that is not a decimal, or a value out
 /// of range, adds nothing).
-fn add_money(money: &mut BTreeMap<String, Decimal>, currency: &str, units: i64, price: &str) {
+fn add_money(
+    money: &mut BTreeMap<String, Decimal>,
+    currency: &str,
+    units: impl Into<i128>,
+    price: &str,
+) {
     let Ok(price) = price.parse::<Decimal>() else {
         return;
     };
-    if let Some(value) = Decimal::new(units, 6).checked_mul(price) {
+    let Ok(units) = Decimal::try_from_i128_with_scale(units.into(), 6) else {
+        return;
+    };
+    if let Some(value) = units.checked_mul(price) {
         let sum = money.entry(currency.to_string()).or_default();
         if let Some(total) = sum.checked_add(value) {
             *sum = total.normalize();
@@ -315,10 +326,134 @@ pub struct MarginLine {
     pub provider_cost: Option<Decimal>,
 }
 
+/// Rollup counters summed over wallets: one per day, request type, card version and price.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Summed {
+    day: i64,
+    request_type: String,
+    rate_card_version: i64,
+    currency: String,
+    unit_price: String,
+    requests: i128,
+    units: i128,
+    costed: i128,
+}
+
+type SummedKey = (i64, String, i64, String, String);
+
+/// The rollup of `wallets` (all for `None`) on the days [start_day, end_day), summed over
+/// wallets by the database (`GROUP BY`: a few rows per day cross over, not one per wallet).
+/// SQLite's `SUM` refuses to overflow 64 bits (counters near their bound): then the rows are
+/// read and summed here, in 128 bits.
+async fn summed(
+    conn: &impl ConnectionTrait,
+    wallets: Option<&[String]>,
+    start_day: i64,
+    end_day: i64,
+) -> Result<Vec<Summed>> {
+    let chunks: Vec<Option<&[String]>> = match wallets {
+        None => vec![None],
+        Some(wallets) => wallets.chunks(WALLETS_PER_QUERY).map(Some).collect(),
+    };
+    let mut sums: BTreeMap<SummedKey, Summed> = BTreeMap::new();
+    for chunk in chunks {
+        let window = usage_day::Entity::find()
+            .filter(usage_day::Column::Day.gte(start_day))
+            .filter(usage_day::Column::Day.lt(end_day));
+        let window = match chunk {
+            Some(ids) => window.filter(usage_day::Column::WalletId.is_in(ids.iter().cloned())),
+            None => window,
+        };
+        let key = [
+            usage_day::Column::Day,
+            usage_day::Column::RequestType,
+            usage_day::Column::RateCardVersion,
+            usage_day::Column::Currency,
+            usage_day::Column::UnitPrice,
+        ];
+        let mut grouped = window.clone().select_only().columns(key);
+        for column in USAGE_SUMS {
+            grouped = grouped.column_as(
+                Expr::cust(format!(r#"CAST(SUM("{}") AS TEXT)"#, column.as_str())),
+                column.as_str(),
+            );
+        }
+        for column in key {
+            grouped = grouped.group_by(column);
+        }
+        type Row = (i64, String, i64, String, String, String, String, String);
+        let rows = match grouped.into_tuple::<Row>().all(conn).await {
+            Ok(rows) => rows
+                .into_iter()
+                .map(
+                    |(day, request_type, version, currency, price, requests, units, costed)| {
+                        let number = |text: String| {
+                            text.parse::<i128>()
+                                .map_err(|_| Error::internal(format!("a rollup sum {text:?}")))
+                        };
+                        Ok(Summed {
+                            day,
+                            request_type,
+                            rate_card_version: version,
+                            currency,
+                            unit_price: price,
+                            requests: number(requests)?,
+                            units: number(units)?,
+                            costed: number(costed)?,
+                        })
+                    },
+                )
+                .collect::<Result<Vec<_>>>()?,
+            Err(err) if err.to_string().contains("integer overflow") => window
+                .all(conn)
+                .await?
+                .into_iter()
+                .map(|row| Summed {
+                    day: row.day,
+                    request_type: row.request_type,
+                    rate_card_version: row.rate_card_version,
+                    currency: row.currency,
+                    unit_price: row.unit_price,
+                    requests: row.requests.into(),
+                    units: row.units.into(),
+                    costed: row.costed.into(),
+                })
+                .collect(),
+            Err(err) => return Err(err.into()),
+        };
+        for row in rows {
+            let key = (
+                row.day,
+                row.request_type.clone(),
+                row.rate_card_version,
+                row.currency.clone(),
+                row.unit_price.clone(),
+            );
+            let sum = sums.entry(key).or_insert_with(|| Summed {
+                requests: 0,
+                units: 0,
+                costed: 0,
+                ..row.clone()
+            });
+            sum.requests += row.requests;
+            sum.units += row.units;
+            sum.costed += row.costed;
+        }
+    }
+    Ok(sums.into_values().collect())
+}
+
+const USAGE_SUMS: [usage_day::Column; 3] = [
+    usage_day::Column::Requests,
+    usage_day::Column::Units,
+    usage_day::Column::Costed,
+];
+
 /// The margin of `wallets` (all wallets for `None`) on the days [start_day, end_day), from
-/// the rollup and the rate cards that priced the requests (cost: the rollup rows of the
-/// window — by the rollup's key, or by `usage_days_day` for every wallet — and one read of
-/// those cards). Requests priced by no card (captures of explicit units) have no route.
+/// the rollup summed by the database and the rate cards that priced the requests (cost: the
+/// rollup rows of the window — by the rollup's key, or by `usage_days_day` for every wallet —
+/// a few summed rows per day, and one read of those cards). Requests priced by no card
+/// (captures of explicit units) have no route.
 pub async fn margin(
     conn: &impl ConnectionTrait,
     wallets: Option<&[String]>,
@@ -326,25 +461,7 @@ pub async fn margin(
     end_day: i64,
     granularity: Granularity,
 ) -> Result<Vec<MarginLine>> {
-    let window = usage_day::Entity::find()
-        .filter(usage_day::Column::Day.gte(start_day))
-        .filter(usage_day::Column::Day.lt(end_day));
-    let rows = match wallets {
-        None => window.all(conn).await?,
-        Some(wallets) => {
-            let mut rows = Vec::new();
-            for chunk in wallets.chunks(WALLETS_PER_QUERY) {
-                rows.extend(
-                    window
-                        .clone()
-                        .filter(usage_day::Column::WalletId.is_in(chunk.iter().cloned()))
-                        .all(conn)
-                        .await?,
-                );
-            }
-            rows
-        }
-    };
+    let rows = summed(conn, wallets, start_day, end_day).await?;
     let cards = rate_cards::by_versions(conn, rows.iter().map(|r| r.rate_card_version)).await?;
     let mut lines: BTreeMap<(i64, String, String), MarginLine> = BTreeMap::new();
     for row in rows {
@@ -362,13 +479,16 @@ pub async fn margin(
                 provider_cost: Some(Decimal::ZERO),
                 ..MarginLine::default()
             });
-        line.requests = line.requests.saturating_add(row.requests);
-        line.units += i128::from(row.units);
+        let requests = i64::try_from(row.requests).unwrap_or(i64::MAX);
+        line.requests = line.requests.saturating_add(requests);
+        line.units += row.units;
         let cost = rate
             .and_then(|r| r.provider_cost.parse::<Decimal>().ok())
             .unwrap_or_default();
         line.provider_cost = line.provider_cost.and_then(|sum| {
-            cost.checked_mul(Decimal::from(row.costed))
+            Decimal::try_from(row.costed)
+                .ok()
+                .and_then(|costed| cost.checked_mul(costed))
                 .and_then(|c| sum.checked_add(c))
         });
         if !row.unit_price.is_empty() {

@@ -108,6 +108,40 @@ impl BenchDatabase {
         }
     }
 
+    /// For `--history`: on PostgreSQL the database `allot_history` on that server (created
+    /// if missing, kept afterwards, so a later run measures on the same history); otherwise
+    /// as [`BenchDatabase::prepare`].
+    pub async fn prepare_kept(url: Option<&str>) -> anyhow::Result<BenchDatabase> {
+        let Some(url) = url.filter(|u| Kind::of(u).ok() == Some(Kind::Postgres)) else {
+            return Self::prepare(url).await;
+        };
+        const NAME: &str = "allot_history";
+        let admin = Database::connect(url)
+            .await
+            .with_context(|| format!("cannot connect to {}", redact_url(url)))?;
+        let exists = admin
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT 1 AS one FROM pg_database WHERE datname = '{NAME}'"),
+            ))
+            .await?
+            .is_some();
+        if !exists {
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {NAME}"))
+                .await
+                .with_context(|| format!("cannot create database {NAME}"))?;
+        }
+        admin.close().await.ok();
+        let kept = replace_database(url, NAME);
+        Ok(BenchDatabase {
+            description: format!("PostgreSQL, database {} (kept)", redact_url(&kept)),
+            url: kept,
+            kind: Kind::Postgres,
+            cleanup: Cleanup::Nothing,
+        })
+    }
+
     /// Removes what `prepare` created (the temp dir, or the fresh database).
     pub async fn cleanup(self) -> anyhow::Result<()> {
         match self.cleanup {

@@ -377,9 +377,15 @@ enum Probe {
     Simulate,
     /// ListAuditEvents, first page (operator).
     Audit,
+    /// GetUsageReport of one department, 30 days by day, split by `user`.
+    UsageByUserAccount,
+    /// GetPriceTransparency of one department, 30 days.
+    TransparencyAccount,
+    /// SimulateRateCard of one department, 30 days.
+    SimulateAccount,
 }
 
-const PROBES: [Probe; 10] = [
+const PROBES: [Probe; 13] = [
     Probe::BudgetWallet,
     Probe::BudgetRollup,
     Probe::Usage,
@@ -390,6 +396,9 @@ const PROBES: [Probe; 10] = [
     Probe::MarginAll,
     Probe::Simulate,
     Probe::Audit,
+    Probe::UsageByUserAccount,
+    Probe::TransparencyAccount,
+    Probe::SimulateAccount,
 ];
 
 impl Probe {
@@ -405,11 +414,25 @@ impl Probe {
             Probe::MarginAll => "GetMarginReport (all accounts, 30 d by day)",
             Probe::Simulate => "SimulateRateCard (family, 30 d)",
             Probe::Audit => "ListAuditEvents (first page)",
+            Probe::UsageByUserAccount => "GetUsageReport (a department, 30 d, by user)",
+            Probe::TransparencyAccount => "GetPriceTransparency (a department, 30 d)",
+            Probe::SimulateAccount => "SimulateRateCard (a department, 30 d)",
         }
     }
 
-    /// Calls the report once for `account` (a department for `BudgetWallet`, else a
-    /// parent); returns the rows it answered.
+    /// Whether the probe asks for one department (else a parent and its departments).
+    fn one_department(self) -> bool {
+        matches!(
+            self,
+            Probe::BudgetWallet
+                | Probe::UsageByUserAccount
+                | Probe::TransparencyAccount
+                | Probe::SimulateAccount
+        )
+    }
+
+    /// Calls the report once for `account` (a department or a parent, as
+    /// [`Probe::one_department`] says); returns the rows it answered.
     async fn call(
         self,
         clients: &Clients,
@@ -421,12 +444,13 @@ impl Probe {
         let mut reports = clients.reports(0);
         let (start, end) = (Some(timestamp(window.0)), Some(timestamp(window.1)));
         let family = account.to_string();
+        let rollup = !self.one_department();
         Ok(match self {
             Probe::BudgetWallet | Probe::BudgetRollup => {
                 reports
                     .get_budget(proto::GetBudgetRequest {
                         account_id: family,
-                        include_sub_accounts: matches!(self, Probe::BudgetRollup),
+                        include_sub_accounts: rollup,
                         ..Default::default()
                     })
                     .await
@@ -436,7 +460,7 @@ impl Probe {
                     .len()
                     + 1
             }
-            Probe::Usage | Probe::UsageByUser | Probe::UsageMonths => {
+            Probe::Usage | Probe::UsageByUser | Probe::UsageMonths | Probe::UsageByUserAccount => {
                 let months = matches!(self, Probe::UsageMonths);
                 reports
                     .get_usage_report(proto::GetUsageReportRequest {
@@ -456,12 +480,15 @@ impl Probe {
                         } else {
                             proto::Granularity::Day
                         } as i32,
-                        group_by_metadata_key: if matches!(self, Probe::UsageByUser) {
+                        group_by_metadata_key: if matches!(
+                            self,
+                            Probe::UsageByUser | Probe::UsageByUserAccount
+                        ) {
                             "user".into()
                         } else {
                             String::new()
                         },
-                        include_sub_accounts: true,
+                        include_sub_accounts: rollup,
                         ..Default::default()
                     })
                     .await
@@ -470,10 +497,10 @@ impl Probe {
                     .rows
                     .len()
             }
-            Probe::Transparency => reports
+            Probe::Transparency | Probe::TransparencyAccount => reports
                 .get_price_transparency(proto::GetPriceTransparencyRequest {
                     account_id: family,
-                    include_sub_accounts: true,
+                    include_sub_accounts: rollup,
                     start_time: start,
                     end_time: end,
                     ..Default::default()
@@ -504,7 +531,7 @@ impl Probe {
                     .rows
                     .len()
             }
-            Probe::Simulate => clients
+            Probe::Simulate | Probe::SimulateAccount => clients
                 .rates()
                 .simulate_rate_card(proto::SimulateRateCardRequest {
                     rate_card: Some(proto::RateCard {
@@ -512,7 +539,7 @@ impl Probe {
                         ..Default::default()
                     }),
                     account_id: family,
-                    include_sub_accounts: true,
+                    include_sub_accounts: rollup,
                     start_time: start,
                     end_time: end,
                     ..Default::default()
@@ -648,9 +675,10 @@ pub async fn run(args: &BenchArgs, database: &BenchDatabase, entries: u64) -> an
     let (parents, departments) = (accounts.parents(), accounts.departments());
     let mut measured = Vec::new();
     for probe in PROBES {
-        let pool = match probe {
-            Probe::BudgetWallet => &departments,
-            _ => &parents,
+        let pool = if probe.one_department() {
+            &departments
+        } else {
+            &parents
         };
         let mut samples = Vec::new();
         let mut rows = 0;
