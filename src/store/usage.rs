@@ -486,7 +486,7 @@ pub async fn margin(
             .and_then(|r| r.provider_cost.parse::<Decimal>().ok())
             .unwrap_or_default();
         line.provider_cost = line.provider_cost.and_then(|sum| {
-            Decimal::try_from(row.costed)
+            Decimal::try_from_i128_with_scale(row.costed, 0)
                 .ok()
                 .and_then(|costed| cost.checked_mul(costed))
                 .and_then(|c| sum.checked_add(c))
