@@ -284,3 +284,55 @@ async fn postgres_tls_modes() {
     );
     db.drop_database().await;
 }
+
+/// `allot bench --history` builds a dated history through the API and times every report;
+/// run again on the same SQLite file it measures that history instead of building another.
+#[test]
+fn bench_history_times_every_report_and_reuses_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("history.db").display()
+    );
+    let run = || {
+        let output = binary(dir.path())
+            .args(["bench", "--database-url", &url, "--history", "3000"])
+            .args([
+                "--history-days",
+                "3",
+                "--wallets",
+                "20",
+                "--report-calls",
+                "1",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let built = run();
+    assert_eq!(built["debits"], 3000, "{built:#}");
+    assert_eq!(built["refunds"], 6, "{built:#}");
+    assert_eq!(built["refused"], serde_json::json!({}), "{built:#}");
+    assert_eq!(built["accounts"], 20);
+    let reports = built["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 13, "{built:#}");
+    for report in reports {
+        let name = report["report"].as_str().unwrap();
+        assert!(
+            report["calls"] == 1 && report["p50_ms"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        // Every report has rows: three request types, users, two audited publishes.
+        assert!(report["rows"].as_u64().unwrap() > 0, "{name}: {report}");
+        if name.starts_with("GetPriceTransparency") {
+            assert_eq!(report["rows"], 3, "one row per request type: {report}");
+        }
+    }
+
+    let again = run();
+    assert_eq!(again["debits"], serde_json::Value::Null, "{again:#}");
+    assert_eq!(again["accounts"], 20);
+    assert_eq!(again["reports"].as_array().unwrap().len(), 13);
+}

@@ -4,8 +4,8 @@
 //! idempotency records — and the batch commits only if every record was new.
 
 use sea_orm::{
-    ActiveModelTrait, DatabaseTransaction, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn,
-    Set,
+    ActiveModelTrait, DatabaseTransaction, EntityName, EntityTrait, IdenStatic, Iterable,
+    PrimaryKeyToColumn, Set,
     sea_query::{Expr, OnConflict},
 };
 
@@ -280,7 +280,10 @@ async fn add_usage(conn: &DatabaseTransaction, rows: &[usage_day::Model]) -> Res
         for column in USAGE_COUNTERS {
             on_conflict.value(
                 column,
-                Expr::cust(bulk::saturating_add("usage_days", column.as_str())),
+                Expr::cust(bulk::saturating_add(
+                    usage_day::Entity.table_name(),
+                    column.as_str(),
+                )),
             );
         }
         usage_day::Entity::insert_many(chunk)
