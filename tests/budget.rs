@@ -737,7 +737,7 @@ async fn extreme_amounts_saturate_the_rollup_and_never_fail_a_debit() {
         (b.granted.as_str(), b.consumed.as_str()),
         ("18000000000000", "18000000000000")
     );
-    let verified = allot::store::verify::verify(app.handles.store.connection())
+    let verified = allot::store::verify::verify_snapshot(app.handles.store.connection())
         .await
         .expect("verify");
     assert!(verified.is_ok(), "{verified:#?}");

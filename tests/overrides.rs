@@ -151,7 +151,7 @@ async fn the_nearest_override_in_force_prices_debits_holds_and_quotes() {
     assert_eq!(ids, expected);
 
     // The chain covers which price applied: still verifies.
-    let report = allot::store::verify::verify(app.handles.store.connection())
+    let report = allot::store::verify::verify_snapshot(app.handles.store.connection())
         .await
         .expect("verify");
     assert!(report.is_ok(), "{report:#?}");

@@ -15,8 +15,9 @@
 //!   in money per currency);
 //! * a rejected operation leaves the database exactly as before (a dump of every table).
 //!
-//! At the end of a case `allot verify` (`store::verify::verify`) must find no mismatch, and
-//! every hold the test knows is resolved has exactly one CAPTURE or RELEASE entry.
+//! At the end of a case `allot verify` (`store::verify::verify_snapshot`: one read snapshot,
+//! so the running server's sweeps cannot land halfway) must find no mismatch, and every hold
+//! the test knows is resolved has exactly one CAPTURE or RELEASE entry.
 
 mod common;
 
@@ -759,7 +760,7 @@ impl Run<'_> {
     /// `allot verify` finds nothing wrong, and every hold was resolved at most once.
     async fn verify(&self) {
         let conn = self.app.handles.store.connection();
-        let report = verify::verify(conn).await.expect("verify");
+        let report = verify::verify_snapshot(conn).await.expect("verify");
         assert!(report.wallets >= 1 && report.is_ok(), "verify: {report:#?}");
         // Holds resolved once: at most one CAPTURE or RELEASE per hold, and exactly one for
         // every hold that is no longer open.

@@ -45,7 +45,7 @@ async fn schema6_database() -> TestDatabase {
 }
 
 async fn verified(app: &TestApp) -> verify::Report {
-    let report = verify::verify(app.handles.store.connection())
+    let report = verify::verify_snapshot(app.handles.store.connection())
         .await
         .expect("verify runs");
     assert!(report.is_ok(), "{report:#?}");

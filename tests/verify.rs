@@ -128,7 +128,7 @@ async fn entries(app: &TestApp, wallet_id: &str) -> Vec<transaction::Model> {
 }
 
 async fn run_verify(app: &TestApp) -> Report {
-    verify::verify(app.handles.store.connection())
+    verify::verify_snapshot(app.handles.store.connection())
         .await
         .expect("verify runs")
 }
