@@ -208,7 +208,7 @@ impl Clients {
     }
 }
 
-fn rpc_error(what: &str, status: Status) -> anyhow::Error {
+pub fn rpc_error(what: &str, status: Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {} {}", code_name(status.code()), status.message())
 }
 
@@ -246,19 +246,40 @@ pub async fn ensure_rate_card(clients: &Clients) -> anyhow::Result<Option<String
         );
     }
     card_rates.push(bench_rate);
-    let draft = rates
+    let version = publish_card(
+        clients,
+        card_rates,
+        &format!("allot bench: `{REQUEST_TYPE}` costs 1 unit"),
+    )
+    .await?;
+    Ok(current.map(|card| {
+        format!(
+            "published rate card v{} (v{}'s rates plus `{REQUEST_TYPE}` = 1 unit)",
+            version, card.version
+        )
+    }))
+}
+
+/// Creates a rate card of `rates` and publishes it, in force now; returns its version.
+pub async fn publish_card(
+    clients: &Clients,
+    rates: Vec<proto::Rate>,
+    notes: &str,
+) -> anyhow::Result<i64> {
+    let mut client = clients.rates();
+    let draft = client
         .create_rate_card(proto::CreateRateCardRequest {
             rate_card: Some(proto::RateCard {
-                rates: card_rates,
-                notes: format!("allot bench: `{REQUEST_TYPE}` costs 1 unit"),
+                rates,
+                notes: notes.into(),
                 ..Default::default()
             }),
             request_id: uuid::Uuid::new_v4().to_string(),
         })
         .await
-        .map_err(|s| rpc_error("cannot create the bench rate card", s))?
+        .map_err(|s| rpc_error("cannot create the rate card", s))?
         .into_inner();
-    let published = rates
+    let published = client
         .publish_rate_card(proto::PublishRateCardRequest {
             version: draft.version,
             etag: draft.etag,
@@ -266,14 +287,9 @@ pub async fn ensure_rate_card(clients: &Clients) -> anyhow::Result<Option<String
             request_id: uuid::Uuid::new_v4().to_string(),
         })
         .await
-        .map_err(|s| rpc_error("cannot publish the bench rate card", s))?
+        .map_err(|s| rpc_error("cannot publish the rate card", s))?
         .into_inner();
-    Ok(current.map(|card| {
-        format!(
-            "published rate card v{} (v{}'s rates plus `{REQUEST_TYPE}` = 1 unit)",
-            published.version, card.version
-        )
-    }))
+    Ok(published.version)
 }
 
 /// Creates `wallets` accounts, each with a `credits` wallet and a grant of [`GRANT_UNITS`],

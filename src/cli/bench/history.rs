@@ -20,7 +20,7 @@ use tonic::Status;
 
 use super::{
     BenchArgs,
-    allot::{Clients, InProcess, fund},
+    allot::{Clients, InProcess, fund, publish_card, rpc_error},
     database::BenchDatabase,
     load::Latency,
     progress,
@@ -41,7 +41,7 @@ const USERS: u32 = 40;
 const FEATURES: [&str; 4] = ["assistant", "search", "studio", "api"];
 
 fn rpc(what: &'static str) -> impl Fn(Status) -> anyhow::Error {
-    move |status| anyhow::anyhow!("{what}: {} {}", code_name(status.code()), status.message())
+    move |status| rpc_error(what, status)
 }
 
 fn timestamp(seconds: i64) -> prost_types::Timestamp {
@@ -91,33 +91,6 @@ fn rates(chat_route: &str, chat_cost: &str) -> Vec<proto::Rate> {
             ..Default::default()
         },
     ]
-}
-
-async fn publish(clients: &Clients, rates: Vec<proto::Rate>, notes: &str) -> anyhow::Result<i64> {
-    let mut client = clients.rates();
-    let draft = client
-        .create_rate_card(proto::CreateRateCardRequest {
-            rate_card: Some(proto::RateCard {
-                rates,
-                notes: notes.into(),
-                ..Default::default()
-            }),
-            request_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .map_err(rpc("CreateRateCard"))?
-        .into_inner();
-    let published = client
-        .publish_rate_card(proto::PublishRateCardRequest {
-            version: draft.version,
-            etag: draft.etag,
-            effective_time: None,
-            request_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .map_err(rpc("PublishRateCard"))?
-        .into_inner();
-    Ok(published.version)
 }
 
 /// The seeded accounts: `ids[i]`; parents are every `FAMILY`-th.
@@ -274,7 +247,7 @@ async fn build(
     let mut sent = 0u64;
     for day in 0..days {
         if day == remap_day {
-            publish(
+            publish_card(
                 clients,
                 rates("anthropic/claude-sonnet", "0.0015"),
                 "history: chat remapped to another model, same prices",
@@ -619,7 +592,7 @@ async fn build_history(
 ) -> anyhow::Result<(Accounts, Built)> {
     clock.advance(-i64::from(days) * DAY_MICROS);
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    publish(
+    publish_card(
         clients,
         rates("openai/gpt-4o", "0.002"),
         "history: the card at the start",
