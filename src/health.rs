@@ -16,11 +16,11 @@
 //! for shutdown the statuses stay NOT_SERVING.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     future::Future,
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::FutureExt;
@@ -28,6 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::store::{Store, ledger};
+
+/// The health service name for liveness probes: SERVING from start until shutdown begins,
+/// whatever the database does (a database outage must not get every replica restarted;
+/// readiness, the overall status `""`, takes them out of rotation instead).
+pub const LIVENESS: &str = "liveness";
 
 /// How often the monitor checks the database and the ledger.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,6 +52,8 @@ pub struct Health {
 struct Inner {
     /// Background tasks that are not running (panicked, or not yet through a round since).
     down: Mutex<BTreeSet<&'static str>>,
+    /// When each background task last completed a round (or was first supervised).
+    rounds: Mutex<BTreeMap<&'static str, Instant>>,
 }
 
 impl Health {
@@ -61,6 +68,32 @@ impl Health {
         if !down.is_empty() {
             down.remove(task);
         }
+    }
+
+    /// `task` (or a part of one, like pruning) completed a round: its lag restarts from 0.
+    pub fn round_done(&self, task: &'static str) {
+        self.rounds().insert(task, Instant::now());
+    }
+
+    /// `task` began: its lag counts from now until its first successful round.
+    pub fn task_started(&self, task: &'static str) {
+        self.rounds().entry(task).or_insert_with(Instant::now);
+    }
+
+    /// How long ago each task last completed a round (the `allot_background_lag_seconds`
+    /// metric).
+    pub fn lags(&self) -> Vec<(&'static str, Duration)> {
+        self.rounds()
+            .iter()
+            .map(|(task, at)| (*task, at.elapsed()))
+            .collect()
+    }
+
+    fn rounds(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Instant>> {
+        self.inner
+            .rounds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The tasks that are down.
@@ -198,7 +231,7 @@ pub struct Statuses {
 }
 
 impl Statuses {
-    /// Statuses for `services`, all SERVING.
+    /// Statuses for `services`, all SERVING, and [`LIVENESS`] SERVING until shutdown.
     pub async fn new(reporter: HealthReporter, services: &[&'static str]) -> Self {
         let statuses = Statuses {
             reporter,
@@ -207,12 +240,17 @@ impl Statuses {
         };
         statuses.set(ServingStatus::Serving).await;
         statuses
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
+        statuses
     }
 
     async fn set(&self, status: ServingStatus) {
         for service in self.services.iter() {
             self.reporter.set_service_status(*service, status).await;
         }
+        crate::telemetry::metrics::serving(status == ServingStatus::Serving);
     }
 
     /// Sets every status to `status` unless the server is draining; false if it is.
@@ -230,6 +268,9 @@ impl Statuses {
         let mut draining = self.draining.lock().await;
         *draining = true;
         self.set(ServingStatus::NotServing).await;
+        self.reporter
+            .set_service_status(LIVENESS, ServingStatus::NotServing)
+            .await;
     }
 }
 

@@ -18,6 +18,8 @@ pub mod error;
 pub mod health;
 pub mod server;
 pub mod store;
+pub mod telemetry;
+pub mod tls;
 
 pub mod proto {
     //! Code generated from `proto/allot/v1/*.proto`.

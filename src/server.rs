@@ -53,6 +53,33 @@ pub struct Settings {
     /// How long in-flight requests may take to finish after shutdown begins; long-lived
     /// streams (health `Watch`) are cut after it.
     pub shutdown_grace: Duration,
+    /// TLS, the health port, the access log, migrations at start.
+    pub exposure: Exposure,
+}
+
+/// How the service is reached and watched. The default: plaintext, no separate health port,
+/// no access log, migrations applied at start.
+#[derive(Default)]
+pub struct Exposure {
+    /// TLS on the gRPC port.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// A plaintext port serving only `grpc.health.v1` (Kubernetes' gRPC probes cannot speak
+    /// TLS).
+    pub health_listener: Option<TcpListener>,
+    /// Most access-log lines a second (0: none).
+    pub access_log_per_second: u32,
+    /// Whether to apply pending migrations at start or refuse to start.
+    pub migrate: Migrate,
+}
+
+/// What `serve` does with migrations the database lacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Migrate {
+    /// Apply them (under a lock: replicas starting together take turns).
+    #[default]
+    Auto,
+    /// Refuse to start until they are applied (`allot migrate`, e.g. a deployment's Job).
+    Check,
 }
 
 /// The running service's store and ledger.
@@ -73,15 +100,32 @@ impl Handles {
     }
 }
 
-/// Default for [`Settings::shutdown_grace`].
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
 /// Opens the database and migrates it.
 pub async fn open_store(database_url: &str, clock: Clock) -> anyhow::Result<Store> {
+    open_store_with(database_url, clock, Migrate::Auto).await
+}
+
+/// Opens the database and applies its pending migrations, or with [`Migrate::Check`] fails
+/// if there are any.
+pub async fn open_store_with(
+    database_url: &str,
+    clock: Clock,
+    migrate: Migrate,
+) -> anyhow::Result<Store> {
     let store = Store::connect(database_url, clock).await.map_err(|err| {
         anyhow::anyhow!("cannot open database {}: {err}", redact_url(database_url))
     })?;
-    store.migrate().await?;
+    match migrate {
+        Migrate::Auto => store.migrate().await?,
+        // Reads only: migrations this binary knows that are not applied (newer ones it does
+        // not know are fine: a rolling upgrade or a rollback runs older pods on them).
+        Migrate::Check => {
+            if let Some(problem) = crate::store::verify::schema_problem(store.connection()).await? {
+                store.close().await;
+                anyhow::bail!("{problem} (this server runs with --migrate check)");
+            }
+        }
+    }
     Ok(store)
 }
 
@@ -125,7 +169,8 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = open_store(&settings.database_url, settings.clock)
+    let exposure = settings.exposure;
+    let store = open_store_with(&settings.database_url, settings.clock, exposure.migrate)
         .await?
         .checking_cache(settings.check_wallet_cache);
     let health = Health::default();
@@ -151,8 +196,9 @@ pub async fn run(
     let _stop_tasks_on_exit = stopping.clone().drop_guard();
     let tasks = TaskTracker::new();
     {
-        let (store, health_, interval, retention) = (
+        let (store, ledger, health_, interval, retention) = (
             store.clone(),
+            ledger.clone(),
             health.clone(),
             settings.sweep_interval,
             settings.idempotency_retention,
@@ -183,6 +229,16 @@ pub async fn run(
         ));
     }
 
+    {
+        let (store, ledger, health) = (store.clone(), ledger.clone(), health.clone());
+        tasks.spawn(crate::telemetry::metrics::sample(
+            store,
+            ledger,
+            health,
+            stopping.child_token(),
+        ));
+    }
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let services: Vec<&'static str> = SERVICES.into_iter().chain([""]).collect();
     let statuses = Statuses::new(reporter, &services).await;
@@ -205,7 +261,30 @@ pub async fn run(
         .build_v1alpha()?;
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, database = %redact_url(&settings.database_url), "allot serving");
+    if let Some(health_listener) = exposure.health_listener {
+        let health_addr = health_listener.local_addr()?;
+        let (health_service, stop) = (health_service.clone(), stopping.clone());
+        tasks.spawn(async move {
+            // Answers NOT_SERVING while the main port drains; stops with the background tasks.
+            let served = Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(health_listener),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "the health port failed");
+            }
+        });
+        tracing::info!(addr = %health_addr, "health port (plaintext, grpc.health.v1 only)");
+    }
+    tracing::info!(
+        %addr,
+        tls = exposure.tls.is_some(),
+        database = %redact_url(&settings.database_url),
+        "allot serving"
+    );
 
     let graceful = {
         let draining = draining.clone();
@@ -217,9 +296,13 @@ pub async fn run(
         }
     };
 
-    let serve = Server::builder()
+    let router = Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Metrics, spans and the access log of every call, refused ones included.
+        .layer(crate::telemetry::rpc::TelemetryLayer::new(
+            exposure.access_log_per_second,
+        ))
         // Authentication and roles for every method, before any handler (`api::access`).
         .layer(crate::api::access::AccessLayer::new(ctx.auth.clone()))
         .add_service(health_service)
@@ -239,13 +322,22 @@ pub async fn run(
         )
         .add_service(
             ReportServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        // TCP_NODELAY: a reply's last HTTP/2 frame must not wait ~40 ms for a delayed ACK
-        // (tonic's builder setting does not apply to a listener we pass in).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            graceful,
         );
+    let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match exposure.tls {
+            Some(tls) => {
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tls.incoming(listener, draining.clone()),
+                    graceful,
+                ))
+            }
+            // TCP_NODELAY: a reply's last HTTP/2 frame must not wait ~40 ms for a delayed ACK
+            // (tonic's builder setting does not apply to a listener we pass in).
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                graceful,
+            )),
+        };
     let grace = settings.shutdown_grace;
     let deadline = async move {
         draining.cancelled().await;

@@ -216,6 +216,7 @@ where
         match authorize(&self.auth, request.uri().path(), header) {
             Ok(caller) => {
                 if let Some(caller) = caller {
+                    crate::telemetry::rpc::note_sub(&caller.sub);
                     request.extensions_mut().insert(caller);
                 }
                 // `poll_ready` was forwarded to this very service; its future owns what it needs.

@@ -18,6 +18,7 @@ use crate::{
         ledger::{self, CaptureOp, DebitOp, Op, RefundOp, ReleaseOp, ReserveOp},
         pagination,
     },
+    telemetry::metrics,
 };
 
 /// Most debits one BatchDebit may carry.
@@ -74,7 +75,13 @@ impl Ctx {
     }
 
     async fn submit_debit(&self, caller: &Caller, op: Op) -> Result<proto::DebitResponse> {
-        let mut response = proto::DebitResponse::respond(self.ledger.submit(op).await?)?;
+        let request_type = match &op {
+            Op::Debit(debit) => debit.request_type.clone(),
+            _ => String::new(),
+        };
+        let outcome = self.ledger.submit(op).await;
+        metrics::debit(&request_type, &outcome);
+        let mut response = proto::DebitResponse::respond(outcome?)?;
         response.transaction = response.transaction.map(|t| redact(caller, t));
         Ok(response)
     }
@@ -173,13 +180,15 @@ impl Ctx {
             key,
             account_id: account.id.clone(),
             unit,
-            request_type,
+            request_type: request_type.clone(),
             quantities,
             units,
             ttl_micros: i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX),
             actor: caller.sub,
         });
-        proto::Reservation::respond(self.ledger.submit(op).await?)
+        let outcome = self.ledger.submit(op).await;
+        metrics::hold("reserve", &request_type, &outcome);
+        proto::Reservation::respond(outcome?)
     }
 
     /// A reservation by id whose account is in scope.
@@ -234,7 +243,9 @@ impl Ctx {
             units,
             actor: caller.sub.clone(),
         });
-        let mut response = proto::DebitResponse::respond(self.ledger.submit(op).await?)?;
+        let outcome = self.ledger.submit(op).await;
+        metrics::hold("capture", &hold.request_type, &outcome);
+        let mut response = proto::DebitResponse::respond(outcome?)?;
         response.transaction = response.transaction.map(|t| redact(&caller, t));
         Ok(response)
     }
@@ -255,7 +266,9 @@ impl Ctx {
             reservation_id: hold.id,
             actor: caller.sub,
         });
-        proto::Reservation::respond(self.ledger.submit(op).await?)
+        let outcome = self.ledger.submit(op).await;
+        metrics::hold("release", &hold.request_type, &outcome);
+        proto::Reservation::respond(outcome?)
     }
 
     async fn refund(&self, request: Request<proto::RefundRequest>) -> Result<proto::Transaction> {
@@ -291,7 +304,9 @@ impl Ctx {
             reason,
             actor: caller.sub.clone(),
         });
-        let transaction = proto::Transaction::respond(self.ledger.submit(op).await?)?;
+        let outcome = self.ledger.submit(op).await;
+        metrics::refund(&outcome);
+        let transaction = proto::Transaction::respond(outcome?)?;
         Ok(redact(&caller, transaction))
     }
 

@@ -218,6 +218,7 @@ mutations! {
 /// of the request with the request_id cleared. The one way every mutation derives its key.
 pub fn key<M: Mutation>(scope: String, request: &M) -> Result<Key> {
     validate_request_id(request.request_id())?;
+    crate::telemetry::rpc::note_request_id(request.request_id());
     Ok(Key::new(
         scope,
         request.request_id(),

@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// cards and to debit (e.g. `allot token --role admin --account '*'`).
     #[arg(long, env = "ALLOT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// TLS options for an https:// --server.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
     /// Wallets to seed and debit (one account each).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub wallets: u64,
@@ -270,7 +273,7 @@ async fn measure(args: &BenchArgs, database: Option<&BenchDatabase>) -> anyhow::
             args.token.clone().unwrap_or_default(),
         ),
     };
-    let clients = Clients::connect(&url, &token, connections).await?;
+    let clients = Clients::connect(&url, &token, connections, &args.tls).await?;
     if let Some(note) = allot::ensure_rate_card(&clients).await? {
         notes.push(note);
     }

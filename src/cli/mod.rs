@@ -39,6 +39,7 @@ impl TopClientArgs {
             server: self.server.clone(),
             token: self.token.clone(),
             json: self.json,
+            ..Default::default()
         }
     }
 }

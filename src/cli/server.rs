@@ -71,6 +71,33 @@ pub struct ServeArgs {
     /// parameters); at least 1h.
     #[arg(long, env = "ALLOT_IDEMPOTENCY_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub idempotency_retention: Duration,
+    /// Serve Prometheus metrics over HTTP on this address (off by default).
+    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Also serve `grpc.health.v1` alone, in plaintext, on this address (for Kubernetes gRPC
+    /// probes, which cannot speak TLS).
+    #[arg(long, env = "ALLOT_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
+    /// PEM certificate chain: serve gRPC over TLS (re-read when the file changes).
+    #[arg(long, env = "ALLOT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (re-read when the file changes).
+    #[arg(long, env = "ALLOT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): require client certificates issued by them (mTLS).
+    #[arg(long, env = "ALLOT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Pending migrations at start: `auto` applies them, `check` refuses to start (when a
+    /// deployment runs `allot migrate` first).
+    #[arg(long, env = "ALLOT_MIGRATE", value_enum, default_value = "auto")]
+    pub migrate: server::Migrate,
+    /// How long in-flight calls may finish after SIGTERM (health turns NOT_SERVING at once).
+    #[arg(long, env = "ALLOT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Most access-log lines (one per call: method, code, latency, request_id, caller) a
+    /// second; 0 turns the access log off.
+    #[arg(long, env = "ALLOT_ACCESS_LOG_RATE", default_value_t = 100)]
+    pub access_log_rate: u32,
     /// For tests: every ledger batch also reads what it took from the wallet cache and
     /// asserts the two agree (slower).
     #[arg(long, hide = true)]
@@ -231,7 +258,7 @@ fn claims(
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.json_logs);
+    let _telemetry = crate::telemetry::init(args.json_logs)?;
     let mut secret = args.jwt.jwt_hs256_secret.clone();
     if args.dev && secret.is_none() {
         secret = Some(dev_secret()?);
@@ -244,9 +271,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              development server"
         );
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::ServerTls::load(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let health_listener = match &args.health_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--health-listen)"))?,
+        ),
+        None => None,
+    };
+    if let Some(addr) = args.metrics_listen {
+        crate::telemetry::metrics::install(addr)?;
+        tracing::info!(%addr, "metrics (Prometheus text)");
+    }
     if args.dev {
         let secret = secret.unwrap_or_default();
         let admin = claims(
@@ -261,17 +308,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("allot dev mode — tokens are signed with the secret in {DEV_SECRET_FILE}");
         println!("admin token (30 days; mint others with `allot token --role … --account …`):\n");
         println!("  export ALLOT_TOKEN={token}\n");
-        println!("then: allot accounts list --server http://{addr}");
-        println!(
-            "  or: grpcurl -plaintext -H \"authorization: Bearer $ALLOT_TOKEN\" {addr} list\n"
-        );
+        if tls.is_some() {
+            println!(
+                "then: allot accounts list --server https://{addr} (--tls-ca FILE for a private CA)"
+            );
+        } else {
+            println!("then: allot accounts list --server http://{addr}");
+            println!(
+                "  or: grpcurl -plaintext -H \"authorization: Bearer $ALLOT_TOKEN\" {addr} list\n"
+            );
+        }
     }
     let settings = Settings {
         check_wallet_cache: args.check_wallet_cache,
         database_url: args.database.database_url,
         auth,
         clock: Clock::system(),
-        shutdown_grace: server::SHUTDOWN_GRACE,
+        shutdown_grace: args.shutdown_grace,
+        exposure: server::Exposure {
+            tls,
+            health_listener,
+            access_log_per_second: args.access_log_rate,
+            migrate: args.migrate,
+        },
         limits: crate::api::Limits {
             max_hold_ttl: args.max_hold_ttl,
             ..Default::default()

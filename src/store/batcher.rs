@@ -13,6 +13,7 @@
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
     sync::Arc,
+    time::Instant,
 };
 
 use futures::FutureExt;
@@ -22,6 +23,8 @@ use tokio_util::{
     sync::{CancellationToken, DropGuard},
     task::TaskTracker,
 };
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     Store,
@@ -30,6 +33,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     health::panic_message,
+    telemetry::{self, metrics},
 };
 
 /// The most operations applied in one transaction.
@@ -44,6 +48,8 @@ const QUEUE_DEPTH: usize = 8192;
 struct Job {
     op: Op,
     reply: oneshot::Sender<Result<Outcome>>,
+    /// The submitting call's span, linked from the batch's span (when spans are exported).
+    span: Span,
 }
 
 /// Handle for submitting operations; cheap to clone. The worker stops once every handle is
@@ -96,12 +102,25 @@ impl Ledger {
         )
     }
 
+    /// Operations queued and not yet taken into a batch.
+    pub fn queued(&self) -> usize {
+        self.queues
+            .iter()
+            .map(|queue| queue.max_capacity() - queue.capacity())
+            .sum()
+    }
+
     /// Applies `op` (in some batch) and returns its own outcome.
     pub async fn submit(&self, op: Op) -> Result<Outcome> {
         let (reply, outcome) = oneshot::channel();
         let queue = &self.queues[shard(&op, self.queues.len())];
+        let span = if telemetry::tracing_enabled() {
+            Span::current()
+        } else {
+            Span::none()
+        };
         queue
-            .send(Job { op, reply })
+            .send(Job { op, reply, span })
             .await
             .map_err(|_| Error::unavailable("the ledger is shutting down"))?;
         outcome
@@ -147,31 +166,44 @@ async fn run(
         if received == 0 {
             break;
         }
+        let started = Instant::now();
+        let span = commit_span(&batch);
         let (ops, replies): (Vec<Op>, Vec<_>) =
             batch.drain(..).map(|job| (job.op, job.reply)).unzip();
+        let size = ops.len();
         match AssertUnwindSafe(ledger::apply(&store, &ops, encode))
             .catch_unwind()
+            .instrument(span.clone())
             .await
         {
             Ok(Ok((outcomes, durable))) => {
                 // Reply once the commit is durable; meanwhile the next batch goes ahead (on
                 // SQLite its work overlaps this one's log sync, see `log_sync`).
-                replying.spawn(async move {
-                    match durable.wait().await {
-                        Ok(()) => {
-                            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                                let _ = reply.send(outcome);
+                replying.spawn(
+                    async move {
+                        match durable.wait().await {
+                            Ok(()) => {
+                                metrics::batch(size, "committed", Some(started.elapsed()));
+                                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                                    let _ = reply.send(outcome);
+                                }
+                            }
+                            Err(err) => {
+                                metrics::batch(size, "failed", None);
+                                fail(replies, &err);
                             }
                         }
-                        Err(err) => fail(replies, &err),
                     }
-                });
+                    .instrument(span),
+                );
             }
             Ok(Err(err)) => {
+                metrics::batch(size, "failed", None);
                 tracing::warn!(error = %err, batch = ops.len(), "ledger batch failed");
                 fail(replies, &err);
             }
             Err(panic) => {
+                metrics::batch(size, "panicked", None);
                 tracing::error!(
                     panic = %panic_message(panic.as_ref()),
                     batch = ops.len(),
@@ -182,6 +214,46 @@ async fn run(
         }
     }
     while replying.join_next().await.is_some() {}
+}
+
+/// Request ids a batch's span lists (the rest are counted).
+const SPAN_REQUEST_IDS: usize = 16;
+
+/// The span of one batch commit (when spans are exported): its size, the first request ids,
+/// and a link to the span of every call whose operation it carries.
+fn commit_span(jobs: &[Job]) -> Span {
+    if !telemetry::tracing_enabled() {
+        return Span::none();
+    }
+    let ids: Vec<&str> = jobs
+        .iter()
+        .filter_map(|job| job.op.key().map(|key| key.request_id.as_str()))
+        .collect();
+    let mut listed = ids
+        .iter()
+        .take(SPAN_REQUEST_IDS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",");
+    if ids.len() > SPAN_REQUEST_IDS {
+        listed.push_str(&format!(",…(+{})", ids.len() - SPAN_REQUEST_IDS));
+    }
+    let span = tracing::info_span!(
+        "ledger.commit",
+        otel.name = "ledger.commit",
+        operations = jobs.len(),
+        request_ids = listed,
+    );
+    for job in jobs {
+        let context = job.span.context();
+        let linked = opentelemetry::trace::TraceContextExt::span(&context)
+            .span_context()
+            .clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+    span
 }
 
 /// After a batch panicked (a bug): applies each of its operations in a batch of its own, so

@@ -28,6 +28,7 @@ pub async fn run(store: Store, health: Health, stop: CancellationToken) {
     if store.is_postgres() {
         return;
     }
+    health.task_started(TASK);
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -38,6 +39,7 @@ pub async fn run(store: Store, health: Health, stop: CancellationToken) {
                     tracing::warn!(error = %err, "WAL checkpoint failed; will retry");
                 } else {
                     health.task_ok(TASK);
+                    health.round_done(TASK);
                 }
             }
         }

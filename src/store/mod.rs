@@ -90,6 +90,14 @@ pub struct Store {
     file: Option<std::path::PathBuf>,
 }
 
+/// One connection pool's use (see [`Store::pools`]).
+pub struct PoolUse {
+    pub name: &'static str,
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// A write transaction (on SQLite: holding the one writer connection while it lives).
 pub struct WriteTx {
     pub tx: DatabaseTransaction,
@@ -240,6 +248,35 @@ impl Store {
         };
         Migrator::up(&self.db, None).await?;
         Ok(())
+    }
+
+    /// The connection pools and how many connections each has open, idle and at most (the
+    /// `allot_db_pool_*` metrics).
+    pub fn pools(&self) -> Vec<PoolUse> {
+        let sample = |name: &'static str, db: &DatabaseConnection| {
+            if self.is_postgres() {
+                let pool = db.get_postgres_connection_pool();
+                PoolUse {
+                    name,
+                    size: pool.size(),
+                    idle: pool.num_idle() as u32,
+                    max: pool.options().get_max_connections(),
+                }
+            } else {
+                let pool = db.get_sqlite_connection_pool();
+                PoolUse {
+                    name,
+                    size: pool.size(),
+                    idle: pool.num_idle() as u32,
+                    max: pool.options().get_max_connections(),
+                }
+            }
+        };
+        let mut pools = vec![sample("main", &self.db)];
+        if let Some(writer) = &self.writer {
+            pools.push(sample("writer", writer));
+        }
+        pools
     }
 
     /// The underlying connection (for tools such as `verify`, and tests).

@@ -62,6 +62,8 @@ pub async fn prune_idempotency(store: &Store, retention: Duration) -> Result<u64
 
 /// The sweeper's name in health reports.
 pub const TASK: &str = "sweeper";
+/// The pruning of idempotency records, in the lag metric.
+pub const PRUNE: &str = "prune";
 
 /// Sweeps every `interval` (and prunes idempotency records older than `retention` every
 /// minute) until `stop` is cancelled. Each round that completes marks the task up in `health`.
@@ -73,6 +75,8 @@ pub async fn run(
     retention: Duration,
     stop: CancellationToken,
 ) {
+    health.task_started(TASK);
+    health.task_started(PRUNE);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned_at: Option<tokio::time::Instant> = None;
@@ -80,13 +84,18 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {
-                if let Err(err) = sweep_once(&store, &ledger).await {
-                    tracing::warn!(error = %err, "sweep failed; will retry");
+                match sweep_once(&store, &ledger).await {
+                    Ok(_) => health.round_done(TASK),
+                    Err(err) => tracing::warn!(error = %err, "sweep failed; will retry"),
                 }
                 if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                     pruned_at = Some(tokio::time::Instant::now());
-                    if let Err(err) = prune_idempotency(&store, retention).await {
-                        tracing::warn!(error = %err, "pruning idempotency records failed; will retry");
+                    match prune_idempotency(&store, retention).await {
+                        Ok(_) => health.round_done(PRUNE),
+                        Err(err) => tracing::warn!(
+                            error = %err,
+                            "pruning idempotency records failed; will retry"
+                        ),
                     }
                 }
                 health.task_ok(TASK);

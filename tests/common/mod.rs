@@ -178,6 +178,7 @@ async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
         auth: Authenticator::from_config(&auth).expect("auth config"),
         clock: clock.clone(),
         shutdown_grace: Duration::from_secs(2),
+        exposure: Default::default(),
         limits: allot::api::Limits::default(),
         // Tests sweep explicitly (`app.sweep()`), after moving the clock.
         sweep_interval: Duration::from_secs(3600),

@@ -13,7 +13,10 @@ use allot::proto::{
     account_service_client::AccountServiceClient, grant_service_client::GrantServiceClient,
     ledger_service_client::LedgerServiceClient, rate_card_service_client::RateCardServiceClient,
 };
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, ClientTlsConfig},
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -39,6 +42,19 @@ pub fn binary() -> Command {
         "ALLOT_MAX_HOLD_TTL",
         "ALLOT_SWEEP_INTERVAL",
         "ALLOT_IDEMPOTENCY_RETENTION",
+        "ALLOT_METRICS_LISTEN",
+        "ALLOT_HEALTH_LISTEN",
+        "ALLOT_TLS_CERT",
+        "ALLOT_TLS_KEY",
+        "ALLOT_TLS_CLIENT_CA",
+        "ALLOT_TLS_CA",
+        "ALLOT_TLS_CLIENT_CERT",
+        "ALLOT_TLS_CLIENT_KEY",
+        "ALLOT_MIGRATE",
+        "ALLOT_SHUTDOWN_GRACE",
+        "ALLOT_ACCESS_LOG_RATE",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     ] {
         command.env_remove(var);
     }
@@ -80,6 +96,19 @@ impl ServerProcess {
         extra: &[&str],
         log_dir: &Path,
     ) -> Result<Self, String> {
+        Self::try_start_with_env(name, database_url, extra, &[], None, log_dir).await
+    }
+
+    /// As `try_start`, with `env` set for the process (after the defaults: `RUST_LOG` can be
+    /// raised).
+    pub async fn try_start_with_env(
+        name: &str,
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tls: Option<ClientTlsConfig>,
+        log_dir: &Path,
+    ) -> Result<Self, String> {
         let mut failures = Vec::new();
         for attempt in 0..3 {
             let addr = format!("127.0.0.1:{}", free_port());
@@ -92,11 +121,12 @@ impl ServerProcess {
                 .env("DATABASE_URL", database_url)
                 .env("ALLOT_JWT_HS256_SECRET", SECRET)
                 .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(stderr))
                 .spawn()
                 .expect("spawn allot serve");
-            match wait_ready(&mut child, &addr).await {
+            match wait_ready(&mut child, &addr, tls.clone()).await {
                 Ok(channel) => {
                     return Ok(ServerProcess {
                         name: name.to_string(),
@@ -174,10 +204,18 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn wait_ready(child: &mut Child, addr: &str) -> Result<Channel, String> {
-    let endpoint = Channel::from_shared(format!("http://{}", addr))
+async fn wait_ready(
+    child: &mut Child,
+    addr: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))
         .expect("uri")
         .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).expect("TLS config");
+    }
     let deadline = Instant::now() + STARTUP;
     let mut last = String::from("never connected");
     loop {

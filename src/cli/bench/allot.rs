@@ -106,6 +106,7 @@ impl InProcess {
             auth,
             clock,
             shutdown_grace: Duration::from_secs(5),
+            exposure: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let mut handle = tokio::spawn(server::run(
@@ -163,9 +164,14 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub async fn connect(url: &str, token: &str, connections: usize) -> anyhow::Result<Clients> {
+    pub async fn connect(
+        url: &str,
+        token: &str,
+        connections: usize,
+        tls: &crate::tls::ClientTlsArgs,
+    ) -> anyhow::Result<Clients> {
         // The same rule as every client command: https:// is TLS, http:// plaintext.
-        let endpoint = crate::cli::client::endpoint(url)?
+        let endpoint = crate::cli::client::endpoint(url, tls)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         let mut channels = Vec::with_capacity(connections);

@@ -625,7 +625,7 @@ pub async fn run(args: &BenchArgs, database: &BenchDatabase, entries: u64) -> an
     let clock = Clock::system();
     progress(format!("starting the server on {}", database.description));
     let server = InProcess::start_with_clock(&database.url, clock.clone()).await?;
-    let clients = Clients::connect(&server.url, &server.token, 4).await?;
+    let clients = Clients::connect(&server.url, &server.token, 4, &Default::default()).await?;
     let (accounts, built) = match existing(&clients).await? {
         Some(accounts) => {
             progress(format!(

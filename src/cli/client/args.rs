@@ -32,6 +32,8 @@ pub struct ClientArgs {
     /// Print the response message as JSON (proto field names, enum names, RFC 3339 times).
     #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 impl ClientArgs {
@@ -53,6 +55,7 @@ impl ClientArgs {
                 .or_else(|| outer.token.clone())
                 .or_else(|| env("ALLOT_TOKEN")),
             json: self.json || outer.json,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -1043,6 +1046,7 @@ pub(super) mod tests {
             server: cli.client.server.clone(),
             token: cli.client.token.clone(),
             json: cli.client.json,
+            ..Default::default()
         };
         match cli.command {
             Command::Client(command) => {

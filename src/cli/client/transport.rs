@@ -17,19 +17,20 @@ use super::{
     args::{ClientArgs, DEFAULT_SERVER, PageArgs},
     output::{self, Output},
 };
-use crate::error::code_name;
 use crate::proto;
+use crate::{error::code_name, tls::ClientTlsArgs};
 
 /// The channel endpoint for `--server`: `https://` means TLS (the server's certificate
-/// verified against the system's roots and Mozilla's), `http://` plaintext; nothing else.
-pub fn endpoint(server: &str) -> Result<tonic::transport::Endpoint> {
+/// verified against `--tls-ca`, else the system's roots and Mozilla's; a client certificate
+/// when one is given), `http://` plaintext; nothing else.
+pub fn endpoint(server: &str, tls: &ClientTlsArgs) -> Result<tonic::transport::Endpoint> {
     let invalid = || format!("--server `{server}` is not a valid URL");
     let endpoint = Channel::from_shared(server.to_string())
         .with_context(invalid)?
         .connect_timeout(Duration::from_secs(10));
     match endpoint.uri().scheme_str() {
         Some("https") => endpoint
-            .tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots())
+            .tls_config(tls.config()?)
             .with_context(|| format!("cannot set up TLS for {server}")),
         Some("http") => Ok(endpoint),
         _ => Err(anyhow::anyhow!(
@@ -108,6 +109,7 @@ impl std::error::Error for RpcError {}
 /// What every command works with: a connection made on first use, and the printer.
 pub(super) struct Ctx {
     server: String,
+    tls: ClientTlsArgs,
     bearer: Bearer,
     channel: OnceCell<Channel>,
     pub(super) out: Output,
@@ -120,6 +122,7 @@ impl Ctx {
                 .server
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            tls: args.tls.clone(),
             bearer: Bearer::new(args.token.as_deref())?,
             channel: OnceCell::new(),
             out: Output { json: args.json },
@@ -142,12 +145,15 @@ impl Ctx {
         } else {
             ""
         };
-        endpoint(&self.server)?.connect().await.with_context(|| {
-            format!(
-                "cannot connect to the allot server at {}{hint}",
-                self.server
-            )
-        })
+        endpoint(&self.server, &self.tls)?
+            .connect()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to the allot server at {}{hint}",
+                    self.server
+                )
+            })
     }
 
     /// Awaits a call; a failure becomes an [`RpcError`].
