@@ -239,6 +239,10 @@ pub async fn run(
         ));
     }
 
+    if ctx.auth.has_key_files() {
+        tasks.spawn(reload_keys(ctx.auth.clone(), stopping.child_token()));
+    }
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let services: Vec<&'static str> = SERVICES.into_iter().chain([""]).collect();
     let statuses = Statuses::new(reporter, &services).await;
@@ -358,6 +362,39 @@ pub async fn run(
     store.close().await;
     tracing::info!("allot stopped");
     Ok(())
+}
+
+/// Reads the token key files (PEM public keys, JWKS) again every
+/// [`crate::tls::RELOAD_INTERVAL`] until `stop`, so a key added for rotation (a new `kid`) is
+/// accepted, and one removed refused, without a restart. Files that do not load are logged
+/// once and the keys in use kept.
+async fn reload_keys(auth: Arc<Authenticator>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(crate::tls::RELOAD_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let reloading = auth.clone();
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(changed)) => {
+                if changed {
+                    tracing::info!("token keys reloaded");
+                }
+                last_error = None;
+            }
+            Ok(Err(err)) => {
+                let text = err.to_string();
+                if last_error.as_ref() != Some(&text) {
+                    tracing::warn!(error = %text, "token key files do not load; keeping the keys in use");
+                    last_error = Some(text);
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -822,3 +822,124 @@ async fn migrate_check_refuses_a_database_that_lacks_migrations() {
     drop(server);
     db.drop_database().await;
 }
+
+// ---- the Helm chart's settings ---------------------------------------------------------------
+
+/// Every `ALLOT_*` variable the chart's templates set is one `allot serve` (or `migrate`)
+/// reads: a renamed flag cannot leave the chart setting a variable nobody reads.
+#[test]
+fn every_setting_the_chart_passes_is_one_the_binary_reads() {
+    let help = |command: &str| {
+        let output = binary().args([command, "--help"]).output().expect("help");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let read = format!("{}{}", help("serve"), help("migrate"));
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/allot/templates");
+    let mut set = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&templates).expect("helm/allot/templates") {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (at, _) in text.match_indices("name: ALLOT_") {
+            let name: String = text[at + "name: ".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            set.insert(name);
+        }
+    }
+    assert!(set.len() >= 10, "found only {set:?} in the templates");
+    let unread: Vec<_> = set
+        .iter()
+        .filter(|name| !read.contains(&format!("env: {name}")))
+        .collect();
+    assert!(
+        unread.is_empty(),
+        "the chart sets {unread:?}, which `allot serve` does not read"
+    );
+}
+
+// ---- token keys ------------------------------------------------------------------------------
+
+/// An admin token signed RS256 by the fixture key `pem`, naming `kid`.
+fn rs256(kid: &str, pem: &str) -> String {
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(common::fixture(pem)).unwrap())
+            .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &common::claims(&["admin"], &["*"]), &key).unwrap()
+}
+
+/// The fixture JWKS with only the key `kid`.
+fn jwks_with(kid: &str) -> String {
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixture("jwks.json")).unwrap())
+            .unwrap();
+    let keys: Vec<_> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|key| key["kid"] == kid)
+        .cloned()
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+#[tokio::test]
+async fn a_rotated_jwks_is_used_without_a_restart() {
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = write(dir.path(), "jwks.json", &jwks_with("k1"));
+    let server = ServerProcess::start("keys", &db.url, &["--jwt-jwks", &jwks], dir.path()).await;
+    let answers = |token: String| {
+        let channel = server.channel.clone();
+        async move {
+            proto::account_service_client::AccountServiceClient::with_interceptor(
+                channel,
+                bearer(&token),
+            )
+            .list_accounts(proto::ListAccountsRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|status| status.code())
+        }
+    };
+    let (old, new) = (
+        rs256("k1", "rsa_private.pem"),
+        rs256("k2", "rsa2_private.pem"),
+    );
+    assert_eq!(answers(old.clone()).await, Ok(()));
+    assert_eq!(
+        answers(new.clone()).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+
+    // The identity provider rotates: k2 in, k1 out.
+    write(dir.path(), "jwks.json", &jwks_with("k2"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while answers(new.clone()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the new key was not picked up:\n{}",
+            server.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A token that verified before (and is remembered) is refused once its key is gone.
+    assert_eq!(
+        answers(old.clone()).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+
+    // A broken file keeps the keys in use.
+    write(dir.path(), "jwks.json", "{ not json");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(answers(new).await, Ok(()));
+    assert_eq!(answers(old).await, Err(tonic::Code::Unauthenticated));
+    assert!(
+        server.log_text().contains("keeping the keys in use"),
+        "{}",
+        server.log_tail(20)
+    );
+    drop(server);
+    db.drop_database().await;
+}

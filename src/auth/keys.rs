@@ -346,7 +346,7 @@ mod tests {
             fixture!("ec_public.pem"),
             fixture!("ed_public.pem"),
         ]);
-        let algs: Vec<Algorithm> = a.keys.iter().map(|k| k.alg).collect();
+        let algs: Vec<Algorithm> = a.keys().iter().map(|k| k.alg).collect();
         assert_eq!(algs, [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]);
         // RS512 with the right RSA key is still refused: RSA keys are pinned to RS256.
         let token = sign(Algorithm::RS512, None, &rsa_key(), &claims());
@@ -486,7 +486,7 @@ n+xtWjL+ms0A4W1WLZ5I399wZWYLvnBc+QkNV7iILyr3DSaNd8/I0G3kmHcnQzZ8
             ..AuthConfig::default()
         })
         .expect("config");
-        assert_eq!(a.keys.len(), 1);
+        assert_eq!(a.keys().len(), 1);
         let t = sign(
             Algorithm::HS256,
             Some("hs"),

@@ -28,6 +28,10 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -128,31 +132,44 @@ impl Default for AuthConfig {
 /// Verifies bearer tokens against the configured keys.
 #[derive(Clone)]
 pub struct Authenticator {
-    /// Visible to the rest of `auth` (the key-loading tests read what was loaded).
-    pub(super) keys: Vec<VerifyKey>,
+    keys: Arc<RwLock<KeySet>>,
+    /// [`KeySet::generation`], read without the lock on every cached verification.
+    generation: Arc<AtomicU64>,
+    /// Where the keys came from, to read them again ([`Authenticator::reload`]).
+    config: Arc<AuthConfig>,
     issuer: String,
     audience: String,
     /// Tokens that verified (see [`Authenticator::verify`]).
-    verified: std::sync::Arc<quick_cache::sync::Cache<String, Verified>>,
+    verified: Arc<quick_cache::sync::Cache<String, Verified>>,
+}
+
+/// The keys in use, and the bytes of the files they were read from.
+struct KeySet {
+    keys: Arc<Vec<VerifyKey>>,
+    files: Vec<Vec<u8>>,
+    /// Moves when the keys change: tokens verified under other keys are checked again.
+    generation: u64,
 }
 
 /// Tokens remembered after they verified. A backend sends the same token with every request
 /// and checking its signature again was ~3% of the CPU of a debit (docs/BENCHMARKS.md). What
 /// the signature, algorithm, issuer and audience checks establish is a fact of the token's
-/// bytes (the keys are fixed for the life of the process), and `nbf` once passed stays
-/// passed; only `exp` can change its answer, so it is checked on every use.
+/// bytes and the keys (a remembered token counts only under the keys it verified with: a
+/// reload that removes its key makes it fail), and `nbf` once passed stays passed; only `exp`
+/// can change its answer, so it is checked on every use.
 const VERIFIED_TOKENS: usize = 4096;
 
 #[derive(Clone)]
 struct Verified {
     caller: Caller,
     exp: u64,
+    generation: u64,
 }
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let keys: Vec<String> = self
-            .keys
+            .keys()
             .iter()
             .map(|k| match &k.kid {
                 Some(kid) => format!("{:?}(kid={kid})", k.alg),
@@ -171,6 +188,7 @@ impl Authenticator {
     /// Load every configured key. Fails with a message naming the file on
     /// unreadable or unusable key material.
     pub fn from_config(cfg: &AuthConfig) -> Result<Self, ConfigError> {
+        let files = key_files(cfg);
         let keys = keys::load(
             cfg.hs256_secret.as_deref(),
             &cfg.public_key_files,
@@ -185,16 +203,58 @@ impl Authenticator {
             }
         };
         Ok(Authenticator {
-            keys,
+            keys: Arc::new(RwLock::new(KeySet {
+                keys: Arc::new(keys),
+                files,
+                generation: 0,
+            })),
+            generation: Arc::default(),
+            config: Arc::new(cfg.clone()),
             issuer: or_default(&cfg.issuer, DEFAULT_ISSUER),
             audience: or_default(&cfg.audience, DEFAULT_AUDIENCE),
-            verified: std::sync::Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)),
+            verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)),
         })
+    }
+
+    /// The keys in use.
+    pub(super) fn keys(&self) -> Arc<Vec<VerifyKey>> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .clone()
     }
 
     /// False if no key is configured (the server refuses to start then).
     pub fn has_keys(&self) -> bool {
-        !self.keys.is_empty()
+        !self.keys().is_empty()
+    }
+
+    /// Whether keys come from files (which [`Authenticator::reload`] reads again).
+    pub fn has_key_files(&self) -> bool {
+        !self.config.public_key_files.is_empty() || self.config.jwks_file.is_some()
+    }
+
+    /// Reads the key files again; if they changed and load (a JWKS without a usable key does
+    /// not), verifies
+    /// with those from now on (a token verified under the old keys is checked again on its
+    /// next use). `Ok(true)` if the keys changed; on an error the keys in use stay.
+    pub fn reload(&self) -> Result<bool, ConfigError> {
+        let files = key_files(&self.config);
+        if self.keys.read().unwrap_or_else(|e| e.into_inner()).files == files {
+            return Ok(false);
+        }
+        let keys = keys::load(
+            self.config.hs256_secret.as_deref(),
+            &self.config.public_key_files,
+            self.config.jwks_file.as_deref(),
+        )?;
+        let mut set = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        set.keys = Arc::new(keys);
+        set.files = files;
+        set.generation += 1;
+        self.generation.store(set.generation, Ordering::Release);
+        Ok(true)
     }
 
     /// Verifies a raw `authorization` header value (`"Bearer <jwt>"`, scheme
@@ -227,36 +287,43 @@ impl Authenticator {
     /// [`Authenticator::verify`] with the clock read by the caller (seconds since the epoch);
     /// a token not seen before is checked in full (against the system clock).
     fn verify_at(&self, token: &str, now: u64) -> Result<Caller, AuthError> {
-        if let Some(seen) = self.verified.get(token) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(seen) = self.verified.get(token)
+            && seen.generation == generation
+        {
             // The same rule as the full check: expired once `exp` is over the leeway behind.
             if seen.exp < now.saturating_sub(LEEWAY_SECS) {
                 return Err(AuthError::Expired);
             }
             return Ok(seen.caller);
         }
-        let (caller, exp) = self.verify_in_full(token)?;
+        let (caller, exp, generation) = self.verify_in_full(token)?;
         self.verified.insert(
             token.to_owned(),
             Verified {
                 caller: caller.clone(),
                 exp,
+                generation,
             },
         );
         Ok(caller)
     }
 
     /// Every check: structure, algorithm, key, signature, issuer, audience, time claims.
-    /// Returns the caller and the token's `exp`.
-    fn verify_in_full(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+    /// Returns the caller, the token's `exp` and the generation of the keys that verified it.
+    fn verify_in_full(&self, token: &str) -> Result<(Caller, u64, u64), AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed("token is too long".into()));
         }
         let (alg, kid) = peek_header(token)?;
+        let (keys, generation) = {
+            let set = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            (set.keys.clone(), set.generation)
+        };
 
         let candidates: Vec<&VerifyKey> = match &kid {
             Some(kid) => {
-                let with_kid: Vec<&VerifyKey> = self
-                    .keys
+                let with_kid: Vec<&VerifyKey> = keys
                     .iter()
                     .filter(|k| k.from_jwks && k.kid.as_deref() == Some(kid.as_str()))
                     .collect();
@@ -265,7 +332,7 @@ impl Authenticator {
                 }
                 with_kid
             }
-            None => self.keys.iter().collect(),
+            None => keys.iter().collect(),
         };
         let candidates: Vec<&VerifyKey> = candidates.into_iter().filter(|k| k.alg == alg).collect();
         if candidates.is_empty() {
@@ -279,7 +346,7 @@ impl Authenticator {
                     let claims: Claims = serde_json::from_value(data.claims)
                         .map_err(|e| AuthError::Invalid(format!("claims: {e}")))?;
                     let exp = claims.exp;
-                    return Ok((Caller::from_claims(claims)?, exp));
+                    return Ok((Caller::from_claims(claims)?, exp, generation));
                 }
                 Err(e) => match e.kind() {
                     // Not this key: try the next candidate.
@@ -308,6 +375,16 @@ impl Authenticator {
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v
     }
+}
+
+/// The bytes of the key files (unreadable ones as empty: the load that follows names them).
+fn key_files(cfg: &AuthConfig) -> Vec<Vec<u8>> {
+    cfg.public_key_files
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(cfg.jwks_file.as_deref())
+        .map(|path| std::fs::read(path).unwrap_or_default())
+        .collect()
 }
 
 /// Reads the JOSE header without trusting it: returns the requested

@@ -225,6 +225,10 @@ impl Store {
     /// Applies the migrations this binary knows. Replicas starting together take turns: on
     /// PostgreSQL under a session advisory lock, on a SQLite file under an exclusive lock on
     /// `<file>.migrate-lock`; whoever comes second finds the schema up to date.
+    ///
+    /// A database that has every migration this binary knows is left alone, even if it has
+    /// newer ones (an older release after a rollback, or during a rolling upgrade): the
+    /// migrator would refuse it for migrations it has no file for.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         if self.is_postgres() {
             // One pooled connection holds the lock; the migrator may use others.
@@ -233,7 +237,7 @@ impl Store {
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *lock)
                 .await?;
-            let migrated = Migrator::up(&self.db, None).await;
+            let migrated = self.migrate_unless_current().await;
             let unlocked = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *lock)
@@ -246,6 +250,13 @@ impl Store {
             Some(file) => Some(lock_file(file)?),
             None => None,
         };
+        self.migrate_unless_current().await
+    }
+
+    async fn migrate_unless_current(&self) -> anyhow::Result<()> {
+        if verify::schema_problem(&self.db).await?.is_none() {
+            return Ok(());
+        }
         Migrator::up(&self.db, None).await?;
         Ok(())
     }
