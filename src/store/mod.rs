@@ -134,13 +134,12 @@ impl Store {
             // Validate early so a bad path gives a clear error.
             SqliteConnectOptions::from_str(url)?;
         }
-        let db =
-            Database::connect(Self::options(url, if is_sqlite { 8 } else { 16 }, false)).await?;
+        let db = open(Self::options(url, if is_sqlite { 8 } else { 16 }, false)).await?;
         // SQLite has one writer at a time: give it one connection of its own, so its page
         // cache stays warm from one batch to the next (a connection's cache is dropped when
         // another connection has written) and it never waits for a pooled connection.
         let writer = if is_sqlite {
-            Some(Database::connect(Self::options(url, 1, true)).await?)
+            Some(open(Self::options(url, 1, true)).await?)
         } else {
             None
         };
@@ -361,6 +360,28 @@ impl Store {
         let _ = self.db.close().await;
     }
 }
+
+/// Opens a pool. A SQLite file that another process holds locked while it opens it too
+/// (switching a new file to WAL takes an exclusive lock, and SQLite may answer BUSY at once
+/// instead of waiting out the busy timeout) is tried again for up to [`OPEN_RETRY`].
+async fn open(options: ConnectOptions) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let started = std::time::Instant::now();
+    loop {
+        match Database::connect(options.clone()).await {
+            Err(err)
+                if err.to_string().contains("database is locked")
+                    && started.elapsed() < OPEN_RETRY =>
+            {
+                tracing::debug!(error = %err, "the database file is locked; opening it again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// How long [`open`] tries a locked SQLite file.
+const OPEN_RETRY: Duration = Duration::from_secs(10);
 
 /// The PostgreSQL advisory lock key migrations run under ("allot" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0061_6c6c_6f74;
