@@ -9,9 +9,20 @@
 //!   the voids: every grant's units voided or burnt, never both);
 //! * negative adjustments and debits competing for 100 units → never more than 100 taken;
 //! * schedules: one grant per period although three background sweepers run;
+//! * hold expiry: 30 holds with a 2 s TTL taken through all three replicas → each expires
+//!   once (one RELEASE entry, by `system`, at its expire_time) although three sweepers run,
+//!   and its wallet is back to full;
+//! * the same work through three replicas as through one: 12 wallets' scripts of debits
+//!   (priced by the card from their quantities, one capped), holds captured below the hold
+//!   or released, and full and partial refunds of debits and captures, run once with every
+//!   wallet's calls round-robin over R0/R1/R2 and all wallets at once, and once through R0
+//!   alone, wallet after wallet → per wallet the same posted / available / reserved, the
+//!   same entries (kind, units, delta, money; also in order with their balance_after) and
+//!   the same units charged and refunded, which are the figures the script adds up to;
 //! * account state: a close racing an activation and a suspension always sticks;
-//! * rate cards: one draft published three times at once → once, and every replica prices
-//!   with it afterwards.
+//! * rate cards: one draft published three times at once → once; after that publish and
+//!   after one through each replica alone, the next debit through every replica is priced
+//!   by the new card, and every replica serves it as the card in force.
 //!
 //! Afterwards `allot verify` passes and every wallet's posted balance is the last entry's
 //! `balance_after` and the sum of its entries' deltas, the same through every replica.
@@ -33,11 +44,12 @@ use std::{
 };
 
 use allot::proto::{
-    self, AccountState, GrantState, RateCardState, RolloverPolicy, SchedulePeriod, TransactionKind,
+    self, AccountState, GrantState, RateCardState, ReservationState, RolloverPolicy,
+    SchedulePeriod, TransactionKind,
 };
 use common::{process::ServerProcess, *};
 use futures::future::{BoxFuture, FutureExt, join_all};
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -282,7 +294,12 @@ impl Cluster {
     }
 
     async fn grant(&self, wallet_id: &str, amount: &str) -> proto::Grant {
-        let request = grant_request(wallet_id, amount, "0.01");
+        self.grant_at(wallet_id, amount, "0.01").await
+    }
+
+    /// A grant of `amount` at `unit_price` USD.
+    async fn grant_at(&self, wallet_id: &str, amount: &str, unit_price: &str) -> proto::Grant {
+        let request = grant_request(wallet_id, amount, unit_price);
         call!("CreateGrant", self.r(0).grants(), create_grant, request)
             .unwrap_or_else(|s| panic!("grant {amount} to {wallet_id}: {s:?}"))
     }
@@ -326,12 +343,22 @@ impl Cluster {
 
     // ---- operations (through replica `i`) -----------------------------------------------------
 
+    /// A `req` debit (the first card's flat 10 units).
     async fn debit(&self, i: usize, account_id: &str) -> Result<proto::Transaction, Status> {
-        let request = debit_request(account_id, "req", &uuid());
+        self.debit_with(i, debit_request(account_id, "req", &uuid()))
+            .await
+    }
+
+    async fn debit_with(
+        &self,
+        i: usize,
+        request: proto::DebitRequest,
+    ) -> Result<proto::Transaction, Status> {
         call!("Debit", self.r(i).ledger(), debit, request)
             .map(|r| r.transaction.expect("debit transaction"))
     }
 
+    /// A hold of exactly `units` for the server's default TTL.
     async fn reserve(
         &self,
         i: usize,
@@ -344,6 +371,14 @@ impl Cluster {
             request_id: uuid(),
             ..Default::default()
         };
+        self.reserve_with(i, request).await
+    }
+
+    async fn reserve_with(
+        &self,
+        i: usize,
+        request: proto::ReserveRequest,
+    ) -> Result<proto::Reservation, Status> {
         call!("Reserve", self.r(i).ledger(), reserve, request)
     }
 
@@ -359,6 +394,14 @@ impl Cluster {
             request_id: uuid(),
             ..Default::default()
         };
+        self.capture_with(i, request).await
+    }
+
+    async fn capture_with(
+        &self,
+        i: usize,
+        request: proto::CaptureReservationRequest,
+    ) -> Result<proto::Transaction, Status> {
         call!(
             "CaptureReservation",
             self.r(i).ledger(),
@@ -501,13 +544,27 @@ impl Cluster {
 
     /// Posted and reserved as every replica reports them; checks the replicas agree.
     async fn posted_reserved(&self, what: &str, account_id: &str) -> (Decimal, Decimal) {
+        let (posted, _, reserved) = self.balances(what, account_id).await;
+        (posted, reserved)
+    }
+
+    /// Posted, available and reserved as every replica reports them; checks the replicas
+    /// agree.
+    async fn balances(&self, what: &str, account_id: &str) -> (Decimal, Decimal, Decimal) {
         let mut seen = Vec::new();
         for i in 0..self.replicas.len() {
             let b = self.balance(i, account_id).await;
-            seen.push((dec_or_zero(&b.posted), dec_or_zero(&b.reserved)));
+            seen.push((
+                dec_or_zero(&b.posted),
+                dec_or_zero(&b.available),
+                dec_or_zero(&b.reserved),
+            ));
         }
         self.check(seen.iter().all(|s| *s == seen[0]), || {
-            format!("{what}: replicas disagree on (posted, reserved) of {account_id}: {seen:?}")
+            format!(
+                "{what}: replicas disagree on (posted, available, reserved) of {account_id}: \
+                 {seen:?}"
+            )
         });
         seen[0]
     }
@@ -1126,63 +1183,753 @@ async fn account_states(c: &Cluster) {
     }
 }
 
-/// One draft published at once through the three replicas: exactly one publish; every
-/// replica then prices with the new card.
-async fn rate_card_publish(c: &Cluster) {
-    let draft = c.draft_card(vec![rate("req", "20", &[], "")]).await;
-    let results = join_all((0..3).map(|i| c.publish(i, &draft))).await;
-    let counts = outcomes(&results);
-    eprintln!(
-        "rate card: version {} published at once through R0/R1/R2 → {counts:?}, {}",
-        draft.version,
-        wins(&results, |n| n)
-    );
-    let ok = results.iter().filter(|r| r.is_ok()).count();
-    c.check(ok == 1, || {
-        format!("rate card: {ok} of 3 concurrent publishes succeeded, expected 1 ({counts:?})")
-    });
-    c.failures.only_failures(
-        "rate card",
-        &results,
-        Code::FailedPrecondition,
-        &["RATE_CARD_NOT_DRAFT"],
-    );
-    for i in 0..3 {
-        let request = proto::GetRateCardRequest {
-            version: 0,
-            time: None,
+// ---- the same work through three replicas and through one ------------------------------------
+
+/// Wallets of the mixed workload, in each of its two runs.
+const WORKLOAD_WALLETS: usize = 12;
+
+/// The first card's `llm` rate: 0.5 flat + 2 per 1000 input_tokens + 6 per 1000
+/// output_tokens + 1 per 3 images, at most 90 units.
+fn llm_rate() -> proto::Rate {
+    rate(
+        "llm",
+        "0.5",
+        &[
+            ("input_tokens", "1000", "2"),
+            ("output_tokens", "1000", "6"),
+            ("images", "3", "1"),
+        ],
+        "90",
+    )
+}
+
+/// What `llm_rate` charges, worked out here by the pricing rule: flat + Σ quantity / per ×
+/// units, rounded up to 6 decimal places, capped at max_units.
+fn llm_price((input, output, images): (u32, u32, u32)) -> Decimal {
+    let exact = dec("0.5")
+        + Decimal::from(input) / dec("1000") * dec("2")
+        + Decimal::from(output) / dec("1000") * dec("6")
+        + Decimal::from(images) / dec("3");
+    exact
+        .round_dp_with_strategy(6, RoundingStrategy::AwayFromZero)
+        .min(dec("90"))
+}
+
+/// The quantities of an `llm` request (those that are not 0).
+fn llm((input, output, images): (u32, u32, u32)) -> BTreeMap<String, String> {
+    [
+        ("input_tokens", input),
+        ("output_tokens", output),
+        ("images", images),
+    ]
+    .into_iter()
+    .filter(|(_, q)| *q > 0)
+    .map(|(name, q)| (name.to_string(), q.to_string()))
+    .collect()
+}
+
+/// One call of a wallet's script; a `usize` names the earlier step whose result it uses.
+#[derive(Debug, Clone)]
+enum Call {
+    /// A debit of the request type with these quantities.
+    Debit(&'static str, BTreeMap<String, String>),
+    /// An `llm` hold priced by the card from estimated quantities.
+    ReserveEstimate(BTreeMap<String, String>),
+    /// A hold of exactly these units.
+    ReserveUnits(&'static str),
+    /// Capture of step n's hold at the actual quantities.
+    CaptureQuantities(usize, BTreeMap<String, String>),
+    /// Capture of step n's hold at these units.
+    CaptureUnits(usize, &'static str),
+    /// Release of step n's hold.
+    Release(usize),
+    /// Refund of step n's debit or capture: these units, or (empty) all not yet refunded.
+    Refund(usize, &'static str),
+}
+
+impl Call {
+    /// The earlier step this call needs.
+    fn needs(&self) -> Option<usize> {
+        match self {
+            Call::CaptureQuantities(n, _)
+            | Call::CaptureUnits(n, _)
+            | Call::Release(n)
+            | Call::Refund(n, _) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The kind of ledger entry the call writes.
+    fn kind(&self) -> TransactionKind {
+        match self {
+            Call::Debit(..) => TransactionKind::Debit,
+            Call::ReserveEstimate(_) | Call::ReserveUnits(_) => TransactionKind::Reserve,
+            Call::CaptureQuantities(..) | Call::CaptureUnits(..) => TransactionKind::Capture,
+            Call::Release(_) => TransactionKind::Release,
+            Call::Refund(..) => TransactionKind::Refund,
+        }
+    }
+}
+
+/// A call and the units it must move: priced, held, captured, released or refunded.
+struct Step {
+    call: Call,
+    units: Decimal,
+}
+
+/// Wallet `w`'s script: debits (`llm` priced by quantities that vary with `w`, one capped
+/// at 90, and flat `req`), a priced hold captured below it at actual quantities, a hold
+/// released, a hold captured in units, and full and partial refunds of debits and captures.
+/// Within a wallet the steps run in order; the funding (100 + 900) refuses none of them.
+fn script(w: usize) -> Vec<Step> {
+    let w = u32::try_from(w).expect("few wallets");
+    let d0 = (1000 + 250 * w, 500, 0);
+    let d2 = (300, 1000 + 100 * w, w % 3 + 1);
+    let estimate = (4000, 2000, 0);
+    let actual = (2000 + 100 * w, 1500, 0);
+    let big = (50_000, 0, 0);
+    let step = |call, units| Step { call, units };
+    vec![
+        /* 0 */ step(Call::Debit("llm", llm(d0)), llm_price(d0)),
+        /* 1 */ step(Call::Debit("req", BTreeMap::new()), dec("10")),
+        /* 2 */ step(Call::ReserveEstimate(llm(estimate)), dec("20.5")),
+        /* 3 */ step(Call::Debit("llm", llm(d2)), llm_price(d2)),
+        /* 4 */ step(Call::CaptureQuantities(2, llm(actual)), llm_price(actual)),
+        /* 5 */ step(Call::Refund(0, ""), llm_price(d0)),
+        /* 6 */ step(Call::ReserveUnits("25"), dec("25")),
+        /* 7 */ step(Call::Debit("llm", llm(big)), dec("90")),
+        /* 8 */ step(Call::Release(6), dec("25")),
+        /* 9 */ step(Call::ReserveUnits("40"), dec("40")),
+        /* 10 */ step(Call::Refund(3, "1.5"), dec("1.5")),
+        /* 11 */ step(Call::CaptureUnits(9, "12.5"), dec("12.5")),
+        /* 12 */ step(Call::Refund(7, "30"), dec("30")),
+        /* 13 */ step(Call::Debit("req", BTreeMap::new()), dec("10")),
+        /* 14 */ step(Call::Refund(7, ""), dec("60")),
+        /* 15 */ step(Call::Refund(4, "2.25"), dec("2.25")),
+        /* 16 */ step(Call::Refund(11, ""), dec("12.5")),
+        /* 17 */ step(Call::Refund(1, ""), dec("10")),
+    ]
+}
+
+/// Runs a wallet's script in order, step n through replica `via(n)`; checks what each call
+/// answers against the step. Returns the id each step made (transaction or hold; empty
+/// where the call failed).
+async fn run_script(
+    c: &Cluster,
+    label: &str,
+    account_id: &str,
+    steps: &[Step],
+    card_version: i64,
+    via: impl Fn(usize) -> usize,
+) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for (n, step) in steps.iter().enumerate() {
+        let i = via(n) % 3;
+        let what = format!("{label} step {n} {:?} through R{i}", step.call);
+        let needed = step
+            .call
+            .needs()
+            .map(|k| ids[k].clone())
+            .unwrap_or_default();
+        let debited = |t: proto::Transaction| {
+            c.check(t.rate_card_version == card_version, || {
+                format!(
+                    "{what}: priced by card {}, expected {card_version}",
+                    t.rate_card_version
+                )
+            });
+            (t.id, dec_or_zero(&t.units))
         };
-        let card =
-            call!("GetRateCard", c.r(i).rates(), get_rate_card, request).expect("card in force");
+        let held = |r: proto::Reservation, state: ReservationState| {
+            c.check(r.state == state as i32, || {
+                format!(
+                    "{what}: hold {} is {:?}, expected {state:?}",
+                    r.id,
+                    ReservationState::try_from(r.state)
+                )
+            });
+            (r.id, dec_or_zero(&r.units))
+        };
+        let result = match &step.call {
+            Call::Debit(request_type, quantities) => {
+                let mut request = debit_request(account_id, request_type, &uuid());
+                request.quantities = quantities.clone();
+                c.debit_with(i, request).await.map(debited)
+            }
+            Call::ReserveEstimate(quantities) => {
+                let request = proto::ReserveRequest {
+                    account_id: account_id.into(),
+                    request_type: "llm".into(),
+                    quantities: quantities.clone(),
+                    request_id: uuid(),
+                    ..Default::default()
+                };
+                c.reserve_with(i, request)
+                    .await
+                    .map(|r| held(r, ReservationState::Open))
+            }
+            Call::ReserveUnits(units) => c
+                .reserve(i, account_id, units)
+                .await
+                .map(|r| held(r, ReservationState::Open)),
+            Call::CaptureQuantities(_, quantities) => {
+                let request = proto::CaptureReservationRequest {
+                    reservation_id: needed.clone(),
+                    quantities: quantities.clone(),
+                    request_id: uuid(),
+                    ..Default::default()
+                };
+                c.capture_with(i, request).await.map(debited)
+            }
+            Call::CaptureUnits(_, units) => c
+                .capture(i, &needed, units)
+                .await
+                .map(|t| (t.id, dec_or_zero(&t.units))),
+            Call::Release(_) => c
+                .release(i, &needed)
+                .await
+                .map(|r| held(r, ReservationState::Released)),
+            Call::Refund(_, units) => c.refund(i, &needed, units).await.map(|t| {
+                c.check(t.refunded_transaction_id == needed, || {
+                    format!(
+                        "{what}: the refund names {}, expected {needed}",
+                        t.refunded_transaction_id
+                    )
+                });
+                (t.id, dec_or_zero(&t.units))
+            }),
+        };
+        match result {
+            Ok((id, units)) => {
+                c.check(units == step.units, || {
+                    format!("{what}: moved {units} units, expected {}", step.units)
+                });
+                ids.push(id);
+            }
+            Err(status) => {
+                c.check(false, || format!("{what}: {status:?}"));
+                ids.push(String::new());
+            }
+        }
+    }
+    ids
+}
+
+/// A ledger entry as the comparison sees it: kind, units, signed delta, money per currency.
+type Entry = (String, Decimal, Decimal, BTreeMap<String, Decimal>);
+
+/// What a wallet ended with, as the comparison of the two runs sees it.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    /// Posted, available, reserved (the same through every replica).
+    balances: (Decimal, Decimal, Decimal),
+    /// Every entry, sorted (the multiset).
+    entries: Vec<Entry>,
+    /// (kind, units, balance_after) of every entry, oldest first.
+    sequence: Vec<(String, Decimal, Decimal)>,
+    /// Σ units of DEBIT and CAPTURE entries.
+    charged: Decimal,
+    /// Σ units of REFUND entries.
+    refunded: Decimal,
+    /// Entries per kind.
+    kinds: BTreeMap<String, usize>,
+}
+
+async fn outcome(c: &Cluster, label: &str, account_id: &str) -> Outcome {
+    let (posted, available, reserved) = c.balances(label, account_id).await;
+    let mut txns = c.transactions(0, account_id).await;
+    txns.reverse();
+    let name = |t: &proto::Transaction| format!("{:?}", kind(t));
+    let mut entries: Vec<Entry> = txns
+        .iter()
+        .map(|t| {
+            (
+                name(t),
+                dec_or_zero(&t.units).normalize(),
+                dec_or_zero(&t.delta).normalize(),
+                money_map(&t.money)
+                    .into_iter()
+                    .map(|(currency, amount)| (currency, amount.normalize()))
+                    .collect(),
+            )
+        })
+        .collect();
+    entries.sort();
+    let sum = |kinds: &[TransactionKind]| -> Decimal {
+        txns.iter()
+            .filter(|t| kinds.contains(&kind(t)))
+            .map(|t| dec_or_zero(&t.units))
+            .sum::<Decimal>()
+            .normalize()
+    };
+    let mut kinds = BTreeMap::new();
+    for t in &txns {
+        *kinds.entry(name(t)).or_insert(0) += 1;
+    }
+    Outcome {
+        balances: (
+            posted.normalize(),
+            available.normalize(),
+            reserved.normalize(),
+        ),
+        entries,
+        sequence: txns
+            .iter()
+            .map(|t| {
+                (
+                    name(t),
+                    dec_or_zero(&t.units).normalize(),
+                    dec_or_zero(&t.balance_after).normalize(),
+                )
+            })
+            .collect(),
+        charged: sum(&[TransactionKind::Debit, TransactionKind::Capture]),
+        refunded: sum(&[TransactionKind::Refund]),
+        kinds,
+    }
+}
+
+/// The same scripts twice on fresh wallets funded alike (100 at 0.01 USD, then 900 at
+/// 0.02): (a) all wallets at once, each wallet's call n through R(w + n) — round-robin, so a
+/// capture or refund never goes through the replica that made its hold or debit; (b) through
+/// R0 alone, one wallet after another. Per wallet, both runs end with the same balances, the
+/// same entries (as a multiset, and in order with their balance_after), the same charges
+/// and money; and with the figures the script adds up to.
+async fn same_work_through_three_and_one(c: &Cluster, card: &proto::RateCard) {
+    let scripts: Vec<Vec<Step>> = (0..WORKLOAD_WALLETS).map(script).collect();
+    // The round-robin really sends every dependent call to another replica.
+    for (n, step) in scripts[0].iter().enumerate() {
+        if let Some(k) = step.call.needs() {
+            c.check((n - k) % 3 != 0, || {
+                format!("workload: step {n} would go through the same replica as step {k}")
+            });
+        }
+    }
+    let provision = |run: &'static str| {
+        join_all((0..WORKLOAD_WALLETS).map(move |w| async move {
+            let label = format!("workload-{run}-{w}");
+            let (account, wallet) = c.funded(&label, "100").await;
+            c.grant_at(&wallet.id, "900", "0.02").await;
+            (label, account.id)
+        }))
+    };
+    let three = provision("3R").await;
+    let one = provision("R0").await;
+
+    let started = Instant::now();
+    join_all(
+        three
+            .iter()
+            .zip(&scripts)
+            .enumerate()
+            .map(|(w, ((label, account_id), steps))| {
+                run_script(c, label, account_id, steps, card.version, move |n| w + n)
+            }),
+    )
+    .await;
+    let spread = started.elapsed();
+    let started = Instant::now();
+    for ((label, account_id), steps) in one.iter().zip(&scripts) {
+        run_script(c, label, account_id, steps, card.version, |_| 0).await;
+    }
+    let alone = started.elapsed();
+    let calls = scripts.iter().map(Vec::len).sum::<usize>();
+    eprintln!(
+        "workload: {calls} calls on {WORKLOAD_WALLETS} wallets: {spread:?} round-robin over \
+         R0/R1/R2 with all wallets at once, {alone:?} through R0 one wallet after another"
+    );
+
+    for (w, steps) in scripts.iter().enumerate() {
+        let (label_3, account_3) = &three[w];
+        let (label_1, account_1) = &one[w];
+        let spread = outcome(c, label_3, account_3).await;
+        let alone = outcome(c, label_1, account_1).await;
+        c.check(spread.balances == alone.balances, || {
+            format!(
+                "workload {w}: (posted, available, reserved) {:?} through three replicas, \
+                 {:?} through one",
+                spread.balances, alone.balances
+            )
+        });
+        c.check(spread.entries == alone.entries, || {
+            format!(
+                "workload {w}: entries (kind, units, delta, money) differ:\n  three: {:?}\n  \
+                 one:   {:?}",
+                spread.entries, alone.entries
+            )
+        });
+        c.check(spread.sequence == alone.sequence, || {
+            format!(
+                "workload {w}: entries in order (kind, units, balance_after) differ:\n  \
+                 three: {:?}\n  one:   {:?}",
+                spread.sequence, alone.sequence
+            )
+        });
         c.check(
-            card.version == draft.version && card.state == RateCardState::Published as i32,
+            spread.charged == alone.charged && spread.refunded == alone.refunded,
             || {
                 format!(
-                    "rate card: R{i} has version {} ({:?}) in force, expected {} published",
-                    card.version,
-                    RateCardState::try_from(card.state),
-                    draft.version
+                    "workload {w}: charged / refunded {} / {} through three replicas, {} / {} \
+                     through one",
+                    spread.charged, spread.refunded, alone.charged, alone.refunded
                 )
             },
         );
+        // The figures the script adds up to, so both runs cannot be equally wrong.
+        let of = |kinds: &[TransactionKind]| -> Decimal {
+            steps
+                .iter()
+                .filter(|s| kinds.contains(&s.call.kind()))
+                .map(|s| s.units)
+                .sum::<Decimal>()
+                .normalize()
+        };
+        let charged = of(&[TransactionKind::Debit, TransactionKind::Capture]);
+        let refunded = of(&[TransactionKind::Refund]);
+        let posted = (dec("1000") - charged + refunded).normalize();
+        let mut kinds: BTreeMap<String, usize> =
+            BTreeMap::from([(format!("{:?}", TransactionKind::Grant), 2)]);
+        for s in steps {
+            *kinds.entry(format!("{:?}", s.call.kind())).or_insert(0) += 1;
+        }
+        for (run, got) in [("three replicas", &spread), ("one replica", &alone)] {
+            c.check(
+                got.balances == (posted, posted, Decimal::ZERO)
+                    && got.charged == charged
+                    && got.refunded == refunded
+                    && got.kinds == kinds,
+                || {
+                    format!(
+                        "workload {w} through {run}: (posted, available, reserved) {:?}, \
+                         charged {}, refunded {}, entries {:?}; the script makes ({posted}, \
+                         {posted}, 0), charged {charged}, refunded {refunded}, entries {kinds:?}",
+                        got.balances, got.charged, got.refunded, got.kinds
+                    )
+                },
+            );
+        }
+        if w == 0 {
+            // Worked out by hand: 1000 − 7.433334 (step 3) − 13.5 (step 4) − 6.25 (the rest).
+            c.check(posted == dec("972.816666"), || {
+                format!("workload 0: the script adds up to {posted}, expected 972.816666")
+            });
+            eprintln!(
+                "workload 0: posted {posted}, charged {charged}, refunded {refunded}, \
+                 money {:?}",
+                alone
+                    .entries
+                    .iter()
+                    .fold(BTreeMap::<String, Decimal>::new(), |mut sum, e| {
+                        for (currency, amount) in &e.3 {
+                            *sum.entry(currency.clone()).or_default() += amount;
+                        }
+                        sum
+                    })
+            );
+        }
     }
-    // Every replica charges the new price.
+}
+
+// ---- hold expiry ----------------------------------------------------------------------------
+
+/// TTL of the expiring holds. The API takes any TTL above 0 up to `--max-hold-ttl` (24 h by
+/// default): 2 s leaves time to take every hold before the first one expires.
+const SHORT_TTL: Duration = Duration::from_secs(2);
+/// Wallets with expiring holds, three holds each (one through each replica).
+const EXPIRING_WALLETS: usize = 10;
+
+struct Expiring {
+    label: String,
+    account_id: String,
+    /// The holds and the replica each went through.
+    holds: Vec<(usize, proto::Reservation)>,
+}
+
+/// Takes (all at once) three holds of 10, 20 and 30 with a 2 s TTL on each of 10 wallets of
+/// 100, hold k of wallet w through R(w + k).
+async fn create_expiring_holds(c: &Cluster) -> Vec<Expiring> {
+    let accounts = join_all((0..EXPIRING_WALLETS).map(|w| async move {
+        let label = format!("expiring-{w}");
+        let (account, _) = c.funded(&label, "100").await;
+        (label, account.id)
+    }))
+    .await;
+    let ttl = prost_types::Duration {
+        seconds: i64::try_from(SHORT_TTL.as_secs()).expect("short"),
+        nanos: 0,
+    };
+    let mut calls = Vec::new();
+    for (w, (_, account_id)) in accounts.iter().enumerate() {
+        for k in 0..3 {
+            let request = proto::ReserveRequest {
+                account_id: account_id.clone(),
+                units: (10 * (k + 1)).to_string(),
+                ttl: Some(ttl),
+                request_id: uuid(),
+                ..Default::default()
+            };
+            calls.push(async move { (w, (w + k) % 3, c.reserve_with(w + k, request).await) });
+        }
+    }
+    let results = join_all(calls).await;
+    let mut out: Vec<Expiring> = accounts
+        .into_iter()
+        .map(|(label, account_id)| Expiring {
+            label,
+            account_id,
+            holds: Vec::new(),
+        })
+        .collect();
+    for (w, i, result) in results {
+        let label = &out[w].label;
+        match result {
+            Ok(hold) => {
+                let ttl =
+                    micros_of(hold.expire_time.as_ref()) - micros_of(hold.create_time.as_ref());
+                c.check(
+                    hold.state == ReservationState::Open as i32
+                        && ttl == i64::try_from(SHORT_TTL.as_micros()).expect("short"),
+                    || format!("{label}: hold through R{i} answered {hold:?} (TTL {ttl} µs)"),
+                );
+                out[w].holds.push((i, hold));
+            }
+            Err(s) => c.check(false, || format!("{label}: hold through R{i}: {s:?}")),
+        }
+    }
+    eprintln!(
+        "expiring holds: {} holds with a {SHORT_TTL:?} TTL taken through R0/R1/R2",
+        out.iter().map(|e| e.holds.len()).sum::<usize>()
+    );
+    out
+}
+
+/// Once every hold has expired and the three sweepers have each had rounds since: each hold
+/// has exactly one expiry entry (a RELEASE by `system` at the hold's expire_time; a hold
+/// that expires writes RELEASE, and the hold's state becomes EXPIRED), its wallet is back
+/// to 100 available, and a release of the expired hold is refused.
+async fn check_expired_holds(c: &Cluster, expiring: &[Expiring]) {
+    let last_expiry = expiring
+        .iter()
+        .flat_map(|e| &e.holds)
+        .map(|(_, h)| micros_of(h.expire_time.as_ref()))
+        .max()
+        .unwrap_or_default();
+    // Three sweep intervals past the last expiry: every sweeper has had rounds after it.
+    let settled = last_expiry + 3 * SECOND;
+    let wait = Duration::from_micros(
+        (settled - chrono::Utc::now().timestamp_micros())
+            .max(0)
+            .unsigned_abs(),
+    );
+    tokio::time::sleep(wait).await;
+    // The expiries are written (polling, bounded): an expired hold's release is refused
+    // without writing anything only once the expiry is recorded.
+    let deadline = Instant::now() + SWEEP_WAIT;
+    for (w, e) in expiring.iter().enumerate() {
+        loop {
+            let txns = c.transactions(w, &e.account_id).await;
+            if of_kind(&txns, TransactionKind::Release).len() >= e.holds.len()
+                || Instant::now() > deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut refusals = Vec::new();
+    for e in expiring {
+        for (i, hold) in &e.holds {
+            refusals.push(c.release(i + 1, &hold.id).await);
+        }
+    }
+    c.check(refusals.iter().all(Result::is_err), || {
+        format!(
+            "expiring holds: releases of expired holds → {:?}, expected all refused",
+            outcomes(&refusals)
+        )
+    });
+    c.failures.only_failures(
+        "releases of expired holds",
+        &refusals,
+        Code::FailedPrecondition,
+        &["RESERVATION_NOT_OPEN"],
+    );
+    let mut expiries = 0;
+    for (w, e) in expiring.iter().enumerate() {
+        let label = &e.label;
+        let txns = c.transactions(w + 1, &e.account_id).await;
+        let releases = of_kind(&txns, TransactionKind::Release);
+        expiries += releases.len();
+        for (i, hold) in &e.holds {
+            let mine: Vec<&proto::Transaction> = releases
+                .iter()
+                .filter(|t| t.reservation_id == hold.id)
+                .collect();
+            let at = micros_of(hold.expire_time.as_ref());
+            c.check(
+                mine.len() == 1
+                    && mine.iter().all(|t| {
+                        t.actor == "system"
+                            && dec_or_zero(&t.units) == dec_or_zero(&hold.units)
+                            && dec_or_zero(&t.delta).is_zero()
+                            && micros_of(t.create_time.as_ref()) == at
+                    }),
+                || {
+                    format!(
+                        "{label}: hold {} of {} (taken through R{i}, expiring at {at}) has \
+                         {} RELEASE entries, expected one by `system` at its expire_time: {mine:?}",
+                        hold.id,
+                        hold.units,
+                        mine.len()
+                    )
+                },
+            );
+        }
+        let kinds: Vec<TransactionKind> = txns.iter().map(kind).collect();
+        let n = |k: TransactionKind| kinds.iter().filter(|x| **x == k).count();
+        c.check(
+            kinds.len() == 1 + 2 * e.holds.len()
+                && n(TransactionKind::Grant) == 1
+                && n(TransactionKind::Reserve) == e.holds.len()
+                && n(TransactionKind::Release) == e.holds.len(),
+            || {
+                format!(
+                    "{label}: entries {kinds:?}, expected one GRANT and a RESERVE and a RELEASE \
+                     per hold ({} holds)",
+                    e.holds.len()
+                )
+            },
+        );
+        let balances = c.balances(label, &e.account_id).await;
+        let hundred = dec("100");
+        c.check(balances == (hundred, hundred, Decimal::ZERO), || {
+            format!(
+                "{label}: (posted, available, reserved) {balances:?} after every hold expired, \
+                 expected (100, 100, 0)"
+            )
+        });
+    }
+    eprintln!(
+        "expiring holds: {expiries} expiry entries for {} holds (waited {wait:?} for the \
+         sweepers); releases afterwards → {:?}",
+        expiring.iter().map(|e| e.holds.len()).sum::<usize>(),
+        outcomes(&refusals)
+    );
+}
+
+// ---- rate cards ------------------------------------------------------------------------------
+
+/// Rate cards published while every replica has the card in force cached (each has just
+/// priced a debit with it): first one draft published at once through the three replicas
+/// (exactly one publish wins), then a draft through R0, R1 and R2 alone in turn. Right after
+/// each publish answers, the next debit through every replica (all three at once, before
+/// any other call) is priced by the new card, and every replica serves it as the card in
+/// force.
+async fn rate_card_publish(c: &Cluster, first: &proto::RateCard) {
     let (account, _) = c.funded("new-price", "1000").await;
+    let mut expected = dec("1000");
     for i in 0..3 {
         match c.debit(i, &account.id).await {
             Ok(t) => c.check(
-                dec_or_zero(&t.units) == dec("20") && t.rate_card_version == draft.version,
+                dec_or_zero(&t.units) == dec("10") && t.rate_card_version == first.version,
                 || {
                     format!(
-                        "rate card: a debit through R{i} after the publish charged {} by version {}, \
-                         expected 20 by version {}",
-                        t.units, t.rate_card_version, draft.version
+                        "rate card: before any publish, a debit through R{i} charged {} by \
+                         version {}, expected 10 by version {}",
+                        t.units, t.rate_card_version, first.version
                     )
                 },
             ),
             Err(s) => c.check(false, || format!("rate card: debit through R{i}: {s:?}")),
         }
+        expected -= dec("10");
     }
+    let rounds: [(&[usize], &str); 4] =
+        [(&[0, 1, 2], "20"), (&[0], "21"), (&[1], "22"), (&[2], "23")];
+    for (publishers, price) in rounds {
+        let label = format!(
+            "rate card {price} (published through {})",
+            publishers
+                .iter()
+                .map(|i| format!("R{i}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let draft = c.draft_card(vec![rate("req", price, &[], "")]).await;
+        let results = join_all(publishers.iter().map(|&i| c.publish(i, &draft))).await;
+        // The next debit through every replica, at once, as soon as the publish answered.
+        let debits = join_all((0..3).map(|i| c.debit(i, &account.id))).await;
+        let counts = outcomes(&results);
+        eprintln!(
+            "{label}: version {} → {counts:?}, {}; next debits through R0/R1/R2 → {:?}",
+            draft.version,
+            wins(&results, |n| publishers[n]),
+            debits
+                .iter()
+                .map(|d| match d {
+                    Ok(t) => t.units.clone(),
+                    Err(_) => outcome_name(d),
+                })
+                .collect::<Vec<_>>()
+        );
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        c.check(ok == 1, || {
+            format!(
+                "{label}: {ok} of {} publishes succeeded, expected 1 ({counts:?})",
+                results.len()
+            )
+        });
+        c.failures.only_failures(
+            &label,
+            &results,
+            Code::FailedPrecondition,
+            &["RATE_CARD_NOT_DRAFT"],
+        );
+        for (i, debit) in debits.iter().enumerate() {
+            match debit {
+                Ok(t) => {
+                    c.check(
+                        dec_or_zero(&t.units) == dec(price) && t.rate_card_version == draft.version,
+                        || {
+                            format!(
+                                "{label}: the next debit through R{i} charged {} by version {}, \
+                                 expected {price} by version {}",
+                                t.units, t.rate_card_version, draft.version
+                            )
+                        },
+                    );
+                    expected -= dec_or_zero(&t.units);
+                }
+                Err(s) => c.check(false, || format!("{label}: debit through R{i}: {s:?}")),
+            }
+        }
+        for i in 0..3 {
+            let request = proto::GetRateCardRequest {
+                version: 0,
+                time: None,
+            };
+            let card = call!("GetRateCard", c.r(i).rates(), get_rate_card, request)
+                .expect("card in force");
+            c.check(
+                card.version == draft.version && card.state == RateCardState::Published as i32,
+                || {
+                    format!(
+                        "{label}: R{i} has version {} ({:?}) in force, expected {} published",
+                        card.version,
+                        RateCardState::try_from(card.state),
+                        draft.version
+                    )
+                },
+            );
+        }
+    }
+    let (posted, _) = c.posted_reserved("new-price", &account.id).await;
+    c.check(posted == expected && expected == dec("712"), || {
+        format!(
+            "rate card: posted {posted}, expected 1000 − 3 × (10 + 20 + 21 + 22 + 23) = 712 \
+             (the debits answered {expected})"
+        )
+    });
 }
 
 /// Every funded wallet: posted is the newest entry's balance_after and Σ delta, the same
@@ -1218,13 +1965,19 @@ async fn replicas_racing_on_one_database_never_create_money() {
     let started = Instant::now();
     let mut c = Cluster::start().await;
 
-    // The card every scenario debits with: `req` costs a flat 10 units.
-    let card = c.draft_card(vec![rate("req", "10", &[], "")]).await;
+    // The card every scenario debits with: `req` costs a flat 10 units; the mixed workload
+    // also prices `llm` requests by their quantities.
+    let card = c
+        .draft_card(vec![rate("req", "10", &[], ""), llm_rate()])
+        .await;
     c.publish(0, &card).await.expect("publish the first card");
 
     // First, so the sweepers race on the period that starts a few seconds from now while the
     // other scenarios run.
     let scheduled = create_schedules(&c).await;
+    // Then holds with a short TTL: they expire, and the sweepers race on them, while the
+    // next scenarios run.
+    let expiring = create_expiring_holds(&c).await;
 
     refunds(&c, "").await;
     refunds(&c, "5").await;
@@ -1235,8 +1988,10 @@ async fn replicas_racing_on_one_database_never_create_money() {
     adjustments_and_debits(&c, 0).await;
     adjustments_and_debits(&c, 3).await;
     check_schedules(&c, &scheduled, "after the sweep").await;
+    same_work_through_three_and_one(&c, &card).await;
+    check_expired_holds(&c, &expiring).await;
     account_states(&c).await;
-    rate_card_publish(&c).await;
+    rate_card_publish(&c, &card).await;
     // Whatever the sweepers did meanwhile: still one grant per period.
     check_schedules(&c, &scheduled, "at the end").await;
     conservation(&c).await;
