@@ -422,6 +422,17 @@ async fn a_debit_span_reaches_the_otlp_receiver_with_its_request_id_and_callers_
         MetadataValue::try_from(format!("00-{trace_id}-{parent_id}-01")).unwrap(),
     );
     server.ledger().debit(request).await.expect("debit");
+    // A caller that did not sample its trace: allot follows it and makes no span.
+    let unsampled_id = uuid();
+    let mut unsampled = Request::new(debit_request(&account.id, "chat", &unsampled_id));
+    unsampled.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(format!(
+            "00-5bf92f3577b34da6a3ce929d0e0e4737-{parent_id}-00"
+        ))
+        .unwrap(),
+    );
+    server.ledger().debit(unsampled).await.expect("debit");
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let (rpc, commit) = loop {
@@ -451,6 +462,15 @@ async fn a_debit_span_reaches_the_otlp_receiver_with_its_request_id_and_callers_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Spans are exported every 100 ms here: by now the unsampled call's would have come too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !receiver.spans.lock().unwrap().iter().any(|s| {
+            otlp::attribute(s, "request_id").as_deref() == Some(&unsampled_id)
+                || otlp::attribute(s, "request_ids").is_some_and(|ids| ids.contains(&unsampled_id))
+        }),
+        "a call its caller did not sample was traced"
+    );
     assert_eq!(rpc.name, "allot.v1.LedgerService/Debit");
     assert_eq!(hex::encode(&rpc.trace_id), trace_id, "the caller's trace");
     assert_eq!(

@@ -222,7 +222,8 @@ const SPAN_REQUEST_IDS: usize = 16;
 /// The span of one batch commit (when spans are exported): its size, the first request ids,
 /// and a link to the span of every call whose operation it carries.
 fn commit_span(jobs: &[Job]) -> Span {
-    if !telemetry::tracing_enabled() {
+    // Only batches that serve a traced call (a sampled one) get a span.
+    if !telemetry::tracing_enabled() || jobs.iter().all(|job| job.span.is_none()) {
         return Span::none();
     }
     let ids: Vec<&str> = jobs

@@ -10,7 +10,7 @@
 pub mod metrics;
 pub mod rpc;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -22,9 +22,42 @@ use tracing_subscriber::{
 /// only then, so a server without tracing pays nothing for them.
 static TRACING: AtomicBool = AtomicBool::new(false);
 
+/// The share of calls without a caller's trace context that start a trace (the bits of an
+/// `f64`; see [`root_sampled`]).
+static ROOT_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
+
 /// True when spans are exported.
 pub fn tracing_enabled() -> bool {
     TRACING.load(Ordering::Relaxed)
+}
+
+/// Whether a call without a caller's trace context gets a span (drawn at the root ratio).
+pub fn root_sampled() -> bool {
+    let ratio = f64::from_bits(ROOT_RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
+
+/// The share of root calls to trace, from the standard `OTEL_TRACES_SAMPLER` (and
+/// `OTEL_TRACES_SAMPLER_ARG`): `always_on` / `parentbased_always_on` (the default) 1,
+/// `always_off` / `parentbased_always_off` 0, `traceidratio` / `parentbased_traceidratio`
+/// the argument. allot decides *before* it makes a span (a span made and then dropped by
+/// the SDK's sampler cost 14% of the debit rate, docs/BENCHMARKS.md), and always follows the
+/// caller's decision when a `traceparent` came with the call: every sampler acts as its
+/// `parentbased_` form.
+fn root_ratio_from_env() -> f64 {
+    let sampler = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+    let argument = || {
+        std::env::var("OTEL_TRACES_SAMPLER_ARG")
+            .ok()
+            .and_then(|arg| arg.trim().parse::<f64>().ok())
+            .filter(|ratio| (0.0..=1.0).contains(ratio))
+            .unwrap_or(1.0)
+    };
+    match sampler.trim().to_ascii_lowercase().as_str() {
+        "always_off" | "parentbased_always_off" => 0.0,
+        "traceidratio" | "parentbased_traceidratio" => argument(),
+        _ => 1.0,
+    }
 }
 
 /// The OTLP span exporter's standard switches: on when an OTLP endpoint is set (for all
@@ -78,8 +111,15 @@ pub fn init(json: bool) -> anyhow::Result<Guard> {
             .with_tonic()
             .build()?;
         let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "allot".to_string());
+        let ratio = root_ratio_from_env();
+        ROOT_RATIO.store(ratio.to_bits(), Ordering::Relaxed);
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
+            // Spans are made only for calls chosen to be traced (`root_sampled`, or a sampled
+            // caller): the SDK records every span it is given.
+            .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::AlwaysOn,
+            )))
             .with_resource(
                 opentelemetry_sdk::Resource::builder()
                     .with_service_name(service)
@@ -105,7 +145,10 @@ pub fn init(json: bool) -> anyhow::Result<Guard> {
         .try_init();
     if provider.is_some() {
         TRACING.store(true, Ordering::Relaxed);
-        tracing::info!("exporting spans over OTLP");
+        tracing::info!(
+            root_ratio = f64::from_bits(ROOT_RATIO.load(Ordering::Relaxed)),
+            "exporting spans over OTLP"
+        );
     }
     Ok(Guard { provider })
 }

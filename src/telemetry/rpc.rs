@@ -193,9 +193,24 @@ impl opentelemetry::propagation::Extractor for Headers<'_> {
     }
 }
 
-/// The call's span (only when spans are exported), a child of the caller's trace context.
+/// The call's span, a child of the caller's trace context: only when spans are exported, and
+/// the caller sampled its trace (or, without one, the call is drawn to start a trace).
 fn span(method: &'static str, headers: &http::HeaderMap) -> Span {
     if !super::tracing_enabled() {
+        return Span::none();
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&Headers(headers))
+    });
+    let caller = opentelemetry::trace::TraceContextExt::span(&parent)
+        .span_context()
+        .clone();
+    let traced = if caller.is_valid() {
+        caller.is_sampled()
+    } else {
+        super::root_sampled()
+    };
+    if !traced {
         return Span::none();
     }
     let (service, name) = method.split_once('/').unwrap_or((method, ""));
@@ -211,9 +226,6 @@ fn span(method: &'static str, headers: &http::HeaderMap) -> Span {
         request_id = Empty,
         sub = Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&Headers(headers))
-    });
     let _ = span.set_parent(parent);
     span
 }
