@@ -282,6 +282,28 @@ async fn postgres_tls_modes() {
         !output.status.success(),
         "a certificate for localhost is not 127.0.0.1's"
     );
+    // The Helm chart passes database TLS as libpq's variables (the URL is a Secret it cannot
+    // edit): the driver takes them as defaults of a URL that names no sslmode.
+    let plain_localhost = with("localhost", "");
+    let by_env = binary(dir.path())
+        .args(["migrate"])
+        .env("DATABASE_URL", &plain_localhost)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &cert)
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{}", text(&by_env));
+    let wrong_ca = binary(dir.path())
+        .args(["migrate"])
+        .env("DATABASE_URL", &plain_localhost)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", fixture("rsa_public.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        !wrong_ca.status.success(),
+        "PGSSLMODE=verify-full with a CA that did not sign the server's certificate connected"
+    );
     db.drop_database().await;
 }
 
