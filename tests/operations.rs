@@ -472,6 +472,21 @@ async fn a_debit_span_reaches_the_otlp_receiver_with_its_request_id_and_callers_
         "a call its caller did not sample was traced"
     );
     assert_eq!(rpc.name, "allot.v1.LedgerService/Debit");
+    // A protocol allot does not speak is refused at start, not exported into the void.
+    let refused = binary()
+        .current_dir(logs.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("DATABASE_URL", &db.url)
+        .env("ALLOT_JWT_HS256_SECRET", SECRET)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("OTLP/gRPC only"),
+        "{stderr}"
+    );
     assert_eq!(hex::encode(&rpc.trace_id), trace_id, "the caller's trace");
     assert_eq!(
         hex::encode(&rpc.parent_span_id),

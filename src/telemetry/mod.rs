@@ -107,6 +107,21 @@ pub fn init(json: bool) -> anyhow::Result<Guard> {
         fmt.with_ansi(ansi).with_filter(filter).boxed()
     };
     let provider = if otlp_configured() {
+        for name in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            if let Ok(protocol) = std::env::var(name)
+                && !protocol.trim().is_empty()
+                && !protocol.trim().eq_ignore_ascii_case("grpc")
+            {
+                anyhow::bail!(
+                    "{name}={protocol}: allot exports traces over OTLP/gRPC only; set it to \
+                     `grpc` (or unset it) and point OTEL_EXPORTER_OTLP_ENDPOINT at the \
+                     collector's gRPC port (usually 4317)"
+                );
+            }
+        }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
