@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Deterministic encoding of maps: request fingerprints for idempotency hash the bytes.
         .btree_map(".")
+        // A request that does not decode is INVALID_ARGUMENT, not INTERNAL (`api::codec`).
+        .codec_path("crate::api::codec::Codec")
         .compile_fds_with_config(fds, config)?;
     Ok(())
 }

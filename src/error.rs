@@ -48,6 +48,9 @@ pub enum Reason {
     GlobalScopeRequired,
 
     // INVALID_ARGUMENT.
+    /// The request's bytes are not a valid message of the method's type (wrong wire types,
+    /// truncated, invalid UTF-8 in a string): the caller's encoding, not a field's value.
+    MalformedMessage,
     /// A required field is empty.
     MissingField,
     /// A field's value is not acceptable (format, combination with other fields, ordering).

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod codec;
 pub mod convert;
 pub mod grants;
 pub mod insight;
