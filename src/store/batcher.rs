@@ -166,6 +166,17 @@ async fn run(
         if received == 0 {
             break;
         }
+        // An operation whose caller is gone before its batch begins (its grpc-timeout passed,
+        // or it hung up) is not applied: nobody would learn its outcome, and a retry with its
+        // request_id applies it once.
+        let waiting = batch.len();
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.len() < waiting {
+            metrics::abandoned(waiting - batch.len());
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let started = Instant::now();
         let span = commit_span(&batch);
         let (ops, replies): (Vec<Op>, Vec<_>) =

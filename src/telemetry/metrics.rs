@@ -30,6 +30,7 @@ pub const BATCH_SIZE: &str = "allot_ledger_batch_size";
 pub const COMMIT_SECONDS: &str = "allot_ledger_commit_seconds";
 pub const BATCHES: &str = "allot_ledger_batches_total";
 pub const QUEUED: &str = "allot_ledger_queued_operations";
+pub const ABANDONED: &str = "allot_ledger_abandoned_operations_total";
 pub const POOL_CONNECTIONS: &str = "allot_db_pool_connections";
 pub const POOL_MAX: &str = "allot_db_pool_max_connections";
 pub const BACKGROUND_LAG: &str = "allot_background_lag_seconds";
@@ -92,6 +93,10 @@ fn describe() {
         "Ledger batches, by outcome (committed, failed, panicked)"
     );
     describe_gauge!(QUEUED, "Ledger operations waiting for a batch");
+    describe_counter!(
+        ABANDONED,
+        "Ledger operations not applied because their caller was gone (deadline passed, hung up) before their batch began"
+    );
     describe_gauge!(
         POOL_CONNECTIONS,
         "Database connections by pool and state (idle, in_use)"
@@ -173,6 +178,11 @@ pub fn batch(size: usize, outcome: &'static str, elapsed: Option<Duration>) {
     if let Some(elapsed) = elapsed {
         metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
     }
+}
+
+/// Operations dropped from a batch because their callers were gone.
+pub fn abandoned(count: usize) {
+    counter!(ABANDONED).increment(count as u64);
 }
 
 /// The health service's overall status.

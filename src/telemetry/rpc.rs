@@ -247,43 +247,109 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let started = Instant::now();
         let method = method_label(request.uri().path());
         let span = span(method, request.headers());
-        let note = Arc::new(Note::default());
+        let mut call = Call {
+            method,
+            started: Instant::now(),
+            deadline: request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|value| parse_grpc_timeout(value.as_bytes())),
+            note: Arc::new(Note::default()),
+            span: span.clone(),
+            log: self.log.clone(),
+            answered: false,
+        };
         // The access layer authenticates inside `call`, the handler inside the future: both
         // see the note.
-        let future = NOTE.sync_scope(note.clone(), || {
+        let future = NOTE.sync_scope(call.note.clone(), || {
             let _entered = span.enter();
             self.inner.call(request)
         });
-        let log = self.log.clone();
-        Box::pin(NOTE.scope(note.clone(), async move {
-            let result = future.instrument(span.clone()).await;
-            let code = match &result {
+        Box::pin(NOTE.scope(call.note.clone(), async move {
+            let result = future.instrument(span).await;
+            call.answered(match &result {
                 Ok(response) => code_of(response),
                 Err(_) => Code::Unknown,
-            };
-            let latency = started.elapsed();
-            metrics::counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code))
-                .increment(1);
-            metrics::histogram!(RPC_DURATION, "method" => method).record(latency.as_secs_f64());
-            if !span.is_none() {
-                span.record("rpc.grpc.status_code", code as i64);
-                if code != Code::Ok {
-                    span.record("otel.status_code", "ERROR");
-                }
-                if let Some(request_id) = note.request_id.get() {
-                    span.record("request_id", request_id.as_str());
-                }
-                if let Some(sub) = note.sub.get() {
-                    span.record("sub", sub.as_str());
-                }
-            }
-            log.write(method, code, latency, &note);
+            });
             result
         }))
     }
+}
+
+/// One call being served. Recorded when it is answered, or, if it is dropped unanswered
+/// (its `grpc-timeout` passed — tonic's deadline layer sits outside this one — or the client
+/// went away), when it is dropped: as DEADLINE_EXCEEDED once its deadline is over, else
+/// CANCELLED.
+struct Call {
+    method: &'static str,
+    started: Instant,
+    deadline: Option<Duration>,
+    note: Arc<Note>,
+    span: Span,
+    log: Arc<AccessLog>,
+    answered: bool,
+}
+
+impl Call {
+    fn answered(&mut self, code: Code) {
+        self.answered = true;
+        self.record(code);
+    }
+
+    fn record(&self, code: Code) {
+        let latency = self.started.elapsed();
+        let method = self.method;
+        metrics::counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
+        metrics::histogram!(RPC_DURATION, "method" => method).record(latency.as_secs_f64());
+        if !self.span.is_none() {
+            self.span.record("rpc.grpc.status_code", code as i64);
+            if code != Code::Ok {
+                self.span.record("otel.status_code", "ERROR");
+            }
+            if let Some(request_id) = self.note.request_id.get() {
+                self.span.record("request_id", request_id.as_str());
+            }
+            if let Some(sub) = self.note.sub.get() {
+                self.span.record("sub", sub.as_str());
+            }
+        }
+        self.log.write(method, code, latency, &self.note);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.answered {
+            let expired = self
+                .deadline
+                .is_some_and(|deadline| self.started.elapsed() >= deadline);
+            self.record(if expired {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            });
+        }
+    }
+}
+
+/// A `grpc-timeout` header value (digits and a unit: H, M, S, m, u, n), as a duration.
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -296,6 +362,19 @@ mod tests {
         let admitted: Vec<_> = (0..5).map(|_| log.admit()).collect();
         assert_eq!(admitted, [Some(0), Some(0), Some(0), None, None]);
         assert_eq!(AccessLog::new(0).admit(), None);
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"m"), None);
+        assert_eq!(parse_grpc_timeout(b"123456789S"), None);
+        assert_eq!(parse_grpc_timeout(b"12x"), None);
     }
 
     #[test]
