@@ -20,6 +20,36 @@ use crate::{
 
 const MAX_LABELS: usize = 64;
 
+impl Ctx {
+    /// The roots of the subtrees a caller's lists read without an id (ListAccounts,
+    /// ExportTransactions, ListAuditEvents): `None` for a token for all accounts; else the ids
+    /// of its `accounts` claim that name an account exactly. The lists match subtrees with SQL
+    /// `LIKE`, which SQLite compares without regard to ASCII case: a claim of `ACCT_…` must
+    /// reach nothing there, as everywhere else (`Caller::covers` compares ids exactly).
+    pub(super) async fn scope_roots(
+        &self,
+        caller: &crate::auth::Caller,
+    ) -> Result<Option<Vec<String>>> {
+        use crate::store::entity::account;
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+
+        let Scope::Accounts(ids) = &caller.scope else {
+            return Ok(None);
+        };
+        if ids.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let found: Vec<String> = account::Entity::find()
+            .select_only()
+            .column(account::Column::Id)
+            .filter(account::Column::Id.is_in(ids.iter().cloned()))
+            .into_tuple()
+            .all(&self.store.db)
+            .await?;
+        Ok(Some(found))
+    }
+}
+
 fn labels(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
     convert::string_map("labels", map, MAX_LABELS, 256)
 }
@@ -148,10 +178,7 @@ impl Ctx {
         } else {
             Some(convert::id("parent_id", &request.parent_id, "acct")?)
         };
-        let within: Option<Vec<String>> = match &caller.scope {
-            Scope::All => None,
-            Scope::Accounts(ids) => Some(ids.iter().cloned().collect()),
-        };
+        let within = self.scope_roots(&caller).await?;
         let (rows, next_page_token) =
             accounts::list_accounts(&self.store.db, within.as_deref(), parent.as_deref(), &page)
                 .await?;

@@ -387,10 +387,7 @@ impl Ctx {
             Some((account.id, request.include_sub_accounts))
         };
         let filter = audit::Filter {
-            scope: match &caller.scope {
-                crate::auth::Scope::All => None,
-                crate::auth::Scope::Accounts(ids) => Some(ids.iter().cloned().collect()),
-            },
+            scope: self.scope_roots(&caller).await?,
             account,
             actions: request.actions.clone(),
             actor: (!request.actor.is_empty()).then(|| request.actor.clone()),

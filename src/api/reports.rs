@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Ctx, convert, redact, reply, status};
 use crate::{
-    auth::{Caller, Scope},
+    auth::Caller,
     error::{Error, Reason, Result},
     proto::{self, report_service_server::ReportService},
     store::{
@@ -142,9 +142,9 @@ impl Ctx {
                     Covers::Accounts(vec![account.id])
                 }
             }
-            (true, true) => match &caller.scope {
-                Scope::All => Covers::All,
-                Scope::Accounts(ids) => Covers::Subtrees(ids.iter().cloned().collect()),
+            (true, true) => match self.scope_roots(caller).await? {
+                None => Covers::All,
+                Some(roots) => Covers::Subtrees(roots),
             },
             (false, false) => {
                 return Err(Error::invalid(

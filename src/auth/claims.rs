@@ -161,6 +161,17 @@ impl Caller {
                 "`accounts` claim lists more than {MAX_SCOPE_ACCOUNTS} ids or an id longer than {MAX_ID_BYTES} bytes"
             )));
         }
+        // Account ids reach the database (the lists' subtree queries): PostgreSQL refuses NUL
+        // in text, and no id holds a control character.
+        if claims
+            .accounts
+            .iter()
+            .any(|a| a.chars().any(char::is_control))
+        {
+            return Err(AuthError::Invalid(
+                "`accounts` claim contains control characters".into(),
+            ));
+        }
         let roles = claims
             .roles
             .iter()
