@@ -178,7 +178,7 @@ impl Caller {
             .filter_map(|r| match r.parse::<Role>() {
                 Ok(role) => Some(role),
                 Err(_) => {
-                    tracing::debug!(sub = %claims.sub, role = %r, "ignoring unknown role in token");
+                    tracing::debug!(sub = ?claims.sub, role = ?r, "ignoring unknown role in token");
                     None
                 }
             })
