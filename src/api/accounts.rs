@@ -30,23 +30,10 @@ impl Ctx {
         &self,
         caller: &crate::auth::Caller,
     ) -> Result<Option<Vec<String>>> {
-        use crate::store::entity::account;
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
-
         let Scope::Accounts(ids) = &caller.scope else {
             return Ok(None);
         };
-        if ids.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let found: Vec<String> = account::Entity::find()
-            .select_only()
-            .column(account::Column::Id)
-            .filter(account::Column::Id.is_in(ids.iter().cloned()))
-            .into_tuple()
-            .all(&self.store.db)
-            .await?;
-        Ok(Some(found))
+        Ok(Some(accounts::existing_ids(&self.store.db, ids).await?))
     }
 }
 

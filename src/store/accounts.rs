@@ -191,6 +191,24 @@ pub async fn list_accounts(
     .await
 }
 
+/// The ids among `ids` that name an account, compared exactly.
+pub async fn existing_ids<'a>(
+    conn: &impl ConnectionTrait,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<String>> {
+    let ids: Vec<String> = ids.into_iter().cloned().collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(account::Entity::find()
+        .select_only()
+        .column(account::Column::Id)
+        .filter(account::Column::Id.is_in(ids))
+        .into_tuple()
+        .all(conn)
+        .await?)
+}
+
 pub(super) fn escape_like(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
