@@ -15,6 +15,10 @@ pub mod cli;
 pub mod clock;
 pub mod domain;
 pub mod error;
+/// Fuzzing entry points: only in tests and `cargo fuzz` builds (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod server;
 pub mod store;

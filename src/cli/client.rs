@@ -24,7 +24,7 @@ mod output;
 mod overrides;
 mod rate_diff;
 mod rates;
-mod rates_file;
+pub(crate) mod rates_file;
 mod report;
 mod schedules;
 mod statement;

@@ -886,5 +886,9 @@ pub(super) fn next_period(wallet: &Loaded, schedule_id: &str, stored: i64) -> i6
         .map_or(stored, |s| s.next_period)
 }
 
+#[cfg(any(test, fuzzing))]
+mod fixture;
+#[cfg(any(test, fuzzing))]
+pub(super) mod fuzz;
 #[cfg(test)]
 mod tests;

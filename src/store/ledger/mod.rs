@@ -40,6 +40,10 @@ pub use reads::{
 };
 pub use rows::{domain_schedule, lot};
 
+/// The evaluator's fuzzing harness (`allot::fuzzing::evaluate`).
+#[cfg(any(test, fuzzing))]
+pub(crate) use eval::fuzz::evaluate as fuzz_evaluate;
+
 use super::{Store, is_postgres, log_sync::Durable};
 use crate::error::{Error, Result};
 use write::Writer;

@@ -2,28 +2,19 @@
 //! that the ledger's rules hold. (tests/property.rs checks the same rules end to end, over
 //! gRPC, on both databases.)
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 
-use super::{Batch, Loaded};
-use crate::{
-    domain::{AccountState, Amount, CardState, GrantKind, Period, Rate, Rollover},
-    store::{
-        chain,
-        entity::{rate_card, transaction, wallet},
-        idempotency::Key,
-        ledger::ops::*,
-        rate_cards::Card,
-        wallet_cache::Rows,
-    },
+use super::{
+    Loaded,
+    fixture::{ACCOUNT, UNIT, WALLET, batch, encode},
 };
-
-const WALLET: &str = "wal-1";
-const ACCOUNT: &str = "acc-1";
-const START: i64 = 1_800_000_000_000_000;
-const UNIT: i64 = 1_000_000;
+use crate::{
+    domain::{Amount, GrantKind, Period, Rollover},
+    store::{chain, entity::transaction, idempotency::Key, ledger::ops::*},
+};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -100,71 +91,6 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn wallet_row() -> wallet::Model {
-    wallet::Model {
-        id: WALLET.into(),
-        account_id: ACCOUNT.into(),
-        unit: "credits".into(),
-        overdraft_limit: 0,
-        debt: 0,
-        reserved: 0,
-        create_time: START,
-        update_time: START,
-        posted: 0,
-        daily_spend_cap: None,
-        monthly_spend_cap: None,
-        spent_day: 0,
-        spent_day_units: 0,
-        spent_month: 0,
-        spent_month_units: 0,
-        low_balance_thresholds: Default::default(),
-        next_due_time: None,
-        last_hash: String::new(),
-        last_entry_time: 0,
-        version: 1,
-    }
-}
-
-fn card(flat: i64) -> Card {
-    let rate = Rate {
-        request_type: "chat".into(),
-        flat_units: Amount::from_micros(flat),
-        dimensions: Vec::new(),
-        max_units: None,
-        route: String::new(),
-        provider_cost: String::new(),
-        list_prices: Vec::new(),
-    };
-    rate_card::Model {
-        version: 1,
-        state: CardState::Published,
-        etag: String::new(),
-        effective_time: Some(START),
-        rates: rate_card::Rates(vec![rate]),
-        notes: String::new(),
-        create_time: START,
-        publish_time: Some(START),
-    }
-}
-
-fn batch(flat: i64) -> Batch {
-    let rows = Rows::new(AccountState::Active);
-    Batch {
-        now: START,
-        card: Some(card(flat)),
-        overrides: Default::default(),
-        ancestry: HashMap::new(),
-        accounts: HashMap::from([(ACCOUNT.to_string(), AccountState::Active)]),
-        by_account_unit: HashMap::from([(
-            (ACCOUNT.to_string(), "credits".to_string()),
-            WALLET.to_string(),
-        )]),
-        wallets: BTreeMap::from([(WALLET.to_string(), Loaded::new(wallet_row(), rows))]),
-        refunded: HashMap::new(),
-        records: HashMap::new(),
-    }
-}
-
 fn key(n: usize, method: &'static str) -> Key {
     Key {
         scope: format!("acct:{ACCOUNT}"),
@@ -172,11 +98,6 @@ fn key(n: usize, method: &'static str) -> Key {
         method,
         fingerprint: format!("{method}-{n}"),
     }
-}
-
-/// A stand-in for the API's encoding: any deterministic bytes of the outcome do.
-fn encode(outcome: &Outcome) -> Vec<u8> {
-    format!("{outcome:?}").into_bytes()
 }
 
 /// What the model of the test remembers of earlier steps.
