@@ -137,6 +137,12 @@ pub enum Reason {
     /// The rate card changed since the caller read its etag.
     StaleEtag,
 
+    // RESOURCE_EXHAUSTED.
+    /// allot cannot take the call now (too many calls in flight, or its ledger queue drains too
+    /// slowly: `admission`); nothing was applied. Retry after the `RetryInfo` delay
+    /// (`retry_after_ms` in the metadata) with the same `request_id`.
+    Overloaded,
+
     // Other codes.
     /// OUT_OF_RANGE: a statement's totals exceed what a decimal holds.
     StatementOutOfRange,
@@ -167,6 +173,8 @@ pub struct Error {
     pub reason: Reason,
     pub message: String,
     pub metadata: Vec<(String, String)>,
+    /// When to retry (a `google.rpc.RetryInfo` on the wire): set on refusals for overload.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -178,7 +186,15 @@ impl Error {
             reason,
             message: message.into(),
             metadata: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// Asks the caller to retry after `delay` (a `RetryInfo`, and `retry_after_ms` in the
+    /// metadata for those who read only the `ErrorInfo`, such as BatchDebit's results).
+    pub fn retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.retry_after = Some(delay);
+        self.with("retry_after_ms", delay.as_millis())
     }
 
     /// Adds one metadata entry to the ErrorInfo.

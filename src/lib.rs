@@ -9,6 +9,7 @@
 //! * `server` — wiring, health, reflection, graceful shutdown.
 //! * `cli` — the `allot` command line (server, migrations, tokens, and a client for every role).
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -55,6 +55,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// TLS, the health port, the access log, migrations at start.
     pub exposure: Exposure,
+    /// How much is admitted before calls are refused as OVERLOADED (`admission`).
+    pub admission: crate::admission::Limits,
 }
 
 /// How the service is reached and watched. The default: plaintext, no separate health port,
@@ -174,7 +176,12 @@ pub async fn run(
         .await?
         .checking_cache(settings.check_wallet_cache);
     let health = Health::default();
-    let (ledger, ledger_worker) = Ledger::start(store.clone(), crate::api::outcome::encode);
+    let admission = settings.admission;
+    let (ledger, ledger_worker) = Ledger::start(
+        store.clone(),
+        crate::api::outcome::encode,
+        admission.max_queue_wait,
+    );
     let ctx = Ctx {
         store: store.clone(),
         ledger: ledger.clone(),
@@ -303,9 +310,16 @@ pub async fn run(
     let router = Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // One client's share of the calls in flight (`admission`).
+        .max_concurrent_streams(admission.max_streams_per_connection)
         // Metrics, spans and the access log of every call, refused ones included.
         .layer(crate::telemetry::rpc::TelemetryLayer::new(
             exposure.access_log_per_second,
+        ))
+        // Overload: refused before authentication, the cheapest answer there is.
+        .layer(crate::admission::InFlightLayer::new(
+            admission.max_in_flight,
+            ledger.gates(),
         ))
         // Authentication and roles for every method, before any handler (`api::access`).
         .layer(crate::api::access::AccessLayer::new(ctx.auth.clone()))

@@ -27,9 +27,9 @@
 //! Afterwards `allot verify` passes and every wallet's posted balance is the last entry's
 //! `balance_after` and the sum of its entries' deltas, the same through every replica.
 //!
-//! Calls that answer ABORTED or UNAVAILABLE (write conflicts, a busy SQLite file) are sent
-//! again with the same request_id until they give a definite answer; only definite answers
-//! are counted.
+//! Calls that answer ABORTED or UNAVAILABLE (write conflicts, a busy SQLite file) or
+//! RESOURCE_EXHAUSTED / OVERLOADED (admission control) are sent again with the same
+//! request_id until they give a definite answer; only definite answers are counted.
 
 mod common;
 
@@ -91,7 +91,7 @@ where
         match tokio::time::timeout(CALL_TIMEOUT, call()).await {
             Err(_) => panic!("{what}: no answer within {CALL_TIMEOUT:?} (attempt {attempt})"),
             Ok(Ok(response)) => return Ok(response.into_inner()),
-            Ok(Err(status)) if matches!(status.code(), Code::Aborted | Code::Unavailable) => {
+            Ok(Err(status)) if retryable(&status) => {
                 RETRIES.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
                     "retrying {what} after {:?} {}: {}",
@@ -99,8 +99,15 @@ where
                     reason(&status),
                     status.message()
                 );
+                // An OVERLOADED refusal says when to come back.
+                let hint = status
+                    .get_error_details()
+                    .retry_info()
+                    .and_then(|info| info.retry_delay)
+                    .unwrap_or_default();
                 last = Some(status);
-                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;
+                let backoff = Duration::from_millis(10 * u64::from(attempt + 1));
+                tokio::time::sleep(backoff.max(hint)).await;
             }
             Ok(Err(status)) => return Err(status),
         }
@@ -109,6 +116,16 @@ where
 }
 
 /// The ErrorInfo reason of a status ("" without one).
+/// Answers that mean "not applied, send it again": write conflicts, a busy SQLite file, and
+/// OVERLOADED refusals (admission control).
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Aborted | Code::Unavailable => true,
+        Code::ResourceExhausted => reason(status) == "OVERLOADED",
+        _ => false,
+    }
+}
+
 fn reason(status: &Status) -> String {
     status
         .get_error_details()

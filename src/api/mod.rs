@@ -66,7 +66,10 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let metadata: std::collections::HashMap<String, String> =
             err.metadata.iter().cloned().collect();
-        let details = ErrorDetails::with_error_info(err.reason.as_str(), "allot", metadata);
+        let mut details = ErrorDetails::with_error_info(err.reason.as_str(), "allot", metadata);
+        if let Some(delay) = err.retry_after {
+            details.set_retry_info(Some(delay));
+        }
         Status::with_error_details(err.code, err.message, details)
     }
 }

@@ -98,6 +98,19 @@ pub struct ServeArgs {
     /// second; 0 turns the access log off.
     #[arg(long, env = "ALLOT_ACCESS_LOG_RATE", default_value_t = 100)]
     pub access_log_rate: u32,
+    /// Most calls served at once over all connections (health checks not counted); more are
+    /// refused at once with RESOURCE_EXHAUSTED, reason OVERLOADED, and a retry delay.
+    #[arg(long, env = "ALLOT_MAX_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+    /// Longest a ledger operation may wait for its batch: while operations wait longer, new
+    /// ones are refused (OVERLOADED) instead of queueing.
+    #[arg(long, env = "ALLOT_MAX_QUEUE_WAIT", default_value = "50ms", value_parser = parse_duration)]
+    pub max_queue_wait: Duration,
+    /// Most calls one connection may have open at once (HTTP/2 max_concurrent_streams).
+    #[arg(long, env = "ALLOT_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streams_per_connection: u32,
     /// For tests: every ledger batch also reads what it took from the wallet cache and
     /// asserts the two agree (slower).
     #[arg(long, hide = true)]
@@ -334,6 +347,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: crate::api::Limits {
             max_hold_ttl: args.max_hold_ttl,
             ..Default::default()
+        },
+        admission: crate::admission::Limits {
+            max_in_flight: args.max_in_flight as usize,
+            max_queue_wait: args.max_queue_wait,
+            max_streams_per_connection: args.max_streams_per_connection,
         },
         sweep_interval: args.sweep_interval,
         idempotency_retention: args.idempotency_retention,

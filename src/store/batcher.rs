@@ -13,7 +13,7 @@
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::FutureExt;
@@ -31,6 +31,7 @@ use super::{
     ledger::{self, Encode, Op, Outcome},
 };
 use crate::{
+    admission::{self, QueueGate},
     error::{Error, Result},
     health::panic_message,
     telemetry::{self, metrics},
@@ -47,6 +48,8 @@ const QUEUE_DEPTH: usize = 8192;
 
 struct Job {
     op: Op,
+    /// When it was queued (the gate measures how long operations wait).
+    queued: Instant,
     reply: oneshot::Sender<Result<Outcome>>,
     /// The submitting call's span, linked from the batch's span (when spans are exported).
     span: Span,
@@ -57,6 +60,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Ledger {
     queues: Arc<[mpsc::Sender<Job>]>,
+    /// Each queue's admission gate (`admission::QueueGate`).
+    gates: Arc<[Arc<QueueGate>]>,
 }
 
 /// The running workers; [`Worker::shutdown`] stops them after their queues drain.
@@ -77,23 +82,34 @@ impl Worker {
 
 impl Ledger {
     /// Starts the workers; `encode` gives the response an operation's idempotency record
-    /// stores (the API's encoding of its outcome).
-    pub fn start(store: Store, encode: Encode) -> (Ledger, Worker) {
+    /// stores (the API's encoding of its outcome). New operations are refused (OVERLOADED)
+    /// once a queue's operations wait longer than `max_queue_wait` for their batch.
+    pub fn start(store: Store, encode: Encode, max_queue_wait: Duration) -> (Ledger, Worker) {
         let count = if store.is_postgres() {
             POSTGRES_WORKERS
         } else {
             1
         };
         let mut queues = Vec::with_capacity(count);
+        let mut gates = Vec::with_capacity(count);
         let (close, workers) = (CancellationToken::new(), TaskTracker::new());
         for _ in 0..count {
             let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
-            workers.spawn(run(store.clone(), encode, jobs, close.child_token()));
+            let gate = Arc::new(QueueGate::new(max_queue_wait));
+            workers.spawn(run(
+                store.clone(),
+                encode,
+                jobs,
+                gate.clone(),
+                close.child_token(),
+            ));
             queues.push(queue);
+            gates.push(gate);
         }
         (
             Ledger {
                 queues: queues.into(),
+                gates: gates.into(),
             },
             Worker {
                 close: close.drop_guard(),
@@ -110,19 +126,56 @@ impl Ledger {
             .sum()
     }
 
-    /// Applies `op` (in some batch) and returns its own outcome.
+    /// The queues' admission gates (the in-flight gate's retry delay follows them).
+    pub fn gates(&self) -> Arc<[Arc<QueueGate>]> {
+        self.gates.clone()
+    }
+
+    /// Applies `op` (in some batch) and returns its own outcome; refuses it at once
+    /// (OVERLOADED, nothing applied) when its queue is not draining in time or is full.
     pub async fn submit(&self, op: Op) -> Result<Outcome> {
-        let (reply, outcome) = oneshot::channel();
+        let shard = shard(&op, self.queues.len());
+        let queue = &self.queues[shard];
+        self.gates[shard].admit(queue.max_capacity() - queue.capacity())?;
+        self.enqueue(queue, op, false).await
+    }
+
+    /// Applies `op` however long its queue is (the background sweeps: expiry and schedules
+    /// must happen, and a sweep waits rather than failing).
+    pub async fn submit_unrefused(&self, op: Op) -> Result<Outcome> {
         let queue = &self.queues[shard(&op, self.queues.len())];
+        self.enqueue(queue, op, true).await
+    }
+
+    async fn enqueue(&self, queue: &mpsc::Sender<Job>, op: Op, wait: bool) -> Result<Outcome> {
+        let (reply, outcome) = oneshot::channel();
         let span = if telemetry::tracing_enabled() {
             Span::current()
         } else {
             Span::none()
         };
-        queue
-            .send(Job { op, reply, span })
-            .await
-            .map_err(|_| Error::unavailable("the ledger is shutting down"))?;
+        let job = Job {
+            op,
+            queued: Instant::now(),
+            reply,
+            span,
+        };
+        if wait {
+            queue
+                .send(job)
+                .await
+                .map_err(|_| Error::unavailable("the ledger is shutting down"))?;
+        } else {
+            queue.try_send(job).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    metrics::refused("queue_full");
+                    admission::overloaded("the ledger queue is full", Duration::from_millis(100))
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    Error::unavailable("the ledger is shutting down")
+                }
+            })?;
+        }
         outcome
             .await
             .map_err(|_| Error::unavailable("the ledger stopped before answering"))?
@@ -147,6 +200,7 @@ async fn run(
     store: Store,
     encode: Encode,
     mut jobs: mpsc::Receiver<Job>,
+    gate: Arc<QueueGate>,
     closed: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -166,6 +220,9 @@ async fn run(
         if received == 0 {
             break;
         }
+        if let Some(first) = batch.first() {
+            gate.took(first.queued, jobs.len());
+        }
         // An operation whose caller is gone before its batch begins (its grpc-timeout passed,
         // or it hung up) is not applied: nobody would learn its outcome, and a retry with its
         // request_id applies it once.
@@ -175,6 +232,7 @@ async fn run(
             metrics::abandoned(waiting - batch.len());
         }
         if batch.is_empty() {
+            gate.applied(0, Duration::ZERO);
             continue;
         }
         let started = Instant::now();
@@ -182,11 +240,12 @@ async fn run(
         let (ops, replies): (Vec<Op>, Vec<_>) =
             batch.drain(..).map(|job| (job.op, job.reply)).unzip();
         let size = ops.len();
-        match AssertUnwindSafe(ledger::apply(&store, &ops, encode))
+        let applied = AssertUnwindSafe(ledger::apply(&store, &ops, encode))
             .catch_unwind()
             .instrument(span.clone())
-            .await
-        {
+            .await;
+        gate.applied(size, started.elapsed());
+        match applied {
             Ok(Ok((outcomes, durable))) => {
                 // Reply once the commit is durable; meanwhile the next batch goes ahead (on
                 // SQLite its work overlaps this one's log sync, see `log_sync`).

@@ -33,7 +33,7 @@ pub async fn sweep_once(store: &Store, ledger: &Ledger) -> Result<usize> {
         let count = due.len();
         let results = futures::future::join_all(
             due.into_iter()
-                .map(|wallet_id| ledger.submit(Op::Sweep { wallet_id })),
+                .map(|wallet_id| ledger.submit_unrefused(Op::Sweep { wallet_id })),
         )
         .await;
         for result in results {

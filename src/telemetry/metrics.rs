@@ -31,6 +31,7 @@ pub const COMMIT_SECONDS: &str = "allot_ledger_commit_seconds";
 pub const BATCHES: &str = "allot_ledger_batches_total";
 pub const QUEUED: &str = "allot_ledger_queued_operations";
 pub const ABANDONED: &str = "allot_ledger_abandoned_operations_total";
+pub const REFUSED: &str = "allot_admission_refused_total";
 pub const POOL_CONNECTIONS: &str = "allot_db_pool_connections";
 pub const POOL_MAX: &str = "allot_db_pool_max_connections";
 pub const BACKGROUND_LAG: &str = "allot_background_lag_seconds";
@@ -112,6 +113,10 @@ fn describe() {
         "1 while the health service reports SERVING, else 0"
     );
     describe_counter!(
+        REFUSED,
+        "Calls and ledger operations refused as OVERLOADED, by gate (in_flight, queue_wait, queue_full)"
+    );
+    describe_counter!(
         ACCESS_LOG_SKIPPED,
         "Calls not written to the access log (over --access-log-rate)"
     );
@@ -183,6 +188,11 @@ pub fn batch(size: usize, outcome: &'static str, elapsed: Option<Duration>) {
 /// Operations dropped from a batch because their callers were gone.
 pub fn abandoned(count: usize) {
     counter!(ABANDONED).increment(count as u64);
+}
+
+/// A call or operation refused by admission control (`admission`), by gate.
+pub fn refused(gate: &'static str) {
+    counter!(REFUSED, "gate" => gate).increment(1);
 }
 
 /// The health service's overall status.

@@ -21,7 +21,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 mod assert;
 pub mod process;
-mod reads;
+pub mod reads;
 mod requests;
 mod time;
 mod values;
@@ -179,6 +179,12 @@ async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
         clock: clock.clone(),
         shutdown_grace: Duration::from_secs(2),
         exposure: Default::default(),
+        // Admission control has tests of its own (tests/overload.rs); here a slow batch on a
+        // busy test machine must not refuse a test's calls.
+        admission: allot::admission::Limits {
+            max_queue_wait: Duration::from_secs(30),
+            ..Default::default()
+        },
         limits: allot::api::Limits::default(),
         // Tests sweep explicitly (`app.sweep()`), after moving the clock.
         sweep_interval: Duration::from_secs(3600),

@@ -107,6 +107,7 @@ impl InProcess {
             clock,
             shutdown_grace: Duration::from_secs(5),
             exposure: Default::default(),
+            admission: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let mut handle = tokio::spawn(server::run(
