@@ -455,6 +455,32 @@ impl Report {
                 "late": b.measured.late,
             })
         });
+        let reports = self.reports.map(|(budget, usage, calls)| {
+            json!({
+                "calls": calls,
+                "budget_p50_ms": round(budget.p50, 3),
+                "budget_p99_ms": round(budget.p99, 3),
+                "usage_p50_ms": round(usage.p50, 3),
+                "usage_p99_ms": round(usage.p99, 3),
+            })
+        });
+        let admission = json!({
+            "admitted_calls": m.admitted.0,
+            "admitted_p50_ms": round(m.admitted.1.p50, 3),
+            "admitted_p99_ms": round(m.admitted.1.p99, 3),
+            "refused_calls": m.refused.0,
+            "refused_p50_ms": round(m.refused.1.p50, 3),
+            "refused_p99_ms": round(m.refused.1.p99, 3),
+        });
+        let recovery = m.recovery.as_ref().map(|r| {
+            json!({
+                "probes": r.probes,
+                "first_ok_ms": r.first_ok_ms.map(|ms| round(ms, 3)),
+                "p50_ms": round(r.latency.p50, 3),
+                "p99_ms": round(r.latency.p99, 3),
+                "max_ms": round(r.latency.max, 3),
+            })
+        });
         json!({
             "debits_per_sec": round(m.debits_per_sec(), 1),
             "baseline_debits_per_sec": self.baseline.as_ref().map(|b| round(b.measured.debits_per_sec(), 1)),
@@ -472,6 +498,8 @@ impl Report {
             "debits": m.ok,
             "calls": m.calls,
             "late": m.late,
+            "admission": admission,
+            "recovery": recovery,
             "elapsed_s": round(m.elapsed.as_secs_f64(), 3),
             "driver": match self.driver {
                 Driver::Unary => "unary",
@@ -492,13 +520,7 @@ impl Report {
             "peak_rss_mb": self.rss.map(|r| round(r.peak_mb, 1)),
             "rss_note": self.rss.map(|_| "VmRSS/VmHWM of the bench process: the in-process server shares it with the load generator"),
             "baseline": baseline,
-            "reports": self.reports.map(|(budget, usage, calls)| json!({
-                "calls": calls,
-                "budget_p50_ms": round(budget.p50, 3),
-                "budget_p99_ms": round(budget.p99, 3),
-                "usage_p50_ms": round(usage.p50, 3),
-                "usage_p99_ms": round(usage.p99, 3),
-            })),
+            "reports": reports,
             "notes": self.notes,
         })
     }
@@ -578,6 +600,32 @@ impl Report {
                 out,
                 "              {} calls issued late (the client's in-flight limit was reached)",
                 m.late
+            );
+        }
+        if m.refused.0 > 0 {
+            let _ = writeln!(
+                out,
+                "admission:    {} calls admitted (p50 {:.2} ms, p99 {:.2} ms), {} refused as \
+                 RESOURCE_EXHAUSTED (p50 {:.2} ms, p99 {:.2} ms)",
+                m.admitted.0,
+                m.admitted.1.p50,
+                m.admitted.1.p99,
+                m.refused.0,
+                m.refused.1.p50,
+                m.refused.1.p99
+            );
+        }
+        if let Some(recovery) = &m.recovery {
+            let _ = writeln!(
+                out,
+                "after load:   {} single debits in the next second; first acknowledged at +{}; \
+                 p50 {:.2} ms, p99 {:.2} ms",
+                recovery.probes,
+                recovery
+                    .first_ok_ms
+                    .map_or("never".to_string(), |ms| format!("{ms:.0} ms")),
+                recovery.latency.p50,
+                recovery.latency.p99
             );
         }
         let _ = writeln!(

@@ -18,6 +18,9 @@ use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 /// counted as `late`; their latency still starts at the scheduled time).
 const MAX_IN_FLIGHT: usize = 20_000;
 
+/// The error class of a call refused by admission control.
+const OVERLOADED: &str = "RESOURCE_EXHAUSTED";
+
 /// What became of one debit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -117,9 +120,31 @@ pub struct Measured {
     /// Open loop: calls issued after their scheduled time because MAX_IN_FLIGHT were busy.
     pub late: u64,
     pub latency: Latency,
+    /// Latency of the calls the server admitted (every debit answered, none refused as
+    /// RESOURCE_EXHAUSTED), and their count.
+    pub admitted: (u64, Latency),
+    /// Latency of the calls refused as RESOURCE_EXHAUSTED (overload), and their count.
+    pub refused: (u64, Latency),
+    /// Open loop: single debits sent one after another for a second once the schedule ended
+    /// (how fast the service is back to normal).
+    pub recovery: Option<Recovery>,
     /// Micro-units acknowledged per wallet.
     pub charged: Vec<i64>,
 }
+
+/// The probe calls after an open-loop run's last scheduled call.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Probes sent (one at a time, for a second).
+    pub probes: u64,
+    /// Milliseconds after the schedule ended at which the first probe was acknowledged.
+    pub first_ok_ms: Option<f64>,
+    /// Latency of the probes acknowledged.
+    pub latency: Latency,
+}
+
+/// How long the recovery probe runs.
+const RECOVERY_PROBE: Duration = Duration::from_secs(1);
 
 impl Measured {
     pub fn debits_per_sec(&self) -> f64 {
@@ -171,6 +196,8 @@ impl Latency {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u32>,
+    admitted_us: Vec<u32>,
+    refused_us: Vec<u32>,
     calls: u64,
     ok: u64,
     errors: BTreeMap<&'static str, u64>,
@@ -186,8 +213,13 @@ impl Tally {
         charged: &[AtomicI64],
     ) {
         self.calls += 1;
-        self.latencies_us
-            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        self.latencies_us.push(micros);
+        if outcomes.contains(&Outcome::Rejected(OVERLOADED)) {
+            self.refused_us.push(micros);
+        } else if !outcomes.iter().any(|o| matches!(o, Outcome::Unknown(_))) {
+            self.admitted_us.push(micros);
+        }
         for (outcome, &wallet) in outcomes.iter().zip(wallets) {
             match outcome {
                 Outcome::Charged(micros) => {
@@ -205,6 +237,8 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.latencies_us.extend(other.latencies_us);
+        self.admitted_us.extend(other.admitted_us);
+        self.refused_us.extend(other.refused_us);
         self.calls += other.calls;
         self.ok += other.ok;
         self.unknown += other.unknown;
@@ -222,13 +256,20 @@ pub async fn run<T: Target>(
 ) -> anyhow::Result<Measured> {
     let charged: Arc<Vec<AtomicI64>> = Arc::new((0..wallets).map(|_| AtomicI64::new(0)).collect());
     let start = Instant::now();
-    let (tally, late) = match load.rate {
-        None => (closed_loop(target, load, &charged, start).await?, 0),
-        Some(rate) => open_loop(target, load, rate, &charged, start).await?,
+    let (tally, late, recovery) = match load.rate {
+        None => (closed_loop(target, load, &charged, start).await?, 0, None),
+        Some(rate) => {
+            let (tally, late, recovery) = open_loop(target, load, rate, &charged, start).await?;
+            (tally, late, Some(recovery))
+        }
     };
     let elapsed = start.elapsed();
     let mut latencies = tally.latencies_us;
+    let (mut admitted, mut refused) = (tally.admitted_us, tally.refused_us);
     Ok(Measured {
+        admitted: (admitted.len() as u64, Latency::from_micros(&mut admitted)),
+        refused: (refused.len() as u64, Latency::from_micros(&mut refused)),
+        recovery,
         elapsed,
         calls: tally.calls,
         ok: tally.ok,
@@ -283,7 +324,7 @@ async fn open_loop<T: Target>(
     rate: f64,
     charged: &Arc<Vec<AtomicI64>>,
     start: Instant,
-) -> anyhow::Result<(Tally, u64)> {
+) -> anyhow::Result<(Tally, u64, Recovery)> {
     let per_call = target.debits_per_call();
     let interval = Duration::from_secs_f64(per_call as f64 / rate);
     let total_calls = (load.duration.as_secs_f64() * rate / per_call as f64).floor() as u64;
@@ -320,10 +361,33 @@ async fn open_loop<T: Target>(
             drop(slot);
         });
     }
+    // The load stops: how soon does a lone caller get normal service again? (Its debits count
+    // in the tally like the others.)
+    let ended = Instant::now();
+    let mut recovery = Recovery::default();
+    let mut probe_us = Vec::new();
+    while ended.elapsed() < RECOVERY_PROBE {
+        let wallets = [load.sampler.sample(&mut rng)];
+        let sent = Instant::now();
+        let outcomes = target.call(0, &wallets).await;
+        let latency = sent.elapsed();
+        recovery.probes += 1;
+        if matches!(outcomes[0], Outcome::Charged(_)) {
+            recovery
+                .first_ok_ms
+                .get_or_insert(sent.duration_since(ended).as_secs_f64() * 1000.0);
+            probe_us.push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        }
+        tally
+            .lock()
+            .expect("tally lock")
+            .record(latency, &outcomes, &wallets, charged);
+    }
+    recovery.latency = Latency::from_micros(&mut probe_us);
     // Wait for every call still in flight.
     let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await?;
     let tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
-    Ok((tally, late.into_inner()))
+    Ok((tally, late.into_inner(), recovery))
 }
 
 #[cfg(test)]
