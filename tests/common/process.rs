@@ -208,7 +208,9 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn wait_ready(
+/// Waits until the process at `addr` answers its health check SERVING; the error says why not
+/// (it exited, or what the last attempt saw).
+pub async fn wait_ready(
     child: &mut Child,
     addr: &str,
     tls: Option<ClientTlsConfig>,
@@ -250,7 +252,8 @@ async fn wait_ready(
     }
 }
 
-fn tail(log: &Path, lines: usize) -> String {
+/// The last `lines` lines of a log file.
+pub fn tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let from = all.len().saturating_sub(lines);

@@ -1,9 +1,10 @@
 //! Reading state back through the API (as the admin, or as a given token): balances and
 //! every page of a list.
 
-use allot::proto;
+use allot::proto::{self, ledger_service_client::LedgerServiceClient};
+use tonic::transport::Channel;
 
-use super::TestApp;
+use super::{TestApp, bearer};
 
 impl TestApp {
     pub async fn balance(&self, account_id: &str) -> proto::Balance {
@@ -18,26 +19,7 @@ impl TestApp {
     }
 
     pub async fn all_transactions(&self, account_id: &str) -> Vec<proto::Transaction> {
-        let mut client = self.ledger(&self.admin);
-        let mut all = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .list_transactions(proto::ListTransactionsRequest {
-                    account_id: account_id.into(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("list transactions")
-                .into_inner();
-            all.extend(page.transactions);
-            if page.next_page_token.is_empty() {
-                return all;
-            }
-            page_token = page.next_page_token;
-        }
+        all_transactions(&self.channel, &self.admin, account_id).await
     }
 
     /// The account's ledger, oldest first.
@@ -91,5 +73,34 @@ impl TestApp {
             }
             page_token = page.next_page_token;
         }
+    }
+}
+
+/// An account's entries through ListTransactions as `token` reads them, every page, newest
+/// first.
+pub async fn all_transactions(
+    channel: &Channel,
+    token: &str,
+    account_id: &str,
+) -> Vec<proto::Transaction> {
+    let mut client = LedgerServiceClient::with_interceptor(channel.clone(), bearer(token));
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_transactions(proto::ListTransactionsRequest {
+                account_id: account_id.into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list transactions")
+            .into_inner();
+        all.extend(page.transactions);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
     }
 }
