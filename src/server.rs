@@ -175,6 +175,9 @@ pub async fn run(
     let store = open_store_with(&settings.database_url, settings.clock, exposure.migrate)
         .await?
         .checking_cache(settings.check_wallet_cache);
+    for warning in store.durability_warnings().await? {
+        tracing::warn!("{warning}");
+    }
     let health = Health::default();
     let admission = settings.admission;
     let (ledger, ledger_worker) = Ledger::start(

@@ -43,7 +43,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -302,8 +302,12 @@ impl Store {
         is_postgres(&self.db)
     }
 
-    /// Begins a write transaction.
+    /// Begins a write transaction; refused (UNAVAILABLE) once a SQLite log sync has failed
+    /// (see `log_sync`: nothing more may be written by this process).
     pub async fn begin_write(&self) -> Result<WriteTx> {
+        if let Some(log) = &self.log {
+            log.check()?;
+        }
         // SQLite: BEGIN IMMEDIATE (take the write lock up front); PostgreSQL: the default
         // read-write transaction (row locks order writers).
         let options = if self.is_postgres() {
@@ -345,6 +349,54 @@ impl Store {
     /// The SQLite writer's commit and log-sync counts (see `log_sync`); `None` elsewhere.
     pub fn log_counts(&self) -> Option<(u64, u64, u64)> {
         self.log.as_ref().map(|log| log.counts())
+    }
+
+    /// What makes an acknowledged commit less durable than allot promises, read from the
+    /// database at start (PostgreSQL: `fsync` or `full_page_writes` off, or
+    /// `synchronous_commit = off`, under which a commit returns before its WAL is flushed and a
+    /// crash of the database server loses acknowledged debits). SQLite: none (allot syncs its
+    /// log itself, see `log_sync`).
+    pub async fn durability_warnings(&self) -> Result<Vec<String>> {
+        if !self.is_postgres() {
+            return Ok(Vec::new());
+        }
+        let mut warnings = Vec::new();
+        for (setting, bad, why) in [
+            (
+                "synchronous_commit",
+                "off",
+                "PostgreSQL acknowledges commits before their WAL is flushed: a crash of the \
+                 database server can lose debits allot has acknowledged; allot needs `on` (or \
+                 `local`, `remote_write`, `remote_apply`)",
+            ),
+            (
+                "fsync",
+                "off",
+                "PostgreSQL never syncs to disk: a power loss can lose or corrupt the ledger",
+            ),
+            (
+                "full_page_writes",
+                "off",
+                "a power loss can leave torn pages PostgreSQL cannot repair",
+            ),
+        ] {
+            let row = self
+                .db
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT current_setting($1) AS value",
+                    [setting.into()],
+                ))
+                .await?;
+            let value: String = match row {
+                Some(row) => row.try_get("", "value")?,
+                None => continue,
+            };
+            if value.eq_ignore_ascii_case(bad) {
+                warnings.push(format!("{setting} = {value}: {why}"));
+            }
+        }
+        Ok(warnings)
     }
 
     /// Checks the database answers (used by health).
