@@ -35,6 +35,7 @@ use tonic::{Status, body::Body, codegen::http};
 
 use crate::{
     error::{Error, Reason},
+    store::batcher::Ledger,
     telemetry::metrics,
 };
 
@@ -53,7 +54,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_in_flight: 4096,
+            max_in_flight: 512,
             max_queue_wait: Duration::from_millis(50),
             max_streams_per_connection: 1024,
         }
@@ -110,6 +111,12 @@ impl QueueGate {
     /// Whether an operation may join a queue holding `queued` operations; the refusal says
     /// when to retry (the time the queue should take to drain).
     pub fn admit(&self, queued: usize) -> Result<(), Error> {
+        self.check(queued)
+            .inspect_err(|_| metrics::refused("queue_wait"))
+    }
+
+    /// [`QueueGate::admit`] without counting the refusal.
+    pub fn check(&self, queued: usize) -> Result<(), Error> {
         if queued == 0 {
             return Ok(());
         }
@@ -124,7 +131,6 @@ impl QueueGate {
         if standing <= self.max_wait && busy <= self.max_wait {
             return Ok(());
         }
-        metrics::refused("queue_wait");
         let per_op = Duration::from_nanos(self.per_op.load(Ordering::Relaxed));
         let drain = per_op.saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX));
         Err(overloaded(
@@ -159,25 +165,44 @@ impl QueueGate {
     }
 }
 
-/// The tower layer that caps the calls in flight (health checks exempt).
+/// The tower layer in front of every call (health checks exempt): caps the calls in flight,
+/// and refuses a ledger write while every ledger queue is refusing, before the call is
+/// authenticated or decoded (under overload a refusal must cost next to nothing, or refusing
+/// takes the CPU the admitted calls need).
 #[derive(Clone)]
 pub struct InFlightLayer {
     slots: Arc<Semaphore>,
     max: usize,
-    gates: Arc<[Arc<QueueGate>]>,
+    ledger: Ledger,
 }
 
 impl InFlightLayer {
-    /// `queues`: the ledger's gates, whose drain time the refusal's retry delay follows.
-    pub fn new(max_in_flight: usize, queues: Arc<[Arc<QueueGate>]>) -> Self {
+    /// `ledger`: its queues' gates refuse writes early, and their drain time sets the retry
+    /// delay of a refusal.
+    pub fn new(max_in_flight: usize, ledger: Ledger) -> Self {
         let max = max_in_flight.max(1);
         InFlightLayer {
             slots: Arc::new(Semaphore::new(max)),
             max,
-            gates: queues,
+            ledger,
         }
     }
 }
+
+/// The methods that submit ledger operations (the queue gate applies to them).
+const LEDGER_WRITES: [&str; 11] = [
+    "/allot.v1.LedgerService/Debit",
+    "/allot.v1.LedgerService/BatchDebit",
+    "/allot.v1.LedgerService/Reserve",
+    "/allot.v1.LedgerService/CaptureReservation",
+    "/allot.v1.LedgerService/ReleaseReservation",
+    "/allot.v1.LedgerService/Refund",
+    "/allot.v1.GrantService/CreateGrant",
+    "/allot.v1.GrantService/VoidGrant",
+    "/allot.v1.GrantService/AdjustBalance",
+    "/allot.v1.GrantService/CreateAllotmentSchedule",
+    "/allot.v1.AccountService/UpdateWallet",
+];
 
 impl<S> tower::Layer<S> for InFlightLayer {
     type Service = InFlight<S>;
@@ -219,8 +244,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if exempt(request.uri().path()) {
+        let path = request.uri().path();
+        if exempt(path) {
             return Box::pin(self.inner.call(request));
+        }
+        if LEDGER_WRITES.contains(&path)
+            && let Err(refusal) = self.layer.ledger.refusing()
+        {
+            metrics::refused("queue_wait");
+            let status: Status = refusal.into();
+            return Box::pin(async move { Ok(status.into_http()) });
         }
         match self.layer.slots.clone().try_acquire_owned() {
             Ok(slot) => {
@@ -247,11 +280,72 @@ impl InFlightLayer {
     /// that many operations.
     fn drain_time(&self) -> Duration {
         let per_op = self
-            .gates
+            .ledger
+            .gates()
             .iter()
             .map(|gate| gate.per_op.load(Ordering::Relaxed))
             .max()
             .unwrap_or(0);
         Duration::from_nanos(per_op).saturating_mul(u32::try_from(self.max).unwrap_or(u32::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_writes_are_methods_of_the_api() {
+        for path in LEDGER_WRITES {
+            assert!(
+                crate::api::access::ROUTES
+                    .iter()
+                    .any(|(route, _)| *route == path),
+                "{path} is not a method"
+            );
+        }
+    }
+
+    #[test]
+    fn a_queue_that_drains_is_admitted_and_one_that_stands_is_not() {
+        // Made a second ago, so that a batch can have begun "60 ms ago" below.
+        let gate = QueueGate {
+            base: Instant::now() - Duration::from_secs(1),
+            ..QueueGate::new(Duration::from_millis(50))
+        };
+        assert!(gate.check(0).is_ok());
+        assert!(
+            gate.check(100).is_ok(),
+            "nothing applied yet: no standing queue"
+        );
+
+        // A batch left operations behind, its oldest had waited 10 ms: fine.
+        let now = Instant::now();
+        gate.took(now - Duration::from_millis(10), 5);
+        gate.applied(100, Duration::from_millis(5));
+        assert!(gate.check(5).is_ok());
+
+        // The oldest had waited 80 ms and some were left: refused while any are queued, with
+        // a retry delay of at least that standing wait.
+        gate.took(now - Duration::from_millis(80), 5);
+        gate.applied(100, Duration::from_millis(5));
+        let refusal = gate.check(5).unwrap_err();
+        assert_eq!(refusal.code, tonic::Code::ResourceExhausted);
+        assert!(refusal.retry_after.unwrap() >= Duration::from_millis(80));
+        assert!(gate.check(0).is_ok(), "an empty queue is always admitted");
+
+        // A batch that took everything clears it.
+        gate.took(Instant::now(), 0);
+        gate.applied(1, Duration::from_millis(1));
+        assert!(gate.check(5).is_ok());
+
+        // A batch running longer than the bound (a stalled database): refused.
+        gate.took(Instant::now(), 0);
+        assert!(gate.check(1).is_ok(), "a batch that just began");
+        let began = gate.busy_since.load(Ordering::Relaxed);
+        gate.busy_since.store(began - 60_000_000, Ordering::Relaxed);
+        assert!(gate.check(1).is_err());
+        gate.applied(1, Duration::from_millis(60));
+        assert!(gate.check(1).is_ok());
     }
 }

@@ -322,7 +322,7 @@ pub async fn run(
         // Overload: refused before authentication, the cheapest answer there is.
         .layer(crate::admission::InFlightLayer::new(
             admission.max_in_flight,
-            ledger.gates(),
+            ledger.clone(),
         ))
         // Authentication and roles for every method, before any handler (`api::access`).
         .layer(crate::api::access::AccessLayer::new(ctx.auth.clone()))

@@ -100,7 +100,7 @@ pub struct ServeArgs {
     pub access_log_rate: u32,
     /// Most calls served at once over all connections (health checks not counted); more are
     /// refused at once with RESOURCE_EXHAUSTED, reason OVERLOADED, and a retry delay.
-    #[arg(long, env = "ALLOT_MAX_IN_FLIGHT", default_value_t = 4096,
+    #[arg(long, env = "ALLOT_MAX_IN_FLIGHT", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: u32,
     /// Longest a ledger operation may wait for its batch: while operations wait longer, new

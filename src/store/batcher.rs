@@ -131,6 +131,19 @@ impl Ledger {
         self.gates.clone()
     }
 
+    /// Refuses when every queue would refuse a new operation now (the check the admission
+    /// layer makes before a ledger write is even decoded); uncounted.
+    pub fn refusing(&self) -> Result<(), Error> {
+        let mut refusal = None;
+        for (queue, gate) in self.queues.iter().zip(self.gates.iter()) {
+            match gate.check(queue.max_capacity() - queue.capacity()) {
+                Ok(()) => return Ok(()),
+                Err(err) => refusal = Some(err),
+            }
+        }
+        refusal.map_or(Ok(()), Err)
+    }
+
     /// Applies `op` (in some batch) and returns its own outcome; refuses it at once
     /// (OVERLOADED, nothing applied) when its queue is not draining in time or is full.
     pub async fn submit(&self, op: Op) -> Result<Outcome> {

@@ -183,6 +183,7 @@ async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
         // busy test machine must not refuse a test's calls.
         admission: allot::admission::Limits {
             max_queue_wait: Duration::from_secs(30),
+            max_in_flight: 100_000,
             ..Default::default()
         },
         limits: allot::api::Limits::default(),
