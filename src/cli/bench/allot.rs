@@ -21,6 +21,7 @@ use tonic::{
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
 };
+use tonic_types::StatusExt;
 
 use super::load::{Outcome, Target};
 use crate::{
@@ -219,6 +220,38 @@ pub fn rpc_error(what: &str, status: Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {} {}", code_name(status.code()), status.message())
 }
 
+/// Sends a setup call until allot admits it: a RESOURCE_EXHAUSTED refusal (OVERLOADED:
+/// nothing was applied) is sent again after the delay its `RetryInfo` names, as a
+/// well-behaved client does. `call` must send the same request (the same `request_id`) each
+/// time.
+pub async fn admitted<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    const ATTEMPTS: u32 = 100;
+    for _ in 1..ATTEMPTS {
+        match call().await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                let delay = status
+                    .get_error_details()
+                    .retry_info()
+                    .and_then(|info| info.retry_delay)
+                    .unwrap_or(Duration::from_millis(100));
+                // Jitter: refused callers do not all come back at the same moment.
+                let jitter = delay.mul_f64(rand::random::<f64>() * 0.5);
+                tokio::time::sleep(delay + jitter).await;
+            }
+            Err(status) => return Err(rpc_error(what, status)),
+        }
+    }
+    call()
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| rpc_error(what, status))
+}
+
 /// The rate card in force must price [`REQUEST_TYPE`] at exactly 1 unit: publishes a card that
 /// does (keeping the rates of the card in force, if any). Returns a note when it published.
 pub async fn ensure_rate_card(clients: &Clients) -> anyhow::Result<Option<String>> {
@@ -311,19 +344,16 @@ pub async fn seed(
         .map(|i| {
             let clients = clients.clone();
             async move {
-                let account = clients
-                    .accounts(i)
-                    .create_account(proto::CreateAccountRequest {
-                        account: Some(proto::Account {
-                            external_id: format!("bench-{run_id}-{i}"),
-                            display_name: format!("allot bench {i}"),
-                            ..Default::default()
-                        }),
-                        request_id: uuid::Uuid::new_v4().to_string(),
-                    })
-                    .await
-                    .map_err(|s| rpc_error("CreateAccount", s))?
-                    .into_inner();
+                let account = create_account(
+                    &clients,
+                    i,
+                    proto::Account {
+                        external_id: format!("bench-{run_id}-{i}"),
+                        display_name: format!("allot bench {i}"),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 fund(
                     &clients,
                     i,
@@ -345,6 +375,24 @@ pub async fn seed(
         .await
 }
 
+/// Creates `account` (retried while allot answers OVERLOADED).
+pub async fn create_account(
+    clients: &Clients,
+    lane: usize,
+    account: proto::Account,
+) -> anyhow::Result<proto::Account> {
+    let request = proto::CreateAccountRequest {
+        account: Some(account),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    admitted("CreateAccount", || {
+        let mut client = clients.accounts(lane);
+        let request = request.clone();
+        async move { client.create_account(request).await }
+    })
+    .await
+}
+
 /// Creates a `credits` wallet for `account` and grants it `grant`.
 pub async fn fund(
     clients: &Clients,
@@ -352,30 +400,33 @@ pub async fn fund(
     account: &str,
     grant: proto::Grant,
 ) -> anyhow::Result<()> {
-    let wallet = clients
-        .accounts(lane)
-        .create_wallet(proto::CreateWalletRequest {
-            wallet: Some(proto::Wallet {
-                account_id: account.into(),
-                unit: "credits".into(),
-                ..Default::default()
-            }),
-            request_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .map_err(|s| rpc_error("CreateWallet", s))?
-        .into_inner();
-    clients
-        .grants(lane)
-        .create_grant(proto::CreateGrantRequest {
-            grant: Some(proto::Grant {
-                wallet_id: wallet.id,
-                ..grant
-            }),
-            request_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .map_err(|s| rpc_error("CreateGrant", s))?;
+    let request = proto::CreateWalletRequest {
+        wallet: Some(proto::Wallet {
+            account_id: account.into(),
+            unit: "credits".into(),
+            ..Default::default()
+        }),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let wallet = admitted("CreateWallet", || {
+        let mut client = clients.accounts(lane);
+        let request = request.clone();
+        async move { client.create_wallet(request).await }
+    })
+    .await?;
+    let request = proto::CreateGrantRequest {
+        grant: Some(proto::Grant {
+            wallet_id: wallet.id,
+            ..grant
+        }),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    admitted("CreateGrant", || {
+        let mut client = clients.grants(lane);
+        let request = request.clone();
+        async move { client.create_grant(request).await }
+    })
+    .await?;
     Ok(())
 }
 

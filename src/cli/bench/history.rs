@@ -20,7 +20,7 @@ use tonic::Status;
 
 use super::{
     BenchArgs,
-    allot::{Clients, InProcess, fund, publish_card, rpc_error},
+    allot::{self, Clients, InProcess, admitted, fund, publish_card, rpc_error},
     database::BenchDatabase,
     load::Latency,
     progress,
@@ -161,21 +161,67 @@ async fn create_account(
     i: usize,
     parent: &str,
 ) -> anyhow::Result<String> {
-    Ok(clients
-        .accounts(i)
-        .create_account(proto::CreateAccountRequest {
-            account: Some(proto::Account {
-                external_id: format!("history-{run_id}-{i}"),
-                display_name: format!("history {i}"),
-                parent_id: parent.into(),
-                ..Default::default()
-            }),
-            request_id: uuid::Uuid::new_v4().to_string(),
+    let account = allot::create_account(
+        clients,
+        i,
+        proto::Account {
+            external_id: format!("history-{run_id}-{i}"),
+            display_name: format!("history {i}"),
+            parent_id: parent.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(account.id)
+}
+
+/// One BatchDebit whose items allot refused as OVERLOADED (nothing applied) are sent again,
+/// with their request_ids, after the delay the refusal names, until each has its own outcome.
+async fn batch_debit(
+    clients: &Clients,
+    lane: usize,
+    debits: Vec<proto::DebitRequest>,
+) -> anyhow::Result<Vec<proto::DebitResult>> {
+    let mut results: Vec<Option<proto::DebitResult>> = vec![None; debits.len()];
+    let mut pending: Vec<usize> = (0..debits.len()).collect();
+    for _ in 0..100 {
+        let request = proto::BatchDebitRequest {
+            debits: pending.iter().map(|&i| debits[i].clone()).collect(),
+        };
+        let answer = admitted("BatchDebit", || {
+            let mut client = clients.ledger(lane);
+            let request = request.clone();
+            async move { client.batch_debit(request).await }
         })
-        .await
-        .map_err(rpc("CreateAccount"))?
-        .into_inner()
-        .id)
+        .await?;
+        if answer.results.len() != pending.len() {
+            bail!(
+                "BatchDebit answered {} results for {} debits",
+                answer.results.len(),
+                pending.len()
+            );
+        }
+        let mut refused = Vec::new();
+        for (&i, result) in pending.iter().zip(answer.results) {
+            match &result.result {
+                Some(proto::debit_result::Result::Error(error))
+                    if tonic::Code::from(error.code) == tonic::Code::ResourceExhausted =>
+                {
+                    refused.push(i);
+                }
+                _ => results[i] = Some(result),
+            }
+        }
+        if refused.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        pending = refused;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bail!(
+        "BatchDebit: {} debits still refused as overloaded after 100 attempts",
+        pending.len()
+    )
 }
 
 /// A random debit: a type, its token counts, and metadata.
@@ -266,14 +312,7 @@ async fn build(
             .map(<[_]>::to_vec)
             .collect();
         let results: Vec<Vec<proto::DebitResult>> = stream::iter(calls.into_iter().enumerate())
-            .map(|(lane, debits)| async move {
-                let response = clients
-                    .ledger(lane)
-                    .batch_debit(proto::BatchDebitRequest { debits })
-                    .await
-                    .map_err(rpc("BatchDebit"))?;
-                anyhow::Ok(response.into_inner().results)
-            })
+            .map(|(lane, debits)| batch_debit(clients, lane, debits))
             .buffer_unordered(IN_FLIGHT)
             .try_collect()
             .await?;
@@ -299,16 +338,18 @@ async fn build(
         }
         built.refunds += stream::iter(to_refund.into_iter().enumerate())
             .map(|(lane, id)| async move {
-                clients
-                    .ledger(lane)
-                    .refund(proto::RefundRequest {
-                        transaction_id: id.clone(),
-                        reason: "history: refunded".into(),
-                        request_id: format!("refund-{id}"),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(rpc("Refund"))?;
+                let request = proto::RefundRequest {
+                    transaction_id: id.clone(),
+                    reason: "history: refunded".into(),
+                    request_id: format!("refund-{id}"),
+                    ..Default::default()
+                };
+                admitted("Refund", || {
+                    let mut client = clients.ledger(lane);
+                    let request = request.clone();
+                    async move { client.refund(request).await }
+                })
+                .await?;
                 anyhow::Ok(1u64)
             })
             .buffer_unordered(IN_FLIGHT)
