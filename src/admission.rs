@@ -65,6 +65,21 @@ impl Default for Limits {
 const MIN_RETRY: Duration = Duration::from_millis(10);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
+/// The retry delay suggested while the database is unreachable (the health monitor pings it
+/// every second).
+pub const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// The answer while the health monitor's ping of the database fails (`why`): UNAVAILABLE
+/// with a retry delay. `outcome` says whether anything may have been applied.
+pub fn database_unreachable(why: &str, outcome: &str) -> Error {
+    Error::unavailable(format!(
+        "the database is unreachable ({why}); {outcome}: retry after {} ms with the same \
+         request_id",
+        UNREACHABLE_RETRY.as_millis()
+    ))
+    .retry_after(UNREACHABLE_RETRY)
+}
+
 /// The refusal every gate answers with.
 pub fn overloaded(what: &str, retry_after: Duration) -> Error {
     let retry_after = retry_after.clamp(MIN_RETRY, MAX_RETRY);
@@ -248,10 +263,25 @@ where
         if exempt(path) {
             return Box::pin(self.inner.call(request));
         }
-        if LEDGER_WRITES.contains(&path)
-            && let Err(refusal) = self.layer.ledger.refusing()
-        {
-            metrics::refused("queue_wait");
+        // The database does not answer: every API call would wait out its deadline.
+        let api = path.starts_with("/allot.v1.");
+        let mut unreachable = self.layer.ledger.unreachable();
+        let down = unreachable.borrow_and_update().clone();
+        let refusal = match down {
+            Some(why) if api => Some((
+                "database",
+                database_unreachable(&why, "nothing was applied"),
+            )),
+            _ if LEDGER_WRITES.contains(&path) => self
+                .layer
+                .ledger
+                .refusing()
+                .err()
+                .map(|refusal| ("queue_wait", refusal)),
+            _ => None,
+        };
+        if let Some((gate, refusal)) = refusal {
+            metrics::refused(gate);
             let status: Status = refusal.into();
             return Box::pin(async move { Ok(status.into_http()) });
         }
@@ -259,7 +289,21 @@ where
             Ok(slot) => {
                 let call = self.inner.call(request);
                 Box::pin(async move {
-                    let response = call.await;
+                    // A call in flight when the database stops answering is not left to wait
+                    // out its deadline: it is answered UNAVAILABLE as soon as the health
+                    // monitor's ping fails (its outcome is unknown; a retry with the same
+                    // request_id applies it once).
+                    let response = tokio::select! {
+                        biased;
+                        response = call => response,
+                        why = unreachable.wait_for(Option::is_some), if api => {
+                            let why = why.map(|why| why.clone().unwrap_or_default());
+                            let why = why.unwrap_or_else(|_| "the server is stopping".into());
+                            let status: Status =
+                                database_unreachable(&why, "the outcome is unknown").into();
+                            Ok(status.into_http())
+                        }
+                    };
                     drop(slot);
                     response
                 })

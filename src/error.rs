@@ -375,6 +375,10 @@ impl From<DbErr> for Error {
                 tracing::warn!(error = %text, "database unreachable");
                 Error::unavailable("database unreachable; retry with the same request_id")
             }
+            DbFailure::Storage => {
+                tracing::error!(error = %text, "the database's storage failed");
+                Error::unavailable("the database's storage failed; retry with the same request_id")
+            }
             DbFailure::Conflict => {
                 tracing::debug!(error = %text, "write conflict");
                 Error::aborted("write conflict; retry with the same request_id")
@@ -393,10 +397,19 @@ impl From<DbErr> for Error {
 enum DbFailure {
     /// The database cannot be reached (or the connection was lost): UNAVAILABLE.
     Unreachable,
+    /// SQLite could not read, write or sync its files (I/O error, disk full, read-only or
+    /// vanished file): UNAVAILABLE, and the outcome of a commit is in doubt.
+    Storage,
     /// Serialization failure, deadlock, busy SQLite: retrying the transaction may succeed.
     Conflict,
     /// Anything else: a bug, INTERNAL.
     Other,
+}
+
+/// Whether `err` is SQLite failing to read, write or sync its files: after it nothing this
+/// process writes can be trusted to be durable (see `store::log_sync`).
+pub(crate) fn is_storage_failure(err: &DbErr) -> bool {
+    classify(err) == DbFailure::Storage
 }
 
 fn classify(err: &DbErr) -> DbFailure {
@@ -419,12 +432,15 @@ fn classify(err: &DbErr) -> DbFailure {
             Some(code) if code.starts_with("08") || code.starts_with("57P") => {
                 DbFailure::Unreachable
             }
-            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-            Some(code)
-                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-                    && code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)) =>
-            {
-                DbFailure::Conflict
+            Some(code) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+                match code.parse::<i32>().map(|c| c & 0xff) {
+                    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                    Ok(5 | 6) => DbFailure::Conflict,
+                    // SQLITE_READONLY (8), SQLITE_IOERR (10, e.g. 1034 IOERR_FSYNC),
+                    // SQLITE_FULL (13), SQLITE_CANTOPEN (14).
+                    Ok(8 | 10 | 13 | 14) => DbFailure::Storage,
+                    _ => DbFailure::Other,
+                }
             }
             _ => DbFailure::Other,
         },
@@ -568,5 +584,40 @@ mod tests {
             .unwrap_err();
         let err = DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(other)));
         assert_eq!(classify(&err), DbFailure::Other);
+    }
+
+    /// SQLite failing its files (here: a write on a read-only connection, SQLITE_READONLY) is
+    /// UNAVAILABLE with the outcome in doubt, not a bug of ours.
+    #[tokio::test]
+    async fn sqlite_storage_failures_are_unavailable() {
+        use sea_orm::sqlx::{self, Connection, sqlite::SqliteConnectOptions};
+        use std::str::FromStr;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/ro.db?mode=rwc", dir.path().display());
+        let mut writer =
+            sqlx::SqliteConnection::connect_with(&SqliteConnectOptions::from_str(&url).unwrap())
+                .await
+                .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let mut reader = sqlx::SqliteConnection::connect_with(
+            &SqliteConnectOptions::from_str(&url)
+                .unwrap()
+                .read_only(true),
+        )
+        .await
+        .unwrap();
+        let refused = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut reader)
+            .await
+            .unwrap_err();
+        let err = DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(refused)));
+        assert!(is_storage_failure(&err), "{err}");
+        let err = Error::from(err);
+        assert_eq!(err.code, Code::Unavailable);
+        assert!(err.message.contains("storage"), "{err}");
     }
 }

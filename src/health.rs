@@ -196,7 +196,9 @@ impl Checks {
             let store = store.clone();
             move || async move { store.ping().await.map_err(|err| err.to_string()) }
         };
-        if let Err(err) = self.ping.outcome(ping).await {
+        let pinged = self.ping.outcome(ping).await;
+        store.database_pinged(pinged.as_ref().err().cloned());
+        if let Err(err) = pinged {
             return Some(format!("database ping: {err}"));
         }
         let commit = {

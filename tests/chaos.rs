@@ -1,6 +1,18 @@
-//! Crash safety (issue 14, point 2): a real `allot serve` process under load from many
-//! concurrent clients is SIGKILLed at random moments and restarted on the same database and
-//! port while the load goes on; afterwards the ledger must hold exactly what was acknowledged.
+//! Crash safety (issue 14, points 2, 4 and 5): real `allot serve` processes under load from
+//! many concurrent clients, with faults thrown at them while the load goes on; afterwards the
+//! ledger must hold exactly what was acknowledged. Three scenarios share the load and the
+//! checks:
+//!
+//! * **Kills** (both databases): one server SIGKILLed at random moments and restarted on the
+//!   same database and port.
+//! * **Outages** (PostgreSQL): one server whose database is reached through a TCP proxy the
+//!   test controls; at random moments the database goes away (connections cut and refused),
+//!   becomes unreachable (packets held: a partition), restarts (PostgreSQL itself terminates
+//!   allot's sessions, then refuses connections for a moment) or turns slow (every packet
+//!   delayed). Health must turn NOT_SERVING while it is unreachable and SERVING once it is back;
+//!   no call may answer INTERNAL or UNKNOWN, or take longer than its deadline.
+//! * **Replicas** (PostgreSQL): three servers on one database, each request sent to one of
+//!   them, one at a time SIGKILLed and restarted.
 //!
 //! The load is a mix of Debit, BatchDebit, Reserve then Capture (below, at or above the hold)
 //! or Release, and Refund (full or partial) of earlier debits and captures, on eight wallets
@@ -15,12 +27,12 @@
 //! * **in doubt**: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, UNKNOWN, ABORTED, INTERNAL,
 //!   transport errors (the process died under it, or the answer was lost).
 //!
-//! After the last kill the load stops, the ledger is read once (what the in-doubt requests had
+//! After the last fault the load stops, the ledger is read once (what the in-doubt requests had
 //! done before their retry), and every in-doubt request is sent again twice with its
 //! request_id, wallet by wallet: the second answer must equal the first, and a request that
 //! had been applied must be answered as a replay. A sample of acknowledged requests is sent
-//! again too (each must replay its answer). The server is killed and restarted once more, and
-//! then, read back through the API (ExportTransactions, ListTransactions, GetBalance):
+//! again too (each must replay its answer). Every server is killed once more and one restarted,
+//! and then, read back through the API (ExportTransactions, ListTransactions, GetBalance):
 //!
 //! * every acknowledged debit, capture, refund, hold and release is in the ledger exactly once,
 //!   as answered (entry id, kind, wallet, units, reservation);
@@ -33,24 +45,26 @@
 //! * `allot verify` passes on the database the last SIGKILL left behind, and no server
 //!   generation panicked.
 //!
-//! Short mode (CI: 5 kills, well under a minute per database):
+//! Short mode (CI: 5 faults per scenario, under a minute each; the scenarios run one after
+//! another):
 //!
 //! ```text
 //! cargo test --test chaos -- --nocapture
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test chaos -- --nocapture
 //! ```
 //!
-//! Long mode (25 kills; `ALLOT_CHAOS_SEED` replays a run's choices, `ALLOT_CHAOS_CLIENTS`
-//! sets the number of concurrent clients, 24 by default):
+//! Long mode (25 faults; `ALLOT_CHAOS_SEED` replays a run's choices, `ALLOT_CHAOS_CLIENTS`
+//! sets the number of concurrent clients, 24 by default; name one scenario's test to run it
+//! alone):
 //!
 //! ```text
-//! ALLOT_CHAOS_KILLS=25 cargo test --test chaos -- --nocapture
-//! ALLOT_CHAOS_KILLS=25 DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//! ALLOT_CHAOS_FAULTS=25 cargo test --test chaos -- --nocapture
+//! ALLOT_CHAOS_FAULTS=25 DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
 //!     cargo test --test chaos -- --nocapture
-//! ALLOT_CHAOS_KILLS=25 ALLOT_CHAOS_SEED=12345 cargo test --test chaos -- --nocapture
+//! ALLOT_CHAOS_FAULTS=25 ALLOT_CHAOS_SEED=12345 cargo test --test chaos sigkilled -- --nocapture
 //! ```
 //!
-//! The seed is printed at the start and in every failure. The kill moments and every client's
+//! The seed is printed at the start and in every failure. The fault moments and every client's
 //! choices follow from it; the interleaving of the clients (and so which requests a kill
 //! catches) does not. A failing run keeps its database (the path or URL is printed).
 
@@ -70,7 +84,7 @@ use allot::proto::{
     report_service_client::ReportServiceClient,
 };
 use common::{
-    process::{binary, free_port, tail, wait_ready},
+    process::{binary, free_port, health_becomes, tail, wait_ready},
     *,
 };
 use futures::future::join_all;
@@ -79,10 +93,12 @@ use rust_decimal::Decimal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, transport::Channel};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
-/// Kills in the short mode (what CI runs); `ALLOT_CHAOS_KILLS` sets another number.
-const SHORT_KILLS: usize = 5;
+/// Faults (kills or outages) in the short mode (what CI runs); `ALLOT_CHAOS_FAULTS` sets
+/// another number.
+const SHORT_FAULTS: usize = 5;
 /// Concurrent clients, unless `ALLOT_CHAOS_CLIENTS` says otherwise.
 const CLIENTS: usize = 24;
 /// The `grpc-timeout` of every call of the load.
@@ -103,6 +119,8 @@ const POOR_WALLETS: usize = 2;
 /// One `allot serve` at a fixed address, killed and started again; the clients take its
 /// channel from `channel` (`None` while it is down).
 struct Server {
+    /// Names its logs: `<name>-<generation>.log`.
+    name: String,
     url: String,
     addr: String,
     logs: PathBuf,
@@ -114,8 +132,9 @@ struct Server {
 }
 
 impl Server {
-    fn new(url: &str, logs: &Path) -> Server {
+    fn new(name: &str, url: &str, logs: &Path) -> Server {
         Server {
+            name: name.to_string(),
             url: url.to_string(),
             addr: format!("127.0.0.1:{}", free_port()),
             logs: logs.to_path_buf(),
@@ -187,7 +206,7 @@ impl Server {
     }
 
     fn log_path(&self, generation: usize) -> PathBuf {
-        self.logs.join(format!("serve-{generation}.log"))
+        self.logs.join(format!("{}-{generation}.log", self.name))
     }
 
     /// Every generation's log: (file name, text).
@@ -196,7 +215,7 @@ impl Server {
             .map(|n| {
                 let path = self.log_path(n);
                 (
-                    format!("serve-{n}.log"),
+                    format!("{}-{n}.log", self.name),
                     std::fs::read_to_string(path).unwrap_or_default(),
                 )
             })
@@ -208,13 +227,235 @@ impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() && self.generation > 0 {
             eprintln!(
-                "---- last lines of serve-{}.log ----\n{}",
+                "---- last lines of {}-{}.log ----\n{}",
+                self.name,
                 self.generation - 1,
                 tail(&self.log_path(self.generation - 1), 40)
             );
         }
         self.kill();
     }
+}
+
+// ---- the database, through a proxy the test controls ---------------------------------------
+
+/// What the proxy does with the traffic between allot and PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Up,
+    /// Every connection cut, new ones closed at once (the database is gone).
+    Down,
+    /// Nothing forwarded, connections kept open (a network partition: packets dropped).
+    Stalled,
+    /// Every chunk delayed this long.
+    Slow(Duration),
+}
+
+/// A TCP proxy in front of PostgreSQL.
+struct Proxy {
+    /// The database URL through the proxy.
+    url: String,
+    mode: watch::Sender<Mode>,
+    /// The local ports of the proxy's connections to PostgreSQL (how `pg_stat_activity` sees
+    /// allot's sessions).
+    upstream_ports: Arc<std::sync::Mutex<HashSet<u16>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(direct_url: &str) -> Proxy {
+        let (head, rest) = direct_url
+            .split_once('@')
+            .expect("a postgres://user@host URL");
+        let (target, tail) = rest.split_once('/').expect("a URL with a database");
+        let target = tokio::net::lookup_host(target)
+            .await
+            .expect("resolve the database host")
+            .next()
+            .expect("an address for the database host");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let url = format!("{head}@{}/{tail}", listener.local_addr().expect("address"));
+        let mode = watch::Sender::new(Mode::Up);
+        let upstream_ports = Arc::new(std::sync::Mutex::new(HashSet::new()));
+        let accept = tokio::spawn({
+            let mode = mode.clone();
+            let ports = upstream_ports.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if *mode.borrow() == Mode::Down {
+                        continue; // closed at once
+                    }
+                    tokio::spawn(relay(client, target, mode.subscribe(), ports.clone()));
+                }
+            }
+        });
+        Proxy {
+            url,
+            mode,
+            upstream_ports,
+            accept,
+        }
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    fn upstream_ports(&self) -> Vec<u16> {
+        self.upstream_ports
+            .lock()
+            .expect("ports")
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.set(Mode::Down);
+    }
+}
+
+/// Relays one connection until either side closes it or the proxy goes down.
+async fn relay(
+    client: tokio::net::TcpStream,
+    target: std::net::SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    ports: Arc<std::sync::Mutex<HashSet<u16>>>,
+) {
+    let server = match tokio::net::TcpStream::connect(target).await {
+        Ok(server) => server,
+        Err(_) => return,
+    };
+    let port = server.local_addr().map(|a| a.port()).unwrap_or_default();
+    ports.lock().expect("ports").insert(port);
+    let (from_client, to_client) = client.into_split();
+    let (from_server, to_server) = server.into_split();
+    tokio::select! {
+        _ = pump(from_client, to_server, mode.clone()) => {}
+        _ = pump(from_server, to_client, mode.clone()) => {}
+        _ = mode.wait_for(|m| *m == Mode::Down) => {}
+    }
+    ports.lock().expect("ports").remove(&port);
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        // Held while stalled; delayed while slow.
+        let now = *mode
+            .wait_for(|m| *m != Mode::Stalled)
+            .await
+            .map_err(std::io::Error::other)?;
+        if let Mode::Slow(delay) = now {
+            tokio::time::sleep(delay).await;
+        }
+        to.write_all(&buffer[..n]).await?;
+    }
+}
+
+/// One database fault, chosen at random, while the load goes on; returns what happened.
+/// Health must turn NOT_SERVING while the database is unreachable and SERVING once it is
+/// back (a failure otherwise).
+async fn outage(
+    rng: &mut StdRng,
+    proxy: &Proxy,
+    direct_url: &str,
+    channel: &Channel,
+    failures: &mut Vec<String>,
+) -> String {
+    let began = Instant::now();
+    let unreachable = |mode: Mode| async move {
+        proxy.set(mode);
+        health_becomes(channel, ServingStatus::NotServing, Duration::from_secs(8))
+            .await
+            .then(|| began.elapsed())
+    };
+    let what = match rng.random_range(0..4) {
+        0 | 1 => {
+            let (mode, label) = if rng.random_bool(0.5) {
+                (Mode::Down, "gone (connections cut and refused)")
+            } else {
+                (Mode::Stalled, "unreachable (packets dropped)")
+            };
+            let noticed = unreachable(mode).await;
+            if noticed.is_none() {
+                failures.push(format!(
+                    "health stayed SERVING 8 s into a database outage ({label})"
+                ));
+            }
+            tokio::time::sleep(millis(rng.random_range(200..1500))).await;
+            let lasted = began.elapsed();
+            proxy.set(Mode::Up);
+            format!(
+                "database {label} for {lasted:.1?}, NOT_SERVING after {:.1?}",
+                noticed.unwrap_or_default()
+            )
+        }
+        2 => {
+            // A restart: PostgreSQL ends every session of allot (57P01), then refuses
+            // connections for a moment.
+            let ports = proxy.upstream_ports();
+            let database = sea_orm::Database::connect(direct_url)
+                .await
+                .expect("connect to the database directly");
+            let list = ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            if !ports.is_empty() {
+                use sea_orm::ConnectionTrait;
+                database
+                    .execute_unprepared(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE client_port IN ({list})"
+                    ))
+                    .await
+                    .expect("terminate allot's sessions");
+            }
+            let _ = database.close().await;
+            proxy.set(Mode::Down);
+            tokio::time::sleep(millis(rng.random_range(100..1000))).await;
+            proxy.set(Mode::Up);
+            format!(
+                "database restarted: {} sessions terminated, down {:.1?}",
+                ports.len(),
+                began.elapsed()
+            )
+        }
+        _ => {
+            let delay = millis(rng.random_range(5..50));
+            proxy.set(Mode::Slow(delay));
+            tokio::time::sleep(millis(rng.random_range(1000..2500))).await;
+            proxy.set(Mode::Up);
+            format!(
+                "database slow ({delay:?} per packet) for {:.1?}",
+                began.elapsed()
+            )
+        }
+    };
+    let back = Instant::now();
+    if !health_becomes(channel, ServingStatus::Serving, Duration::from_secs(15)).await {
+        failures.push(format!(
+            "health not SERVING 15 s after the database came back ({what})"
+        ));
+    }
+    format!("{what}; SERVING {:.1?} after it was back", back.elapsed())
 }
 
 // ---- requests and what they answered ---------------------------------------------------------
@@ -504,6 +745,8 @@ struct Record {
     retries: Option<(Seen, Seen)>,
     /// In doubt: whether the ledger had its entry before the retries.
     applied_before_retry: Option<bool>,
+    /// How long the call took to answer during the load.
+    took: Duration,
 }
 
 impl Record {
@@ -529,7 +772,8 @@ struct TestWallet {
 struct Load {
     wallets: Vec<TestWallet>,
     token: String,
-    channel: watch::Receiver<Option<Channel>>,
+    /// The servers' channels (`None` while one is down); each request goes to one of those up.
+    channels: Vec<watch::Receiver<Option<Channel>>>,
     stop: CancellationToken,
     seed: u64,
 }
@@ -589,6 +833,7 @@ impl Load {
             seen: Seen::InDoubt("not sent".into()),
             retries: None,
             applied_before_retry: None,
+            took: Duration::ZERO,
         }
     }
 
@@ -853,31 +1098,46 @@ impl Load {
         let mut rng = StdRng::seed_from_u64(
             self.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
-        let mut channel_rx = self.channel.clone();
+        let mut channels = self.channels.clone();
         let mut holds: Vec<Hold> = Vec::new();
         let mut charges: Vec<Charge> = Vec::new();
         let mut released: Vec<Hold> = Vec::new();
         let mut records = Vec::new();
         for n in 0.. {
+            // A server that is up, starting from a random one; if none is, wait for that one.
+            let first = rng.random_range(0..channels.len());
+            let up = (0..channels.len())
+                .map(|i| (first + i) % channels.len())
+                .find(|&i| channels[i].borrow().is_some())
+                .unwrap_or(first);
             let channel = tokio::select! {
                 _ = self.stop.cancelled() => break,
-                up = channel_rx.wait_for(Option::is_some) => match up {
+                up = channels[up].wait_for(Option::is_some) => match up {
                     Ok(channel) => channel.clone().expect("a running server"),
                     Err(_) => break,
                 },
             };
             let planned = self.plan(&mut rng, client, n, &mut holds, &mut charges, &released);
+            let sent = Instant::now();
             let answers = planned.call.send(channel, &self.token).await;
-            let mut doubt = false;
+            let took = sent.elapsed();
+            let (mut doubt, mut unavailable) = (false, false);
             for (mut record, answer) in planned.items.into_iter().zip(answers) {
                 record.seen = answer;
+                record.took = took;
                 doubt |= matches!(record.seen, Seen::InDoubt(_));
+                unavailable |=
+                    matches!(&record.seen, Seen::InDoubt(why) if why.starts_with("Unavailable"));
                 if !record.invalid {
                     follow_up(&record, &mut holds, &mut charges, &mut released);
                 }
                 records.push(record);
             }
-            if doubt {
+            if unavailable {
+                // The database is unreachable: back off as a client should (the server
+                // suggests a second).
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            } else if doubt {
                 // The server is likely gone: let the killer mark it down.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -1043,10 +1303,44 @@ fn millis(n: u64) -> Duration {
 
 // ---- the test --------------------------------------------------------------------------------
 
+/// What is thrown at the ledger while the load runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// One server, SIGKILLed at random moments and restarted (point 2).
+    Kills,
+    /// One server whose PostgreSQL goes away, terminates its connections, stalls and slows
+    /// down, through a proxy the test controls (point 4).
+    Outages,
+    /// Three servers on one PostgreSQL, the load spread over them, one at a time SIGKILLed
+    /// and restarted (point 5).
+    Replicas,
+}
+
+/// The tests of this file run one at a time: each drives server processes hard, and on two
+/// shared cores two runs at once would turn timing into noise.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
+    run(Scenario::Kills).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_outages_fail_fast_and_lose_nothing() {
+    run(Scenario::Outages).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_sigkilled_in_turn_keep_the_ledger_exact() {
+    run(Scenario::Replicas).await;
+}
+
+async fn run(scenario: Scenario) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let kills: usize = env_number("ALLOT_CHAOS_KILLS").unwrap_or(SHORT_KILLS);
+    let faults: usize = env_number("ALLOT_CHAOS_FAULTS")
+        .or_else(|| env_number("ALLOT_CHAOS_KILLS"))
+        .unwrap_or(SHORT_FAULTS);
     let clients: usize = env_number("ALLOT_CHAOS_CLIENTS").unwrap_or(CLIENTS);
     let seed: u64 = env_number("ALLOT_CHAOS_SEED").unwrap_or_else(rand::random);
     let db = TestDatabase::create().await;
@@ -1055,22 +1349,42 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
     } else {
         "SQLite"
     };
+    if scenario != Scenario::Kills && !db.is_postgres() {
+        eprintln!(
+            "{scenario:?}: PostgreSQL only (an embedded SQLite has no server to lose and one \
+             process)"
+        );
+        db.drop_database().await;
+        return;
+    }
     eprintln!(
-        "chaos: seed {seed} on {database}, {kills} kills, {clients} clients \
-         (ALLOT_CHAOS_SEED={seed} ALLOT_CHAOS_KILLS={kills} to rerun)"
+        "chaos {scenario:?}: seed {seed} on {database}, {faults} faults, {clients} clients \
+         (ALLOT_CHAOS_SEED={seed} ALLOT_CHAOS_FAULTS={faults} to rerun)"
     );
     let logs = tempfile::tempdir().expect("log dir");
-    let mut server = Server::new(&db.url, logs.path());
-    server.start().await;
+    let proxy = match scenario {
+        Scenario::Outages => Some(Proxy::start(&db.url).await),
+        _ => None,
+    };
+    let url = proxy.as_ref().map_or(db.url.clone(), |p| p.url.clone());
+    let mut servers: Vec<Server> = match scenario {
+        Scenario::Replicas => (0..3)
+            .map(|r| Server::new(&format!("replica{r}"), &url, logs.path()))
+            .collect(),
+        _ => vec![Server::new("serve", &url, logs.path())],
+    };
+    for server in &mut servers {
+        server.start().await;
+    }
     let admin = token(&["admin"], &["*"]);
-    let first = server.channel.borrow().clone().expect("server up");
+    let first = servers[0].channel.borrow().clone().expect("server up");
     let (wallets, grant_ids) = setup(&first, &admin, seed).await;
 
-    // ---- load, with kills ----
+    // ---- load, with faults ----
     let load = Arc::new(Load {
         wallets: wallets.clone(),
         token: admin.clone(),
-        channel: server.channel.subscribe(),
+        channels: servers.iter().map(|s| s.channel.subscribe()).collect(),
         stop: CancellationToken::new(),
         seed,
     });
@@ -1081,12 +1395,23 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
     let mut failures: Vec<String> = Vec::new();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut downtime = Duration::ZERO;
-    for k in 0..kills {
+    let mut outages: Vec<String> = Vec::new();
+    for k in 0..faults {
         tokio::time::sleep(millis(rng.random_range(150..1500))).await;
+        if let Some(proxy) = &proxy {
+            let channel = servers[0].channel.borrow().clone().expect("server up");
+            let what = outage(&mut rng, proxy, &db.url, &channel, &mut failures).await;
+            eprintln!("  fault {k}: {what}");
+            outages.push(what);
+            continue;
+        }
+        let victim = rng.random_range(0..servers.len());
+        let server = &mut servers[victim];
         let down = Instant::now();
         if let Some(status) = server.kill() {
             failures.push(format!(
-                "before kill {k} the server had already exited by itself: {status}"
+                "before kill {k} {} had already exited by itself: {status}",
+                server.name
             ));
         }
         tokio::time::sleep(millis(rng.random_range(0..150))).await;
@@ -1100,17 +1425,17 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
         records.extend(task.await.expect("client task"));
     }
     let load_time = load_started.elapsed();
+    let restarts: Vec<Duration> = servers
+        .iter()
+        .flat_map(|s| s.startups[1..].iter().copied())
+        .collect();
     eprintln!(
-        "load: {} requests in {load_time:.1?} ({:.0}/s), {kills} SIGKILLs, down {downtime:.1?} \
-         in all; restarts took {:.0?} on average, {:.0?} at most",
+        "load: {} requests in {load_time:.1?} ({:.0}/s), {faults} faults, servers down \
+         {downtime:.1?} in all; restarts took {:.0?} on average, {:.0?} at most",
         records.len(),
         records.len() as f64 / load_time.as_secs_f64(),
-        server.startups[1..].iter().sum::<Duration>() / (kills.max(1) as u32),
-        server.startups[1..]
-            .iter()
-            .max()
-            .copied()
-            .unwrap_or_default(),
+        restarts.iter().sum::<Duration>() / (restarts.len().max(1) as u32),
+        restarts.iter().max().copied().unwrap_or_default(),
     );
 
     // ---- what each request answered during the load ----
@@ -1144,11 +1469,46 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
         }
     }
 
+    // ---- a database outage is answered at once, and never as our bug ----
+    if scenario == Scenario::Outages {
+        let mut slowest = Duration::ZERO;
+        for record in &records {
+            slowest = slowest.max(record.took);
+            let what = format!(
+                "{:?} {} on {}",
+                record.kind, record.request_id, wallets[record.wallet].label
+            );
+            if let Seen::InDoubt(why) = &record.seen
+                && [
+                    "Internal",
+                    "Unknown",
+                    "Cancelled",
+                    "DeadlineExceeded",
+                    "Timeout",
+                ]
+                .iter()
+                .any(|code| why.starts_with(code))
+            {
+                failures.push(format!(
+                    "{what} answered {why} during a database fault (UNAVAILABLE within its \
+                     deadline expected)"
+                ));
+            }
+            if record.took > CALL_DEADLINE + Duration::from_secs(1) {
+                failures.push(format!(
+                    "{what} took {:.1?}, beyond its {CALL_DEADLINE:?} deadline: {:?}",
+                    record.took, record.seen
+                ));
+            }
+        }
+        eprintln!("slowest answer during the faults: {slowest:.2?}");
+    }
+
     // ---- in-doubt requests: what the ledger had, then two retries each ----
     // A request abandoned by its client may still be in a batch on the running server: give
     // it a moment to finish before reading the ledger.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let channel = server.channel.borrow().clone().expect("server up");
+    let channel = servers[0].channel.borrow().clone().expect("server up");
     let before: HashSet<String> = export_all(&channel, &admin)
         .await
         .into_iter()
@@ -1283,14 +1643,17 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
     }
     eprintln!("replays: {} acknowledged requests sent again", sample.len());
 
-    // ---- one more crash, then the ledger as the API reads it ----
-    if let Some(status) = server.kill() {
-        failures.push(format!(
-            "the server had exited by itself before the last kill: {status}"
-        ));
+    // ---- one more crash of every server, then the ledger as the API reads it ----
+    for server in &mut servers {
+        if let Some(status) = server.kill() {
+            failures.push(format!(
+                "{} had exited by itself before the last kill: {status}",
+                server.name
+            ));
+        }
     }
-    server.start().await;
-    let channel = server.channel.borrow().clone().expect("server up");
+    servers[0].start().await;
+    let channel = servers[0].channel.borrow().clone().expect("server up");
     let ledger = export_all(&channel, &admin).await;
     let mut entries_of: HashMap<&str, Vec<&proto::Transaction>> = HashMap::new();
     for t in &ledger {
@@ -1477,7 +1840,7 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
     }
 
     // ---- the database the last SIGKILL leaves behind verifies ----
-    if let Some(status) = server.kill() {
+    if let Some(status) = servers[0].kill() {
         failures.push(format!(
             "the server had exited by itself at the end: {status}"
         ));
@@ -1509,7 +1872,7 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
 
     // ---- no process panicked; what the logs say ----
     let mut errors = Vec::new();
-    for (name, text) in server.logs() {
+    for (name, text) in servers.iter().flat_map(Server::logs) {
         for line in text.lines() {
             if line.contains("panicked") {
                 failures.push(format!("{name}: {line}"));
@@ -1521,25 +1884,25 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
     }
     eprintln!(
         "{} processes started, {} error line(s) in their logs",
-        server.generation,
+        servers.iter().map(|s| s.generation).sum::<usize>(),
         errors.len()
     );
     for line in errors.iter().take(10) {
         eprintln!("  {line}");
     }
     eprintln!(
-        "chaos on {database}: {} ledger entries; took {:.1?} (seed {seed})",
+        "chaos {scenario:?} on {database}: {} ledger entries; took {:.1?} (seed {seed})",
         ledger.len(),
         started.elapsed()
     );
 
     if failures.is_empty() {
-        drop(server);
+        drop(servers);
         db.drop_database().await;
         return;
     }
     // Keep the evidence: the database and every process's log.
-    drop(server);
+    drop(servers);
     let kept_logs = logs.keep();
     eprintln!(
         "keeping the database {} and the logs in {}",
@@ -1548,7 +1911,7 @@ async fn sigkilled_server_keeps_exactly_what_it_acknowledged() {
     );
     std::mem::forget(db);
     panic!(
-        "chaos (seed {seed}, {database}, {kills} kills): {} check(s) failed:\n  {}",
+        "chaos {scenario:?} (seed {seed}, {database}, {faults} faults): {} check(s) failed:\n  {}",
         failures.len(),
         failures.join("\n  ")
     );

@@ -11,17 +11,14 @@
 
 mod common;
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use common::{process::ServerProcess, *};
-use tonic::{Code, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+use common::{
+    process::{ServerProcess, health, health_becomes},
+    *,
 };
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// `fsync` and `fdatasync` that fail with EIO while the file named by
 /// `ALLOT_TEST_FAIL_SYNC_WHEN` exists, and call the real ones otherwise.
@@ -70,29 +67,6 @@ fn build_shim(dir: &Path) -> std::path::PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     library
-}
-
-async fn health(channel: &Channel) -> i32 {
-    HealthClient::new(channel.clone())
-        .check(HealthCheckRequest::default())
-        .await
-        .expect("health answers")
-        .into_inner()
-        .status
-}
-
-/// Waits up to `within` for health to report `status`.
-async fn health_becomes(channel: &Channel, status: ServingStatus, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if health(channel).await == status as i32 {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -59,6 +59,8 @@ struct Job {
 /// dropped and the queue is drained.
 #[derive(Clone)]
 pub struct Ledger {
+    /// Tells whether the database answers (`Store::unreachable`).
+    store: Store,
     queues: Arc<[mpsc::Sender<Job>]>,
     /// Each queue's admission gate (`admission::QueueGate`).
     gates: Arc<[Arc<QueueGate>]>,
@@ -108,6 +110,7 @@ impl Ledger {
         }
         (
             Ledger {
+                store: store.clone(),
                 queues: queues.into(),
                 gates: gates.into(),
             },
@@ -142,6 +145,11 @@ impl Ledger {
             }
         }
         refusal.map_or(Ok(()), Err)
+    }
+
+    /// Why the database is unreachable, while the health monitor's ping of it fails.
+    pub fn unreachable(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.store.unreachable()
     }
 
     /// Applies `op` (in some batch) and returns its own outcome; refuses it at once

@@ -75,6 +75,16 @@ impl LogSync {
         }
     }
 
+    /// Durability is lost (a sync failed, here or inside SQLite): from now on nothing is
+    /// written or acknowledged by this process.
+    pub fn fail(&self, why: String) {
+        tracing::error!(
+            error = %why,
+            "syncing the SQLite WAL failed: no more commits are acknowledged; restart allot"
+        );
+        let _ = self.failed.set(why);
+    }
+
     /// Records a commit that just returned; its ticket for [`LogSync::sync`].
     pub fn committed(&self) -> u64 {
         self.committed.fetch_add(1, Ordering::SeqCst) + 1
@@ -98,11 +108,7 @@ impl LogSync {
             .await
             .map_err(|err| Error::internal(format!("WAL sync task failed: {err}")))?;
         if let Err(why) = synced {
-            tracing::error!(
-                error = %why,
-                "syncing the SQLite WAL failed: no more commits are acknowledged; restart allot"
-            );
-            let _ = self.failed.set(why);
+            self.fail(why);
             return self.check();
         }
         self.syncs.fetch_add(1, Ordering::SeqCst);

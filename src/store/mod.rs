@@ -88,6 +88,9 @@ pub struct Store {
     log: Option<Arc<LogSync>>,
     /// SQLite file databases: the file.
     file: Option<std::path::PathBuf>,
+    /// Why the database did not answer the health monitor's last ping, while it does not
+    /// (watched by the calls in flight, see `admission`).
+    unreachable: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// One connection pool's use (see [`Store::pools`]).
@@ -113,7 +116,16 @@ impl WriteTx {
     /// Commits; the commit is durable once the returned [`Durable`] has been waited for
     /// (SQLite: by a sync of the log, see `log_sync`). Nothing may acknowledge it before.
     pub async fn commit_pending(self) -> Result<Durable> {
-        self.tx.commit().await?;
+        if let Err(err) = self.tx.commit().await {
+            // SQLite syncs on its own at times (a new WAL's header, checkpoints): its failure
+            // is as final as one of ours (see `log_sync`).
+            if let Some(log) = &self.log
+                && crate::error::is_storage_failure(&err)
+            {
+                log.fail(format!("the commit failed: {err}"));
+            }
+            return Err(err.into());
+        }
         Ok(match self.log {
             Some(log) => {
                 let ticket = log.committed();
@@ -155,6 +167,7 @@ impl Store {
             wallets: Arc::default(),
             log,
             file,
+            unreachable: Arc::new(tokio::sync::watch::Sender::new(None)),
         })
     }
 
@@ -287,6 +300,25 @@ impl Store {
             pools.push(sample("writer", writer));
         }
         pools
+    }
+
+    /// The health monitor's last ping of the database: `None` answered, `Some(why)` did not
+    /// (refused, reset, or no answer within its timeout).
+    pub fn database_pinged(&self, failure: Option<String>) {
+        // Watchers wake only when it flips (the first failure's reason is kept).
+        self.unreachable.send_if_modified(|now| {
+            let flips = now.is_some() != failure.is_some();
+            if flips {
+                *now = failure;
+            }
+            flips
+        });
+    }
+
+    /// Why the database is unreachable, while the monitor's last ping failed: calls are then
+    /// answered UNAVAILABLE at once instead of waiting out their deadlines (`admission`).
+    pub fn unreachable(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.unreachable.subscribe()
     }
 
     /// The underlying connection (for tools such as `verify`, and tests).

@@ -114,7 +114,7 @@ fn describe() {
     );
     describe_counter!(
         REFUSED,
-        "Calls and ledger operations refused as OVERLOADED, by gate (in_flight, queue_wait, queue_full)"
+        "Calls and ledger operations refused by gate: OVERLOADED (in_flight, queue_wait, queue_full) or UNAVAILABLE while the database is unreachable (database)"
     );
     describe_counter!(
         ACCESS_LOG_SKIPPED,

@@ -259,3 +259,27 @@ pub fn tail(log: &Path, lines: usize) -> String {
     let from = all.len().saturating_sub(lines);
     all[from..].join("\n")
 }
+
+/// The overall health status the server reports.
+pub async fn health(channel: &Channel) -> i32 {
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status
+}
+
+/// Waits up to `within` for health to report `status`.
+pub async fn health_becomes(channel: &Channel, status: ServingStatus, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if health(channel).await == status as i32 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
