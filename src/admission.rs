@@ -69,12 +69,12 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// every second).
 pub const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
 
-/// The answer while the health monitor's ping of the database fails (`why`): UNAVAILABLE
-/// with a retry delay. `outcome` says whether anything may have been applied.
-pub fn database_unreachable(why: &str, outcome: &str) -> Error {
+/// The answer while the health monitor's ping of the database fails: UNAVAILABLE with a
+/// retry delay. `outcome` says whether anything may have been applied. (Why the ping failed
+/// is logged by the monitor, never sent: it can name hosts.)
+pub fn database_unreachable(outcome: &str) -> Error {
     Error::unavailable(format!(
-        "the database is unreachable ({why}); {outcome}: retry after {} ms with the same \
-         request_id",
+        "the database is unreachable; {outcome}: retry after {} ms with the same request_id",
         UNREACHABLE_RETRY.as_millis()
     ))
     .retry_after(UNREACHABLE_RETRY)
@@ -266,12 +266,9 @@ where
         // The database does not answer: every API call would wait out its deadline.
         let api = path.starts_with("/allot.v1.");
         let mut unreachable = self.layer.ledger.unreachable();
-        let down = unreachable.borrow_and_update().clone();
+        let down = *unreachable.borrow_and_update();
         let refusal = match down {
-            Some(why) if api => Some((
-                "database",
-                database_unreachable(&why, "nothing was applied"),
-            )),
+            true if api => Some(("database", database_unreachable("nothing was applied"))),
             _ if LEDGER_WRITES.contains(&path) => self
                 .layer
                 .ledger
@@ -296,11 +293,10 @@ where
                     let response = tokio::select! {
                         biased;
                         response = call => response,
-                        why = unreachable.wait_for(Option::is_some), if api => {
-                            let why = why.map(|why| why.clone().unwrap_or_default());
-                            let why = why.unwrap_or_else(|_| "the server is stopping".into());
+                        _ = unreachable.wait_for(|down| *down), if api => {
+                            metrics::refused("database");
                             let status: Status =
-                                database_unreachable(&why, "the outcome is unknown").into();
+                                database_unreachable("the outcome is unknown").into();
                             Ok(status.into_http())
                         }
                     };

@@ -197,7 +197,7 @@ impl Checks {
             move || async move { store.ping().await.map_err(|err| err.to_string()) }
         };
         let pinged = self.ping.outcome(ping).await;
-        store.database_pinged(pinged.as_ref().err().cloned());
+        store.database_pinged(pinged.is_ok());
         if let Err(err) = pinged {
             return Some(format!("database ping: {err}"));
         }

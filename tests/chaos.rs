@@ -108,6 +108,8 @@ const CALL_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: u32 = 40;
 /// How many acknowledged requests are sent again after the load (each must replay).
 const REPLAY_SAMPLE: usize = 200;
+/// The longest TTL of a short hold.
+const SHORT_TTL_SECONDS: i64 = 3;
 /// Each wallet's one grant: the two poor wallets run dry, the others never do.
 const POOR_GRANT: &str = "300";
 const RICH_GRANT: &str = "10000000";
@@ -715,6 +717,8 @@ struct Hold {
     wallet: usize,
     id: String,
     units: Decimal,
+    /// Made with a TTL of seconds: the sweeper may expire it during the load.
+    short: bool,
 }
 
 /// A debit or capture that may be refunded.
@@ -747,6 +751,8 @@ struct Record {
     applied_before_retry: Option<bool>,
     /// How long the call took to answer during the load.
     took: Duration,
+    /// Reserve: made with a TTL of seconds.
+    short: bool,
 }
 
 impl Record {
@@ -768,6 +774,10 @@ struct TestWallet {
     wallet_id: String,
     granted: Decimal,
 }
+
+/// Each wallet's daily allotment schedule, whose first period starts seconds into the load:
+/// some server's sweeper must grant it exactly once, kills and outages notwithstanding.
+const SCHEDULED: &str = "100";
 
 struct Load {
     wallets: Vec<TestWallet>,
@@ -834,6 +844,7 @@ impl Load {
             retries: None,
             applied_before_retry: None,
             took: Duration::ZERO,
+            short: false,
         }
     }
 
@@ -892,10 +903,16 @@ impl Load {
             45..65 => {
                 let request_id = id("reserve");
                 let wallet = pick_wallet(rng);
+                // A quarter of the holds expire within seconds (the sweeper releases them).
+                let short = rng.random_bool(0.25);
                 let mut request = proto::ReserveRequest {
                     account_id: self.wallets[wallet].account_id.clone(),
                     ttl: Some(prost_types::Duration {
-                        seconds: 3600,
+                        seconds: if short {
+                            rng.random_range(1..=SHORT_TTL_SECONDS)
+                        } else {
+                            3600
+                        },
                         nanos: 0,
                     }),
                     request_id: request_id.clone(),
@@ -909,14 +926,16 @@ impl Load {
                 } else {
                     request.units = rng.random_range(1..=20).to_string();
                 }
-                self.single(self.record(
+                let mut record = self.record(
                     Kind::Reserve,
                     &request_id,
                     wallet,
                     Call::Reserve(request),
                     None,
                     false,
-                ))
+                );
+                record.short = short;
+                self.single(record)
             }
             65..80 if !holds.is_empty() => {
                 let hold = holds.swap_remove(rng.random_range(0..holds.len()));
@@ -1167,6 +1186,7 @@ fn follow_up(
             wallet: record.wallet,
             id: effect.id.clone(),
             units: effect.units,
+            short: record.short,
         }),
         (Seen::Applied(_), Kind::Release) => released.extend(record.hold.clone()),
         (Seen::Refused { .. }, Kind::Capture | Kind::Release) => holds.extend(record.hold.clone()),
@@ -1233,6 +1253,16 @@ async fn setup(channel: &Channel, admin: &str, seed: u64) -> (Vec<TestWallet>, H
             .create_grant(grant)
             .await
             .unwrap_or_else(|s| panic!("grant {amount} to {label}: {s:?}"));
+        let starts = std::time::SystemTime::now() + Duration::from_millis(1500 + 400 * i as u64);
+        grants
+            .create_allotment_schedule(schedule_request(
+                &wallet.id,
+                SCHEDULED,
+                proto::SchedulePeriod::Daily,
+                Some(prost_types::Timestamp::from(starts)),
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("schedule for {label}: {s:?}"));
         wallets.push(TestWallet {
             label,
             account_id: account.id,
@@ -1280,6 +1310,8 @@ fn expected_refusal(record: &Record, answer: &Seen) -> bool {
     }
     match answer.reason() {
         "OVERLOADED" => true,
+        // A capture or release that came after its hold expired.
+        "RESERVATION_NOT_OPEN" => record.hold.as_ref().is_some_and(|hold| hold.short),
         "INSUFFICIENT_CREDITS" => matches!(
             record.kind,
             Kind::Debit | Kind::BatchDebit | Kind::Reserve | Kind::Capture
@@ -1643,6 +1675,9 @@ async fn run(scenario: Scenario) {
     }
     eprintln!("replays: {} acknowledged requests sent again", sample.len());
 
+    // ---- every short hold's TTL and every schedule's first period pass ----
+    tokio::time::sleep(Duration::from_secs(SHORT_TTL_SECONDS as u64 + 2)).await;
+
     // ---- one more crash of every server, then the ledger as the API reads it ----
     for server in &mut servers {
         if let Some(status) = server.kill() {
@@ -1752,14 +1787,68 @@ async fn run(scenario: Scenario) {
             reserved_model[w] -= hold.units;
         }
     }
-    let strangers: Vec<&proto::Transaction> = ledger
-        .iter()
-        .filter(|t| {
-            let request = t.request_id.as_str();
-            let granted = kind(t) == TransactionKind::Grant && grant_ids.contains(request);
-            !(known.contains(request) || granted)
-        })
-        .collect();
+    // What the sweepers wrote: each schedule's first period granted once, each short hold
+    // that no capture or release closed expired once (and no other hold).
+    let mut short_open: HashMap<&str, (usize, Decimal)> = HashMap::new();
+    for record in &records {
+        if let (Kind::Reserve, true, Some(effect)) = (record.kind, record.short, record.effect()) {
+            short_open.insert(effect.id.as_str(), (record.wallet, effect.units));
+        }
+    }
+    for record in &records {
+        if let (Kind::Capture | Kind::Release, Some(hold), Some(_)) =
+            (record.kind, &record.hold, record.effect())
+        {
+            short_open.remove(hold.id.as_str());
+        }
+    }
+    let mut expiries: HashMap<&str, usize> = HashMap::new();
+    let mut scheduled: Vec<Vec<&proto::Transaction>> = vec![Vec::new(); WALLETS];
+    let mut strangers: Vec<&proto::Transaction> = Vec::new();
+    for t in &ledger {
+        let request = t.request_id.as_str();
+        if known.contains(request) {
+            continue;
+        }
+        let w = wallets.iter().position(|w| w.wallet_id == t.wallet_id);
+        match (kind(t), w) {
+            (TransactionKind::Grant, _) if grant_ids.contains(request) => {}
+            (TransactionKind::Grant, Some(w)) => scheduled[w].push(t),
+            (TransactionKind::Release, _) if short_open.contains_key(t.reservation_id.as_str()) => {
+                *expiries.entry(t.reservation_id.as_str()).or_default() += 1;
+            }
+            _ => strangers.push(t),
+        }
+    }
+    for (w, grants) in scheduled.iter().enumerate() {
+        let amounts: Vec<&str> = grants.iter().map(|t| t.units.as_str()).collect();
+        if amounts.len() != 1 || units_of(amounts[0]) != dec(SCHEDULED) {
+            failures.push(format!(
+                "{}: its schedule's first period was granted {} time(s) ({amounts:?}); once \
+                 expected",
+                wallets[w].label,
+                amounts.len()
+            ));
+        } else {
+            posted_model[w] += dec(SCHEDULED);
+        }
+    }
+    let mut expired = 0;
+    for (hold, (w, units)) in &short_open {
+        match expiries.get(hold).copied().unwrap_or(0) {
+            1 => {
+                expired += 1;
+                reserved_model[*w] -= *units;
+            }
+            n => failures.push(format!(
+                "short hold {hold} on {}: {n} expiry entries, one expected",
+                wallets[*w].label
+            )),
+        }
+    }
+    eprintln!(
+        "sweepers: {expired} short holds expired once each, {WALLETS} schedule periods granted"
+    );
     if !strangers.is_empty() {
         failures.push(format!(
             "{} entries the test did not ask for: {:?}",

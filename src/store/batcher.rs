@@ -147,8 +147,8 @@ impl Ledger {
         refusal.map_or(Ok(()), Err)
     }
 
-    /// Why the database is unreachable, while the health monitor's ping of it fails.
-    pub fn unreachable(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+    /// True while the health monitor's ping of the database fails.
+    pub fn unreachable(&self) -> tokio::sync::watch::Receiver<bool> {
         self.store.unreachable()
     }
 

@@ -88,9 +88,9 @@ pub struct Store {
     log: Option<Arc<LogSync>>,
     /// SQLite file databases: the file.
     file: Option<std::path::PathBuf>,
-    /// Why the database did not answer the health monitor's last ping, while it does not
+    /// Whether the database did not answer the health monitor's last ping
     /// (watched by the calls in flight, see `admission`).
-    unreachable: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    unreachable: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// One connection pool's use (see [`Store::pools`]).
@@ -167,7 +167,7 @@ impl Store {
             wallets: Arc::default(),
             log,
             file,
-            unreachable: Arc::new(tokio::sync::watch::Sender::new(None)),
+            unreachable: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -302,22 +302,20 @@ impl Store {
         pools
     }
 
-    /// The health monitor's last ping of the database: `None` answered, `Some(why)` did not
-    /// (refused, reset, or no answer within its timeout).
-    pub fn database_pinged(&self, failure: Option<String>) {
-        // Watchers wake only when it flips (the first failure's reason is kept).
-        self.unreachable.send_if_modified(|now| {
-            let flips = now.is_some() != failure.is_some();
-            if flips {
-                *now = failure;
-            }
+    /// The health monitor's last ping of the database: answered, or not (refused, reset, or
+    /// no answer within its timeout).
+    pub fn database_pinged(&self, answered: bool) {
+        // Watchers wake only when it flips.
+        self.unreachable.send_if_modified(|down| {
+            let flips = *down == answered;
+            *down = !answered;
             flips
         });
     }
 
-    /// Why the database is unreachable, while the monitor's last ping failed: calls are then
-    /// answered UNAVAILABLE at once instead of waiting out their deadlines (`admission`).
-    pub fn unreachable(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+    /// True while the monitor's last ping of the database failed: calls are then answered
+    /// UNAVAILABLE at once instead of waiting out their deadlines (`admission`).
+    pub fn unreachable(&self) -> tokio::sync::watch::Receiver<bool> {
         self.unreachable.subscribe()
     }
 
