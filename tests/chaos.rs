@@ -13,6 +13,17 @@
 //!   no call may answer INTERNAL or UNKNOWN, or take longer than its deadline.
 //! * **Replicas** (PostgreSQL): three servers on one database, each request sent to one of
 //!   them, one at a time SIGKILLed and restarted.
+//! * **PowerCuts** (SQLite): as Kills, on a "disk" that keeps only what was synced: an
+//!   `LD_PRELOAD` shim (`tests/fixtures/power_cut.c`) saves each database file's content at
+//!   each `fsync`/`fdatasync`, and after every SIGKILL the files are put back to those copies
+//!   (files never synced are deleted). A reply sent before the sync that covers its commit
+//!   loses its effect at the next cut, and the checks below fail (they do: acknowledging
+//!   without waiting for the sync fails this scenario with ~180 lost effects).
+//!
+//! Every scenario also reserves a quarter of its holds with a TTL of 1–3 s and gives each
+//! wallet a daily allotment schedule whose first period starts seconds into the load: the
+//! servers' sweepers must expire each hold nobody closed exactly once and grant each period
+//! exactly once, through kills, outages and cuts.
 //!
 //! The load is a mix of Debit, BatchDebit, Reserve then Capture (below, at or above the hold)
 //! or Release, and Refund (full or partial) of earlier debits and captures, on eight wallets
@@ -84,7 +95,7 @@ use allot::proto::{
     report_service_client::ReportServiceClient,
 };
 use common::{
-    process::{binary, free_port, health_becomes, tail, wait_ready},
+    process::{binary, build_shim, free_port, health_becomes, tail, wait_ready},
     *,
 };
 use futures::future::join_all;
@@ -123,6 +134,8 @@ const POOR_WALLETS: usize = 2;
 struct Server {
     /// Names its logs: `<name>-<generation>.log`.
     name: String,
+    /// PowerCuts: the disk that loses unsynced writes at a kill.
+    power: Option<Power>,
     url: String,
     addr: String,
     logs: PathBuf,
@@ -137,6 +150,7 @@ impl Server {
     fn new(name: &str, url: &str, logs: &Path) -> Server {
         Server {
             name: name.to_string(),
+            power: None,
             url: url.to_string(),
             addr: format!("127.0.0.1:{}", free_port()),
             logs: logs.to_path_buf(),
@@ -157,16 +171,22 @@ impl Server {
             let log = self.log_path(self.generation);
             self.generation += 1;
             let stderr = File::create(&log).expect("create log file");
-            let mut child = binary()
+            let mut command = binary();
+            command
                 .current_dir(&self.logs)
                 .args(["serve", "--check-wallet-cache", "--listen", &self.addr])
                 .env("DATABASE_URL", &self.url)
                 .env("ALLOT_JWT_HS256_SECRET", SECRET)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(Stdio::from(stderr))
-                .spawn()
-                .expect("spawn allot serve");
+                .stderr(Stdio::from(stderr));
+            if let Some(power) = &self.power {
+                command
+                    .env("LD_PRELOAD", &power.shim)
+                    .env("ALLOT_TEST_POWER_DATA", &power.data)
+                    .env("ALLOT_TEST_POWER_SYNCED", &power.synced);
+            }
+            let mut child = command.spawn().expect("spawn allot serve");
             match wait_ready(&mut child, &self.addr, None).await {
                 Ok(channel) => {
                     self.child = Some(child);
@@ -204,6 +224,9 @@ impl Server {
         // `Child::kill` is SIGKILL on Unix: no shutdown, no flush, no goodbye.
         let _ = child.kill();
         let _ = child.wait();
+        if let Some(power) = &mut self.power {
+            power.cut();
+        }
         exited
     }
 
@@ -236,6 +259,80 @@ impl Drop for Server {
             );
         }
         self.kill();
+    }
+}
+
+// ---- a disk that loses unsynced writes ------------------------------------------------------
+
+/// The SQLite database's directory on a "disk" that keeps only what was synced
+/// (`tests/fixtures/power_cut.c`): every kill of the server is a power cut.
+struct Power {
+    /// The `LD_PRELOAD` library.
+    shim: PathBuf,
+    /// The database's directory (canonical: the shim compares `/proc/self/fd` links with it).
+    data: PathBuf,
+    /// What each file held at its last sync.
+    synced: PathBuf,
+    /// Cuts so far, and the bytes they took away (written, never synced).
+    cuts: usize,
+    lost_bytes: u64,
+}
+
+impl Power {
+    /// For the SQLite database at `url`, after `allot migrate` closed it cleanly (so what is
+    /// on disk now is durable).
+    fn new(url: &str, work: &Path) -> Power {
+        let file = url
+            .trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .expect("a SQLite path");
+        let data = std::fs::canonicalize(Path::new(file).parent().expect("a directory"))
+            .expect("the database directory");
+        let synced = work.join("synced");
+        std::fs::create_dir_all(&synced).expect("synced dir");
+        for entry in std::fs::read_dir(&data).expect("read the database directory") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, synced.join(path.file_name().expect("name")))
+                .expect("copy a durable file");
+        }
+        let source = std::fs::read_to_string(fixture("power_cut.c")).expect("the shim source");
+        Power {
+            shim: build_shim(work, "power_cut", &source),
+            data,
+            synced,
+            cuts: 0,
+            lost_bytes: 0,
+        }
+    }
+
+    /// The server is dead: every file goes back to what its last sync made durable; a file
+    /// never synced is gone.
+    fn cut(&mut self) {
+        self.cuts += 1;
+        let mut names: HashSet<std::ffi::OsString> = HashSet::new();
+        for entry in std::fs::read_dir(&self.data).expect("read the database directory") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("name").to_os_string();
+            let saved = self.synced.join(&name);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if saved.exists() {
+                let kept = std::fs::copy(&saved, &path).expect("restore a synced file");
+                self.lost_bytes += size.saturating_sub(kept);
+            } else {
+                std::fs::remove_file(&path).expect("drop a file never synced");
+                self.lost_bytes += size;
+            }
+            names.insert(name);
+        }
+        // A file removed since its last sync comes back.
+        for entry in std::fs::read_dir(&self.synced).expect("read the synced copies") {
+            let saved = entry.expect("entry").path();
+            let name = saved.file_name().expect("name").to_os_string();
+            if !name.to_string_lossy().starts_with('.') && !names.contains(&name) {
+                std::fs::copy(&saved, self.data.join(&name)).expect("restore a removed file");
+            }
+        }
     }
 }
 
@@ -1346,6 +1443,9 @@ enum Scenario {
     /// Three servers on one PostgreSQL, the load spread over them, one at a time SIGKILLed
     /// and restarted (point 5).
     Replicas,
+    /// One server on SQLite whose disk keeps only what was synced: every SIGKILL is a power
+    /// cut that also takes away every write not yet synced (point 3).
+    PowerCuts,
 }
 
 /// The tests of this file run one at a time: each drives server processes hard, and on two
@@ -1367,6 +1467,11 @@ async fn replicas_sigkilled_in_turn_keep_the_ledger_exact() {
     run(Scenario::Replicas).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn power_cuts_lose_nothing_acknowledged() {
+    run(Scenario::PowerCuts).await;
+}
+
 async fn run(scenario: Scenario) {
     let _one = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
@@ -1381,13 +1486,23 @@ async fn run(scenario: Scenario) {
     } else {
         "SQLite"
     };
-    if scenario != Scenario::Kills && !db.is_postgres() {
-        eprintln!(
-            "{scenario:?}: PostgreSQL only (an embedded SQLite has no server to lose and one \
-             process)"
-        );
-        db.drop_database().await;
-        return;
+    match (scenario, db.is_postgres()) {
+        (Scenario::Outages | Scenario::Replicas, false) => {
+            eprintln!(
+                "{scenario:?}: PostgreSQL only (an embedded SQLite has no server to lose and \
+                 one process)"
+            );
+            return;
+        }
+        (Scenario::PowerCuts, true) => {
+            eprintln!(
+                "{scenario:?}: SQLite only (on PostgreSQL the database server syncs its own \
+                 WAL; allot checks synchronous_commit at start)"
+            );
+            db.drop_database().await;
+            return;
+        }
+        _ => {}
     }
     eprintln!(
         "chaos {scenario:?}: seed {seed} on {database}, {faults} faults, {clients} clients \
@@ -1405,6 +1520,16 @@ async fn run(scenario: Scenario) {
             .collect(),
         _ => vec![Server::new("serve", &url, logs.path())],
     };
+    if scenario == Scenario::PowerCuts {
+        // Migrated and closed cleanly first: that much is durable before the first cut.
+        let migrate = binary()
+            .arg("migrate")
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .expect("run allot migrate");
+        assert!(migrate.status.success(), "allot migrate: {migrate:?}");
+        servers[0].power = Some(Power::new(&db.url, logs.path()));
+    }
     for server in &mut servers {
         server.start().await;
     }
@@ -1978,6 +2103,12 @@ async fn run(scenario: Scenario) {
     );
     for line in errors.iter().take(10) {
         eprintln!("  {line}");
+    }
+    if let Some(power) = &servers[0].power {
+        eprintln!(
+            "power cuts: {}, {} bytes written but never synced taken away",
+            power.cuts, power.lost_bytes
+        );
     }
     eprintln!(
         "chaos {scenario:?} on {database}: {} ledger entries; took {:.1?} (seed {seed})",

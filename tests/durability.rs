@@ -11,10 +11,10 @@
 
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
 use common::{
-    process::{ServerProcess, health, health_becomes},
+    process::{ServerProcess, build_shim, health, health_becomes},
     *,
 };
 use tonic::Code;
@@ -49,26 +49,6 @@ int fsync(int fd) {
 }
 "#;
 
-/// Builds the shim into `dir` with the system C compiler.
-fn build_shim(dir: &Path) -> std::path::PathBuf {
-    let source = dir.join("failsync.c");
-    let library = dir.join("failsync.so");
-    std::fs::write(&source, SHIM).expect("write shim source");
-    let output = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&library)
-        .arg(&source)
-        .arg("-ldl")
-        .output()
-        .expect("run cc (a C compiler is needed for this test)");
-    assert!(
-        output.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    library
-}
-
 #[tokio::test]
 async fn a_failed_log_sync_stops_acknowledgements_until_restart() {
     let app = spawn_app().await;
@@ -80,7 +60,7 @@ async fn a_failed_log_sync_stops_acknowledgements_until_restart() {
     let (account, _) = app.funded("synced", "1000").await;
     app.publish_standard_card().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let shim = build_shim(dir.path());
+    let shim = build_shim(dir.path(), "failsync", SHIM);
     let trigger = dir.path().join("fail-syncs");
     let shim_env = shim.to_str().expect("utf-8 path").to_string();
     let trigger_env = trigger.to_str().expect("utf-8 path").to_string();

@@ -283,3 +283,24 @@ pub async fn health_becomes(channel: &Channel, status: ServingStatus, within: Du
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Builds the `LD_PRELOAD` library `<name>.so` from C `source` into `dir` with the system C
+/// compiler (fault-injection shims of the tests).
+pub fn build_shim(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let code = dir.join(format!("{name}.c"));
+    let library = dir.join(format!("{name}.so"));
+    std::fs::write(&code, source).expect("write shim source");
+    let output = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&library)
+        .arg(&code)
+        .args(["-ldl", "-lpthread"])
+        .output()
+        .expect("run cc (a C compiler is needed for this test)");
+    assert!(
+        output.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    library
+}
