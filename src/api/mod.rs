@@ -62,15 +62,37 @@ impl Default for Limits {
     }
 }
 
+/// The longest error message sent, and the longest `ErrorInfo` metadata value. An error may
+/// quote the caller's input, and both travel in HTTP/2 trailers (the message twice: as
+/// `grpc-message` and inside `grpc-status-details-bin`): a peer refuses a header block past
+/// its limit (16 KiB by default) and would see a broken connection instead of the error.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+pub const MAX_ERROR_METADATA: usize = 256;
+
+/// `text` cut to at most `max` bytes (at a character boundary), saying how long it was.
+fn bounded(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        let metadata: std::collections::HashMap<String, String> =
-            err.metadata.iter().cloned().collect();
+        let metadata: std::collections::HashMap<String, String> = err
+            .metadata
+            .into_iter()
+            .map(|(key, value)| (key, bounded(value, MAX_ERROR_METADATA)))
+            .collect();
         let mut details = ErrorDetails::with_error_info(err.reason.as_str(), "allot", metadata);
         if let Some(delay) = err.retry_after {
             details.set_retry_info(Some(delay));
         }
-        Status::with_error_details(err.code, err.message, details)
+        Status::with_error_details(err.code, bounded(err.message, MAX_ERROR_MESSAGE), details)
     }
 }
 
@@ -295,5 +317,47 @@ impl Ctx {
         let wallet = crate::store::accounts::find_wallet_by_id(&self.store.db, &id).await?;
         self.owned_in_scope(caller, wallet, |w| &w.account_id, "wallet", &id)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+    use crate::error::Reason;
+
+    /// An error quoting a huge input still fits an HTTP/2 trailer block.
+    #[test]
+    fn error_messages_and_metadata_are_bounded() {
+        let quoted = "ü".repeat(100_000);
+        let mut err = Error::invalid(Reason::InvalidField, "units", format!("`{quoted}` is bad"));
+        err.metadata.push(("value".into(), quoted.clone()));
+        let status = Status::from(err);
+        assert!(
+            status.message().len() <= MAX_ERROR_MESSAGE + 64,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.message().ends_with(" bytes in all)"),
+            "{}",
+            status.message()
+        );
+        let info = status
+            .get_error_details()
+            .error_info()
+            .cloned()
+            .expect("ErrorInfo");
+        assert!(info.metadata["value"].len() <= MAX_ERROR_METADATA + 64);
+        assert_eq!(info.metadata["field"], "units");
+        assert!(
+            status.details().len() < 4 * 1024,
+            "{}",
+            status.details().len()
+        );
+        // Short ones are sent as they are.
+        let status = Status::from(Error::invalid(Reason::InvalidField, "units", "bad"));
+        assert_eq!(status.message(), "units: bad");
     }
 }

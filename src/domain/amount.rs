@@ -30,6 +30,18 @@ pub enum AmountError {
     Negative(String),
 }
 
+/// How much of a rejected text an error quotes: enough to recognise it, never the whole of a
+/// hostile megabyte.
+const QUOTED: usize = 40;
+
+/// `text` as an error quotes it: at most [`QUOTED`] characters, then `…`.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// The largest unit price (and provider cost) accepted: 10¹² per unit. With amounts below
 /// `Amount::MAX` (≈ 9.2 × 10¹² units) every money value (≤ ≈ 9.2 × 10²⁴) and any sum of up
 /// to a thousand of them fits a `Decimal` (≈ 7.9 × 10²⁸).
@@ -39,14 +51,14 @@ pub const MAX_UNIT_PRICE: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, f
 pub fn parse_unit_price(text: &str) -> Result<Decimal, AmountError> {
     let value = parse_quantity(text)?;
     if value > MAX_UNIT_PRICE {
-        return Err(AmountError::OutOfRange(text.to_string()));
+        return Err(AmountError::OutOfRange(quoted(text)));
     }
     Ok(value)
 }
 
 /// Parses the wire grammar into an exact decimal.
 pub fn parse_decimal(text: &str) -> Result<Decimal, AmountError> {
-    let malformed = || AmountError::Malformed(text.to_string());
+    let malformed = || AmountError::Malformed(quoted(text));
     let digits = text.strip_prefix('-').unwrap_or(text);
     let (int_part, frac_part) = match digits.split_once('.') {
         Some((i, f)) => (i, Some(f)),
@@ -61,7 +73,7 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, AmountError> {
         return Err(malformed());
     }
     if int_part.len() > 18 || frac_part.is_some_and(|f| f.len() > SCALE as usize) {
-        return Err(AmountError::TooManyDigits(text.to_string()));
+        return Err(AmountError::TooManyDigits(quoted(text)));
     }
     text.parse::<Decimal>().map_err(|_| malformed())
 }
@@ -70,7 +82,7 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, AmountError> {
 pub fn parse_quantity(text: &str) -> Result<Decimal, AmountError> {
     let value = parse_decimal(text)?;
     if value.is_sign_negative() && !value.is_zero() {
-        return Err(AmountError::Negative(text.to_string()));
+        return Err(AmountError::Negative(quoted(text)));
     }
     Ok(value)
 }
@@ -130,14 +142,14 @@ impl Amount {
     /// Any amount in the wire grammar, signed.
     pub fn parse(text: &str) -> Result<Self, AmountError> {
         let value = parse_decimal(text)?;
-        Self::from_decimal_exact(value).ok_or_else(|| AmountError::OutOfRange(text.to_string()))
+        Self::from_decimal_exact(value).ok_or_else(|| AmountError::OutOfRange(quoted(text)))
     }
 
     /// An amount that must be > 0 (grant amounts, explicit debits).
     pub fn parse_positive(text: &str) -> Result<Self, AmountError> {
         let amount = Self::parse(text)?;
         if amount.0 <= 0 {
-            return Err(AmountError::NotPositive(text.to_string()));
+            return Err(AmountError::NotPositive(quoted(text)));
         }
         Ok(amount)
     }
@@ -146,7 +158,7 @@ impl Amount {
     pub fn parse_non_negative(text: &str) -> Result<Self, AmountError> {
         let amount = Self::parse(text)?;
         if amount.0 < 0 {
-            return Err(AmountError::Negative(text.to_string()));
+            return Err(AmountError::Negative(quoted(text)));
         }
         Ok(amount)
     }
@@ -231,6 +243,20 @@ mod tests {
         assert_eq!(Amount::parse("-3.000001").unwrap().micros(), -3_000_001);
         assert_eq!(Amount::parse("007").unwrap().micros(), 7_000_000);
         assert_eq!(Amount::parse("0.000001").unwrap().micros(), 1);
+    }
+
+    /// An error quotes the start of what it rejects, never all of a hostile megabyte.
+    #[test]
+    fn errors_quote_at_most_forty_characters() {
+        let long = "é".repeat(1_000_000);
+        let message = Amount::parse(&long).unwrap_err().to_string();
+        assert!(message.len() < 200, "{}", message.len());
+        assert!(
+            message.starts_with(&format!("`{}…`", "é".repeat(40))),
+            "{message}"
+        );
+        let message = Amount::parse("1,5").unwrap_err().to_string();
+        assert!(message.starts_with("`1,5` is not a decimal"), "{message}");
     }
 
     #[test]
