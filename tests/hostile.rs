@@ -76,3 +76,31 @@ async fn undecodable_requests_are_invalid_argument_and_change_nothing() {
     assert_eq!(app.all_transactions(&account.id).await.len(), before + 1);
     app.stop().await;
 }
+
+/// Found by tests/fuzz_grpc.rs: an error that quoted a huge input in full made the trailers
+/// larger than the client's HTTP/2 header limit, and the client saw a broken connection
+/// (COMPRESSION_ERROR, read as INTERNAL) instead of INVALID_ARGUMENT.
+#[tokio::test]
+async fn an_error_about_a_huge_input_is_short_and_the_connection_survives() {
+    let app = spawn_app().await;
+    let (account, _) = app.funded("huge", "100").await;
+    app.publish_standard_card().await;
+    let mut ledger = app.ledger(&app.admin);
+    for huge in ["9".repeat(200_000), "é".repeat(100_000)] {
+        let mut request = debit_request(&account.id, "one", &uuid());
+        request.max_units = huge;
+        let refused = ledger.debit(request).await.expect_err("not an amount");
+        assert_error(&refused, Code::InvalidArgument, "INVALID_AMOUNT");
+        assert!(
+            refused.message().len() < 1200,
+            "{}",
+            refused.message().len()
+        );
+    }
+    // The same connection still carries calls.
+    ledger
+        .debit(debit_request(&account.id, "one", &uuid()))
+        .await
+        .expect("a valid debit after the refusals");
+    app.stop().await;
+}
