@@ -90,10 +90,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use allot::proto::{
-    self, TransactionKind, ledger_service_client::LedgerServiceClient,
-    report_service_client::ReportServiceClient,
-};
+use allot::proto::{self, TransactionKind, ledger_service_client::LedgerServiceClient};
 use common::{
     process::{binary, build_shim, free_port, health_becomes, tail, wait_ready},
     *,
@@ -1370,21 +1367,6 @@ async fn setup(channel: &Channel, admin: &str, seed: u64) -> (Vec<TestWallet>, H
     (wallets, grant_ids)
 }
 
-/// The whole ledger, oldest first.
-async fn export_all(channel: &Channel, admin: &str) -> Vec<proto::Transaction> {
-    let mut reports = ReportServiceClient::with_interceptor(channel.clone(), bearer(admin));
-    let mut stream = reports
-        .export_transactions(proto::ExportTransactionsRequest::default())
-        .await
-        .expect("export the ledger")
-        .into_inner();
-    let mut all = Vec::new();
-    while let Some(chunk) = stream.message().await.expect("export chunk") {
-        all.extend(chunk.transactions);
-    }
-    all
-}
-
 /// Sends a single-request call until it answers with an effect or a refusal other than
 /// OVERLOADED (at most `MAX_ATTEMPTS` times). Returns that answer (or the last one) and how
 /// many sends it took beyond the first.
@@ -1666,7 +1648,7 @@ async fn run(scenario: Scenario) {
     // it a moment to finish before reading the ledger.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let channel = servers[0].channel.borrow().clone().expect("server up");
-    let before: HashSet<String> = export_all(&channel, &admin)
+    let before: HashSet<String> = reads::export_all(&channel, &admin)
         .await
         .into_iter()
         .map(|t| t.request_id)
@@ -1814,7 +1796,7 @@ async fn run(scenario: Scenario) {
     }
     servers[0].start().await;
     let channel = servers[0].channel.borrow().clone().expect("server up");
-    let ledger = export_all(&channel, &admin).await;
+    let ledger = reads::export_all(&channel, &admin).await;
     let mut entries_of: HashMap<&str, Vec<&proto::Transaction>> = HashMap::new();
     for t in &ledger {
         entries_of.entry(t.request_id.as_str()).or_default().push(t);

@@ -421,20 +421,11 @@ fn input(
 
 /// The ledger, the accounts and the rate cards as the API reads them.
 async fn state(server: &ServerProcess, admin: &str) -> String {
-    let channel = server.channel.clone();
-    let mut reports = proto::report_service_client::ReportServiceClient::with_interceptor(
-        channel.clone(),
-        bearer(admin),
-    );
-    let mut stream = reports
-        .export_transactions(proto::ExportTransactionsRequest::default())
+    let entries: Vec<String> = reads::export_all(&server.channel, admin)
         .await
-        .expect("export")
-        .into_inner();
-    let mut entries = Vec::new();
-    while let Some(chunk) = stream.message().await.expect("export chunk") {
-        entries.extend(chunk.transactions.into_iter().map(|t| t.id));
-    }
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
     let accounts = server
         .accounts()
         .list_accounts(proto::ListAccountsRequest {

@@ -1,7 +1,9 @@
 //! Reading state back through the API (as the admin, or as a given token): balances and
 //! every page of a list.
 
-use allot::proto::{self, ledger_service_client::LedgerServiceClient};
+use allot::proto::{
+    self, ledger_service_client::LedgerServiceClient, report_service_client::ReportServiceClient,
+};
 use tonic::transport::Channel;
 
 use super::{TestApp, bearer};
@@ -103,4 +105,19 @@ pub async fn all_transactions(
         }
         page_token = page.next_page_token;
     }
+}
+
+/// The whole ledger, oldest first (ExportTransactions as `token`).
+pub async fn export_all(channel: &Channel, token: &str) -> Vec<proto::Transaction> {
+    let mut reports = ReportServiceClient::with_interceptor(channel.clone(), bearer(token));
+    let mut stream = reports
+        .export_transactions(proto::ExportTransactionsRequest::default())
+        .await
+        .expect("export the ledger")
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("export chunk") {
+        all.extend(chunk.transactions);
+    }
+    all
 }
