@@ -142,8 +142,14 @@ pub enum Reason {
     /// slowly: `admission`); nothing was applied. Retry after the `RetryInfo` delay
     /// (`retry_after_ms` in the metadata) with the same `request_id`.
     Overloaded,
+    /// A WatchBalance reader fell further behind than the server buffers; resume with the
+    /// `after_sequence` in the metadata.
+    WatchLagged,
 
     // Other codes.
+    /// OUT_OF_RANGE: a WatchBalance resume point whose events were pruned (`oldest_sequence`
+    /// in the metadata), or that lies beyond the wallet's latest event.
+    EventsUnavailable,
     /// OUT_OF_RANGE: a statement's totals exceed what a decimal holds.
     StatementOutOfRange,
     /// ABORTED: a write conflict that survived internal retries.

@@ -44,8 +44,8 @@ pub struct Settings {
     pub limits: crate::api::Limits,
     /// How often this replica looks for wallets with something due (expiry, schedules).
     pub sweep_interval: Duration,
-    /// How long idempotency records are kept (`store::idempotency::DEFAULT_RETENTION`).
-    pub idempotency_retention: Duration,
+    /// How long idempotency records and events are kept (30 days each by default).
+    pub retention: crate::store::sweeper::Retention,
     /// Receives the store and ledger once serving starts (tests drive the sweeper with it).
     pub on_ready: Option<tokio::sync::oneshot::Sender<Handles>>,
     pub auth: Authenticator,
@@ -89,15 +89,15 @@ pub enum Migrate {
 pub struct Handles {
     pub store: Store,
     pub ledger: Ledger,
-    pub idempotency_retention: Duration,
+    pub retention: crate::store::sweeper::Retention,
 }
 
 impl Handles {
-    /// Records everything due now and prunes idempotency records past their retention (what
-    /// the background sweeper does).
+    /// Records everything due now and prunes idempotency records and events past their
+    /// retention (what the background sweeper does).
     pub async fn sweep(&self) -> crate::error::Result<usize> {
         let swept = crate::store::sweeper::sweep_once(&self.store, &self.ledger).await?;
-        crate::store::sweeper::prune_idempotency(&self.store, self.idempotency_retention).await?;
+        crate::store::sweeper::prune(&self.store, self.retention).await?;
         Ok(swept)
     }
 }
@@ -185,21 +185,23 @@ pub async fn run(
         crate::api::outcome::encode,
         admission.max_queue_wait,
     );
+    // Shutdown begins: health NOT_SERVING, the listener stops accepting, the grace period
+    // starts, and balance watches end (UNAVAILABLE, naming where to resume).
+    let draining = CancellationToken::new();
     let ctx = Ctx {
         store: store.clone(),
         ledger: ledger.clone(),
         auth: Arc::new(settings.auth),
         limits: settings.limits,
+        draining: draining.clone(),
     };
     if let Some(ready) = settings.on_ready {
         let _ = ready.send(Handles {
             store: store.clone(),
             ledger: ledger.clone(),
-            idempotency_retention: settings.idempotency_retention,
+            retention: settings.retention,
         });
     }
-    // Shutdown begins: health NOT_SERVING, the listener stops accepting, the grace period starts.
-    let draining = CancellationToken::new();
     // In-flight requests finished (or the grace period is over): background tasks stop. Also
     // when `run` ends early or is dropped, so no task outlives it.
     let stopping = CancellationToken::new();
@@ -211,7 +213,7 @@ pub async fn run(
             ledger.clone(),
             health.clone(),
             settings.sweep_interval,
-            settings.idempotency_retention,
+            settings.retention,
         );
         tasks.spawn(crate::health::supervise(
             sweeper::TASK,

@@ -94,6 +94,7 @@ pub const ROUTES: &[(&str, Access)] = &[
     ("/allot.v1.LedgerService/ReleaseReservation", DEBITORS),
     ("/allot.v1.LedgerService/Refund", REFUNDERS),
     ("/allot.v1.LedgerService/GetBalance", READERS),
+    ("/allot.v1.LedgerService/WatchBalance", READERS),
     ("/allot.v1.LedgerService/ListTransactions", READERS),
     ("/allot.v1.ReportService/GetStatement", READERS),
     ("/allot.v1.ReportService/ExportTransactions", REPORTERS),

@@ -311,7 +311,7 @@ impl Ctx {
     }
 
     /// The wallet for (`account_id` | `external_id`, `unit`) in the caller's scope.
-    async fn resolve_wallet(
+    pub(super) async fn resolve_wallet(
         &self,
         caller: &Caller,
         account_id: &str,
@@ -335,6 +335,18 @@ impl Ctx {
 
 #[tonic::async_trait]
 impl LedgerService for Ctx {
+    type WatchBalanceStream = super::watch::WatchStream;
+
+    async fn watch_balance(
+        &self,
+        request: Request<proto::WatchBalanceRequest>,
+    ) -> Result<Response<Self::WatchBalanceStream>, Status> {
+        Ctx::watch_balance(self, request)
+            .await
+            .map(Response::new)
+            .map_err(super::status)
+    }
+
     async fn debit(
         &self,
         request: Request<proto::DebitRequest>,

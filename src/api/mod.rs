@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod outcome;
 pub mod rate_cards;
 pub mod reports;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub struct Ctx {
     pub ledger: Ledger,
     pub auth: Arc<Authenticator>,
     pub limits: Limits,
+    /// Cancelled when shutdown begins: long-lived streams (WatchBalance) end then.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// Operator-configurable limits.

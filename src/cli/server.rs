@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// parameters); at least 1h.
     #[arg(long, env = "ALLOT_IDEMPOTENCY_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub idempotency_retention: Duration,
+    /// How long balance events are kept (WatchBalance resumes from them); at least 1h.
+    #[arg(long, env = "ALLOT_EVENT_RETENTION", default_value = "30d", value_parser = parse_event_retention)]
+    pub event_retention: Duration,
     /// Serve Prometheus metrics over HTTP on this address (off by default).
     #[arg(long, env = "ALLOT_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -148,11 +151,17 @@ pub struct TokenArgs {
 }
 
 fn parse_retention(text: &str) -> Result<Duration, String> {
+    at_least_an_hour(text, "idempotency records")
+}
+
+fn parse_event_retention(text: &str) -> Result<Duration, String> {
+    at_least_an_hour(text, "balance events")
+}
+
+fn at_least_an_hour(text: &str, what: &str) -> Result<Duration, String> {
     let retention = parse_duration(text)?;
     if retention < Duration::from_secs(3600) {
-        return Err(format!(
-            "`{text}`: idempotency records must be kept at least 1h"
-        ));
+        return Err(format!("`{text}`: {what} must be kept at least 1h"));
     }
     Ok(retention)
 }
@@ -354,7 +363,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_streams_per_connection: args.max_streams_per_connection,
         },
         sweep_interval: args.sweep_interval,
-        idempotency_retention: args.idempotency_retention,
+        retention: crate::store::sweeper::Retention {
+            idempotency: args.idempotency_retention,
+            events: args.event_retention,
+        },
         on_ready: None,
     };
     server::run(listener, settings, server::shutdown_signal()).await

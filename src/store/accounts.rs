@@ -319,6 +319,7 @@ pub async fn create_wallet(
         last_hash: Set(String::new()),
         last_entry_time: Set(0),
         version: Set(0),
+        event_seq: Set(0),
     };
     match model.insert(conn).await {
         Ok(model) => Ok(model),

@@ -73,6 +73,8 @@ pub mod wallet {
         pub last_entry_time: i64,
         /// Bumped by every batch that writes anything of the wallet (see `wallet_cache`).
         pub version: i64,
+        /// The sequence number of the wallet's latest event (0: none yet).
+        pub event_seq: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -413,6 +415,67 @@ pub mod audit_event {
         #[sea_orm(column_type = "JsonBinary", nullable)]
         pub after: Option<Json>,
         pub request_id: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    pub use crate::store::columns::StringMap;
+
+    /// What an event is about (stored as its dotted snake_case name, the wire name too).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+    pub enum EventType {
+        /// A ledger entry moved the balance (every entry: debit, grant, hold, refund …).
+        #[sea_orm(string_value = "balance.changed")]
+        BalanceChanged,
+        /// `available` fell to or below a low-balance threshold (`direction` down), or rose
+        /// above it again (`direction` up).
+        #[sea_orm(string_value = "balance.threshold_crossed")]
+        ThresholdCrossed,
+        /// `available` fell to zero or below.
+        #[sea_orm(string_value = "balance.depleted")]
+        Depleted,
+        /// A grant became effective (created now, or its `effective_time` came).
+        #[sea_orm(string_value = "grant.activated")]
+        GrantActivated,
+        #[sea_orm(string_value = "grant.expired")]
+        GrantExpired,
+        /// An open hold reached its `expire_time` and was released by the sweeper.
+        #[sea_orm(string_value = "hold.expired")]
+        HoldExpired,
+        /// An allotment schedule granted a period (with `grant.activated` for its grant).
+        #[sea_orm(string_value = "schedule.period_granted")]
+        PeriodGranted,
+    }
+
+    /// One event of a wallet: the transactional outbox (`store/events.rs`).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        /// `evt_…` (time-ordered).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub wallet_id: String,
+        pub account_id: String,
+        /// 1, 2, 3 … per wallet, without gaps.
+        pub sequence: i64,
+        pub event_type: EventType,
+        pub time: i64,
+        /// The wallet's balances after the change.
+        pub posted: i64,
+        pub reserved: i64,
+        pub available: i64,
+        pub overdraft_limit: i64,
+        /// What the event is about: `transaction_id`, `kind`, `units`, `grant_id`, …
+        #[sea_orm(column_type = "JsonBinary")]
+        pub data: StringMap,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -254,14 +254,5 @@ pub async fn prune(store: &super::Store, before: i64) -> Result<u64> {
                 .in_subquery(oldest),
         )
         .to_owned();
-    let mut deleted = 0;
-    loop {
-        let write = store.begin_write().await?;
-        let n = write.tx.execute(&delete).await?.rows_affected();
-        write.commit().await?;
-        deleted += n;
-        if n < PRUNE_CHUNK {
-            return Ok(deleted);
-        }
-    }
+    store.delete_in_chunks(&delete, PRUNE_CHUNK).await
 }

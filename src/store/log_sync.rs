@@ -171,26 +171,44 @@ fn open_but_deleted(path: &Path) -> bool {
 #[must_use = "a commit is acknowledged only after `wait`"]
 pub struct Durable {
     log: Option<(Arc<LogSync>, u64)>,
+    /// Watchers to wake once the commit is durable (the wallets it wrote events of).
+    events: Option<(super::events::Bus, Arc<[String]>)>,
 }
 
 impl Durable {
     /// A commit that was durable when it returned (PostgreSQL, or a SQLite connection with
     /// `synchronous=FULL`).
     pub fn now() -> Self {
-        Durable { log: None }
+        Durable {
+            log: None,
+            events: None,
+        }
     }
 
     pub(crate) fn after(log: Arc<LogSync>, ticket: u64) -> Self {
         Durable {
             log: Some((log, ticket)),
+            events: None,
         }
     }
 
-    pub async fn wait(self) -> Result<()> {
-        match self.log {
-            Some((log, ticket)) => log.sync(ticket).await,
-            None => Ok(()),
+    /// Tells `bus` about the wallets' new events once the commit is durable (never before:
+    /// a watcher must not see an event a power cut could still take back).
+    pub(crate) fn announce(mut self, bus: &super::events::Bus, wallets: Vec<String>) -> Self {
+        if !wallets.is_empty() {
+            self.events = Some((bus.clone(), wallets.into()));
         }
+        self
+    }
+
+    pub async fn wait(self) -> Result<()> {
+        if let Some((log, ticket)) = self.log {
+            log.sync(ticket).await?;
+        }
+        if let Some((bus, wallets)) = self.events {
+            bus.publish(wallets);
+        }
+        Ok(())
     }
 }
 

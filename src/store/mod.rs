@@ -21,6 +21,7 @@ pub mod columns;
 pub mod directory;
 pub mod entity;
 pub mod entries;
+pub mod events;
 pub mod export;
 pub mod idempotency;
 pub mod ledger;
@@ -91,6 +92,8 @@ pub struct Store {
     /// Whether the database did not answer the health monitor's last ping
     /// (watched by the calls in flight, see `admission`).
     unreachable: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Wakes this process's balance watchers when events are durable (`events`).
+    pub events: events::Bus,
 }
 
 /// One connection pool's use (see [`Store::pools`]).
@@ -168,6 +171,7 @@ impl Store {
             log,
             file,
             unreachable: Arc::new(tokio::sync::watch::Sender::new(false)),
+            events: events::Bus::default(),
         })
     }
 
@@ -509,6 +513,26 @@ pub(crate) fn is_postgres(conn: &impl ConnectionTrait) -> bool {
 }
 
 impl Store {
+    /// Runs `delete` (which deletes at most `chunk` rows) in one write transaction after
+    /// another until a run deletes fewer; returns how many rows went. For pruning: short
+    /// transactions, so debits never wait long for the writer.
+    pub(crate) async fn delete_in_chunks(
+        &self,
+        delete: &sea_orm::sea_query::DeleteStatement,
+        chunk: u64,
+    ) -> Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let write = self.begin_write().await?;
+            let n = write.tx.execute(delete).await?.rows_affected();
+            write.commit().await?;
+            deleted += n;
+            if n < chunk {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// Runs `op` in a write transaction under the idempotency key: a stored response is
     /// replayed (`true` in the result) instead of running `op`; a new response is recorded in
     /// the same transaction as the effect. Concurrent duplicates (several replicas) resolve

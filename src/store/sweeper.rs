@@ -4,7 +4,8 @@
 //! sweeps lock the wallet like any other batch and are idempotent, so two replicas sweeping
 //! the same wallet write its entries once.
 //!
-//! It also deletes idempotency records older than the retention (at most once a minute).
+//! It also deletes idempotency records and balance events older than their retention (at
+//! most once a minute).
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Store,
     batcher::Ledger,
-    idempotency,
+    events, idempotency,
     ledger::{self, Op},
 };
 use crate::{error::Result, health::Health};
@@ -49,30 +50,60 @@ pub async fn sweep_once(store: &Store, ledger: &Ledger) -> Result<usize> {
 /// How often the sweeper prunes idempotency records.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Deletes idempotency records older than `retention`; returns how many.
-pub async fn prune_idempotency(store: &Store, retention: Duration) -> Result<u64> {
-    let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-    let before = store.clock.now_micros().saturating_sub(retention);
-    let deleted = idempotency::prune(store, before).await?;
-    if deleted > 0 {
-        tracing::info!(deleted, "pruned idempotency records past their retention");
+/// How long what the ledger keeps only for a while is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Idempotency records (`serve --idempotency-retention`).
+    pub idempotency: Duration,
+    /// Balance events (`serve --event-retention`).
+    pub events: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            idempotency: idempotency::DEFAULT_RETENTION,
+            events: events::DEFAULT_RETENTION,
+        }
     }
-    Ok(deleted)
+}
+
+/// Deletes idempotency records and events older than their retention; returns how many.
+pub async fn prune(store: &Store, retention: Retention) -> Result<u64> {
+    let before = |kept: Duration| {
+        let kept = i64::try_from(kept.as_micros()).unwrap_or(i64::MAX);
+        store.clock.now_micros().saturating_sub(kept)
+    };
+    let records = idempotency::prune(store, before(retention.idempotency)).await?;
+    if records > 0 {
+        tracing::info!(
+            deleted = records,
+            "pruned idempotency records past their retention"
+        );
+    }
+    let old_events = events::prune(store, before(retention.events)).await?;
+    if old_events > 0 {
+        tracing::info!(
+            deleted = old_events,
+            "pruned balance events past their retention"
+        );
+    }
+    Ok(records + old_events)
 }
 
 /// The sweeper's name in health reports.
 pub const TASK: &str = "sweeper";
-/// The pruning of idempotency records, in the lag metric.
+/// The pruning of idempotency records and events, in the lag metric.
 pub const PRUNE: &str = "prune";
 
-/// Sweeps every `interval` (and prunes idempotency records older than `retention` every
-/// minute) until `stop` is cancelled. Each round that completes marks the task up in `health`.
+/// Sweeps every `interval` (and prunes idempotency records and events past their
+/// `retention` every minute) until `stop` is cancelled. Each round that completes marks the task up in `health`.
 pub async fn run(
     store: Store,
     ledger: Ledger,
     health: Health,
     interval: Duration,
-    retention: Duration,
+    retention: Retention,
     stop: CancellationToken,
 ) {
     health.task_started(TASK);
@@ -90,11 +121,11 @@ pub async fn run(
                 }
                 if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                     pruned_at = Some(tokio::time::Instant::now());
-                    match prune_idempotency(&store, retention).await {
+                    match prune(&store, retention).await {
                         Ok(_) => health.round_done(PRUNE),
                         Err(err) => tracing::warn!(
                             error = %err,
-                            "pruning idempotency records failed; will retry"
+                            "pruning idempotency records and events failed; will retry"
                         ),
                     }
                 }

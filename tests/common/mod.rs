@@ -189,7 +189,7 @@ async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
         limits: allot::api::Limits::default(),
         // Tests sweep explicitly (`app.sweep()`), after moving the clock.
         sweep_interval: Duration::from_secs(3600),
-        idempotency_retention: allot::store::idempotency::DEFAULT_RETENTION,
+        retention: Default::default(),
         on_ready: Some(ready_tx),
     };
     let (tx, rx) = oneshot::channel::<()>();

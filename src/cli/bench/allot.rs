@@ -102,7 +102,7 @@ impl InProcess {
             database_url: database_url.to_string(),
             limits: crate::api::Limits::default(),
             sweep_interval: Duration::from_secs(1),
-            idempotency_retention: crate::store::idempotency::DEFAULT_RETENTION,
+            retention: Default::default(),
             on_ready: Some(ready_tx),
             auth,
             clock,

@@ -21,7 +21,10 @@ use crate::{
     store::{
         accounts, audit, chain,
         columns::{Burns, Price, StoredBurn, StringMap, Thresholds},
-        entity::{audit_event, grant, idempotency_key, reservation, schedule, transaction, wallet},
+        entity::{
+            audit_event, event, event::EventType, grant, idempotency_key, reservation, schedule,
+            transaction, wallet,
+        },
         new_id, overrides,
         rate_cards::Card,
         wallet_cache::Rows,
@@ -88,6 +91,11 @@ pub(super) struct Loaded {
     pub(super) entries: Vec<transaction::Model>,
     /// Audit events of the batch's voids and adjustments.
     pub(super) audits: Vec<audit_event::Model>,
+    /// The wallet's events of the batch, numbered on from `event_seq` (the last number).
+    pub(super) events: Vec<event::Model>,
+    pub(super) event_seq: i64,
+    /// `available` when thresholds were last looked at (`notice`).
+    noticed: i64,
 }
 
 impl Loaded {
@@ -119,6 +127,9 @@ impl Loaded {
             thresholds: model.low_balance_thresholds.0.clone(),
             entries: Vec::new(),
             audits: Vec::new(),
+            events: Vec::new(),
+            event_seq: model.event_seq,
+            noticed: state.available().micros(),
             state,
             model,
         }
@@ -147,12 +158,15 @@ impl Loaded {
                 currency: lot.currency.clone(),
             }));
         }
+        // A release no capture or release asked for: the hold expired.
+        let mut expired_hold = false;
         if movement.kind == MovementKind::Release
             && let Some(hold) = &movement.hold_id
             && !self.resolved.contains_key(hold)
         {
             self.resolved
                 .insert(hold.clone(), (HoldState::Expired, None, movement.time));
+            expired_hold = true;
         }
         if let Some(template) = movement
             .grant_id
@@ -193,7 +207,138 @@ impl Loaded {
         entry.hash = chain::entry_hash(&entry);
         self.last_hash = entry.hash.clone();
         self.entries.push(entry.clone());
+        self.entry_events(&entry, &movement, expired_hold);
         entry
+    }
+
+    /// The events of a new entry: `balance.changed`, and what it means when it is one.
+    fn entry_events(&mut self, entry: &transaction::Model, movement: &Movement, expired: bool) {
+        let units = Amount::from_micros(entry.units).to_string();
+        let mut data = vec![
+            ("transaction_id", entry.id.clone()),
+            ("kind", sea_orm::ActiveEnum::to_value(&entry.kind)),
+            ("units", units.clone()),
+            ("delta", Amount::from_micros(entry.delta).to_string()),
+        ];
+        if let Some(id) = &entry.ref_id {
+            data.push(("reference_id", id.clone()));
+        }
+        if let Some(id) = &entry.grant_id {
+            data.push(("grant_id", id.clone()));
+        }
+        self.emit(EventType::BalanceChanged, entry.create_time, &data);
+        let about = |key: &'static str, id: &Option<String>| {
+            vec![
+                (key, id.clone().unwrap_or_default()),
+                ("transaction_id", entry.id.clone()),
+                ("units", units.clone()),
+            ]
+        };
+        match movement.kind {
+            MovementKind::Grant => {
+                self.emit(
+                    EventType::GrantActivated,
+                    entry.create_time,
+                    &about("grant_id", &entry.grant_id),
+                );
+                let period = entry.grant_id.as_ref().and_then(|id| {
+                    let lot = self.state.lots.iter().find(|l| &l.grant_id == id)?;
+                    lot.period.clone()
+                });
+                if let Some((schedule_id, index)) = period {
+                    let mut data = about("grant_id", &entry.grant_id);
+                    data.push(("schedule_id", schedule_id));
+                    data.push(("period_index", index.to_string()));
+                    self.emit(EventType::PeriodGranted, entry.create_time, &data);
+                }
+            }
+            MovementKind::Expire => self.emit(
+                EventType::GrantExpired,
+                entry.create_time,
+                &about("grant_id", &entry.grant_id),
+            ),
+            MovementKind::Release if expired => self.emit(
+                EventType::HoldExpired,
+                entry.create_time,
+                &about("reservation_id", &movement.hold_id),
+            ),
+            _ => {}
+        }
+    }
+
+    /// `available` now, with the running posted balance (the entries written so far).
+    fn available_now(&self) -> i64 {
+        self.posted
+            .saturating_sub(self.state.reserved().micros())
+            .saturating_add(self.state.overdraft_limit.micros())
+    }
+
+    /// Records one event of the wallet, numbered next, with the balances as they are now.
+    fn emit(&mut self, event_type: EventType, time: i64, data: &[(&str, String)]) {
+        self.event_seq += 1;
+        let time = time.max(self.last_time);
+        self.events.push(event::Model {
+            id: crate::store::events::new_id(time),
+            wallet_id: self.model.id.clone(),
+            account_id: self.model.account_id.clone(),
+            sequence: self.event_seq,
+            event_type,
+            time,
+            posted: self.posted,
+            reserved: self.state.reserved().micros(),
+            available: self.available_now(),
+            overdraft_limit: self.state.overdraft_limit.micros(),
+            data: StringMap(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_string(), v.clone()))
+                    .collect(),
+            ),
+        });
+    }
+
+    /// Events for the low-balance thresholds `available` crossed since it was last looked
+    /// at (down: to or below; up: above again), and for its falling to zero or below.
+    pub(super) fn notice(&mut self, now: i64) {
+        let (before, after) = (self.noticed, self.available_now());
+        if before == after {
+            return;
+        }
+        self.noticed = after;
+        let mut thresholds: Vec<i64> = self.thresholds.iter().map(|t| t.micros()).collect();
+        // Crossings in the order the balance passed them: falling, the highest first.
+        thresholds.sort_unstable();
+        if after < before {
+            thresholds.reverse();
+        }
+        for threshold in thresholds {
+            let direction = match (before > threshold, after > threshold) {
+                (true, false) => "down",
+                (false, true) => "up",
+                _ => continue,
+            };
+            self.emit(
+                EventType::ThresholdCrossed,
+                now,
+                &[
+                    ("threshold", Amount::from_micros(threshold).to_string()),
+                    ("direction", direction.to_string()),
+                    (
+                        "previous_available",
+                        Amount::from_micros(before).to_string(),
+                    ),
+                ],
+            );
+        }
+        if before > 0 && after <= 0 {
+            self.emit(
+                EventType::Depleted,
+                now,
+                &[(
+                    "previous_available",
+                    Amount::from_micros(before).to_string(),
+                )],
+            );
+        }
     }
 
     /// Applies every due event up to `now`, recording each.
@@ -230,6 +375,7 @@ impl Loaded {
         for movement in movements {
             self.record(movement, &system);
         }
+        self.notice(now);
     }
 
     fn schedule_model(&self, id: &str) -> Option<&schedule::Model> {
@@ -362,6 +508,7 @@ impl Batch {
             check_state(op, &wallet.model.account_id, wallet.account_state)
         }
         .and_then(|()| self.run(op, &mut wallet));
+        wallet.notice(self.now);
         self.wallets.insert(wallet_id, wallet);
         result
     }
@@ -822,6 +969,7 @@ pub(super) fn updated_wallet(wallet: &Loaded, now: i64) -> wallet::Model {
         next_due_time: state.next_due(),
         last_hash: wallet.last_hash.clone(),
         last_entry_time: wallet.last_time,
+        event_seq: wallet.event_seq,
         update_time: now,
         ..wallet.model.clone()
     }

@@ -97,7 +97,12 @@ async fn apply_once(
     }
     // If the commit fails the cache is left as it was: its entries carry the versions from
     // before this batch, which match the database only if the batch did not commit.
-    let durable = write.commit_pending().await?;
+    let mut announced: Vec<String> = effects.events.iter().map(|e| e.wallet_id.clone()).collect();
+    announced.dedup();
+    let durable = write
+        .commit_pending()
+        .await?
+        .announce(&store.events, announced);
     for (id, version, rows) in effects.cache {
         store.wallets.put(&id, version, rows);
     }

@@ -19,8 +19,8 @@ use crate::{
     store::{
         bulk,
         entity::{
-            audit_event, grant, idempotency_key, reservation, schedule, transaction, usage_day,
-            wallet,
+            audit_event, event, grant, idempotency_key, reservation, schedule, transaction,
+            usage_day, wallet,
         },
         idempotency,
         shape::{ROWS_PER_STATEMENT, padded_chunks},
@@ -49,6 +49,8 @@ pub(super) struct Effects {
     usage: Vec<usage_day::Model>,
     /// Audit events of its voids and adjustments.
     audits: Vec<audit_event::Model>,
+    /// The wallets' new events (the outbox).
+    pub events: Vec<event::Model>,
     /// For the wallet cache: each wallet's version after the batch and the rows
     /// `load::load_wallets` would then read.
     pub cache: Vec<(String, i64, Rows)>,
@@ -145,6 +147,7 @@ fn wallet_effects(wallet: &Loaded, now: i64, effects: &mut Effects) {
         .push((wallet.model.id.clone(), updated.version, rows));
     effects.entries.extend(wallet.entries.iter().cloned());
     effects.audits.extend(wallet.audits.iter().cloned());
+    effects.events.extend(wallet.events.iter().cloned());
 }
 
 /// Stores a batch's effects in its transaction. `Ok(false)`: another writer (a replica)
@@ -182,6 +185,18 @@ impl Writer for Sqlite {
                 .await?;
         }
         add_usage(conn, &effects.usage).await?;
+        for chunk in padded_chunks(effects.events.iter().collect(), ROWS_PER_STATEMENT) {
+            let rows = chunk.into_iter().cloned().map(event::ActiveModel::from);
+            // Event ids are new: only the padding's repeated row can conflict (skipped).
+            event::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::column(event::Column::Id)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(conn)
+                .await?;
+        }
         if !effects.audits.is_empty() {
             let rows = effects
                 .audits
@@ -231,6 +246,7 @@ impl Writer for Postgres {
             }),
         );
         writes.insert::<audit_event::Entity>(&effects.audits, &[], None);
+        writes.insert::<event::Entity>(&effects.events, &[], None);
         idempotency::add_records(&mut writes, &effects.records);
         let inserted = writes.execute(conn).await?;
         Ok(inserted == effects.records.len() as u64)
@@ -338,7 +354,7 @@ const GRANT_UPDATES: [grant::Column; 5] = [
     grant::Column::VoidReason,
 ];
 
-const WALLET_UPDATES: [wallet::Column; 16] = [
+const WALLET_UPDATES: [wallet::Column; 17] = [
     wallet::Column::OverdraftLimit,
     wallet::Column::Debt,
     wallet::Column::Reserved,
@@ -355,4 +371,5 @@ const WALLET_UPDATES: [wallet::Column; 16] = [
     wallet::Column::LastHash,
     wallet::Column::LastEntryTime,
     wallet::Column::Version,
+    wallet::Column::EventSeq,
 ];

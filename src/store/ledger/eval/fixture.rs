@@ -43,6 +43,7 @@ pub(super) fn wallet_model(id: &str, account_id: &str, unit: &str) -> wallet::Mo
         last_hash: String::new(),
         last_entry_time: 0,
         version: 1,
+        event_seq: 0,
     }
 }
 

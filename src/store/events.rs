@@ -1,0 +1,169 @@
+//! Balance events: the transactional outbox. The ledger writes a wallet's events in the
+//! batch that causes them (`ledger/eval.rs`: `Loaded::emit`, numbered 1, 2, 3 … per wallet
+//! under the wallet's lock, so a wallet's numbers have no gaps and commit in order); this
+//! file reads them back, and wakes the watchers of this process when a batch with events
+//! is durable ([`Bus`]). Watchers of other replicas find them by polling (`api::watch`).
+
+use std::sync::Arc;
+
+use sea_orm::{
+    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    prelude::*,
+    sea_query::{ExprTrait, Order, Query},
+};
+use tokio::sync::broadcast;
+
+use crate::{
+    error::Result,
+    store::{
+        Store,
+        entity::{event, wallet},
+    },
+};
+
+/// How long events are kept unless configured (`serve --event-retention`).
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Events deleted per write transaction when pruning.
+const PRUNE_CHUNK: u64 = 1_000;
+
+/// How many batches' notices a slow watcher may miss before it is told it lagged (it then
+/// reads its wallet again: nothing is lost, the notice only saves a poll).
+const NOTICES: usize = 1024;
+
+/// Wakes this process's watchers: each durable batch with events sends the ids of the
+/// wallets it wrote events of.
+#[derive(Clone)]
+pub struct Bus {
+    sender: broadcast::Sender<Arc<[String]>>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            sender: broadcast::Sender::new(NOTICES),
+        }
+    }
+}
+
+impl Bus {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[String]>> {
+        self.sender.subscribe()
+    }
+
+    pub(crate) fn publish(&self, wallets: Arc<[String]>) {
+        // No receiver: nobody is watching.
+        let _ = self.sender.send(wallets);
+    }
+}
+
+/// The wallet's events numbered after `after`, oldest first, at most `limit`.
+pub async fn after(
+    conn: &impl ConnectionTrait,
+    wallet_id: &str,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<event::Model>> {
+    Ok(event::Entity::find()
+        .filter(event::Column::WalletId.eq(wallet_id))
+        .filter(event::Column::Sequence.gt(after))
+        .order_by_asc(event::Column::Sequence)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}
+
+/// The number of the wallet's oldest event still kept (`None`: it has none).
+pub async fn oldest(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<Option<i64>> {
+    Ok(event::Entity::find()
+        .select_only()
+        .column(event::Column::Sequence)
+        .filter(event::Column::WalletId.eq(wallet_id))
+        .order_by_asc(event::Column::Sequence)
+        .into_tuple::<i64>()
+        .one(conn)
+        .await?)
+}
+
+/// The number of the wallet's latest event (0: none yet).
+pub async fn latest(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<Option<i64>> {
+    Ok(wallet::Entity::find_by_id(wallet_id)
+        .select_only()
+        .column(wallet::Column::EventSeq)
+        .into_tuple::<i64>()
+        .one(conn)
+        .await?)
+}
+
+/// A new event id: `evt_` and a UUIDv7 of the event's own time (the ledger's clock), so ids
+/// sort by event time to the millisecond — and a wallet's events, whose times never go
+/// back, are pruned oldest first with no hole in what is kept.
+pub fn new_id(micros: i64) -> String {
+    let micros = u64::try_from(micros).unwrap_or(0);
+    let time = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        micros / 1_000_000,
+        (micros % 1_000_000) as u32 * 1_000,
+    );
+    format!("evt_{}", uuid::Uuid::new_v7(time).simple())
+}
+
+/// The smallest event id made at `micros` or later: a UUIDv7's first twelve hex digits are
+/// the milliseconds since the Unix epoch.
+fn first_id_at(micros: i64) -> String {
+    format!("evt_{:012x}{}", Ord::max(micros / 1000, 0), "0".repeat(20))
+}
+
+/// Deletes the events made before `before` (µs), oldest first through the primary key, a
+/// chunk per write transaction; returns how many. Replicas may prune at the same time.
+///
+/// A wallet's events are cut at one millisecond, so what it keeps is a run of numbers up
+/// to its latest; a watch that meets a hole all the same says the events are no longer
+/// kept (`api/watch.rs`).
+pub async fn prune(store: &Store, before: i64) -> Result<u64> {
+    let cutoff = first_id_at(before);
+    // A read first, so a replica with nothing to prune never takes the writer.
+    let due = event::Entity::find()
+        .select_only()
+        .column(event::Column::Id)
+        .filter(event::Column::Id.lt(cutoff.as_str()))
+        .into_tuple::<String>()
+        .one(store.connection())
+        .await?;
+    if due.is_none() {
+        return Ok(0);
+    }
+    let oldest = Query::select()
+        .column(event::Column::Id)
+        .from(event::Entity)
+        .and_where(Expr::col(event::Column::Id).lt(cutoff.as_str()))
+        .order_by(event::Column::Id, Order::Asc)
+        .limit(PRUNE_CHUNK)
+        .to_owned();
+    let delete = Query::delete()
+        .from_table(event::Entity)
+        .and_where(Expr::col(event::Column::Id).in_subquery(oldest))
+        .to_owned();
+    store.delete_in_chunks(&delete, PRUNE_CHUNK).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cut_id_sorts_between_the_ids_made_before_and_after_it() {
+        let at = 1_764_000_000_123_456; // µs
+        let cut = first_id_at(at);
+        let id = |micros: i64| new_id(micros);
+        assert!(id(at - 1000) < cut);
+        assert!(id(at - 456) >= cut, "the same millisecond");
+        assert!(id(at + 1000) > cut);
+        assert!(id(at) < id(at + 1000));
+        assert!(id(0) >= first_id_at(0));
+        assert!(
+            id(-5) >= first_id_at(0),
+            "before the epoch reads as the epoch"
+        );
+    }
+}
