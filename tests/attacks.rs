@@ -2142,6 +2142,15 @@ fn answered<T>(result: Result<tonic::Response<T>, Status>) -> Outcome {
     result.map(|_| Vec::new()).map_err(|s| refusal(&s))
 }
 
+/// A watch's first message (the snapshot): the account it is of.
+async fn watched(
+    result: Result<tonic::Response<tonic::Streaming<proto::BalanceEvent>>, Status>,
+) -> Outcome {
+    let mut stream = result.map_err(|s| refusal(&s))?.into_inner();
+    let first = stream.message().await.map_err(|s| refusal(&s))?;
+    Ok(first.map(|event| event.account_id).into_iter().collect())
+}
+
 fn batch_outcome(item: &proto::DebitResult) -> Outcome {
     match &item.result {
         Some(proto::debit_result::Result::Response(_)) => Ok(Vec::new()),
@@ -2506,6 +2515,20 @@ async fn walk(
                     })
                     .await,
             ),
+        );
+        add(
+            "WatchBalance",
+            how,
+            watched(
+                ledger
+                    .watch_balance(proto::WatchBalanceRequest {
+                        account_id: account_id.clone(),
+                        external_id: external_id.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+            )
+            .await,
         );
         add(
             "ListTransactions",

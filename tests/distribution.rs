@@ -29,10 +29,11 @@ const HEADER: &str =
     "| table | place as | distribution column | carried today | fits today | what would change |";
 
 /// Every table's primary key, its columns in key order.
-const PRIMARY_KEYS: [(&str, &str); 12] = [
+const PRIMARY_KEYS: [(&str, &str); 13] = [
     ("account_overrides", "id"),
     ("accounts", "id"),
     ("audit_events", "id"),
+    ("events", "id"),
     ("grants", "id"),
     ("idempotency_keys", "scope,request_id"),
     ("rate_card_head", "id"),
@@ -48,8 +49,9 @@ const PRIMARY_KEYS: [(&str, &str); 12] = [
 ];
 
 /// Every unique constraint or unique index other than a primary key: (table, columns).
-const UNIQUE: [(&str, &str); 4] = [
+const UNIQUE: [(&str, &str); 5] = [
     ("accounts", "external_id"),
+    ("events", "wallet_id,sequence"),
     ("grants", "schedule_id,period_index"),
     ("transactions", "id"),
     ("wallets", "account_id,unit"),
@@ -475,6 +477,7 @@ async fn every_per_wallet_table_but_grants_carries_the_account() {
     assert_eq!(
         per_wallet,
         BTreeSet::from([
+            "events",
             "grants",
             "reservations",
             "schedules",

@@ -580,3 +580,54 @@ async fn events_past_their_retention_are_pruned_and_a_resume_before_them_is_refu
     assert_eq!(next_balance(&app, &wallet.id).await.sequence, 5);
     app.stop().await;
 }
+
+/// A change of an account's state is an event of each of its wallets; a rate card's
+/// publication is an event of no wallet, numbered by its version.
+#[tokio::test]
+async fn account_states_and_rate_cards_are_events_too() {
+    let app = spawn_app().await;
+    let (account, credits) = app.funded("stateful", "10").await;
+    let tokens = app.create_wallet(&account.id, "tokens", "5").await;
+    let mut watches = Vec::new();
+    for wallet in [&credits, &tokens] {
+        let mut stream = watch(&app, &app.admin, &wallet.id, None).await.unwrap();
+        next(&mut stream, 1).await;
+        watches.push(stream);
+    }
+    app.accounts(&app.admin)
+        .update_account(state_request(&account.id, proto::AccountState::Suspended))
+        .await
+        .unwrap();
+    let credit_events = next(&mut watches[0], 1).await;
+    assert_eq!(kinds(&credit_events), [(3, "account.state_changed")]);
+    assert_eq!(data(&credit_events[0], "previous_state"), "ACTIVE");
+    assert_eq!(data(&credit_events[0], "state"), "SUSPENDED");
+    assert_eq!(available(&credit_events[0]), "10");
+    let token_events = next(&mut watches[1], 1).await;
+    assert_eq!(kinds(&token_events), [(1, "account.state_changed")]);
+    assert_eq!(available(&token_events[0]), "5", "its overdraft");
+
+    // The same state again, or another field, is no change.
+    app.accounts(&app.admin)
+        .update_account(state_request(&account.id, proto::AccountState::Suspended))
+        .await
+        .unwrap();
+    quiet(&mut watches[0]).await;
+
+    // A rate card: stored with no wallet, numbered by its version.
+    let card = app.publish_standard_card().await;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let stored = allot::store::entity::event::Entity::find()
+        .filter(allot::store::entity::event::Column::WalletId.eq(""))
+        .all(app.handles.store.connection())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].sequence, card.version);
+    assert_eq!(stored[0].data.0["version"], card.version.to_string());
+    assert_eq!(
+        sea_orm::ActiveEnum::to_value(&stored[0].event_type),
+        "rate_card.published"
+    );
+    app.stop().await;
+}

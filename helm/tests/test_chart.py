@@ -903,6 +903,7 @@ def test_full_environment() -> None:
     assert env["ALLOT_MAX_HOLD_TTL"]["value"] == "12h"
     assert env["ALLOT_SWEEP_INTERVAL"]["value"] == "2s"
     assert env["ALLOT_IDEMPOTENCY_RETENTION"]["value"] == "7d"
+    assert env["ALLOT_EVENT_RETENTION"]["value"] == "14d"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4317"
     assert env["OTEL_SERVICE_NAME"]["value"] == "allot"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

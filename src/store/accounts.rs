@@ -9,8 +9,8 @@ use sea_orm::{
 };
 
 use super::{
-    entity::{account, wallet},
-    is_postgres, new_id,
+    entity::{account, event, event::EventType, wallet},
+    events, is_postgres, new_id,
     pagination::{self, Page},
 };
 use crate::{
@@ -236,6 +236,7 @@ pub async fn update_account(
         .with("account_id", &current.id));
     }
     let state_given = changes.state.is_some();
+    let previous_state = current.state;
     let mut model: account::ActiveModel = current.into();
     if let Some(name) = changes.display_name {
         model.display_name = Set(name);
@@ -263,14 +264,45 @@ pub async fn update_account(
                 .all(conn)
                 .await?;
         }
-        wallet::Entity::update_many()
-            .col_expr(
-                wallet::Column::Version,
-                Expr::col(wallet::Column::Version).add(1),
-            )
-            .filter(wallet::Column::AccountId.eq(updated.id.as_str()))
+        // A change of state is an event of each of the account's wallets, numbered on
+        // under the same locks.
+        let changed = updated.state != previous_state;
+        let mut bump = wallet::Entity::update_many().col_expr(
+            wallet::Column::Version,
+            Expr::col(wallet::Column::Version).add(1),
+        );
+        if changed {
+            bump = bump.col_expr(
+                wallet::Column::EventSeq,
+                Expr::col(wallet::Column::EventSeq).add(1),
+            );
+        }
+        bump.filter(wallet::Column::AccountId.eq(updated.id.as_str()))
             .exec(conn)
             .await?;
+        if changed {
+            let wallets = wallet::Entity::find()
+                .filter(wallet::Column::AccountId.eq(updated.id.as_str()))
+                .all(conn)
+                .await?;
+            let state = |s: AccountState| sea_orm::ActiveEnum::to_value(&s);
+            let data = [
+                ("previous_state", state(previous_state)),
+                ("state", state(updated.state)),
+            ];
+            let rows: Vec<event::ActiveModel> = wallets
+                .iter()
+                .map(|w| {
+                    events::of_wallet(w, w.event_seq, EventType::AccountStateChanged, now, &data)
+                        .into()
+                })
+                .collect();
+            if !rows.is_empty() {
+                event::Entity::insert_many(rows)
+                    .exec_without_returning(conn)
+                    .await?;
+            }
+        }
     }
     Ok(updated)
 }

@@ -453,6 +453,12 @@ pub mod event {
         /// An allotment schedule granted a period (with `grant.activated` for its grant).
         #[sea_orm(string_value = "schedule.period_granted")]
         PeriodGranted,
+        /// The wallet's account changed state (`previous_state`, `state`).
+        #[sea_orm(string_value = "account.state_changed")]
+        AccountStateChanged,
+        /// A rate card was published (no wallet: numbered by the card's version).
+        #[sea_orm(string_value = "rate_card.published")]
+        RateCardPublished,
     }
 
     /// One event of a wallet: the transactional outbox (`store/events.rs`).

@@ -57,6 +57,38 @@ impl Bus {
     }
 }
 
+/// An event of `wallet` numbered `sequence`, at `time`, with its stored balances (for
+/// changes made outside ledger batches; the ledger numbers its own, `ledger/eval.rs`).
+pub fn of_wallet(
+    wallet: &wallet::Model,
+    sequence: i64,
+    event_type: event::EventType,
+    time: i64,
+    data: &[(&str, String)],
+) -> event::Model {
+    let time = Ord::max(time, wallet.last_entry_time);
+    event::Model {
+        id: new_id(time),
+        wallet_id: wallet.id.clone(),
+        account_id: wallet.account_id.clone(),
+        sequence,
+        event_type,
+        time,
+        posted: wallet.posted,
+        reserved: wallet.reserved,
+        available: wallet
+            .posted
+            .saturating_sub(wallet.reserved)
+            .saturating_add(wallet.overdraft_limit),
+        overdraft_limit: wallet.overdraft_limit,
+        data: event::StringMap(
+            data.iter()
+                .map(|(k, v)| ((*k).to_string(), v.clone()))
+                .collect(),
+        ),
+    }
+}
+
 /// The wallet's events numbered after `after`, oldest first, at most `limit`.
 pub async fn after(
     conn: &impl ConnectionTrait,

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{
     audit,
     columns::{Rates, json_text},
-    entity::{rate_card, rate_card_head},
+    entity::{event, rate_card, rate_card_head},
     is_postgres,
     pagination::{self, Page},
 };
@@ -166,6 +166,33 @@ pub async fn publish(
     active.etag = Set(new_etag);
     let model = active.update(conn).await?;
     bump_generation(conn).await?;
+    // Not a wallet's: numbered by the card's version (unique, as `(wallet_id, sequence)` is).
+    event::ActiveModel::from(event::Model {
+        id: super::events::new_id(now),
+        wallet_id: String::new(),
+        account_id: String::new(),
+        sequence: version,
+        event_type: event::EventType::RateCardPublished,
+        time: now,
+        posted: 0,
+        reserved: 0,
+        available: 0,
+        overdraft_limit: 0,
+        data: event::StringMap(
+            [
+                ("version".to_string(), version.to_string()),
+                (
+                    "effective_time".to_string(),
+                    chrono::DateTime::from_timestamp_micros(effective)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                        .unwrap_or_default(),
+                ),
+            ]
+            .into(),
+        ),
+    })
+    .insert(conn)
+    .await?;
     audit::record(
         conn,
         audit::event(

@@ -429,6 +429,10 @@ spec:
         - name: ALLOT_IDEMPOTENCY_RETENTION
           value: {{ . | quote }}
         {{- end }}
+        {{- with .Values.settings.eventRetention }}
+        - name: ALLOT_EVENT_RETENTION
+          value: {{ . | quote }}
+        {{- end }}
         {{- with .Values.tracing.otlpEndpoint }}
         - name: OTEL_EXPORTER_OTLP_ENDPOINT
           value: {{ . | quote }}
