@@ -631,3 +631,87 @@ async fn account_states_and_rate_cards_are_events_too() {
     );
     app.stop().await;
 }
+
+/// `allot watch` through the real binary: the balance, then a line per change as it
+/// commits; `--after N --json` resumes as JSON lines; a number beyond the latest fails the
+/// command with the server's reason.
+#[tokio::test]
+async fn the_cli_watches_a_wallet() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let app = spawn_app().await;
+    app.publish_standard_card().await;
+    let (account, _) = app.funded("cli-watch", "10").await;
+    let command = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"));
+        command
+            .args(args)
+            .args(["--server", &format!("http://{}", app.addr)])
+            .args(["--token", &app.admin])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    let mut child = command(&["watch", "--external-id", "cli-watch"])
+        .spawn()
+        .expect("run allot watch");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let snapshot = next_line(&mut lines).await;
+    assert!(snapshot.contains("balance.snapshot"), "{snapshot}");
+    assert!(snapshot.contains("available 10"), "{snapshot}");
+    let debited = debit(&app, &account.id, "image").await.unwrap();
+    let changed = next_line(&mut lines).await;
+    assert!(
+        changed.trim_start().starts_with("3  balance.changed"),
+        "{changed}"
+    );
+    assert!(changed.contains("available 6"), "{changed}");
+    assert!(
+        changed.contains(&format!("transaction_id={}", debited.id)),
+        "{changed}"
+    );
+    child.kill().await.unwrap();
+
+    // Resumed as JSON lines.
+    let mut child = command(&[
+        "watch",
+        "--external-id",
+        "cli-watch",
+        "--after",
+        "2",
+        "--json",
+    ])
+    .spawn()
+    .expect("run allot watch");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = next_line(&mut lines).await;
+    let json: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    // int64 as proto3 JSON writes it (a string) or as a number.
+    assert_eq!(
+        json["sequence"].to_string().trim_matches('"'),
+        "3",
+        "{json}"
+    );
+    assert_eq!(json["type"], "balance.changed");
+    assert_eq!(json["balance"]["available"], "6");
+    child.kill().await.unwrap();
+
+    let output = command(&["watch", "--external-id", "cli-watch", "--after", "99"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("EVENTS_UNAVAILABLE"), "{stderr}");
+    app.stop().await;
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("a line within 10 s")
+        .expect("stdout")
+        .expect("a line")
+}

@@ -989,3 +989,59 @@ async fn an_entry_dated_back_is_named() {
         "{report:#?}"
     );
 }
+
+/// A wallet's events are numbered without a gap up to `event_seq`: a deleted event in the
+/// middle, or a wallet whose number runs behind its events, is named; pruning the oldest
+/// ones is not a gap.
+#[tokio::test]
+async fn lost_events_are_named() {
+    let app = spawn_app().await;
+    let history = history(&app).await;
+    assert_ok(&run_verify(&app).await);
+    let wallet = &history.wallet;
+
+    sql(
+        &app,
+        &format!("DELETE FROM events WHERE wallet_id = '{wallet}' AND sequence = 5"),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert_eq!(
+        report
+            .for_wallet(wallet)
+            .map(|m| m.problem.as_str())
+            .collect::<Vec<_>>(),
+        ["its events skip from 4 to 6"],
+        "{report:#?}"
+    );
+
+    // The oldest ones gone (as pruning leaves them): fine.
+    let pruned = app
+        .handles
+        .store
+        .connection()
+        .execute_unprepared(&format!(
+            "DELETE FROM events WHERE wallet_id = '{wallet}' AND sequence < 6"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(pruned.rows_affected(), 4);
+    assert_ok(&run_verify(&app).await);
+
+    sql(
+        &app,
+        &format!("UPDATE wallets SET event_seq = event_seq - 1 WHERE id = '{wallet}'"),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    let problems: Vec<&str> = report
+        .for_wallet(wallet)
+        .map(|m| m.problem.as_str())
+        .collect();
+    assert_eq!(problems.len(), 1, "{report:#?}");
+    assert!(
+        problems[0].starts_with("its latest event is number "),
+        "{problems:?}"
+    );
+    app.stop().await;
+}

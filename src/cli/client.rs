@@ -54,6 +54,7 @@ pub async fn run(command: ClientCommand, outer: &ClientArgs) -> Result<()> {
         ClientCommand::Refund(single) => ledger::refund(&ctx, single.args).await,
         ClientCommand::Adjust(single) => ledger::adjust(&ctx, single.args).await,
         ClientCommand::Balance(single) => ledger::balance(&ctx, single.args).await,
+        ClientCommand::Watch(single) => ledger::watch(&ctx, single.args).await,
         ClientCommand::Transactions(single) => ledger::transactions(&ctx, single.args).await,
         ClientCommand::Overrides(group) => overrides::run(&ctx, group.command).await,
         ClientCommand::Audit(single) => overrides::audit(&ctx, single.args).await,

@@ -14,7 +14,8 @@
 //! and then for the wallet: Σ delta = `posted`, `last_hash` = the hash of its latest entry,
 //! Σ units of its OPEN reservations = `reserved`, and Σ remaining of its ACTIVE grants − `debt`
 //! = `posted`; its daily usage rollup (`usage_days`) is what its entries add up to
-//! (`store::usage`). Entries of wallets that do not exist are reported too.
+//! (`store::usage`); its events (`store::events`) are numbered without a gap from the oldest
+//! kept to `event_seq`. Entries of wallets that do not exist are reported too.
 //!
 //! The hashes are not keyed: someone able to rewrite the database can rewrite a whole chain
 //! consistently. What this catches is a hand edit of an entry or a balance, a lost or extra
@@ -39,7 +40,7 @@ use sea_orm::{
 use super::{
     chain,
     columns::{Burns, Rates, StringMap, Thresholds},
-    entity::{grant, reservation, transaction, usage_day, wallet},
+    entity::{event, grant, reservation, transaction, usage_day, wallet},
     entries::{self, Position},
     usage,
 };
@@ -433,6 +434,48 @@ async fn verify_wallet(
                 units(active),
                 units(model.debt.into()),
                 units(active - i128::from(model.debt))
+            ),
+        );
+    }
+
+    // Its events: numbered on without a gap from the oldest kept (older ones are pruned) to
+    // the last number the wallet handed out.
+    let mut expected: Option<i64> = None;
+    loop {
+        let mut query = event::Entity::find()
+            .select_only()
+            .column(event::Column::Sequence)
+            .filter(event::Column::WalletId.eq(wallet_id.as_str()))
+            .order_by_asc(event::Column::Sequence)
+            .limit(ENTRY_PAGE);
+        if let Some(next) = expected {
+            query = query.filter(event::Column::Sequence.gte(next));
+        }
+        let numbers: Vec<i64> = query.into_tuple().all(conn).await?;
+        for &number in &numbers {
+            if let Some(next) = expected
+                && number != next
+            {
+                mismatch(
+                    None,
+                    format!("its events skip from {} to {number}", next - 1),
+                );
+            }
+            expected = Some(number + 1);
+        }
+        if (numbers.len() as u64) < ENTRY_PAGE {
+            break;
+        }
+    }
+    if let Some(next) = expected
+        && next - 1 != model.event_seq
+    {
+        mismatch(
+            None,
+            format!(
+                "its latest event is number {} but the wallet says {}",
+                next - 1,
+                model.event_seq
             ),
         );
     }

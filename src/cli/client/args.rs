@@ -106,6 +106,9 @@ pub enum ClientCommand {
     Adjust(Single<AdjustArgs>),
     /// Show a wallet's balance.
     Balance(Single<WalletRef>),
+    /// Follow a wallet: its balance, then every change as it commits, one line each
+    /// (JSON lines with --json) until stopped.
+    Watch(Single<WatchArgs>),
     /// List a wallet's ledger entries, newest first.
     Transactions(Single<TransactionsArgs>),
     /// Contract prices per account (and its sub-accounts) ahead of the rate card.
@@ -739,6 +742,16 @@ pub struct AccountRef {
     pub(super) external_id: Option<String>,
 }
 
+/// `watch`: which wallet, and where to resume.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub(super) wallet: WalletRef,
+    /// Resume after this event number (the last one seen), without the balance first.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(super) after: Option<i64>,
+}
+
 /// Which wallet: an account and a unit.
 #[derive(Debug, Args)]
 #[group(skip)]
@@ -1025,6 +1038,7 @@ impl ClientCommand {
             ClientCommand::Refund(single) => &single.client,
             ClientCommand::Adjust(single) => &single.client,
             ClientCommand::Balance(single) => &single.client,
+            ClientCommand::Watch(single) => &single.client,
             ClientCommand::Transactions(single) => &single.client,
             ClientCommand::Overrides(group) => &group.client,
             ClientCommand::Audit(single) => &single.client,

@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::{
     args::{
         AdjustArgs, CaptureArgs, DebitArgs, PriceArgs, RefundArgs, ReleaseArgs, ReserveArgs,
-        TransactionsArgs, WalletRef,
+        TransactionsArgs, WalletRef, WatchArgs,
     },
     transport::Ctx,
 };
@@ -114,6 +114,48 @@ pub(super) async fn balance(ctx: &Ctx, args: WalletRef) -> Result<()> {
     let mut client = ctx.client(LedgerServiceClient::new).await?;
     let balance = ctx.call(client.get_balance(request)).await?;
     Ok(ctx.out.row(&balance)?)
+}
+
+/// Prints the watch's messages as they come: `sequence type available … key=value …`, or
+/// one JSON object per line; a stream that ends with an error fails the command.
+pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<()> {
+    use std::io::Write;
+    let (account_id, external_id, unit) = args.wallet.into_parts();
+    let request = proto::WatchBalanceRequest {
+        account_id,
+        external_id,
+        unit,
+        after_sequence: args.after,
+        ..Default::default()
+    };
+    let mut client = ctx.client(LedgerServiceClient::new).await?;
+    let mut stream = ctx.call(client.watch_balance(request)).await?;
+    while let Some(event) = stream.message().await.map_err(|s| ctx.rpc_error(s))? {
+        let mut out = std::io::stdout().lock();
+        if ctx.out.json {
+            let node = super::output::node(&super::output::dynamic(&event));
+            serde_json::to_writer(&mut out, &node)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", event_line(&event))?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// One event for people: number, type, time, balances, then what it is about.
+fn event_line(event: &proto::BalanceEvent) -> String {
+    let balance = event.balance.clone().unwrap_or_default();
+    let time = super::output::rfc3339(event.time.as_ref()).unwrap_or_default();
+    let mut line = format!(
+        "{:>6}  {:<26} {time}  posted {}  reserved {}  available {}",
+        event.sequence, event.r#type, balance.posted, balance.reserved, balance.available
+    );
+    for (key, value) in &event.data {
+        line.push_str(&format!("  {key}={value}"));
+    }
+    line
 }
 
 pub(super) async fn transactions(ctx: &Ctx, args: TransactionsArgs) -> Result<()> {
