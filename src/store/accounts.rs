@@ -292,10 +292,7 @@ pub async fn update_account(
             ];
             let rows: Vec<event::ActiveModel> = wallets
                 .iter()
-                .map(|w| {
-                    events::of_wallet(w, w.event_seq, EventType::AccountStateChanged, now, &data)
-                        .into()
-                })
+                .map(|w| events::of_wallet(w, EventType::AccountStateChanged, now, &data).into())
                 .collect();
             if !rows.is_empty() {
                 event::Entity::insert_many(rows)

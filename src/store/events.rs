@@ -47,6 +47,11 @@ impl Default for Bus {
 }
 
 impl Bus {
+    /// Whether any watch of this process listens (else a batch need not name its wallets).
+    pub fn watched(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[String]>> {
         self.sender.subscribe()
     }
@@ -57,36 +62,89 @@ impl Bus {
     }
 }
 
-/// An event of `wallet` numbered `sequence`, at `time`, with its stored balances (for
-/// changes made outside ledger batches; the ledger numbers its own, `ledger/eval.rs`).
-pub fn of_wallet(
-    wallet: &wallet::Model,
-    sequence: i64,
+/// A wallet's balances as an event records them (µ-units); `available` follows from them
+/// as `domain::WalletState::available` has it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Balances {
+    pub posted: i64,
+    pub reserved: i64,
+    pub overdraft_limit: i64,
+}
+
+impl Balances {
+    /// As the wallet row stores them.
+    pub fn stored(wallet: &wallet::Model) -> Self {
+        Balances {
+            posted: wallet.posted,
+            reserved: wallet.reserved,
+            overdraft_limit: wallet.overdraft_limit,
+        }
+    }
+
+    pub fn available(&self) -> i64 {
+        self.posted
+            .saturating_sub(self.reserved)
+            .saturating_add(self.overdraft_limit)
+    }
+}
+
+/// What an event is about, and where it stands (every event is made here).
+pub struct Subject<'a> {
+    /// Empty for events of no wallet (`rate_card.published`).
+    pub wallet_id: &'a str,
+    pub account_id: &'a str,
+    /// The wallet's number for it (a card's version for a card).
+    pub sequence: i64,
+    pub balances: Balances,
+}
+
+/// An event of `subject` at `time` (µs) with its `data`.
+pub fn event(
+    subject: Subject<'_>,
     event_type: event::EventType,
     time: i64,
     data: &[(&str, String)],
 ) -> event::Model {
-    let time = Ord::max(time, wallet.last_entry_time);
+    let balances = subject.balances;
     event::Model {
         id: new_id(time),
-        wallet_id: wallet.id.clone(),
-        account_id: wallet.account_id.clone(),
-        sequence,
+        wallet_id: subject.wallet_id.to_string(),
+        account_id: subject.account_id.to_string(),
+        sequence: subject.sequence,
         event_type,
         time,
-        posted: wallet.posted,
-        reserved: wallet.reserved,
-        available: wallet
-            .posted
-            .saturating_sub(wallet.reserved)
-            .saturating_add(wallet.overdraft_limit),
-        overdraft_limit: wallet.overdraft_limit,
+        posted: balances.posted,
+        reserved: balances.reserved,
+        available: balances.available(),
+        overdraft_limit: balances.overdraft_limit,
         data: event::StringMap(
             data.iter()
                 .map(|(k, v)| ((*k).to_string(), v.clone()))
                 .collect(),
         ),
     }
+}
+
+/// The next event of a stored `wallet` (changes made outside ledger batches, after its
+/// `event_seq` was moved on; the ledger numbers its own in `ledger/eval.rs`).
+pub fn of_wallet(
+    wallet: &wallet::Model,
+    event_type: event::EventType,
+    time: i64,
+    data: &[(&str, String)],
+) -> event::Model {
+    let subject = Subject {
+        wallet_id: &wallet.id,
+        account_id: &wallet.account_id,
+        sequence: wallet.event_seq,
+        balances: Balances::stored(wallet),
+    };
+    event(
+        subject,
+        event_type,
+        Ord::max(time, wallet.last_entry_time),
+        data,
+    )
 }
 
 /// The wallet's events numbered after `after`, oldest first, at most `limit`.

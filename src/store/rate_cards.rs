@@ -16,7 +16,7 @@ use super::{
     audit,
     columns::{Rates, json_text},
     entity::{event, rate_card, rate_card_head},
-    is_postgres,
+    events, is_postgres,
     pagination::{self, Page},
 };
 use crate::{
@@ -167,30 +167,25 @@ pub async fn publish(
     let model = active.update(conn).await?;
     bump_generation(conn).await?;
     // Not a wallet's: numbered by the card's version (unique, as `(wallet_id, sequence)` is).
-    event::ActiveModel::from(event::Model {
-        id: super::events::new_id(now),
-        wallet_id: String::new(),
-        account_id: String::new(),
+    let subject = events::Subject {
+        wallet_id: "",
+        account_id: "",
         sequence: version,
-        event_type: event::EventType::RateCardPublished,
-        time: now,
-        posted: 0,
-        reserved: 0,
-        available: 0,
-        overdraft_limit: 0,
-        data: event::StringMap(
-            [
-                ("version".to_string(), version.to_string()),
-                (
-                    "effective_time".to_string(),
-                    chrono::DateTime::from_timestamp_micros(effective)
-                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-                        .unwrap_or_default(),
-                ),
-            ]
-            .into(),
-        ),
-    })
+        balances: Default::default(),
+    };
+    let effective_text = chrono::DateTime::from_timestamp_micros(effective)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default();
+    let data = [
+        ("version", version.to_string()),
+        ("effective_time", effective_text),
+    ];
+    event::ActiveModel::from(events::event(
+        subject,
+        event::EventType::RateCardPublished,
+        now,
+        &data,
+    ))
     .insert(conn)
     .await?;
     audit::record(

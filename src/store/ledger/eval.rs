@@ -25,6 +25,7 @@ use crate::{
             audit_event, event, event::EventType, grant, idempotency_key, reservation, schedule,
             transaction, wallet,
         },
+        events::{self, Balances, Subject},
         new_id, overrides,
         rate_cards::Card,
         wallet_cache::Rows,
@@ -129,7 +130,12 @@ impl Loaded {
             audits: Vec::new(),
             events: Vec::new(),
             event_seq: model.event_seq,
-            noticed: state.available().micros(),
+            noticed: Balances {
+                posted: model.posted,
+                reserved: state.reserved().micros(),
+                overdraft_limit: state.overdraft_limit.micros(),
+            }
+            .available(),
             state,
             model,
         }
@@ -266,40 +272,32 @@ impl Loaded {
         }
     }
 
-    /// `available` now, with the running posted balance (the entries written so far).
-    fn available_now(&self) -> i64 {
-        self.posted
-            .saturating_sub(self.state.reserved().micros())
-            .saturating_add(self.state.overdraft_limit.micros())
+    /// The balances now, with the running posted balance (the entries written so far).
+    fn balances(&self) -> Balances {
+        Balances {
+            posted: self.posted,
+            reserved: self.state.reserved().micros(),
+            overdraft_limit: self.state.overdraft_limit.micros(),
+        }
     }
 
     /// Records one event of the wallet, numbered next, with the balances as they are now.
     fn emit(&mut self, event_type: EventType, time: i64, data: &[(&str, String)]) {
         self.event_seq += 1;
-        let time = time.max(self.last_time);
-        self.events.push(event::Model {
-            id: crate::store::events::new_id(time),
-            wallet_id: self.model.id.clone(),
-            account_id: self.model.account_id.clone(),
+        let subject = Subject {
+            wallet_id: &self.model.id,
+            account_id: &self.model.account_id,
             sequence: self.event_seq,
-            event_type,
-            time,
-            posted: self.posted,
-            reserved: self.state.reserved().micros(),
-            available: self.available_now(),
-            overdraft_limit: self.state.overdraft_limit.micros(),
-            data: StringMap(
-                data.iter()
-                    .map(|(k, v)| ((*k).to_string(), v.clone()))
-                    .collect(),
-            ),
-        });
+            balances: self.balances(),
+        };
+        let event = events::event(subject, event_type, time.max(self.last_time), data);
+        self.events.push(event);
     }
 
     /// Events for the low-balance thresholds `available` crossed since it was last looked
     /// at (down: to or below; up: above again), and for its falling to zero or below.
     pub(super) fn notice(&mut self, now: i64) {
-        let (before, after) = (self.noticed, self.available_now());
+        let (before, after) = (self.noticed, self.balances().available());
         if before == after {
             return;
         }

@@ -97,8 +97,13 @@ async fn apply_once(
     }
     // If the commit fails the cache is left as it was: its entries carry the versions from
     // before this batch, which match the database only if the batch did not commit.
-    let mut announced: Vec<String> = effects.events.iter().map(|e| e.wallet_id.clone()).collect();
-    announced.dedup();
+    // Watchers of this process learn which wallets have new events (nobody watching: no
+    // list to make on the debit path).
+    let mut announced = Vec::new();
+    if store.events.watched() {
+        announced.extend(effects.events.iter().map(|e| e.wallet_id.clone()));
+        announced.dedup();
+    }
     let durable = write
         .commit_pending()
         .await?
