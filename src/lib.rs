@@ -25,6 +25,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod webhooks;
 
 pub mod proto {
     //! Code generated from `proto/allot/v1/*.proto`.

@@ -20,7 +20,7 @@ use crate::{
         self, account_service_server::AccountServiceServer,
         grant_service_server::GrantServiceServer, ledger_service_server::LedgerServiceServer,
         rate_card_service_server::RateCardServiceServer,
-        report_service_server::ReportServiceServer,
+        report_service_server::ReportServiceServer, webhook_service_server::WebhookServiceServer,
     },
     store::{Store, batcher::Ledger, checkpointer, sweeper},
 };
@@ -29,12 +29,13 @@ use crate::{
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Fully-qualified names of allot's services, as health reports them.
-pub const SERVICES: [&str; 5] = [
+pub const SERVICES: [&str; 6] = [
     "allot.v1.AccountService",
     "allot.v1.GrantService",
     "allot.v1.RateCardService",
     "allot.v1.LedgerService",
     "allot.v1.ReportService",
+    "allot.v1.WebhookService",
 ];
 
 pub struct Settings {
@@ -57,6 +58,8 @@ pub struct Settings {
     pub exposure: Exposure,
     /// How much is admitted before calls are refused as OVERLOADED (`admission`).
     pub admission: crate::admission::Limits,
+    /// How webhooks are delivered (`serve --webhook-*`).
+    pub webhooks: crate::webhooks::Settings,
 }
 
 /// How the service is reached and watched. The default: plaintext, no separate health port,
@@ -194,6 +197,7 @@ pub async fn run(
         auth: Arc::new(settings.auth),
         limits: settings.limits,
         draining: draining.clone(),
+        webhooks: Arc::new(settings.webhooks),
     };
     if let Some(ready) = settings.on_ready {
         let _ = ready.send(Handles {
@@ -228,6 +232,17 @@ pub async fn run(
                     retention,
                     stop,
                 )
+            },
+        ));
+    }
+    {
+        let (store, health_, webhooks) = (store.clone(), health.clone(), ctx.webhooks.clone());
+        tasks.spawn(crate::health::supervise(
+            crate::webhooks::TASK,
+            health.clone(),
+            stopping.child_token(),
+            move |stop| {
+                crate::webhooks::run(store.clone(), health_.clone(), webhooks.clone(), stop)
             },
         ));
     }
@@ -345,6 +360,9 @@ pub async fn run(
         )
         .add_service(
             ReportServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            WebhookServiceServer::new(ctx.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
     let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match exposure.tls {

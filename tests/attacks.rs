@@ -56,6 +56,7 @@ const GHOST_GRANT: &str = "grt_0000000000000000000000000000dead";
 const GHOST_HOLD: &str = "rsv_0000000000000000000000000000dead";
 const GHOST_HOLD_2: &str = "rsv_0000000000000000000000000000beef";
 const GHOST_TXN: &str = "txn_0000000000000000000000000000dead";
+const GHOST_ENDPOINT: &str = "whe_0000000000000000000000000000dead";
 const GHOST_EXTERNAL: &str = "ghost-external-id";
 
 /// Every refused mutation in the suite carries this request_id: a refusal leaves no trace,
@@ -965,6 +966,7 @@ struct Tenant {
     debit: proto::Transaction,
     hold: proto::Reservation,
     hold_2: proto::Reservation,
+    endpoint: proto::WebhookEndpoint,
 }
 
 async fn tenant(app: &TestApp, external_id: &str, parent_id: &str) -> Tenant {
@@ -999,6 +1001,12 @@ async fn tenant(app: &TestApp, external_id: &str, parent_id: &str) -> Tenant {
         .set_account_override(override_request(&account.id))
         .await
         .expect("override");
+    let endpoint = app
+        .webhooks(&app.admin)
+        .create_webhook_endpoint(endpoint_request(&account.id))
+        .await
+        .expect("webhook endpoint")
+        .into_inner();
     Tenant {
         account,
         wallet,
@@ -1006,6 +1014,21 @@ async fn tenant(app: &TestApp, external_id: &str, parent_id: &str) -> Tenant {
         debit,
         hold,
         hold_2,
+        endpoint,
+    }
+}
+
+/// A webhook endpoint of the account that is never sent anything (an account's endpoints
+/// receive no `rate_card.published`).
+fn endpoint_request(account_id: &str) -> proto::CreateWebhookEndpointRequest {
+    proto::CreateWebhookEndpointRequest {
+        endpoint: Some(proto::WebhookEndpoint {
+            url: "http://127.0.0.1:9/never".into(),
+            account_id: account_id.into(),
+            event_types: vec!["rate_card.published".into()],
+            ..Default::default()
+        }),
+        request_id: uuid(),
     }
 }
 
@@ -2080,6 +2103,7 @@ struct Target {
     hold: String,
     hold_2: String,
     txn: String,
+    endpoint: String,
 }
 
 impl Target {
@@ -2092,6 +2116,7 @@ impl Target {
             hold: t.hold.id.clone(),
             hold_2: t.hold_2.id.clone(),
             txn: t.debit.id.clone(),
+            endpoint: t.endpoint.id.clone(),
         }
     }
 
@@ -2104,10 +2129,11 @@ impl Target {
             hold: GHOST_HOLD.into(),
             hold_2: GHOST_HOLD_2.into(),
             txn: GHOST_TXN.into(),
+            endpoint: GHOST_ENDPOINT.into(),
         }
     }
 
-    fn ids(&self) -> [(&str, &str); 7] {
+    fn ids(&self) -> [(&str, &str); 8] {
         [
             ("<account>", &self.account),
             ("<external>", &self.external),
@@ -2116,6 +2142,7 @@ impl Target {
             ("<hold>", &self.hold),
             ("<hold_2>", &self.hold_2),
             ("<txn>", &self.txn),
+            ("<endpoint>", &self.endpoint),
         ]
     }
 
@@ -2752,6 +2779,112 @@ async fn walk(
             ),
         );
     }
+
+    // WebhookService (the endpoint is deleted last: the owner's walk succeeds throughout).
+    let mut hooks = app.webhooks(token);
+    add(
+        "CreateWebhookEndpoint",
+        "account_id",
+        answered(
+            hooks
+                .create_webhook_endpoint(proto::CreateWebhookEndpointRequest {
+                    request_id: rid(),
+                    ..endpoint_request(&t.account)
+                })
+                .await,
+        ),
+    );
+    add(
+        "ListWebhookEndpoints",
+        "account_id",
+        answered(
+            hooks
+                .list_webhook_endpoints(proto::ListWebhookEndpointsRequest {
+                    account_id: t.account.clone(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+    );
+    add(
+        "GetWebhookEndpoint",
+        "endpoint_id",
+        answered(
+            hooks
+                .get_webhook_endpoint(proto::GetWebhookEndpointRequest {
+                    endpoint_id: t.endpoint.clone(),
+                })
+                .await,
+        ),
+    );
+    add(
+        "UpdateWebhookEndpoint",
+        "endpoint.id",
+        answered(
+            hooks
+                .update_webhook_endpoint(proto::UpdateWebhookEndpointRequest {
+                    endpoint: Some(proto::WebhookEndpoint {
+                        id: t.endpoint.clone(),
+                        url: "http://127.0.0.1:9/elsewhere".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                    request_id: rid(),
+                })
+                .await,
+        ),
+    );
+    add(
+        "RotateWebhookSecret",
+        "endpoint_id",
+        answered(
+            hooks
+                .rotate_webhook_secret(proto::RotateWebhookSecretRequest {
+                    endpoint_id: t.endpoint.clone(),
+                    request_id: rid(),
+                })
+                .await,
+        ),
+    );
+    add(
+        "ListWebhookDeliveries",
+        "endpoint_id",
+        answered(
+            hooks
+                .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
+                    endpoint_id: t.endpoint.clone(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+    );
+    add(
+        "ReplayWebhookDeliveries",
+        "endpoint_id",
+        answered(
+            hooks
+                .replay_webhook_deliveries(proto::ReplayWebhookDeliveriesRequest {
+                    endpoint_id: t.endpoint.clone(),
+                    start_time: start,
+                    end_time: end,
+                    request_id: rid(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+    );
+    add(
+        "DeleteWebhookEndpoint",
+        "endpoint_id",
+        answered(
+            hooks
+                .delete_webhook_endpoint(proto::DeleteWebhookEndpointRequest {
+                    endpoint_id: t.endpoint.clone(),
+                    request_id: rid(),
+                })
+                .await,
+        ),
+    );
     out
 }
 

@@ -10,7 +10,8 @@
 //!   (a reference table fits when it references no distributed table);
 //! * the keys the document quotes: every primary key, every other unique constraint and
 //!   every foreign key;
-//! * every table with per-wallet rows carries a NOT NULL `account_id`, except `grants`;
+//! * every table with per-wallet rows carries a NOT NULL `account_id`, except `grants` and
+//!   the webhook dispatcher's two;
 //! * `rate_card_head` holds one row, id 1: the row every ledger batch locks.
 //!
 //! The "no" answers are facts as much as the "yes" ones: nothing here claims more of the
@@ -29,7 +30,7 @@ const HEADER: &str =
     "| table | place as | distribution column | carried today | fits today | what would change |";
 
 /// Every table's primary key, its columns in key order.
-const PRIMARY_KEYS: [(&str, &str); 13] = [
+const PRIMARY_KEYS: [(&str, &str); 17] = [
     ("account_overrides", "id"),
     ("accounts", "id"),
     ("audit_events", "id"),
@@ -46,15 +47,20 @@ const PRIMARY_KEYS: [(&str, &str); 13] = [
         "wallet_id,day,request_type,rate_card_version,currency,unit_price",
     ),
     ("wallets", "id"),
+    ("webhook_attempts", "delivery_id,attempt"),
+    ("webhook_deliveries", "id"),
+    ("webhook_endpoints", "id"),
+    ("webhook_fanout", "wallet_id"),
 ];
 
 /// Every unique constraint or unique index other than a primary key: (table, columns).
-const UNIQUE: [(&str, &str); 5] = [
+const UNIQUE: [(&str, &str); 6] = [
     ("accounts", "external_id"),
     ("events", "wallet_id,sequence"),
     ("grants", "schedule_id,period_index"),
     ("transactions", "id"),
     ("wallets", "account_id,unit"),
+    ("webhook_deliveries", "endpoint_id,event_id"),
 ];
 
 /// Every foreign key: (table, columns, referenced table, referenced columns).
@@ -482,7 +488,9 @@ async fn every_per_wallet_table_but_grants_carries_the_account() {
             "reservations",
             "schedules",
             "transactions",
-            "usage_days"
+            "usage_days",
+            "webhook_deliveries",
+            "webhook_fanout"
         ]),
         "the tables with per-wallet rows"
     );
@@ -491,9 +499,11 @@ async fn every_per_wallet_table_but_grants_carries_the_account() {
         .copied()
         .filter(|name| schema[*name].columns.get("account_id") != Some(&false))
         .collect();
+    // The webhook dispatcher's tables are placed by endpoint and by wallet, not with the
+    // ledger's rows (docs/OPERATIONS.md).
     assert_eq!(
         without,
-        BTreeSet::from(["grants"]),
+        BTreeSet::from(["grants", "webhook_deliveries", "webhook_fanout"]),
         "per-wallet tables without a NOT NULL account_id (docs/OPERATIONS.md)"
     );
     assert_eq!(

@@ -15,6 +15,7 @@ mod m20261202_000008_usage_rollup;
 mod m20261203_000009_overrides_audit;
 mod m20261204_000010_entry_indexes;
 mod m20261205_000011_events;
+mod m20261206_000012_webhooks;
 
 pub use m20261204_000010_entry_indexes::GRANT_EVENT_KINDS;
 
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000009_overrides_audit::Migration),
             Box::new(m20261204_000010_entry_indexes::Migration),
             Box::new(m20261205_000011_events::Migration),
+            Box::new(m20261206_000012_webhooks::Migration),
         ]
     }
 }

@@ -55,6 +55,10 @@ const PRICE_READERS: Access = Access::Roles(&[
     Role::Operator,
 ]);
 
+/// Webhook endpoints and their deliveries (endpoints of every account: admins only, checked
+/// by the handlers).
+const WEBHOOK_MANAGERS: Access = Access::Roles(&[Role::AccountManager, Role::Operator]);
+
 /// Every method of allot's services and who may call it.
 pub const ROUTES: &[(&str, Access)] = &[
     ("/allot.v1.AccountService/CreateAccount", PROVISIONERS),
@@ -104,6 +108,38 @@ pub const ROUTES: &[(&str, Access)] = &[
     ("/allot.v1.ReportService/GetMarginReport", OPERATORS),
     ("/allot.v1.ReportService/GetPriceTransparency", REPORTERS),
     ("/allot.v1.ReportService/ListAuditEvents", REPORTERS),
+    (
+        "/allot.v1.WebhookService/CreateWebhookEndpoint",
+        WEBHOOK_MANAGERS,
+    ),
+    (
+        "/allot.v1.WebhookService/GetWebhookEndpoint",
+        WEBHOOK_MANAGERS,
+    ),
+    (
+        "/allot.v1.WebhookService/ListWebhookEndpoints",
+        WEBHOOK_MANAGERS,
+    ),
+    (
+        "/allot.v1.WebhookService/UpdateWebhookEndpoint",
+        WEBHOOK_MANAGERS,
+    ),
+    (
+        "/allot.v1.WebhookService/DeleteWebhookEndpoint",
+        WEBHOOK_MANAGERS,
+    ),
+    (
+        "/allot.v1.WebhookService/RotateWebhookSecret",
+        WEBHOOK_MANAGERS,
+    ),
+    (
+        "/allot.v1.WebhookService/ListWebhookDeliveries",
+        WEBHOOK_MANAGERS,
+    ),
+    (
+        "/allot.v1.WebhookService/ReplayWebhookDeliveries",
+        WEBHOOK_MANAGERS,
+    ),
 ];
 
 /// Services callable without a token.

@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod rate_cards;
 pub mod reports;
 pub mod watch;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub struct Ctx {
     pub limits: Limits,
     /// Cancelled when shutdown begins: long-lived streams (WatchBalance) end then.
     pub draining: tokio_util::sync::CancellationToken,
+    /// How webhooks are delivered (endpoints' URLs are checked against it).
+    pub webhooks: Arc<crate::webhooks::Settings>,
 }
 
 /// Operator-configurable limits.
@@ -241,6 +244,11 @@ mutations! {
     CaptureReservationRequest => "CaptureReservation",
     ReleaseReservationRequest => "ReleaseReservation",
     RefundRequest => "Refund",
+    CreateWebhookEndpointRequest => "CreateWebhookEndpoint",
+    UpdateWebhookEndpointRequest => "UpdateWebhookEndpoint",
+    DeleteWebhookEndpointRequest => "DeleteWebhookEndpoint",
+    RotateWebhookSecretRequest => "RotateWebhookSecret",
+    ReplayWebhookDeliveriesRequest => "ReplayWebhookDeliveries",
 }
 
 /// The idempotency key of `request` in `scope`: its request_id (validated) and the SHA-256

@@ -9,7 +9,7 @@
 //!
 //! Where things are: the command line in `args.rs`; the connection, the token and errors in
 //! `transport.rs`; each command group's calls in its own file (`accounts.rs`, `wallets.rs`,
-//! `grants.rs`, `schedules.rs`, `rates.rs`, `ledger.rs`, `report.rs`); printing in
+//! `grants.rs`, `schedules.rs`, `rates.rs`, `ledger.rs`, `report.rs`, `webhooks.rs`); printing in
 //! `output.rs`, statements in `statement.rs`, budgets and usage in `budget.rs` (the SVG
 //! burn-down in `burndown.rs`), the rate card file in `rates_file.rs`.
 
@@ -30,6 +30,7 @@ mod schedules;
 mod statement;
 mod transport;
 mod wallets;
+mod webhooks;
 
 use anyhow::Result;
 
@@ -60,5 +61,6 @@ pub async fn run(command: ClientCommand, outer: &ClientArgs) -> Result<()> {
         ClientCommand::Audit(single) => overrides::audit(&ctx, single.args).await,
         ClientCommand::Report(group) => report::run(&ctx, group.command).await,
         ClientCommand::Export(single) => export::run(&ctx, single.args).await,
+        ClientCommand::Webhooks(group) => webhooks::run(&ctx, group.command).await,
     }
 }

@@ -74,6 +74,19 @@ pub struct ServeArgs {
     /// How long balance events are kept (WatchBalance resumes from them); at least 1h.
     #[arg(long, env = "ALLOT_EVENT_RETENTION", default_value = "30d", value_parser = parse_event_retention)]
     pub event_retention: Duration,
+    /// Let webhook endpoints be on loopback, private and link-local addresses (refused by
+    /// default: SSRF).
+    #[arg(long, env = "ALLOT_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// The longest a webhook delivery attempt may take, connecting included.
+    #[arg(long, env = "ALLOT_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// The delays between a webhook delivery's attempts, comma-separated; after the last
+    /// the delivery is dead (dead-lettered). Each delay is lengthened by up to a fifth at
+    /// random.
+    #[arg(long, env = "ALLOT_WEBHOOK_RETRY_SCHEDULE",
+          default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: Schedule,
     /// Serve Prometheus metrics over HTTP on this address (off by default).
     #[arg(long, env = "ALLOT_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -152,6 +165,21 @@ pub struct TokenArgs {
 
 fn parse_retention(text: &str) -> Result<Duration, String> {
     at_least_an_hour(text, "idempotency records")
+}
+
+/// Delays between webhook attempts.
+#[derive(Debug, Clone)]
+pub struct Schedule(pub Vec<Duration>);
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    let delays = text
+        .split(',')
+        .map(|part| parse_duration(part.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.len() > 20 {
+        return Err("at most 20 delays".into());
+    }
+    Ok(Schedule(delays))
 }
 
 fn parse_event_retention(text: &str) -> Result<Duration, String> {
@@ -366,6 +394,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: crate::store::sweeper::Retention {
             idempotency: args.idempotency_retention,
             events: args.event_retention,
+        },
+        webhooks: crate::webhooks::Settings {
+            allow_private: args.webhook_allow_private,
+            timeout: args.webhook_timeout,
+            retries: args.webhook_retry_schedule.0,
+            ..Default::default()
         },
         on_ready: None,
     };

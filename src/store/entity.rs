@@ -489,3 +489,129 @@ pub mod event {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Webhooks (`store/webhooks.rs`, migration 12).
+pub mod webhook_endpoint {
+    use sea_orm::entity::prelude::*;
+
+    /// Where events are sent, and which.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_endpoints")]
+    pub struct Model {
+        /// `whe_…`
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// The account covered, with its sub-accounts; `''`: every account.
+        pub account_id: String,
+        pub url: String,
+        /// The event types wanted, comma-separated; `''`: every type.
+        #[sea_orm(column_type = "Text")]
+        pub event_types: String,
+        pub enabled: bool,
+        /// `whsec_…`
+        pub secret: String,
+        /// The secret before the last rotation, still signing until its expiry.
+        pub previous_secret: Option<String>,
+        pub previous_secret_expire_time: Option<i64>,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod webhook_fanout {
+    use sea_orm::entity::prelude::*;
+
+    /// A wallet's last event handed to the endpoints.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_fanout")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub wallet_id: String,
+        pub sequence: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod webhook_delivery {
+    use sea_orm::entity::prelude::*;
+
+    /// Where a delivery stands.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+    pub enum State {
+        /// Not delivered yet: due at `next_attempt_time` (or leased until then).
+        #[sea_orm(string_value = "pending")]
+        Pending,
+        /// The endpoint answered 2xx.
+        #[sea_orm(string_value = "delivered")]
+        Delivered,
+        /// Every attempt of the retry schedule failed.
+        #[sea_orm(string_value = "dead")]
+        Dead,
+    }
+
+    /// One event for one endpoint.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_deliveries")]
+    pub struct Model {
+        /// `whd_…` (time-ordered)
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub endpoint_id: String,
+        pub event_id: String,
+        pub wallet_id: String,
+        pub sequence: i64,
+        pub event_type: String,
+        pub state: State,
+        /// Attempts begun (an attempt whose replica died has no row in `webhook_attempts`).
+        pub attempts: i32,
+        /// `attempts` when the retry schedule (re)started: 0, or when it was last replayed.
+        pub retry_base: i32,
+        pub next_attempt_time: i64,
+        pub create_time: i64,
+        pub done_time: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod webhook_attempt {
+    use sea_orm::entity::prelude::*;
+
+    /// One attempt of a delivery and what the endpoint answered.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub delivery_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub attempt: i32,
+        pub time: i64,
+        pub duration_micros: i64,
+        /// The HTTP status; 0 when there was no answer.
+        pub status_code: i32,
+        /// Why it failed (`''` when delivered).
+        #[sea_orm(column_type = "Text")]
+        pub error: String,
+        /// The start of the answer's body.
+        #[sea_orm(column_type = "Text")]
+        pub response: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -38,6 +38,7 @@ pub mod transparency;
 pub mod usage;
 pub mod verify;
 pub mod wallet_cache;
+pub mod webhooks;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 

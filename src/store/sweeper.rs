@@ -88,7 +88,14 @@ pub async fn prune(store: &Store, retention: Retention) -> Result<u64> {
             "pruned balance events past their retention"
         );
     }
-    Ok(records + old_events)
+    let deliveries = super::webhooks::prune(store, before(retention.events)).await?;
+    if deliveries > 0 {
+        tracing::info!(
+            deleted = deliveries,
+            "pruned webhook deliveries past the event retention"
+        );
+    }
+    Ok(records + old_events + deliveries)
 }
 
 /// The sweeper's name in health reports.

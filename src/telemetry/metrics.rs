@@ -37,6 +37,7 @@ pub const POOL_MAX: &str = "allot_db_pool_max_connections";
 pub const BACKGROUND_LAG: &str = "allot_background_lag_seconds";
 pub const HEALTH_SERVING: &str = "allot_health_serving";
 pub const ACCESS_LOG_SKIPPED: &str = "allot_access_log_skipped_total";
+pub const WEBHOOK_ATTEMPTS: &str = "allot_webhook_attempts_total";
 
 /// Latency buckets (seconds): from a cached read to a call near its deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +81,10 @@ fn describe() {
         "Hold operations the ledger answered (reserve, capture, release), by request type and outcome"
     );
     describe_counter!(REFUNDS, "Refunds the ledger answered, by outcome");
+    describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        "Webhook delivery attempts made by this replica, by outcome (delivered, failed, dead)"
+    );
     describe_histogram!(
         BATCH_SIZE,
         "Operations per ledger transaction (group commit)"

@@ -168,7 +168,37 @@ impl TestApp {
     }
 }
 
+/// Webhooks in tests: the receivers listen on loopback, attempts time out after 2 s and
+/// retries come fast (three, then dead).
+pub fn webhook_settings() -> allot::webhooks::Settings {
+    allot::webhooks::Settings {
+        allow_private: true,
+        timeout: Duration::from_secs(2),
+        retries: vec![
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+            Duration::from_millis(800),
+        ],
+        ..Default::default()
+    }
+}
+
+/// A server whose webhooks are delivered as `webhooks` says.
+pub async fn spawn_app_with_webhooks(webhooks: allot::webhooks::Settings) -> TestApp {
+    let db = TestDatabase::create().await;
+    spawn_with(db, auth_config(), Clock::system(), webhooks).await
+}
+
 async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
+    spawn_with(db, auth, clock, webhook_settings()).await
+}
+
+async fn spawn_with(
+    db: TestDatabase,
+    auth: AuthConfig,
+    clock: Clock,
+    webhooks: allot::webhooks::Settings,
+) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -191,6 +221,7 @@ async fn spawn_on(db: TestDatabase, auth: AuthConfig, clock: Clock) -> TestApp {
         sweep_interval: Duration::from_secs(3600),
         retention: Default::default(),
         on_ready: Some(ready_tx),
+        webhooks,
     };
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server::run(listener, settings, async move {
@@ -274,6 +305,17 @@ impl TestApp {
 
     pub fn ledger(&self, token: &str) -> LedgerServiceClient<InterceptedService<Channel, Bearer>> {
         LedgerServiceClient::with_interceptor(self.channel.clone(), bearer(token))
+    }
+
+    pub fn webhooks(
+        &self,
+        token: &str,
+    ) -> proto::webhook_service_client::WebhookServiceClient<InterceptedService<Channel, Bearer>>
+    {
+        proto::webhook_service_client::WebhookServiceClient::with_interceptor(
+            self.channel.clone(),
+            bearer(token),
+        )
     }
 
     // ---- fixtures through the API ----------------------------------------------------------

@@ -433,6 +433,18 @@ spec:
         - name: ALLOT_EVENT_RETENTION
           value: {{ . | quote }}
         {{- end }}
+        {{- if .Values.settings.webhookAllowPrivate }}
+        - name: ALLOT_WEBHOOK_ALLOW_PRIVATE
+          value: "true"
+        {{- end }}
+        {{- with .Values.settings.webhookTimeout }}
+        - name: ALLOT_WEBHOOK_TIMEOUT
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with .Values.settings.webhookRetrySchedule }}
+        - name: ALLOT_WEBHOOK_RETRY_SCHEDULE
+          value: {{ . | quote }}
+        {{- end }}
         {{- with .Values.tracing.otlpEndpoint }}
         - name: OTEL_EXPORTER_OTLP_ENDPOINT
           value: {{ . | quote }}

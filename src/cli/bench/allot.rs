@@ -109,6 +109,7 @@ impl InProcess {
             shutdown_grace: Duration::from_secs(5),
             exposure: Default::default(),
             admission: Default::default(),
+            webhooks: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let mut handle = tokio::spawn(server::run(

@@ -120,6 +120,95 @@ pub enum ClientCommand {
     /// Every ledger entry of an account, a wallet or your whole scope, oldest first, as CSV
     /// (or JSON lines with --json); streamed, whatever the number.
     Export(Single<ExportArgs>),
+    /// Webhook endpoints: signed HTTP deliveries of balance events, their secrets,
+    /// deliveries and replays.
+    Webhooks(Group<WebhooksCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Register an endpoint; prints its signing secret (shown only now).
+    Create {
+        /// Where to POST events (`https://…`).
+        #[arg(long)]
+        url: String,
+        /// The account whose events (and its sub-accounts') are sent; without it, every
+        /// account's (admins only).
+        #[arg(long)]
+        account: Option<String>,
+        /// Only these event types (repeat), e.g. balance.threshold_crossed; default: all.
+        #[arg(long = "event-type", value_name = "TYPE")]
+        event_types: Vec<String>,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// Show one endpoint (without its secret).
+    Get {
+        /// Endpoint id (`whe_…`).
+        id: String,
+    },
+    /// List endpoints (an account's; all of them for admins).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Change an endpoint's URL, event types, or turn it off and on.
+    Update {
+        /// Endpoint id (`whe_…`).
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        /// The event types (repeat); with --all-event-types: every type.
+        #[arg(long = "event-type", value_name = "TYPE")]
+        event_types: Vec<String>,
+        #[arg(long, conflicts_with = "event_types")]
+        all_event_types: bool,
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// Delete an endpoint and its deliveries.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// A new signing secret (printed); the old one keeps signing for 24 hours.
+    Rotate {
+        id: String,
+        #[command(flatten)]
+        request: RequestId,
+    },
+    /// An endpoint's deliveries, newest first, with their attempts and answers.
+    Deliveries {
+        id: String,
+        /// Only pending, delivered or dead ones.
+        #[arg(long, value_parser = ["pending", "delivered", "dead"])]
+        state: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Send a delivery again, or every delivery made in a time range.
+    Replay {
+        /// Endpoint id (`whe_…`).
+        id: String,
+        /// The delivery (`whd_…`).
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        delivery: Option<String>,
+        /// From (RFC 3339, inclusive).
+        #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "to")]
+        from: Option<Timestamp>,
+        /// To (RFC 3339, exclusive).
+        #[arg(long, value_name = "RFC3339", value_parser = timestamp, requires = "from")]
+        to: Option<Timestamp>,
+        #[command(flatten)]
+        request: RequestId,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1044,6 +1133,7 @@ impl ClientCommand {
             ClientCommand::Audit(single) => &single.client,
             ClientCommand::Report(group) => &group.client,
             ClientCommand::Export(single) => &single.client,
+            ClientCommand::Webhooks(group) => &group.client,
         }
     }
 }

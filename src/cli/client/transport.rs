@@ -238,7 +238,9 @@ list_request!(
     ListRateCardsRequest,
     ListTransactionsRequest,
     ListAccountOverridesRequest,
-    ListAuditEventsRequest
+    ListAuditEventsRequest,
+    ListWebhookEndpointsRequest,
+    ListWebhookDeliveriesRequest
 );
 
 #[cfg(test)]
