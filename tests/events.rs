@@ -279,6 +279,64 @@ async fn holds_grants_and_schedules_tell_what_fell_due() {
     app.stop().await;
 }
 
+/// What counts against a cap (spend and holds) coming up to it is `spend_cap.reached`; the
+/// refusals after it write nothing, and the next day starts afresh.
+#[tokio::test]
+async fn reaching_a_spend_cap_is_an_event() {
+    let app = spawn_app().await;
+    app.publish_standard_card().await;
+    let (account, wallet) = app.funded("capped", "100").await;
+    app.accounts(&app.admin)
+        .update_wallet(proto::UpdateWalletRequest {
+            wallet: Some(proto::Wallet {
+                id: wallet.id.clone(),
+                daily_spend_cap: "3".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["daily_spend_cap".into()],
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .expect("cap");
+    let mut stream = watch(&app, &app.admin, &wallet.id, None)
+        .await
+        .expect("watch");
+    next(&mut stream, 1).await;
+    debit(&app, &account.id, "one").await.expect("1 of 3");
+    // A hold counts against the cap too.
+    reserve_units(&app, &account.id, "1", None)
+        .await
+        .expect("hold");
+    debit(&app, &account.id, "one").await.expect("3 of 3");
+    let events = next(&mut stream, 4).await;
+    assert_eq!(
+        kinds(&events)[1..]
+            .iter()
+            .map(|(_, k)| *k)
+            .collect::<Vec<_>>(),
+        ["balance.changed", "balance.changed", "spend_cap.reached"],
+        "{events:#?}"
+    );
+    let reached = &events[3];
+    assert_eq!(reached.data["period"], "daily");
+    assert_eq!(reached.data["cap"], "3");
+    assert_eq!(reached.data["used"], "3");
+    let refused = debit(&app, &account.id, "one").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    quiet(&mut stream).await;
+    // A new day: the cap is reached again only when the new day's spend comes up to it.
+    app.advance(Duration::from_secs(86_400)).await;
+    app.sweep().await;
+    let expired = next(&mut stream, 2).await;
+    assert_eq!(expired[1].r#type, "hold.expired", "{expired:#?}");
+    debit(&app, &account.id, "one").await.expect("a new day");
+    let events = next(&mut stream, 1).await;
+    assert_eq!(events[0].r#type, "balance.changed");
+    quiet(&mut stream).await;
+}
+
 #[tokio::test]
 async fn a_watch_resumes_after_a_number_without_gaps_or_repeats() {
     let app = spawn_app().await;

@@ -111,6 +111,18 @@ pub struct BenchArgs {
     /// With --history: calls of each report measured.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub report_calls: u64,
+    /// Register a webhook endpoint for every account at this URL before the run (the
+    /// in-process server then sends to private addresses too), so the run pays for the
+    /// deliveries: e.g. a slow receiver (`scripts/webhook-sink.py`).
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// With --webhook-url: only these event types (repeat); default: all.
+    #[arg(
+        long = "webhook-event-type",
+        value_name = "TYPE",
+        requires = "webhook_url"
+    )]
+    pub webhook_event_types: Vec<String>,
 }
 
 /// Everything measured, for the text or JSON report.
@@ -263,7 +275,11 @@ async fn measure(args: &BenchArgs, database: Option<&BenchDatabase>) -> anyhow::
         None => {
             let database = database.context("no database for the in-process server")?;
             progress(format!("starting the server on {}", database.description));
-            Some(InProcess::start(&database.url).await?)
+            let webhooks = crate::webhooks::Settings {
+                allow_private: args.webhook_url.is_some(),
+                ..Default::default()
+            };
+            Some(InProcess::start(&database.url, webhooks).await?)
         }
     };
     let (url, token) = match &in_process {
@@ -276,6 +292,9 @@ async fn measure(args: &BenchArgs, database: Option<&BenchDatabase>) -> anyhow::
     let clients = Clients::connect(&url, &token, connections, &args.tls).await?;
     if let Some(note) = allot::ensure_rate_card(&clients).await? {
         notes.push(note);
+    }
+    if let Some(url) = &args.webhook_url {
+        notes.push(allot::webhook_endpoint(&clients, url, &args.webhook_event_types).await?);
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     progress(format!("seeding {wallets} accounts, wallets and grants"));

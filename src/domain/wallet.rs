@@ -662,16 +662,21 @@ impl WalletState {
         (day, month)
     }
 
-    /// Checks `units` more (beyond what is spent and held) against the caps.
-    fn check_caps(&self, units: Amount, now: i64) -> Result<(), Refusal> {
+    /// Each cap with what counts against it now (spent in its period, and held): the daily
+    /// one, then the monthly one.
+    pub fn cap_use(&self, now: i64) -> [(&'static str, Option<Amount>, Amount); 2] {
         let (day, month) = self.spent_now(now);
         let held = self.reserved();
-        for (period, cap, spent) in [
-            ("daily", self.caps.daily, day),
-            ("monthly", self.caps.monthly, month),
-        ] {
+        [
+            ("daily", self.caps.daily, day.saturating_add(held)),
+            ("monthly", self.caps.monthly, month.saturating_add(held)),
+        ]
+    }
+
+    /// Checks `units` more (beyond what is spent and held) against the caps.
+    fn check_caps(&self, units: Amount, now: i64) -> Result<(), Refusal> {
+        for (period, cap, used) in self.cap_use(now) {
             let Some(cap) = cap else { continue };
-            let used = spent.saturating_add(held);
             if used.saturating_add(units) > cap {
                 return Err(Refusal::SpendCap {
                     period,

@@ -442,6 +442,10 @@ pub mod event {
         /// `available` fell to zero or below.
         #[sea_orm(string_value = "balance.depleted")]
         Depleted,
+        /// What counts against a spend cap (the day's or month's spend, and the holds) came
+        /// up to it (`period`, `cap`, `used`): more debits of the period are refused.
+        #[sea_orm(string_value = "spend_cap.reached")]
+        SpendCapReached,
         /// A grant became effective (created now, or its `effective_time` came).
         #[sea_orm(string_value = "grant.activated")]
         GrantActivated,

@@ -82,12 +82,23 @@ pub struct InProcess {
 impl InProcess {
     /// Starts `server::run` on an ephemeral port (as `allot serve` would: default limits, the
     /// sweeper every second) and waits until it has migrated the database.
-    pub async fn start(database_url: &str) -> anyhow::Result<InProcess> {
-        Self::start_with_clock(database_url, Clock::system()).await
+    pub async fn start(
+        database_url: &str,
+        webhooks: crate::webhooks::Settings,
+    ) -> anyhow::Result<InProcess> {
+        Self::start_with(database_url, Clock::system(), webhooks).await
     }
 
     /// [`InProcess::start`] with the server's clock (`--history` moves it).
     pub async fn start_with_clock(database_url: &str, clock: Clock) -> anyhow::Result<InProcess> {
+        Self::start_with(database_url, clock, Default::default()).await
+    }
+
+    async fn start_with(
+        database_url: &str,
+        clock: Clock,
+        webhooks: crate::webhooks::Settings,
+    ) -> anyhow::Result<InProcess> {
         let secret: [u8; 32] = rand::random();
         let secret = hex::encode(secret);
         let auth = Authenticator::from_config(&AuthConfig {
@@ -109,7 +120,7 @@ impl InProcess {
             shutdown_grace: Duration::from_secs(5),
             exposure: Default::default(),
             admission: Default::default(),
-            webhooks: Default::default(),
+            webhooks,
         };
         let shutdown = CancellationToken::new();
         let mut handle = tokio::spawn(server::run(
@@ -215,6 +226,40 @@ impl Clients {
     pub fn rates(&self) -> RateCardServiceClient<Authed> {
         RateCardServiceClient::with_interceptor(self.channel(0), self.bearer.clone())
     }
+}
+
+/// Registers a webhook endpoint for every account at `url` (`types`: empty for all); the
+/// note the report prints.
+pub async fn webhook_endpoint(
+    clients: &Clients,
+    url: &str,
+    types: &[String],
+) -> anyhow::Result<String> {
+    let mut client = crate::proto::webhook_service_client::WebhookServiceClient::with_interceptor(
+        clients.channel(0),
+        clients.bearer.clone(),
+    );
+    let endpoint = client
+        .create_webhook_endpoint(crate::proto::CreateWebhookEndpointRequest {
+            endpoint: Some(crate::proto::WebhookEndpoint {
+                url: url.to_string(),
+                event_types: types.to_vec(),
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .map_err(|status| rpc_error("creating the webhook endpoint", status))?
+        .into_inner();
+    let types = if types.is_empty() {
+        "every event".to_string()
+    } else {
+        types.join(", ")
+    };
+    Ok(format!(
+        "webhook endpoint {} for every account: {types} to {url}",
+        endpoint.id
+    ))
 }
 
 pub fn rpc_error(what: &str, status: Status) -> anyhow::Error {

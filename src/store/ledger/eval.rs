@@ -97,6 +97,8 @@ pub(super) struct Loaded {
     pub(super) event_seq: i64,
     /// `available` when thresholds were last looked at (`notice`).
     noticed: i64,
+    /// What counted against the daily and monthly caps then (`None`: not looked at yet).
+    noticed_use: Option<[i64; 2]>,
 }
 
 impl Loaded {
@@ -136,6 +138,7 @@ impl Loaded {
                 overdraft_limit: state.overdraft_limit.micros(),
             }
             .available(),
+            noticed_use: None,
             state,
             model,
         }
@@ -297,6 +300,7 @@ impl Loaded {
     /// Events for the low-balance thresholds `available` crossed since it was last looked
     /// at (down: to or below; up: above again), and for its falling to zero or below.
     pub(super) fn notice(&mut self, now: i64) {
+        self.notice_caps(now);
         let (before, after) = (self.noticed, self.balances().available());
         if before == after {
             return;
@@ -336,6 +340,31 @@ impl Loaded {
                     Amount::from_micros(before).to_string(),
                 )],
             );
+        }
+    }
+
+    /// `spend_cap.reached` when what counts against a cap (the period's spend and the holds)
+    /// came up to it. First looked at after the due events of the batch's first operation,
+    /// which only free what counts (expired holds), so no crossing is missed.
+    fn notice_caps(&mut self, now: i64) {
+        let uses = self.state.cap_use(now);
+        let after = uses.map(|(_, _, used)| used.micros());
+        let Some(before) = self.noticed_use.replace(after) else {
+            return;
+        };
+        for (i, (period, cap, used)) in uses.into_iter().enumerate() {
+            let Some(cap) = cap else { continue };
+            if before[i] < cap.micros() && after[i] >= cap.micros() {
+                self.emit(
+                    EventType::SpendCapReached,
+                    now,
+                    &[
+                        ("period", period.to_string()),
+                        ("cap", cap.to_string()),
+                        ("used", used.to_string()),
+                    ],
+                );
+            }
         }
     }
 
