@@ -240,8 +240,12 @@ async fn cursor(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<i64> {
 }
 
 /// Turns the events of `wallets` after their cursors into deliveries for the `endpoints`
-/// that want them; returns how many deliveries were made. `ancestry` names an account's
-/// ancestors (root first, the account last).
+/// that want them; returns how many deliveries were made.
+///
+/// The events are read first, outside any write transaction (on SQLite a write holds the
+/// one writer the ledger's batches need); the write then only checks that no other replica
+/// moved a cursor meanwhile (under `FOR UPDATE` on PostgreSQL — a wallet whose cursor moved
+/// is left to the next round), inserts the deliveries and moves the cursors.
 pub async fn fan_out(
     store: &Store,
     wallets: &[String],
@@ -254,10 +258,66 @@ pub async fn fan_out(
     let mut wallets = wallets.to_vec();
     wallets.sort();
     wallets.dedup();
+    let reader = store.connection();
+    let mut read: BTreeMap<String, i64> = wallets.iter().map(|w| (w.clone(), 0)).collect();
+    for chunk in wallets.chunks(INSERT_CHUNK) {
+        for row in webhook_fanout::Entity::find()
+            .filter(webhook_fanout::Column::WalletId.is_in(chunk.iter().cloned()))
+            .all(reader)
+            .await?
+        {
+            read.insert(row.wallet_id, row.sequence);
+        }
+    }
+    let mut deliveries: BTreeMap<String, Vec<webhook_delivery::ActiveModel>> = BTreeMap::new();
+    let mut moved = Vec::new();
+    let mut ancestries: HashMap<String, Vec<String>> = HashMap::new();
+    for (wallet_id, from) in &read {
+        let events = super::events::after(reader, wallet_id, *from, FAN_OUT_EVENTS).await?;
+        let Some(last) = events.last() else {
+            continue;
+        };
+        moved.push((wallet_id.clone(), *from, last.sequence));
+        let made = deliveries.entry(wallet_id.clone()).or_default();
+        for event in &events {
+            if !ancestries.contains_key(&event.account_id) {
+                let ancestry = if event.account_id.is_empty() {
+                    Vec::new()
+                } else {
+                    accounts::ancestry_ids(reader, &event.account_id).await?
+                };
+                ancestries.insert(event.account_id.clone(), ancestry);
+            }
+            let ancestry: Vec<&str> = ancestries[&event.account_id]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            for endpoint in endpoints.iter().filter(|e| wants(e, event, &ancestry)) {
+                made.push(webhook_delivery::ActiveModel {
+                    id: Set(super::new_id("whd")),
+                    endpoint_id: Set(endpoint.id.clone()),
+                    event_id: Set(event.id.clone()),
+                    wallet_id: Set(event.wallet_id.clone()),
+                    sequence: Set(event.sequence),
+                    event_type: Set(sea_orm::ActiveEnum::to_value(&event.event_type)),
+                    state: Set(State::Pending),
+                    attempts: Set(0),
+                    retry_base: Set(0),
+                    next_attempt_time: Set(now),
+                    create_time: Set(now),
+                    done_time: Set(None),
+                });
+            }
+        }
+    }
+    if moved.is_empty() {
+        return Ok(0);
+    }
     let write = store.begin_write().await?;
     let tx = &write.tx;
+    let names: Vec<String> = moved.iter().map(|(w, _, _)| w.clone()).collect();
     // Every wallet gets a cursor row to lock (a new wallet: from its first event).
-    for chunk in wallets.chunks(INSERT_CHUNK) {
+    for chunk in names.chunks(INSERT_CHUNK) {
         webhook_fanout::Entity::insert_many(chunk.iter().map(|id| webhook_fanout::ActiveModel {
             wallet_id: Set(id.clone()),
             sequence: Set(0),
@@ -270,8 +330,8 @@ pub async fn fan_out(
         .exec_without_returning(tx)
         .await?;
     }
-    let mut cursors: BTreeMap<String, i64> = BTreeMap::new();
-    for chunk in wallets.chunks(INSERT_CHUNK) {
+    let mut current: HashMap<String, i64> = HashMap::new();
+    for chunk in names.chunks(INSERT_CHUNK) {
         let mut query = webhook_fanout::Entity::find()
             .filter(webhook_fanout::Column::WalletId.is_in(chunk.iter().cloned()))
             .order_by_asc(webhook_fanout::Column::WalletId);
@@ -279,55 +339,26 @@ pub async fn fan_out(
             query = query.lock(LockType::Update);
         }
         for row in query.all(tx).await? {
-            cursors.insert(row.wallet_id, row.sequence);
+            current.insert(row.wallet_id, row.sequence);
         }
     }
-    let mut deliveries = Vec::new();
-    let mut moved = Vec::new();
-    let mut ancestries: HashMap<String, Vec<String>> = HashMap::new();
-    for (wallet_id, from) in &cursors {
-        let events = super::events::after(tx, wallet_id, *from, FAN_OUT_EVENTS).await?;
-        let Some(last) = events.last() else {
+    let mut rows = Vec::new();
+    let mut cursors = Vec::new();
+    for (wallet_id, from, to) in moved {
+        // Another replica fanned these out meanwhile: its deliveries stand.
+        if current.get(&wallet_id) != Some(&from) {
             continue;
-        };
-        moved.push((wallet_id.clone(), last.sequence));
-        for event in &events {
-            if !ancestries.contains_key(&event.account_id) {
-                let ancestry = if event.account_id.is_empty() {
-                    Vec::new()
-                } else {
-                    accounts::ancestry_ids(tx, &event.account_id).await?
-                };
-                ancestries.insert(event.account_id.clone(), ancestry);
-            }
-            let ancestry: Vec<&str> = ancestries[&event.account_id]
-                .iter()
-                .map(String::as_str)
-                .collect();
-            for endpoint in endpoints {
-                if wants(endpoint, event, &ancestry) {
-                    deliveries.push(webhook_delivery::ActiveModel {
-                        id: Set(super::new_id("whd")),
-                        endpoint_id: Set(endpoint.id.clone()),
-                        event_id: Set(event.id.clone()),
-                        wallet_id: Set(event.wallet_id.clone()),
-                        sequence: Set(event.sequence),
-                        event_type: Set(sea_orm::ActiveEnum::to_value(&event.event_type)),
-                        state: Set(State::Pending),
-                        attempts: Set(0),
-                        retry_base: Set(0),
-                        next_attempt_time: Set(now),
-                        create_time: Set(now),
-                        done_time: Set(None),
-                    });
-                }
-            }
         }
+        rows.extend(deliveries.remove(&wallet_id).unwrap_or_default());
+        cursors.push(webhook_fanout::ActiveModel {
+            wallet_id: Set(wallet_id),
+            sequence: Set(to),
+        });
     }
-    let made = deliveries.len();
-    while !deliveries.is_empty() {
-        let rest = deliveries.split_off(deliveries.len().min(INSERT_CHUNK));
-        webhook_delivery::Entity::insert_many(std::mem::replace(&mut deliveries, rest))
+    let made = rows.len();
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(INSERT_CHUNK));
+        webhook_delivery::Entity::insert_many(std::mem::replace(&mut rows, rest))
             .on_conflict(
                 OnConflict::columns([
                     webhook_delivery::Column::EndpointId,
@@ -339,11 +370,15 @@ pub async fn fan_out(
             .exec_without_returning(tx)
             .await?;
     }
-    for (wallet_id, sequence) in moved {
-        webhook_fanout::Entity::update_many()
-            .col_expr(webhook_fanout::Column::Sequence, Expr::val(sequence))
-            .filter(webhook_fanout::Column::WalletId.eq(wallet_id))
-            .exec(tx)
+    while !cursors.is_empty() {
+        let rest = cursors.split_off(cursors.len().min(INSERT_CHUNK));
+        webhook_fanout::Entity::insert_many(std::mem::replace(&mut cursors, rest))
+            .on_conflict(
+                OnConflict::column(webhook_fanout::Column::WalletId)
+                    .update_column(webhook_fanout::Column::Sequence)
+                    .to_owned(),
+            )
+            .exec_without_returning(tx)
             .await?;
     }
     write.commit().await?;
