@@ -279,6 +279,117 @@ async fn holds_grants_and_schedules_tell_what_fell_due() {
     app.stop().await;
 }
 
+async fn set_notice_days(
+    app: &TestApp,
+    wallet_id: &str,
+    days: u32,
+) -> Result<proto::Wallet, Status> {
+    app.accounts(&app.admin)
+        .update_wallet(proto::UpdateWalletRequest {
+            wallet: Some(proto::Wallet {
+                id: wallet_id.into(),
+                grant_expiry_notice_days: Some(days),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["grant_expiry_notice_days".into()],
+            }),
+            request_id: uuid(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn expiring_grant(app: &TestApp, wallet_id: &str, units: &str, days: i64) -> proto::Grant {
+    let mut request = grant_request(wallet_id, units, "0.01");
+    let expiry = app.clock.now_micros() + days * 86_400 * SECOND;
+    request.grant.as_mut().unwrap().expire_time = Some(ts(expiry));
+    app.grants(&app.admin)
+        .create_grant(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `grant.expiring`: once per grant, the wallet's notice window (7 days unless set) before
+/// the grant expires; a window set wider reaches grants at once; 0 turns it off.
+#[tokio::test]
+async fn a_grant_about_to_expire_is_announced_once() {
+    let app = spawn_app().await;
+    let (_, wallet) = app.funded("expiring", "").await;
+    assert_eq!(wallet.grant_expiry_notice_days, Some(7), "the default");
+    let grant = expiring_grant(&app, &wallet.id, "30", 10).await;
+    let mut stream = watch(&app, &app.admin, &wallet.id, None).await.unwrap();
+    assert_eq!(next(&mut stream, 1).await[0].sequence, 2);
+
+    // 10 days to go: nothing yet. 3 days later the expiry is 7 days away.
+    app.advance(Duration::from_secs(3 * 86_400 - 60)).await;
+    quiet(&mut stream).await;
+    app.advance(Duration::from_secs(60)).await;
+    let events = next(&mut stream, 1).await;
+    assert_eq!(kinds(&events), [(3, "grant.expiring")]);
+    assert_eq!(data(&events[0], "grant_id"), grant.id);
+    assert_eq!(data(&events[0], "units"), "30");
+    assert_eq!(data(&events[0], "notice_days"), "7");
+    let expire = grant.expire_time.unwrap();
+    let expected = chrono::DateTime::from_timestamp(expire.seconds, expire.nanos as u32)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    assert_eq!(data(&events[0], "expire_time"), expected);
+    assert_eq!(available(&events[0]), "30");
+    // Once: more sweeps before the expiry say nothing more.
+    app.advance(Duration::from_secs(86_400)).await;
+    quiet(&mut stream).await;
+
+    // Widened to 60 days: a grant 40 days from expiry is announced by the update itself.
+    let wallet = set_notice_days(&app, &wallet.id, 60).await.unwrap();
+    assert_eq!(wallet.grant_expiry_notice_days, Some(60));
+    let far = expiring_grant(&app, &wallet.id, "5", 100).await;
+    let events = next(&mut stream, 2).await;
+    assert_eq!(
+        kinds(&events),
+        [(4, "balance.changed"), (5, "grant.activated")]
+    );
+    assert!(!data(&events[1], "expire_time").is_empty());
+    quiet(&mut stream).await;
+    app.advance(Duration::from_secs(40 * 86_400)).await;
+    // The first grant expired on the way, then `far` came within 60 days of its expiry.
+    let events = next(&mut stream, 3).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            (6, "balance.changed"),
+            (7, "grant.expired"),
+            (8, "grant.expiring")
+        ]
+    );
+    assert_eq!(data(&events[2], "grant_id"), far.id);
+    assert_eq!(data(&events[2], "notice_days"), "60");
+
+    // 0: never. Out of range: refused, nothing changed.
+    set_notice_days(&app, &wallet.id, 0).await.unwrap();
+    let err = set_notice_days(&app, &wallet.id, 3651).await.unwrap_err();
+    assert_invalid(&err, "INVALID_FIELD", "wallet.grant_expiry_notice_days");
+    let read = app
+        .accounts(&app.admin)
+        .get_wallet(proto::GetWalletRequest {
+            id: wallet.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.grant_expiry_notice_days, Some(0));
+    expiring_grant(&app, &wallet.id, "1", 20).await;
+    let events = next(&mut stream, 2).await;
+    assert_eq!(
+        kinds(&events),
+        [(9, "balance.changed"), (10, "grant.activated")]
+    );
+    app.advance(Duration::from_secs(19 * 86_400)).await;
+    quiet(&mut stream).await;
+    app.stop().await;
+}
+
 /// What counts against a cap (spend and holds) coming up to it is `spend_cap.reached`; the
 /// refusals after it write nothing, and the next day starts afresh.
 #[tokio::test]

@@ -864,7 +864,8 @@ async fn missing_resource_messages_are_rejected() {
     assert_invalid(&status, "INVALID_FIELD", "update_mask");
     assert!(
         status.message().contains(
-            "(overdraft_limit, daily_spend_cap, monthly_spend_cap, low_balance_thresholds can)"
+            "(overdraft_limit, daily_spend_cap, monthly_spend_cap, low_balance_thresholds, \
+             grant_expiry_notice_days can)"
         ),
         "{status:?}"
     );

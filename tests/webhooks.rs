@@ -341,6 +341,68 @@ async fn type_filters_and_account_scope_choose_what_is_sent() {
     assert_eq!(receiver.received().len(), 1);
 }
 
+/// The wallet's webhook fan-out cursor as stored.
+async fn stored_cursor(app: &TestApp, wallet_id: &str) -> Option<i64> {
+    use sea_orm::ConnectionTrait;
+    let store = &app.handles.store;
+    store
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            store.backend(),
+            match store.backend() {
+                sea_orm::DbBackend::Postgres => {
+                    "SELECT sequence FROM webhook_fanout WHERE wallet_id = $1"
+                }
+                _ => "SELECT sequence FROM webhook_fanout WHERE wallet_id = ?",
+            },
+            [wallet_id.into()],
+        ))
+        .await
+        .expect("read the cursor")
+        .map(|row| row.try_get::<i64>("", "sequence").expect("sequence"))
+}
+
+/// Events no endpoint wants are read past without a write each round (the cursor is stored
+/// every few seconds, before the scan for wallets behind); the next wanted one is sent, once.
+#[tokio::test]
+async fn events_nobody_wants_are_read_past_and_the_next_wanted_one_is_sent() {
+    let app = spawn_app().await;
+    app.publish_standard_card().await;
+    let receiver = Receiver::start().await;
+    let (account, wallet) = app.funded("alerts", "12").await;
+    let endpoint = create_endpoint(&app, &receiver.url(), "", &["balance.depleted"]).await;
+    // The endpoint starts every cursor at the wallet's latest event (its grant's two).
+    assert_eq!(stored_cursor(&app, &wallet.id).await, Some(2));
+    debit(&app, &account.id, "image").await;
+    debit(&app, &account.id, "image").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(receiver.received().is_empty());
+    assert_eq!(
+        stored_cursor(&app, &wallet.id).await,
+        Some(2),
+        "rounds that make no delivery write nothing"
+    );
+    // 4 → 0.
+    debit(&app, &account.id, "image").await;
+    let received = receiver.until("the depletion", |r| !r.is_empty()).await;
+    assert_eq!(received[0].json()["type"], "balance.depleted");
+    // The delivery's write stores the cursor at the wallet's latest event: its grant's two,
+    // three debits and the depletion.
+    let mut stored = None;
+    for _ in 0..80 {
+        stored = stored_cursor(&app, &wallet.id).await;
+        if stored == Some(6) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, Some(6));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1);
+    assert_eq!(deliveries(&app, &endpoint.id).await.len(), 1);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn failures_and_timeouts_are_retried_then_dead_lettered_and_replayed() {
     let app = spawn_app().await;

@@ -16,6 +16,7 @@ mod m20261203_000009_overrides_audit;
 mod m20261204_000010_entry_indexes;
 mod m20261205_000011_events;
 mod m20261206_000012_webhooks;
+mod m20261207_000013_grant_expiry_notice;
 
 pub use m20261204_000010_entry_indexes::GRANT_EVENT_KINDS;
 
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000010_entry_indexes::Migration),
             Box::new(m20261205_000011_events::Migration),
             Box::new(m20261206_000012_webhooks::Migration),
+            Box::new(m20261207_000013_grant_expiry_notice::Migration),
         ]
     }
 }

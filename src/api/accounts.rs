@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{Ctx, convert, key, outcome::Respond, reply};
 use crate::{
     auth::Scope,
-    domain::{AccountState, Amount},
+    domain::{AccountState, Amount, wallet::DEFAULT_EXPIRY_NOTICE_DAYS},
     error::{Error, Reason, Result},
     proto::{self, account_service_server::AccountService},
     store::{
@@ -189,6 +189,10 @@ impl Ctx {
         let unit = convert::unit(&wire.unit)?;
         let overdraft_limit =
             convert::non_negative("wallet.overdraft_limit", &wire.overdraft_limit)?;
+        let notice_days = match wire.grant_expiry_notice_days {
+            Some(days) => convert::expiry_notice_days(days)?,
+            None => DEFAULT_EXPIRY_NOTICE_DAYS,
+        };
         let account = self.account_in_scope(&caller, &account_id).await?;
         let key = key(Key::account_scope(&account.id), &request)?;
         let now = self.store.clock.now_micros();
@@ -198,8 +202,15 @@ impl Ctx {
                 let account = account.clone();
                 let unit = unit.clone();
                 Box::pin(async move {
-                    let model =
-                        accounts::create_wallet(tx, &account, &unit, overdraft_limit, now).await?;
+                    let model = accounts::create_wallet(
+                        tx,
+                        &account,
+                        &unit,
+                        overdraft_limit,
+                        notice_days,
+                        now,
+                    )
+                    .await?;
                     let balance = ledger::balance(tx, &model, now).await?;
                     Ok(convert::wallet(&model, convert::balance(&model, &balance)))
                 })
@@ -225,6 +236,10 @@ impl Ctx {
             (
                 "low_balance_thresholds",
                 !wire.low_balance_thresholds.is_empty(),
+            ),
+            (
+                "grant_expiry_notice_days",
+                wire.grant_expiry_notice_days.is_some(),
             ),
         ];
         let paths = convert::update_paths(request.update_mask.as_ref(), &fields)?;
@@ -270,6 +285,11 @@ impl Ctx {
                         })
                         .collect::<Result<Vec<_>>>()?;
                     changes.low_balance_thresholds = Some(thresholds);
+                }
+                "grant_expiry_notice_days" => {
+                    changes.grant_expiry_notice_days = Some(convert::expiry_notice_days(
+                        wire.grant_expiry_notice_days.unwrap_or(0),
+                    )?);
                 }
                 other => return Err(convert::not_updatable(other, &fields)),
             }

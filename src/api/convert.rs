@@ -11,6 +11,7 @@ use crate::{
         AccountState, Amount, Balance, Dimension, GrantKind, HoldState, ListPrice, LotStatus,
         MovementKind, Period, Rate, RolloverPolicy,
         amount::{format_decimal, parse_quantity},
+        wallet::MAX_EXPIRY_NOTICE_DAYS,
     },
     error::{Error, Reason, Result},
     proto,
@@ -352,7 +353,22 @@ pub fn wallet(model: &wallet::Model, balance: proto::Balance) -> proto::Wallet {
             .iter()
             .map(Amount::to_string)
             .collect(),
+        grant_expiry_notice_days: Some(u32::try_from(model.grant_expiry_notice_days).unwrap_or(0)),
     }
+}
+
+/// A wallet's `grant_expiry_notice_days`: 0 (never) to [`MAX_EXPIRY_NOTICE_DAYS`].
+pub fn expiry_notice_days(value: u32) -> Result<i32> {
+    i32::try_from(value)
+        .ok()
+        .filter(|days| *days <= MAX_EXPIRY_NOTICE_DAYS)
+        .ok_or_else(|| {
+            Error::invalid(
+                Reason::InvalidField,
+                "wallet.grant_expiry_notice_days",
+                format!("must be 0 (never) to {MAX_EXPIRY_NOTICE_DAYS} days, not {value}"),
+            )
+        })
 }
 
 // ---- grants --------------------------------------------------------------------------------

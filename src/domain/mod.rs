@@ -12,6 +12,6 @@ pub use amount::{Amount, AmountError};
 pub use pricing::{CardState, Dimension, ListPrice, PricingError, Rate, RateError};
 pub use wallet::{
     Balance, Burn, GrantKind, Hold, HoldState, Lot, LotStatus, Movement, MovementKind, Period,
-    Refusal, Rollover, RolloverPolicy, Schedule, SpendCaps, Spent, WalletState, check_caller_cap,
-    refund_returns,
+    Refusal, Rollover, RolloverPolicy, Schedule, SpendCaps, Spent, Step, WalletState,
+    check_caller_cap, refund_returns,
 };

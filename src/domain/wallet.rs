@@ -25,6 +25,10 @@ use sea_orm::{DeriveActiveEnum, EnumIter, prelude::StringLen};
 use super::amount::Amount;
 
 pub const DAY_MICROS: i64 = 86_400_000_000;
+/// How many days before an active grant expires a new wallet is told (`grant.expiring`).
+pub const DEFAULT_EXPIRY_NOTICE_DAYS: i32 = 7;
+/// The longest notice a wallet may ask for (ten years).
+pub const MAX_EXPIRY_NOTICE_DAYS: i32 = 3650;
 
 /// Where a grant is in its life (stored as `PENDING`, `ACTIVE`, `EXPIRED`, `VOIDED`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
@@ -87,6 +91,8 @@ pub struct Lot {
     pub repaid: Amount,
     /// The allotment schedule and period that created this grant, if any.
     pub period: Option<(String, i64)>,
+    /// Whether the wallet was told that this grant is about to expire ([`Step::ExpiryNotice`]).
+    pub expiry_noticed: bool,
 }
 
 impl Lot {
@@ -410,6 +416,22 @@ pub struct WalletState {
     pub schedules: Vec<Schedule>,
     /// No schedule period starts while set (the account is closed).
     pub schedules_paused: bool,
+    /// How long before an active grant expires the wallet is told (0: never).
+    pub expiry_notice: i64,
+}
+
+/// One thing [`WalletState::advance_steps`] did: a movement (a ledger entry), or a notice that
+/// changes no balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Move(Movement),
+    /// An active grant with units left expires within the wallet's notice window.
+    ExpiryNotice {
+        grant_id: String,
+        time: i64,
+        expire_time: i64,
+        remaining: Amount,
+    },
 }
 
 /// UTC day and month indices of a time.
@@ -430,6 +452,8 @@ enum Due {
     /// can take its units first).
     Period(usize),
     Activate(usize),
+    /// An active grant's expiry comes within the notice window.
+    NoticeExpiry(usize),
     ExpireLot(usize),
     ExpireHold(usize),
 }
@@ -509,6 +533,17 @@ impl WalletState {
         self.next_event().map(|(time, _)| time)
     }
 
+    /// When the wallet is told that an active grant is about to expire: the notice window
+    /// before its expiry. `None` once told, without expiry or notice, and for a grant whose
+    /// whole life is shorter than the window (whoever created it set that expiry).
+    fn expiry_notice_time(&self, lot: &Lot) -> Option<i64> {
+        if self.expiry_notice <= 0 || lot.expiry_noticed || lot.status != LotStatus::Active {
+            return None;
+        }
+        let at = lot.expire_time?.saturating_sub(self.expiry_notice);
+        (at > lot.effective_time).then_some(at)
+    }
+
     fn next_event(&self) -> Option<(i64, Due)> {
         let periods = self
             .schedules
@@ -525,18 +560,36 @@ impl WalletState {
                 LotStatus::Active => lot.expire_time.map(|t| (t, Due::ExpireLot(i))),
                 _ => None,
             });
+        let notices = self
+            .lots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, lot)| Some((self.expiry_notice_time(lot)?, Due::NoticeExpiry(i))));
         let holds = self
             .holds
             .iter()
             .enumerate()
             .map(|(i, hold)| (hold.expire_time, Due::ExpireHold(i)));
-        periods.chain(lots).chain(holds).min()
+        periods.chain(lots).chain(notices).chain(holds).min()
+    }
+
+    /// [`Self::advance_steps`] without the notices.
+    pub fn advance(&mut self, now: i64, new_id: &mut dyn FnMut() -> String) -> Vec<Movement> {
+        self.advance_steps(now, new_id)
+            .into_iter()
+            .filter_map(|step| match step {
+                Step::Move(movement) => Some(movement),
+                Step::ExpiryNotice { .. } => None,
+            })
+            .collect()
     }
 
     /// Applies every event due at or before `now`, in time order: grants becoming active,
-    /// grants and holds expiring, schedule periods starting. `new_id` names schedule grants.
-    pub fn advance(&mut self, now: i64, new_id: &mut dyn FnMut() -> String) -> Vec<Movement> {
+    /// grants and holds expiring, schedule periods starting, and notices of grants about to
+    /// expire. `new_id` names schedule grants.
+    pub fn advance_steps(&mut self, now: i64, new_id: &mut dyn FnMut() -> String) -> Vec<Step> {
         let mut movements = Vec::new();
+        let mut steps = Vec::new();
         while let Some((time, due)) = self.next_event() {
             if time > now {
                 break;
@@ -544,6 +597,22 @@ impl WalletState {
             match due {
                 Due::Period(i) => self.start_period(i, time, new_id, &mut movements),
                 Due::Activate(i) => movements.push(self.activate(i, time)),
+                Due::NoticeExpiry(i) => {
+                    let lot = &mut self.lots[i];
+                    lot.expiry_noticed = true;
+                    let expire_time = lot.expire_time.unwrap_or(time);
+                    // A grant that expires by `now` (the sweep came late) expires in this
+                    // same advance: its expiry says it all.
+                    if lot.remaining.is_positive() && expire_time > now {
+                        steps.extend(movements.drain(..).map(Step::Move));
+                        steps.push(Step::ExpiryNotice {
+                            grant_id: lot.grant_id.clone(),
+                            time,
+                            expire_time,
+                            remaining: lot.remaining,
+                        });
+                    }
+                }
                 Due::ExpireLot(i) => {
                     let lot = &mut self.lots[i];
                     let units = lot.remaining;
@@ -564,7 +633,8 @@ impl WalletState {
                 }
             }
         }
-        movements
+        steps.extend(movements.into_iter().map(Step::Move));
+        steps
     }
 
     /// Makes lot `i` count; it repays overdraft debt first.
@@ -630,6 +700,7 @@ impl WalletState {
             status: LotStatus::Pending,
             repaid: Amount::ZERO,
             period: Some((schedule.id.clone(), k)),
+            expiry_noticed: false,
         };
         self.lots.push(lot);
         let mut m = self.activate(self.lots.len() - 1, time);

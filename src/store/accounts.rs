@@ -309,6 +309,7 @@ pub async fn create_wallet(
     account: &account::Model,
     unit: &str,
     overdraft_limit: Amount,
+    grant_expiry_notice_days: i32,
     now: i64,
 ) -> Result<wallet::Model> {
     let exists = || {
@@ -349,6 +350,7 @@ pub async fn create_wallet(
         last_entry_time: Set(0),
         version: Set(0),
         event_seq: Set(0),
+        grant_expiry_notice_days: Set(grant_expiry_notice_days),
     };
     match model.insert(conn).await {
         Ok(model) => Ok(model),

@@ -255,6 +255,7 @@ mod tests {
             period_index: Some(3),
             rolled_over: 0,
             void_reason: String::new(),
+            expiry_noticed: false,
         };
         let rows = [
             grant.clone(),
@@ -281,8 +282,8 @@ mod tests {
             sql.ends_with(r#"ON CONFLICT ("id") DO UPDATE SET "remaining" = EXCLUDED."remaining""#)
         );
         let values = statement.values.expect("values").0;
-        // 19 columns, 3 of them nullable (expire_time, schedule_id, period_index).
-        assert_eq!(values.len(), 22);
+        // 20 columns, 3 of them nullable (expire_time, schedule_id, period_index).
+        assert_eq!(values.len(), 23);
         let expire = values.iter().position(|v| {
             *v == Value::Array(
                 ArrayType::BigInt,

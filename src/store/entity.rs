@@ -75,6 +75,8 @@ pub mod wallet {
         pub version: i64,
         /// The sequence number of the wallet's latest event (0: none yet).
         pub event_seq: i64,
+        /// Days before an active grant expires that `grant.expiring` is sent (0: never).
+        pub grant_expiry_notice_days: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -117,6 +119,8 @@ pub mod grant {
         pub period_index: Option<i64>,
         pub rolled_over: i64,
         pub void_reason: String,
+        /// `grant.expiring` was sent for it.
+        pub expiry_noticed: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -449,6 +453,9 @@ pub mod event {
         /// A grant became effective (created now, or its `effective_time` came).
         #[sea_orm(string_value = "grant.activated")]
         GrantActivated,
+        /// An active grant with units left expires within the wallet's notice window.
+        #[sea_orm(string_value = "grant.expiring")]
+        GrantExpiring,
         #[sea_orm(string_value = "grant.expired")]
         GrantExpired,
         /// An open hold reached its `expire_time` and was released by the sweeper.

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use sea_orm::{
-    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     prelude::*,
     sea_query::{ExprTrait, Order, Query},
 };
@@ -163,6 +163,34 @@ pub async fn after(
         .await?)
 }
 
+/// The events after each `(wallet, number)`, by wallet and then number, at most `limit` in
+/// all (one query for many wallets).
+pub async fn after_each(
+    conn: &impl ConnectionTrait,
+    from: &[(&str, i64)],
+    limit: u64,
+) -> Result<Vec<event::Model>> {
+    if from.is_empty() {
+        return Ok(Vec::new());
+    }
+    let any = from
+        .iter()
+        .fold(Condition::any(), |any, (wallet_id, after)| {
+            any.add(
+                Condition::all()
+                    .add(event::Column::WalletId.eq(*wallet_id))
+                    .add(event::Column::Sequence.gt(*after)),
+            )
+        });
+    Ok(event::Entity::find()
+        .filter(any)
+        .order_by_asc(event::Column::WalletId)
+        .order_by_asc(event::Column::Sequence)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}
+
 /// The number of the wallet's oldest event still kept (`None`: it has none).
 pub async fn oldest(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<Option<i64>> {
     Ok(event::Entity::find()
@@ -183,6 +211,13 @@ pub async fn latest(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<Opti
         .into_tuple::<i64>()
         .one(conn)
         .await?)
+}
+
+/// A time in an event's data or payload: RFC 3339 in UTC, as precise as it needs to be.
+pub fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// A new event id: `evt_` and a UUIDv7 of the event's own time (the ledger's clock), so ids

@@ -173,9 +173,7 @@ pub async fn publish(
         sequence: version,
         balances: Default::default(),
     };
-    let effective_text = chrono::DateTime::from_timestamp_micros(effective)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_default();
+    let effective_text = events::rfc3339(effective);
     let data = [
         ("version", version.to_string()),
         ("effective_time", effective_text),

@@ -6,7 +6,8 @@
 //! * **Fan-out** ([`fan_out`]): for each wallet, the events after its `webhook_fanout`
 //!   cursor become one delivery per matching endpoint, and the cursor moves on, in one
 //!   write transaction with the cursor rows locked (PostgreSQL: `FOR UPDATE`), so two
-//!   replicas never fan out the same events; `(endpoint_id, event_id)` is unique besides.
+//!   replicas never both make them; `(endpoint_id, event_id)` is unique besides. Events
+//!   nobody wants move the cursor lazily ([`Cursors`], [`persist`]): no write at all.
 //! * **Order per wallet**: a delivery is claimed only when no earlier delivery of the same
 //!   wallet to the same endpoint is pending ([`claim`]). A failing endpoint holds back that
 //!   wallet's later events for that endpoint only, until the failing one is delivered or
@@ -16,7 +17,7 @@
 //!   takes it meanwhile; a replica that dies mid-delivery leaves it to be retried when the
 //!   lease ends. At least once: the receiver de-duplicates by `webhook-id` (the event id).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use rand::RngCore;
@@ -36,8 +37,9 @@ use crate::error::{Error, Reason, Result};
 
 use webhook_delivery::State;
 
-/// Events read per wallet per fan-out round.
+/// Events read per fan-out query, and wallets named in one.
 const FAN_OUT_EVENTS: u64 = 1_000;
+const READ_WALLETS: usize = 100;
 
 /// Rows per multi-row insert.
 const INSERT_CHUNK: usize = 500;
@@ -150,6 +152,14 @@ pub async fn save(conn: &impl ConnectionTrait, endpoint: webhook_endpoint::Model
 
 /// Deletes an endpoint with its deliveries and their attempts.
 pub async fn delete(conn: &impl ConnectionTrait, id: &str) -> Result<()> {
+    if is_postgres(conn) {
+        // Waits for an attempt being recorded (`finish` shares this lock), so none is
+        // recorded after its delivery is gone.
+        webhook_endpoint::Entity::find_by_id(id)
+            .lock(LockType::Update)
+            .one(conn)
+            .await?;
+    }
     let deliveries = Query::select()
         .column(webhook_delivery::Column::Id)
         .from(webhook_delivery::Entity)
@@ -239,87 +249,204 @@ async fn cursor(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<i64> {
         .map_or(0, |c| c.sequence))
 }
 
+/// How far a dispatcher has fanned out each wallet it touched lately: the cursor as stored,
+/// and the last event it read past that without a delivery to make. Those reads are stored
+/// lazily ([`persist`], every few seconds), so a round that makes no delivery writes
+/// nothing — on SQLite, no commit beside the ledger's. Reading them again (after a crash,
+/// or by another replica) makes nothing twice: the same events want the same endpoints,
+/// and `(endpoint_id, event_id)` is unique.
+#[derive(Debug, Default)]
+pub struct Cursors {
+    known: HashMap<String, Cursor>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    stored: i64,
+    read: i64,
+}
+
+impl Cursors {
+    /// Forgets everything (read again from the table when needed).
+    pub fn clear(&mut self) {
+        self.known.clear();
+    }
+}
+
+/// What a fan-out did.
+#[derive(Debug, Default)]
+pub struct FannedOut {
+    pub deliveries: usize,
+    /// Wallets to fan out again: more events than one read takes, or a cursor another
+    /// replica moved meanwhile.
+    pub again: Vec<String>,
+}
+
 /// Turns the events of `wallets` after their cursors into deliveries for the `endpoints`
-/// that want them; returns how many deliveries were made.
+/// that want them.
 ///
 /// The events are read first, outside any write transaction (on SQLite a write holds the
-/// one writer the ledger's batches need); the write then only checks that no other replica
-/// moved a cursor meanwhile (under `FOR UPDATE` on PostgreSQL — a wallet whose cursor moved
-/// is left to the next round), inserts the deliveries and moves the cursors.
+/// one writer the ledger's batches need), [`READ_WALLETS`] wallets a query. Only wallets
+/// with deliveries to make are written now: one transaction checks that no other replica
+/// moved their cursors meanwhile (under `FOR UPDATE` on PostgreSQL — a wallet whose cursor
+/// moved is read again next round), inserts the deliveries and moves the cursors.
 pub async fn fan_out(
     store: &Store,
     wallets: &[String],
     endpoints: &[webhook_endpoint::Model],
     now: i64,
-) -> Result<usize> {
-    if wallets.is_empty() {
-        return Ok(0);
-    }
+    cursors: &mut Cursors,
+) -> Result<FannedOut> {
+    let mut out = FannedOut::default();
     let mut wallets = wallets.to_vec();
     wallets.sort();
     wallets.dedup();
     let reader = store.connection();
-    let mut read: BTreeMap<String, i64> = wallets.iter().map(|w| (w.clone(), 0)).collect();
-    for chunk in wallets.chunks(INSERT_CHUNK) {
-        for row in webhook_fanout::Entity::find()
+    let unknown: Vec<String> = wallets
+        .iter()
+        .filter(|w| !cursors.known.contains_key(*w))
+        .cloned()
+        .collect();
+    for chunk in unknown.chunks(INSERT_CHUNK) {
+        let stored: HashMap<String, i64> = webhook_fanout::Entity::find()
             .filter(webhook_fanout::Column::WalletId.is_in(chunk.iter().cloned()))
             .all(reader)
             .await?
-        {
-            read.insert(row.wallet_id, row.sequence);
+            .into_iter()
+            .map(|row| (row.wallet_id, row.sequence))
+            .collect();
+        for wallet_id in chunk {
+            let stored = stored.get(wallet_id).copied().unwrap_or(0);
+            let read = stored;
+            cursors
+                .known
+                .insert(wallet_id.clone(), Cursor { stored, read });
         }
     }
-    let mut deliveries: BTreeMap<String, Vec<webhook_delivery::ActiveModel>> = BTreeMap::new();
-    let mut moved = Vec::new();
+    let mut deliveries: HashMap<String, Vec<webhook_delivery::ActiveModel>> = HashMap::new();
+    let mut moves = Vec::new();
     let mut ancestries: HashMap<String, Vec<String>> = HashMap::new();
-    for (wallet_id, from) in &read {
-        let events = super::events::after(reader, wallet_id, *from, FAN_OUT_EVENTS).await?;
-        let Some(last) = events.last() else {
-            continue;
-        };
-        moved.push((wallet_id.clone(), *from, last.sequence));
-        let made = deliveries.entry(wallet_id.clone()).or_default();
+    for chunk in wallets.chunks(READ_WALLETS) {
+        let from: Vec<(&str, i64)> = chunk
+            .iter()
+            .map(|w| (w.as_str(), cursors.known[w].read))
+            .collect();
+        let events = super::events::after_each(reader, &from, FAN_OUT_EVENTS).await?;
+        if events.len() as u64 == FAN_OUT_EVENTS {
+            // Some wallets may have more, or were not reached: next round goes on from what
+            // was read.
+            out.again.extend(chunk.iter().cloned());
+        }
+        let mut by_wallet: BTreeMap<&str, Vec<&event::Model>> = BTreeMap::new();
         for event in &events {
-            if !ancestries.contains_key(&event.account_id) {
-                let ancestry = if event.account_id.is_empty() {
-                    Vec::new()
-                } else {
-                    accounts::ancestry_ids(reader, &event.account_id).await?
-                };
-                ancestries.insert(event.account_id.clone(), ancestry);
+            by_wallet.entry(&event.wallet_id).or_default().push(event);
+        }
+        for (wallet_id, events) in by_wallet {
+            let mut made = Vec::new();
+            for event in &events {
+                if !ancestries.contains_key(&event.account_id) {
+                    let ancestry = if event.account_id.is_empty() {
+                        Vec::new()
+                    } else {
+                        accounts::ancestry_ids(reader, &event.account_id).await?
+                    };
+                    ancestries.insert(event.account_id.clone(), ancestry);
+                }
+                let ancestry: Vec<&str> = ancestries[&event.account_id]
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                for endpoint in endpoints.iter().filter(|e| wants(e, event, &ancestry)) {
+                    made.push(delivery(endpoint, event, now));
+                }
             }
-            let ancestry: Vec<&str> = ancestries[&event.account_id]
-                .iter()
-                .map(String::as_str)
-                .collect();
-            for endpoint in endpoints.iter().filter(|e| wants(e, event, &ancestry)) {
-                made.push(webhook_delivery::ActiveModel {
-                    id: Set(super::new_id("whd")),
-                    endpoint_id: Set(endpoint.id.clone()),
-                    event_id: Set(event.id.clone()),
-                    wallet_id: Set(event.wallet_id.clone()),
-                    sequence: Set(event.sequence),
-                    event_type: Set(sea_orm::ActiveEnum::to_value(&event.event_type)),
-                    state: Set(State::Pending),
-                    attempts: Set(0),
-                    retry_base: Set(0),
-                    next_attempt_time: Set(now),
-                    create_time: Set(now),
-                    done_time: Set(None),
-                });
+            let last = events.last().map_or(0, |e| e.sequence);
+            let Some(cursor) = cursors.known.get_mut(wallet_id) else {
+                continue;
+            };
+            if made.is_empty() {
+                cursor.read = Ord::max(cursor.read, last);
+            } else {
+                moves.push((wallet_id.to_string(), cursor.stored, last));
+                deliveries.insert(wallet_id.to_string(), made);
             }
         }
     }
-    if moved.is_empty() {
-        return Ok(0);
+    if moves.is_empty() {
+        return Ok(out);
     }
     let write = store.begin_write().await?;
-    let tx = &write.tx;
-    let names: Vec<String> = moved.iter().map(|(w, _, _)| w.clone()).collect();
+    let moved = move_cursors(&write.tx, &moves).await?;
+    let mut rows = Vec::new();
+    for (wallet_id, _, _) in &moves {
+        if moved.contains(wallet_id) {
+            rows.extend(deliveries.remove(wallet_id).unwrap_or_default());
+        }
+    }
+    out.deliveries = rows.len();
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(INSERT_CHUNK));
+        webhook_delivery::Entity::insert_many(std::mem::replace(&mut rows, rest))
+            .on_conflict(
+                OnConflict::columns([
+                    webhook_delivery::Column::EndpointId,
+                    webhook_delivery::Column::EventId,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(&write.tx)
+            .await?;
+    }
+    write.commit().await?;
+    for (wallet_id, _, to) in moves {
+        if moved.contains(&wallet_id) {
+            cursors.known.insert(
+                wallet_id,
+                Cursor {
+                    stored: to,
+                    read: to,
+                },
+            );
+        } else {
+            // Another replica fanned these out: its deliveries stand; read on from its cursor.
+            cursors.known.remove(&wallet_id);
+            out.again.push(wallet_id);
+        }
+    }
+    Ok(out)
+}
+
+/// Stores the cursors read past without a delivery (unless another replica moved them
+/// meanwhile), and forgets the wallets it knows, so what it keeps stays bounded.
+pub async fn persist(store: &Store, cursors: &mut Cursors) -> Result<()> {
+    let moves: Vec<(String, i64, i64)> = cursors
+        .known
+        .drain()
+        .filter(|(_, c)| c.read > c.stored)
+        .map(|(wallet_id, c)| (wallet_id, c.stored, c.read))
+        .collect();
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let write = store.begin_write().await?;
+    move_cursors(&write.tx, &moves).await?;
+    write.commit().await?;
+    Ok(())
+}
+
+/// Moves each wallet's cursor `(wallet, from, to)` from `from` to `to`, unless it is no
+/// longer at `from` (another replica moved it); returns the wallets moved.
+async fn move_cursors(
+    tx: &impl ConnectionTrait,
+    moves: &[(String, i64, i64)],
+) -> Result<HashSet<String>> {
+    let mut names: Vec<&String> = moves.iter().map(|(w, _, _)| w).collect();
+    names.sort();
     // Every wallet gets a cursor row to lock (a new wallet: from its first event).
     for chunk in names.chunks(INSERT_CHUNK) {
         webhook_fanout::Entity::insert_many(chunk.iter().map(|id| webhook_fanout::ActiveModel {
-            wallet_id: Set(id.clone()),
+            wallet_id: Set((*id).clone()),
             sequence: Set(0),
         }))
         .on_conflict(
@@ -333,7 +460,7 @@ pub async fn fan_out(
     let mut current: HashMap<String, i64> = HashMap::new();
     for chunk in names.chunks(INSERT_CHUNK) {
         let mut query = webhook_fanout::Entity::find()
-            .filter(webhook_fanout::Column::WalletId.is_in(chunk.iter().cloned()))
+            .filter(webhook_fanout::Column::WalletId.is_in(chunk.iter().map(|w| (*w).clone())))
             .order_by_asc(webhook_fanout::Column::WalletId);
         if is_postgres(tx) {
             query = query.lock(LockType::Update);
@@ -342,37 +469,20 @@ pub async fn fan_out(
             current.insert(row.wallet_id, row.sequence);
         }
     }
+    let mut moved = HashSet::new();
     let mut rows = Vec::new();
-    let mut cursors = Vec::new();
-    for (wallet_id, from, to) in moved {
-        // Another replica fanned these out meanwhile: its deliveries stand.
-        if current.get(&wallet_id) != Some(&from) {
-            continue;
+    for (wallet_id, from, to) in moves {
+        if current.get(wallet_id) == Some(from) {
+            moved.insert(wallet_id.clone());
+            rows.push(webhook_fanout::ActiveModel {
+                wallet_id: Set(wallet_id.clone()),
+                sequence: Set(*to),
+            });
         }
-        rows.extend(deliveries.remove(&wallet_id).unwrap_or_default());
-        cursors.push(webhook_fanout::ActiveModel {
-            wallet_id: Set(wallet_id),
-            sequence: Set(to),
-        });
     }
-    let made = rows.len();
     while !rows.is_empty() {
         let rest = rows.split_off(rows.len().min(INSERT_CHUNK));
-        webhook_delivery::Entity::insert_many(std::mem::replace(&mut rows, rest))
-            .on_conflict(
-                OnConflict::columns([
-                    webhook_delivery::Column::EndpointId,
-                    webhook_delivery::Column::EventId,
-                ])
-                .do_nothing()
-                .to_owned(),
-            )
-            .exec_without_returning(tx)
-            .await?;
-    }
-    while !cursors.is_empty() {
-        let rest = cursors.split_off(cursors.len().min(INSERT_CHUNK));
-        webhook_fanout::Entity::insert_many(std::mem::replace(&mut cursors, rest))
+        webhook_fanout::Entity::insert_many(std::mem::replace(&mut rows, rest))
             .on_conflict(
                 OnConflict::column(webhook_fanout::Column::WalletId)
                     .update_column(webhook_fanout::Column::Sequence)
@@ -381,8 +491,28 @@ pub async fn fan_out(
             .exec_without_returning(tx)
             .await?;
     }
-    write.commit().await?;
-    Ok(made)
+    Ok(moved)
+}
+
+fn delivery(
+    endpoint: &webhook_endpoint::Model,
+    event: &event::Model,
+    now: i64,
+) -> webhook_delivery::ActiveModel {
+    webhook_delivery::ActiveModel {
+        id: Set(super::new_id("whd")),
+        endpoint_id: Set(endpoint.id.clone()),
+        event_id: Set(event.id.clone()),
+        wallet_id: Set(event.wallet_id.clone()),
+        sequence: Set(event.sequence),
+        event_type: Set(sea_orm::ActiveEnum::to_value(&event.event_type)),
+        state: Set(State::Pending),
+        attempts: Set(0),
+        retry_base: Set(0),
+        next_attempt_time: Set(now),
+        create_time: Set(now),
+        done_time: Set(None),
+    }
 }
 
 /// Claims up to `limit` due deliveries — each the earliest pending one of its wallet for
@@ -402,7 +532,7 @@ pub async fn claim(
         .from_as(webhook_delivery::Entity, p.clone())
         .and_where(Expr::col((p.clone(), D::EndpointId)).equals((d.clone(), D::EndpointId)))
         .and_where(Expr::col((p.clone(), D::WalletId)).equals((d.clone(), D::WalletId)))
-        .and_where(Expr::col((p.clone(), D::State)).eq(State::Pending.to_value_str()))
+        .and_where(Expr::col((p.clone(), D::State)).eq(stored(State::Pending)))
         .and_where(Expr::col((p.clone(), D::Sequence)).lt(Expr::col((d.clone(), D::Sequence))))
         .to_owned();
     let enabled = Query::select()
@@ -413,7 +543,7 @@ pub async fn claim(
     let mut due = Query::select();
     due.column((d.clone(), D::Id))
         .from_as(webhook_delivery::Entity, d.clone())
-        .and_where(Expr::col((d.clone(), D::State)).eq(State::Pending.to_value_str()))
+        .and_where(Expr::col((d.clone(), D::State)).eq(stored(State::Pending)))
         .and_where(Expr::col((d.clone(), D::NextAttemptTime)).lte(now))
         .and_where(Expr::col((d.clone(), D::EndpointId)).in_subquery(enabled))
         .and_where(Expr::exists(earlier_pending).not())
@@ -457,6 +587,35 @@ pub async fn finish(store: &Store, outcomes: &[Outcome]) -> Result<()> {
     }
     let write = store.begin_write().await?;
     let tx = &write.tx;
+    // Only attempts of deliveries still kept: an endpoint deleted meanwhile took its
+    // deliveries with it (on PostgreSQL its row lock orders the two).
+    let mut live = HashSet::new();
+    let endpoints: BTreeSet<&str> = outcomes
+        .iter()
+        .map(|o| o.delivery.endpoint_id.as_str())
+        .collect();
+    if is_postgres(tx) {
+        webhook_endpoint::Entity::find()
+            .filter(webhook_endpoint::Column::Id.is_in(endpoints.iter().copied()))
+            .lock(LockType::Share)
+            .all(tx)
+            .await?;
+    }
+    for chunk in outcomes.chunks(INSERT_CHUNK) {
+        let ids = chunk.iter().map(|o| o.delivery.id.as_str());
+        let kept: Vec<String> = webhook_delivery::Entity::find()
+            .select_only()
+            .column(webhook_delivery::Column::Id)
+            .filter(webhook_delivery::Column::Id.is_in(ids))
+            .into_tuple()
+            .all(tx)
+            .await?;
+        live.extend(kept);
+    }
+    let outcomes: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| live.contains(&o.delivery.id))
+        .collect();
     for chunk in outcomes.chunks(INSERT_CHUNK) {
         webhook_attempt::Entity::insert_many(
             chunk
@@ -474,7 +633,7 @@ pub async fn finish(store: &Store, outcomes: &[Outcome]) -> Result<()> {
         .exec_without_returning(tx)
         .await?;
     }
-    for outcome in outcomes {
+    for outcome in &outcomes {
         let now = outcome.attempt.time + outcome.attempt.duration_micros;
         let (state, next, done) = match (outcome.delivered, outcome.retry_at) {
             (true, _) => (State::Delivered, now, Some(now)),
@@ -483,10 +642,7 @@ pub async fn finish(store: &Store, outcomes: &[Outcome]) -> Result<()> {
         };
         // Only the claim it answers: a replay meanwhile (attempts moved on) stands.
         webhook_delivery::Entity::update_many()
-            .col_expr(
-                webhook_delivery::Column::State,
-                Expr::val(state.to_value_str()),
-            )
+            .col_expr(webhook_delivery::Column::State, Expr::val(stored(state)))
             .col_expr(webhook_delivery::Column::NextAttemptTime, Expr::val(next))
             .col_expr(webhook_delivery::Column::DoneTime, Expr::val(done))
             .filter(webhook_delivery::Column::Id.eq(outcome.delivery.id.as_str()))
@@ -604,7 +760,7 @@ pub async fn replay(
     let mut update = webhook_delivery::Entity::update_many()
         .col_expr(
             webhook_delivery::Column::State,
-            Expr::val(State::Pending.to_value_str()),
+            Expr::val(stored(State::Pending)),
         )
         .col_expr(webhook_delivery::Column::NextAttemptTime, Expr::val(now))
         .col_expr(webhook_delivery::Column::DoneTime, Expr::val(None::<i64>))
@@ -669,15 +825,9 @@ pub async fn prune(store: &Store, before: i64) -> Result<u64> {
     }
 }
 
-/// A delivery state's stored name.
-impl State {
-    pub fn to_value_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Delivered => "delivered",
-            State::Dead => "dead",
-        }
-    }
+/// A delivery state's stored name (for queries built by hand).
+fn stored(state: State) -> String {
+    sea_orm::ActiveEnum::to_value(&state)
 }
 
 /// The error when an endpoint is not found, or not in the caller's scope.

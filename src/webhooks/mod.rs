@@ -108,7 +108,7 @@ impl Settings {
 /// as `WatchBalance` sends it (amounts as decimal strings, times in RFC 3339).
 pub fn payload(event: &event::Model, unit: &str) -> Vec<u8> {
     let amount = |micros: i64| Amount::from_micros(micros).to_string();
-    let time = rfc3339(event.time);
+    let time = crate::store::events::rfc3339(event.time);
     let type_name: String = sea_orm::ActiveEnum::to_value(&event.event_type);
     let body = serde_json::json!({
         "type": type_name,
@@ -133,12 +133,6 @@ pub fn payload(event: &event::Model, unit: &str) -> Vec<u8> {
     serde_json::to_vec(&body).expect("JSON of strings and numbers")
 }
 
-fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// Runs the dispatcher until `stop` is cancelled.
 pub async fn run(store: Store, health: Health, settings: Arc<Settings>, stop: CancellationToken) {
     health.task_started(TASK);
@@ -150,6 +144,7 @@ pub async fn run(store: Store, health: Health, settings: Arc<Settings>, stop: Ca
         endpoints_read: None,
         notices: None,
         noticed: BTreeSet::new(),
+        cursors: webhooks::Cursors::default(),
         reconciled: None,
         in_flight: JoinSet::new(),
         busy: HashMap::new(),
@@ -196,6 +191,9 @@ pub async fn run(store: Store, health: Health, settings: Arc<Settings>, stop: Ca
     if let Err(err) = webhooks::finish(&dispatcher.store, &dispatcher.done).await {
         tracing::warn!(error = %err, "recording the last webhook attempts failed");
     }
+    if let Err(err) = webhooks::persist(&dispatcher.store, &mut dispatcher.cursors).await {
+        tracing::warn!(error = %err, "storing the webhook fan-out cursors failed");
+    }
 }
 
 async fn recv(
@@ -217,6 +215,8 @@ struct Dispatcher {
     /// subscription makes every batch name its wallets).
     notices: Option<broadcast::Receiver<Arc<[String]>>>,
     noticed: BTreeSet<String>,
+    /// How far this process fanned out the wallets it touched lately.
+    cursors: webhooks::Cursors,
     reconciled: Option<tokio::time::Instant>,
     in_flight: JoinSet<(String, Outcome)>,
     /// Attempts in flight per endpoint.
@@ -273,20 +273,29 @@ impl Dispatcher {
             // Nothing to deliver (the first endpoint starts from the latest events).
             self.notices = None;
             self.noticed.clear();
+            self.cursors.clear();
         } else {
             if self.notices.is_none() {
                 self.notices = Some(self.store.events.subscribe());
             }
             let mut wallets: Vec<String> = std::mem::take(&mut self.noticed).into_iter().collect();
             if reconcile {
+                // The cursors read past lazily are stored first, so the scan sees them.
+                webhooks::persist(&self.store, &mut self.cursors).await?;
                 wallets.extend(webhooks::behind(self.store.connection(), 10_000).await?);
                 self.reconciled = Some(tokio::time::Instant::now());
             }
             let endpoints: Vec<webhook_endpoint::Model> =
                 self.endpoints.iter().map(|e| (**e).clone()).collect();
             for chunk in wallets.chunks(FAN_OUT_WALLETS) {
-                let made = webhooks::fan_out(&self.store, chunk, &endpoints, now).await?;
-                tracing::debug!(wallets = chunk.len(), deliveries = made, "fanned out");
+                let out = webhooks::fan_out(&self.store, chunk, &endpoints, now, &mut self.cursors)
+                    .await?;
+                tracing::debug!(
+                    wallets = chunk.len(),
+                    deliveries = out.deliveries,
+                    "fanned out"
+                );
+                self.noticed.extend(out.again);
             }
         }
         let done = std::mem::take(&mut self.done);
@@ -367,6 +376,8 @@ impl Attempt {
     ) -> Outcome {
         let started = self.clock.now_micros();
         let clock = std::time::Instant::now();
+        // No retry can bring back an event pruned meanwhile.
+        let gone = event.is_none();
         let (status, error, response) = match event {
             None => (
                 0,
@@ -377,7 +388,7 @@ impl Attempt {
         };
         let delivered = error.is_empty() && (200..300).contains(&status);
         let duration = i64::try_from(clock.elapsed().as_micros()).unwrap_or(i64::MAX);
-        let retry_at = if delivered || event_gone(&error) {
+        let retry_at = if delivered || gone {
             None
         } else {
             self.settings.retry_at(
@@ -459,11 +470,6 @@ impl Attempt {
         };
         (status, error, text)
     }
-}
-
-/// Whether an attempt failed for want of its event (no retry can help).
-fn event_gone(error: &str) -> bool {
-    error.starts_with("the event is no longer kept")
 }
 
 /// An error with its causes ("error sending request: … : connection refused").

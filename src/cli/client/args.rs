@@ -389,6 +389,10 @@ pub enum WalletsCommand {
         /// How far below zero `available` may go (decimal) [server default: 0].
         #[arg(long, value_name = "DECIMAL")]
         overdraft_limit: Option<String>,
+        /// Days before an active grant expires that `grant.expiring` is sent; 0: never
+        /// [server default: 7].
+        #[arg(long, value_name = "DAYS")]
+        grant_expiry_notice_days: Option<u32>,
         #[command(flatten)]
         request: RequestId,
     },
@@ -405,7 +409,8 @@ pub enum WalletsCommand {
         #[command(flatten)]
         page: PageArgs,
     },
-    /// Change a wallet's overdraft limit, spend caps or low-balance thresholds.
+    /// Change a wallet's overdraft limit, spend caps, low-balance thresholds or grant expiry
+    /// notice.
     Update(UpdateWalletArgs),
 }
 
@@ -444,6 +449,9 @@ pub struct WalletChanges {
     /// Remove all low-balance thresholds.
     #[arg(long, conflicts_with = "thresholds")]
     pub(super) clear_thresholds: bool,
+    /// Days before an active grant expires that `grant.expiring` is sent; 0: never.
+    #[arg(long, value_name = "DAYS")]
+    pub(super) grant_expiry_notice_days: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,12 +15,14 @@ pub(super) async fn run(ctx: &Ctx, command: WalletsCommand) -> Result<()> {
             account,
             unit,
             overdraft_limit,
+            grant_expiry_notice_days,
             request,
         } => {
             let wallet = proto::Wallet {
                 account_id: account,
                 unit,
                 overdraft_limit: overdraft_limit.unwrap_or_default(),
+                grant_expiry_notice_days,
                 ..Default::default()
             };
             let request = proto::CreateWalletRequest {
@@ -59,6 +61,10 @@ impl UpdateWalletArgs {
                 "low_balance_thresholds",
                 !changes.thresholds.is_empty() || changes.clear_thresholds,
             ),
+            (
+                "grant_expiry_notice_days",
+                changes.grant_expiry_notice_days.is_some(),
+            ),
         ]);
         let wallet = proto::Wallet {
             id: self.id,
@@ -66,6 +72,7 @@ impl UpdateWalletArgs {
             daily_spend_cap: changes.daily_cap.unwrap_or_default(),
             monthly_spend_cap: changes.monthly_cap.unwrap_or_default(),
             low_balance_thresholds: changes.thresholds,
+            grant_expiry_notice_days: changes.grant_expiry_notice_days,
             ..Default::default()
         };
         proto::UpdateWalletRequest {
@@ -124,6 +131,12 @@ mod tests {
         assert_eq!(
             request.update_mask.unwrap().paths,
             ["overdraft_limit", "low_balance_thresholds"]
+        );
+        let request = wallet_update(&["--grant-expiry-notice-days", "0"]).unwrap();
+        assert_eq!(request.wallet.unwrap().grant_expiry_notice_days, Some(0));
+        assert_eq!(
+            request.update_mask.unwrap().paths,
+            ["grant_expiry_notice_days"]
         );
         let request = wallet_update(&["--clear-thresholds"]).unwrap();
         assert!(request.wallet.unwrap().low_balance_thresholds.is_empty());

@@ -182,6 +182,7 @@ mod tests {
             },
             repaid: Amount::ZERO,
             period: None,
+            expiry_noticed: false,
         }
     }
 

@@ -20,6 +20,7 @@ fn lot(id: &str, remaining: i64, priority: i32, expire: Option<i64>, seq: i64) -
         status: LotStatus::Pending,
         repaid: Amount::ZERO,
         period: None,
+        expiry_noticed: false,
     }
 }
 
@@ -86,6 +87,71 @@ fn insufficient_changes_nothing() {
         }
     );
     assert_eq!(w, before);
+}
+
+/// The notices among the steps: (grant, time, units left).
+fn notices(steps: &[Step]) -> Vec<(&str, i64, Amount)> {
+    steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::ExpiryNotice {
+                grant_id,
+                time,
+                remaining,
+                ..
+            } => Some((grant_id.as_str(), *time, *remaining)),
+            Step::Move(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_grant_about_to_expire_is_noticed_once_within_the_window() {
+    const DAY: i64 = DAY_MICROS;
+    let mut w = wallet(vec![
+        lot("month", 5, 0, Some(30 * DAY), 1),
+        // Lives 3 days in all: shorter than the window, so no notice.
+        lot("short", 2, 0, Some(3 * DAY), 2),
+        lot("forever", 1, 0, None, 3),
+    ]);
+    w.expiry_notice = 7 * DAY;
+    assert_eq!(
+        w.next_due(),
+        Some(3 * DAY),
+        "the short grant's expiry first"
+    );
+    let steps = w.advance_steps(23 * DAY - 1, &mut ids());
+    assert!(notices(&steps).is_empty(), "{steps:?}");
+    assert_eq!(w.next_due(), Some(23 * DAY));
+    let steps = w.advance_steps(23 * DAY, &mut ids());
+    assert_eq!(notices(&steps), [("month", 23 * DAY, units(5))]);
+    assert!(w.lots[0].expiry_noticed);
+    assert_eq!(
+        w.next_due(),
+        Some(30 * DAY),
+        "then nothing until the expiry"
+    );
+    let steps = w.advance_steps(30 * DAY, &mut ids());
+    assert!(notices(&steps).is_empty());
+    assert_eq!(steps.len(), 1, "the expiry: {steps:?}");
+
+    // A wider window reaches grants at once; a spent grant or a sweep that comes after the
+    // expiry sends no notice (the expiry says it all), and 0 sends none at all.
+    let mut w = wallet(vec![
+        lot("a", 5, 0, Some(40 * DAY), 1),
+        lot("spent", 0, 0, Some(40 * DAY), 2),
+        lot("late", 1, 0, Some(20 * DAY), 3),
+    ]);
+    w.expiry_notice = 0;
+    assert_eq!(w.next_due(), Some(20 * DAY));
+    w.expiry_notice = 30 * DAY;
+    let steps = w.advance_steps(10 * DAY, &mut ids());
+    assert_eq!(notices(&steps), [("a", 10 * DAY, units(5))]);
+    let mut late = wallet(vec![lot("late", 1, 0, Some(20 * DAY), 1)]);
+    late.expiry_notice = 7 * DAY;
+    let steps = late.advance_steps(21 * DAY, &mut ids());
+    assert!(notices(&steps).is_empty(), "{steps:?}");
+    assert!(late.lots[0].expiry_noticed);
 }
 
 #[test]

@@ -15,7 +15,8 @@ use super::{
 use crate::{
     domain::{
         AccountState, Action, Amount, Burn, GrantKind, HoldState, Lot, LotStatus, Movement,
-        MovementKind, Rollover, RolloverPolicy, WalletState, check_caller_cap, refund_returns,
+        MovementKind, Rollover, RolloverPolicy, Step, WalletState, check_caller_cap,
+        refund_returns, wallet::DAY_MICROS,
     },
     error::{Error, Reason, Result},
     store::{
@@ -245,11 +246,15 @@ impl Loaded {
         };
         match movement.kind {
             MovementKind::Grant => {
-                self.emit(
-                    EventType::GrantActivated,
-                    entry.create_time,
-                    &about("grant_id", &entry.grant_id),
-                );
+                let mut data = about("grant_id", &entry.grant_id);
+                let expiry = entry.grant_id.as_ref().and_then(|id| {
+                    let lot = self.state.lots.iter().find(|l| &l.grant_id == id)?;
+                    lot.expire_time
+                });
+                if let Some(expiry) = expiry {
+                    data.push(("expire_time", events::rfc3339(expiry)));
+                }
+                self.emit(EventType::GrantActivated, entry.create_time, &data);
                 let period = entry.grant_id.as_ref().and_then(|id| {
                     let lot = self.state.lots.iter().find(|l| &l.grant_id == id)?;
                     lot.period.clone()
@@ -376,7 +381,7 @@ impl Loaded {
             created.push(id.clone());
             id
         };
-        let movements = self.state.advance(now, &mut new_grant_id);
+        let steps = self.state.advance_steps(now, &mut new_grant_id);
         for id in created {
             let Some(lot) = self.state.lots.iter().find(|l| l.grant_id == id) else {
                 continue;
@@ -399,8 +404,30 @@ impl Loaded {
             );
         }
         let system = EntryContext::system();
-        for movement in movements {
-            self.record(movement, &system);
+        for step in steps {
+            match step {
+                Step::Move(movement) => {
+                    self.record(movement, &system);
+                }
+                Step::ExpiryNotice {
+                    grant_id,
+                    time,
+                    expire_time,
+                    remaining,
+                } => {
+                    let days = self.state.expiry_notice / DAY_MICROS;
+                    self.emit(
+                        EventType::GrantExpiring,
+                        time,
+                        &[
+                            ("grant_id", grant_id),
+                            ("expire_time", events::rfc3339(expire_time)),
+                            ("units", remaining.to_string()),
+                            ("notice_days", days.to_string()),
+                        ],
+                    );
+                }
+            }
         }
         self.notice(now);
     }
@@ -628,6 +655,7 @@ impl Batch {
                     status: LotStatus::Pending,
                     repaid: Amount::ZERO,
                     period: None,
+                    expiry_noticed: false,
                 };
                 wallet.new_grants.insert(
                     id.clone(),
@@ -867,6 +895,7 @@ impl Batch {
                             status: LotStatus::Pending,
                             repaid: Amount::ZERO,
                             period: None,
+                            expiry_noticed: false,
                         },
                         now,
                     )
@@ -950,6 +979,9 @@ impl Batch {
                 if let Some(thresholds) = &changes.low_balance_thresholds {
                     wallet.thresholds = thresholds.clone();
                 }
+                if let Some(days) = changes.grant_expiry_notice_days {
+                    wallet.state.expiry_notice = i64::from(days) * DAY_MICROS;
+                }
                 Ok(Outcome::Wallet {
                     row: updated_wallet(wallet, now),
                     balance: wallet.state.balance(&wallet.thresholds),
@@ -997,6 +1029,8 @@ pub(super) fn updated_wallet(wallet: &Loaded, now: i64) -> wallet::Model {
         last_hash: wallet.last_hash.clone(),
         last_entry_time: wallet.last_time,
         event_seq: wallet.event_seq,
+        grant_expiry_notice_days: i32::try_from(state.expiry_notice / DAY_MICROS)
+            .unwrap_or(i32::MAX),
         update_time: now,
         ..wallet.model.clone()
     }
@@ -1013,6 +1047,7 @@ pub(super) fn grant_row(wallet: &Loaded, lot: &Lot, now: i64) -> Option<grant::M
             status,
             repaid: lot.repaid.micros(),
             void_reason: void_reason.unwrap_or_else(|| stored.void_reason.clone()),
+            expiry_noticed: lot.expiry_noticed,
             ..stored.clone()
         });
     }
@@ -1037,6 +1072,7 @@ pub(super) fn grant_row(wallet: &Loaded, lot: &Lot, now: i64) -> Option<grant::M
         period_index: lot.period.as_ref().map(|(_, k)| *k),
         rolled_over: template.rolled_over,
         void_reason: void_reason.unwrap_or_default(),
+        expiry_noticed: lot.expiry_noticed,
     })
 }
 

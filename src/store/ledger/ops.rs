@@ -124,6 +124,8 @@ pub struct WalletChanges {
     pub daily_spend_cap: Option<Option<Amount>>,
     pub monthly_spend_cap: Option<Option<Amount>>,
     pub low_balance_thresholds: Option<Vec<Amount>>,
+    /// Days before an active grant expires that `grant.expiring` is sent (0: never).
+    pub grant_expiry_notice_days: Option<i32>,
 }
 
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! see them.
 
 use crate::{
+    domain::wallet::DAY_MICROS,
     domain::{
         Amount, Hold, Lot, Rollover, RolloverPolicy, Schedule, SpendCaps, Spent, WalletState,
     },
@@ -21,6 +22,7 @@ pub fn lot(model: &grant::Model) -> Lot {
         status: model.status,
         repaid: Amount::from_micros(model.repaid),
         period: model.schedule_id.clone().zip(model.period_index),
+        expiry_noticed: model.expiry_noticed,
     }
 }
 
@@ -75,5 +77,6 @@ pub(super) fn wallet_state(
         },
         schedules: schedules.iter().map(|s| domain_schedule(s)).collect(),
         schedules_paused: false,
+        expiry_notice: i64::from(model.grant_expiry_notice_days.max(0)) * DAY_MICROS,
     }
 }

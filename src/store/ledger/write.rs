@@ -346,15 +346,16 @@ where
     Ok(())
 }
 
-const GRANT_UPDATES: [grant::Column; 5] = [
+const GRANT_UPDATES: [grant::Column; 6] = [
     grant::Column::Remaining,
     grant::Column::Status,
     grant::Column::Repaid,
     grant::Column::Voided,
     grant::Column::VoidReason,
+    grant::Column::ExpiryNoticed,
 ];
 
-const WALLET_UPDATES: [wallet::Column; 17] = [
+const WALLET_UPDATES: [wallet::Column; 18] = [
     wallet::Column::OverdraftLimit,
     wallet::Column::Debt,
     wallet::Column::Reserved,
@@ -372,4 +373,5 @@ const WALLET_UPDATES: [wallet::Column; 17] = [
     wallet::Column::LastEntryTime,
     wallet::Column::Version,
     wallet::Column::EventSeq,
+    wallet::Column::GrantExpiryNoticeDays,
 ];

@@ -44,6 +44,7 @@ pub(super) fn wallet_model(id: &str, account_id: &str, unit: &str) -> wallet::Mo
         last_entry_time: 0,
         version: 1,
         event_seq: 0,
+        grant_expiry_notice_days: crate::domain::wallet::DEFAULT_EXPIRY_NOTICE_DAYS,
     }
 }
 

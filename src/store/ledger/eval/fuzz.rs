@@ -341,6 +341,7 @@ impl Spec {
                         daily_spend_cap: cap(input),
                         monthly_spend_cap: cap(input),
                         low_balance_thresholds: option(input, |i| vec![amount(i)]),
+                        grant_expiry_notice_days: option(input, |i| *i.pick(&[0, 1, 7, 30])),
                     },
                 }
             }
