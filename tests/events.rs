@@ -536,6 +536,159 @@ async fn a_watch_names_one_wallet_in_the_callers_scope() {
     app.stop().await;
 }
 
+async fn watch_account(
+    app: &TestApp,
+    token: &str,
+    account_id: &str,
+    resume: &[(&str, i64)],
+) -> Result<Streaming<proto::BalanceEvent>, Status> {
+    app.ledger(token)
+        .watch_balance(proto::WatchBalanceRequest {
+            account_id: account_id.into(),
+            all_wallets: true,
+            after_sequences: resume.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// `all_wallets`: every wallet of an account in one stream — a snapshot of each, then each
+/// one's events in order; a wallet created meanwhile from its first event; resumed per
+/// wallet, where a wallet not named starts with its snapshot.
+#[tokio::test]
+async fn a_watch_of_an_account_follows_each_of_its_wallets() {
+    let app = spawn_app().await;
+    app.publish_standard_card().await;
+    let (account, credits) = app.funded("all", "10").await;
+    let messages = app.create_wallet(&account.id, "messages", "").await;
+    app.grant(&messages.id, "3").await;
+    let (_, elsewhere) = app.funded("elsewhere", "10").await;
+
+    let mut stream = watch_account(&app, &app.admin, &account.id, &[])
+        .await
+        .unwrap();
+    let snapshots = next(&mut stream, 2).await;
+    let mut seen: Vec<(&str, i64, &str, &str)> = snapshots
+        .iter()
+        .map(|e| {
+            let unit = e.balance.as_ref().unwrap().unit.as_str();
+            (e.wallet_id.as_str(), e.sequence, e.r#type.as_str(), unit)
+        })
+        .collect();
+    seen.sort();
+    let mut expected = vec![
+        (credits.id.as_str(), 2, "balance.snapshot", "credits"),
+        (messages.id.as_str(), 2, "balance.snapshot", "messages"),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        available(&snapshots[0]),
+        if snapshots[0].wallet_id == credits.id {
+            "10"
+        } else {
+            "3"
+        }
+    );
+
+    // A change of one wallet; another account's changes do not come.
+    debit(&app, &account.id, "image").await.unwrap();
+    app.grant(&elsewhere.id, "1").await;
+    let events = next(&mut stream, 1).await;
+    assert_eq!(kinds(&events), [(3, "balance.changed")]);
+    assert_eq!(events[0].wallet_id, credits.id);
+    assert_eq!(available(&events[0]), "6");
+
+    // A wallet created now is followed from its first event (found within a poll).
+    let tokens = app.create_wallet(&account.id, "tokens", "").await;
+    app.grant(&tokens.id, "5").await;
+    let events = next(&mut stream, 2).await;
+    assert_eq!(
+        kinds(&events),
+        [(1, "balance.changed"), (2, "grant.activated")]
+    );
+    assert!(events.iter().all(|e| e.wallet_id == tokens.id));
+    assert_eq!(events[0].balance.as_ref().unwrap().unit, "tokens");
+    quiet(&mut stream).await;
+    drop(stream);
+
+    // Resumed: credits after its snapshot (its debit comes again), messages where it was;
+    // tokens is not named, so it starts with its snapshot.
+    let mut stream = watch_account(
+        &app,
+        &app.admin,
+        &account.id,
+        &[(credits.id.as_str(), 2), (messages.id.as_str(), 2)],
+    )
+    .await
+    .unwrap();
+    let events = next(&mut stream, 2).await;
+    assert_eq!(
+        (
+            events[0].wallet_id.as_str(),
+            events[0].sequence,
+            events[0].r#type.as_str()
+        ),
+        (tokens.id.as_str(), 2, "balance.snapshot")
+    );
+    assert_eq!(
+        (
+            events[1].wallet_id.as_str(),
+            events[1].sequence,
+            events[1].r#type.as_str()
+        ),
+        (credits.id.as_str(), 3, "balance.changed")
+    );
+    quiet(&mut stream).await;
+
+    // What the request may not combine, and what the caller may not see.
+    let refused = |request: proto::WatchBalanceRequest| {
+        let ledger = app.ledger(&app.admin);
+        async move {
+            ledger
+                .clone()
+                .watch_balance(request)
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        }
+    };
+    let with_unit = refused(proto::WatchBalanceRequest {
+        account_id: account.id.clone(),
+        unit: "credits".into(),
+        all_wallets: true,
+        ..Default::default()
+    })
+    .await;
+    assert_invalid(&with_unit, "INVALID_FIELD", "all_wallets");
+    let foreign = refused(proto::WatchBalanceRequest {
+        account_id: account.id.clone(),
+        all_wallets: true,
+        after_sequences: [(elsewhere.id.clone(), 1)].into(),
+        ..Default::default()
+    })
+    .await;
+    assert_invalid(&foreign, "INVALID_FIELD", "after_sequences");
+    let without = refused(proto::WatchBalanceRequest {
+        wallet_id: credits.id.clone(),
+        after_sequences: [(credits.id.clone(), 1)].into(),
+        ..Default::default()
+    })
+    .await;
+    assert_invalid(&without, "INVALID_FIELD", "after_sequences");
+    let gone = watch_account(&app, &app.admin, &account.id, &[(credits.id.as_str(), 99)])
+        .await
+        .unwrap_err();
+    assert_error(&gone, Code::OutOfRange, "EVENTS_UNAVAILABLE");
+    let other = token(&["service"], &[&elsewhere.account_id]);
+    let err = watch_account(&app, &other, &account.id, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    app.stop().await;
+}
+
 /// Events committed by one replica reach a watcher on another (it polls the outbox).
 #[tokio::test]
 async fn a_watch_on_one_replica_sees_what_another_commits() {
@@ -872,6 +1025,45 @@ async fn the_cli_watches_a_wallet() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("EVENTS_UNAVAILABLE"), "{stderr}");
+
+    // Every wallet of the account, each line naming its wallet and unit; one resumed.
+    let wallet = app
+        .accounts(&app.admin)
+        .list_wallets(proto::ListWalletsRequest {
+            account_id: account.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .wallets
+        .remove(0);
+    let messages = app.create_wallet(&account.id, "messages", "").await;
+    let resume = format!("{}=2", wallet.id);
+    let mut child = command(&[
+        "watch",
+        "--external-id",
+        "cli-watch",
+        "--all-wallets",
+        "--resume",
+        &resume,
+    ])
+    .spawn()
+    .expect("run allot watch");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = next_line(&mut lines).await;
+    assert!(
+        first.starts_with(&format!("{} messages", messages.id)),
+        "{first}"
+    );
+    assert!(first.contains("balance.snapshot"), "{first}");
+    let second = next_line(&mut lines).await;
+    assert!(
+        second.starts_with(&format!("{} credits", wallet.id)),
+        "{second}"
+    );
+    assert!(second.contains("3  balance.changed"), "{second}");
+    child.kill().await.unwrap();
     app.stop().await;
 }
 

@@ -1,12 +1,19 @@
-//! LedgerService.WatchBalance: a wallet's balance, then its events as they are committed.
+//! LedgerService.WatchBalance: a wallet's balance — or each of an account's wallets' — then
+//! their events as they are committed.
 //!
-//! The events come from the outbox (`store/events.rs`), read by number: a watcher keeps the
-//! last number it sent and reads what follows, so it cannot skip or repeat one whichever
-//! replica wrote it. It reads when this process commits events of its wallet (`events::Bus`,
-//! after the commit is durable) and every [`POLL`] (events committed by other replicas).
-//! Its buffer is bounded: a reader [`BUFFER`] events behind is ended with `WATCH_LAGGED`.
+//! The events come from the outbox (`store/events.rs`), read by number: a watcher keeps, per
+//! wallet, the last number it sent and reads what follows, so it cannot skip or repeat one
+//! whichever replica wrote it. It reads when this process commits events of a wallet it
+//! follows (`events::Bus`, after the commit is durable) and every [`POLL`] (events committed
+//! by other replicas; and, watching an account, wallets created since). Its buffer is
+//! bounded: a reader [`BUFFER`] events behind that takes none for [`LAG_GRACE`] is ended
+//! with `WATCH_LAGGED`.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    pin::Pin,
+    time::Duration,
+};
 
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -18,20 +25,31 @@ use crate::{
     domain::Amount,
     error::{Error, Reason, Result},
     proto,
-    store::{Store, entity::event, events, ledger},
+    store::{
+        Store,
+        entity::{event, wallet},
+        events, ledger,
+    },
 };
 
-/// Events a reader may fall behind by before its watch is ended.
+/// Events a reader may fall behind by before its watch is ended …
 pub const BUFFER: usize = 1024;
+/// … when it then takes none of them for this long (a reader catching up on stored events
+/// reads slower than the database gives them, but it reads).
+pub const LAG_GRACE: Duration = Duration::from_secs(1);
 /// How often a watcher looks for events other replicas committed.
 pub const POLL: Duration = Duration::from_millis(250);
 /// Events read from the database at a time.
 const PAGE: u64 = 256;
+/// The most wallets one watch of an account follows.
+pub const MAX_WALLETS: usize = 100;
 /// The type of the first message of a watch without `after_sequence`.
 pub const SNAPSHOT: &str = "balance.snapshot";
 
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = std::result::Result<proto::BalanceEvent, Status>> + Send>>;
+
+type Sender = mpsc::Sender<std::result::Result<proto::BalanceEvent, Status>>;
 
 impl Ctx {
     pub(super) async fn watch_balance(
@@ -40,51 +58,98 @@ impl Ctx {
     ) -> Result<WatchStream> {
         let caller = super::access::caller(&request)?;
         let r = request.into_inner();
-        let wallet = if r.wallet_id.is_empty() {
-            self.resolve_wallet(&caller, &r.account_id, &r.external_id, &r.unit)
-                .await?
-                .1
-        } else {
-            if !(r.account_id.is_empty() && r.external_id.is_empty() && r.unit.is_empty()) {
+        let (account, wallets, resume) = if r.all_wallets {
+            if !(r.wallet_id.is_empty() && r.unit.is_empty() && r.after_sequence.is_none()) {
                 return Err(Error::invalid(
                     Reason::InvalidField,
-                    "wallet_id",
-                    "name the wallet by wallet_id, or by account_id / external_id and unit; \
-                     not both",
+                    "all_wallets",
+                    "names an account (account_id or external_id) and every unit; resume \
+                     with after_sequences, not after_sequence",
                 ));
             }
-            self.wallet_in_scope(&caller, &r.wallet_id).await?
+            let account = self
+                .resolve_account(&caller, &r.account_id, &r.external_id)
+                .await?;
+            let wallets = account_wallets(&self.store, &account.id).await?;
+            for id in r.after_sequences.keys() {
+                if !wallets.iter().any(|w| &w.id == id) {
+                    return Err(Error::invalid(
+                        Reason::InvalidField,
+                        "after_sequences",
+                        format!("`{id}` is not a wallet of account `{}`", account.id),
+                    ));
+                }
+            }
+            let resume: HashMap<String, i64> = r.after_sequences.into_iter().collect();
+            (Some(account.id), wallets, resume)
+        } else {
+            if !r.after_sequences.is_empty() {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "after_sequences",
+                    "only with all_wallets: resume one wallet with after_sequence",
+                ));
+            }
+            let wallet = if r.wallet_id.is_empty() {
+                self.resolve_wallet(&caller, &r.account_id, &r.external_id, &r.unit)
+                    .await?
+                    .1
+            } else {
+                if !(r.account_id.is_empty() && r.external_id.is_empty() && r.unit.is_empty()) {
+                    return Err(Error::invalid(
+                        Reason::InvalidField,
+                        "wallet_id",
+                        "name the wallet by wallet_id, or by account_id / external_id and \
+                         unit; not both",
+                    ));
+                }
+                self.wallet_in_scope(&caller, &r.wallet_id).await?
+            };
+            let resume = r
+                .after_sequence
+                .map(|after| (wallet.id.clone(), after))
+                .into_iter()
+                .collect();
+            (None, vec![wallet], resume)
         };
         // Subscribed before anything is read: a commit after the read is noticed.
         let notices = self.store.events.subscribe();
         let (sender, receiver) = mpsc::channel(BUFFER + 1);
-        let after = match r.after_sequence {
-            None => {
-                let now = self.store.clock.now_micros();
-                let (model, balance) = ledger::wallet_balance(&self.store, &wallet.id, now).await?;
-                let snapshot = proto::BalanceEvent {
-                    id: String::new(),
-                    sequence: model.event_seq,
-                    r#type: SNAPSHOT.to_string(),
-                    wallet_id: model.id.clone(),
-                    account_id: model.account_id.clone(),
-                    time: Some(convert::timestamp(now)),
-                    balance: Some(convert::balance(&model, &balance)),
-                    data: Default::default(),
-                };
-                let _ = sender.try_send(Ok(snapshot));
-                model.event_seq
-            }
-            Some(after) => {
-                resume_point(&self.store, &wallet.id, after).await?;
-                after
-            }
-        };
+        let mut followed = Vec::new();
+        for wallet in wallets {
+            let last = match resume.get(&wallet.id) {
+                Some(&after) => {
+                    resume_point(&self.store, &wallet.id, after).await?;
+                    after
+                }
+                None => {
+                    let now = self.store.clock.now_micros();
+                    let (model, balance) =
+                        ledger::wallet_balance(&self.store, &wallet.id, now).await?;
+                    let snapshot = proto::BalanceEvent {
+                        id: String::new(),
+                        sequence: model.event_seq,
+                        r#type: SNAPSHOT.to_string(),
+                        wallet_id: model.id.clone(),
+                        account_id: model.account_id.clone(),
+                        time: Some(convert::timestamp(now)),
+                        balance: Some(convert::balance(&model, &balance)),
+                        data: Default::default(),
+                    };
+                    let _ = sender.try_send(Ok(snapshot));
+                    model.event_seq
+                }
+            };
+            followed.push(Followed {
+                wallet_id: wallet.id,
+                unit: wallet.unit,
+                last,
+            });
+        }
         let watcher = Watcher {
             store: self.store.clone(),
-            wallet_id: wallet.id,
-            unit: wallet.unit,
-            last: after,
+            account,
+            followed,
             sender,
             draining: self.draining.clone(),
         };
@@ -93,16 +158,34 @@ impl Ctx {
     }
 }
 
+/// The wallets of an account, at most [`MAX_WALLETS`].
+async fn account_wallets(store: &Store, account_id: &str) -> Result<Vec<wallet::Model>> {
+    let wallets =
+        crate::store::accounts::wallets_of(&store.db, account_id, MAX_WALLETS as u64 + 1).await?;
+    if wallets.len() > MAX_WALLETS {
+        return Err(Error::precondition(
+            Reason::TooManyEntries,
+            format!(
+                "account `{account_id}` has more than {MAX_WALLETS} wallets: watch them by \
+                 wallet_id"
+            ),
+        ));
+    }
+    Ok(wallets)
+}
+
 /// Checks that the events after `after` are all still kept.
 async fn resume_point(store: &Store, wallet_id: &str, after: i64) -> Result<()> {
     let latest = events::latest(&store.db, wallet_id).await?.unwrap_or(0);
     let unavailable = |message: String| {
         Error::new(tonic::Code::OutOfRange, Reason::EventsUnavailable, message)
+            .with("wallet_id", wallet_id)
             .with("latest_sequence", latest)
     };
     if after < 0 || after > latest {
         return Err(unavailable(format!(
-            "after_sequence {after} is not an event of the wallet (its latest is {latest})"
+            "after_sequence {after} is not an event of wallet `{wallet_id}` (its latest is \
+             {latest})"
         )));
     }
     if after < latest {
@@ -111,8 +194,8 @@ async fn resume_point(store: &Store, wallet_id: &str, after: i64) -> Result<()> 
             .unwrap_or(latest);
         if oldest > after + 1 {
             return Err(unavailable(format!(
-                "the events after {after} are no longer kept (the oldest kept is {oldest}): \
-                 watch without after_sequence for a new snapshot"
+                "the events of wallet `{wallet_id}` after {after} are no longer kept (the \
+                 oldest kept is {oldest}): watch without after_sequence for a new snapshot"
             ))
             .with("oldest_sequence", oldest));
         }
@@ -120,15 +203,21 @@ async fn resume_point(store: &Store, wallet_id: &str, after: i64) -> Result<()> 
     Ok(())
 }
 
-/// One watch: sends the wallet's events numbered after `last`, in order.
-struct Watcher {
-    store: Store,
+/// A wallet a watch follows, and the number of the last event sent of it.
+struct Followed {
     wallet_id: String,
     unit: String,
-    /// The number of the last event sent.
     last: i64,
+}
+
+/// One watch: sends each followed wallet's events numbered after its `last`, in order.
+struct Watcher {
+    store: Store,
+    /// Watching an account: its wallets created since are followed from their first event.
+    account: Option<String>,
+    followed: Vec<Followed>,
     /// Room for [`BUFFER`] events and the status that ends the watch.
-    sender: mpsc::Sender<std::result::Result<proto::BalanceEvent, Status>>,
+    sender: Sender,
     draining: CancellationToken,
 }
 
@@ -139,16 +228,24 @@ impl Watcher {
     ) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        let mut polled = false;
         loop {
-            match self.send_new().await {
+            let read = async {
+                if polled {
+                    self.discover().await?;
+                }
+                self.send_new().await
+            };
+            match read.await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(err) => {
-                    let status = status(err.with("after_sequence", self.last));
-                    let _ = self.sender.try_send(Err(status));
+                    let _ = self.sender.try_send(Err(status(self.resume_at(err))));
                     return;
                 }
             }
+            polled = false;
             // Wait for a reason to read again.
             loop {
                 tokio::select! {
@@ -158,64 +255,141 @@ impl Watcher {
                             tonic::Code::Unavailable,
                             Reason::Unavailable,
                             format!(
-                                "allot is shutting down: watch again with after_sequence {}",
-                                self.last
+                                "allot is shutting down: watch again with {}",
+                                self.resume_text()
                             ),
-                        )
-                        .with("after_sequence", self.last);
-                        let _ = self.sender.try_send(Err(status(err)));
+                        );
+                        let _ = self.sender.try_send(Err(status(self.resume_at(err))));
                         return;
                     }
                     notice = notices.recv() => match notice {
-                        Ok(wallets) if !wallets.contains(&self.wallet_id) => continue,
+                        Ok(wallets) if !wallets.iter().any(|w| self.follows(w)) => continue,
                         Ok(_) | Err(RecvError::Lagged(_)) => break,
                         Err(RecvError::Closed) => return,
                     },
-                    _ = poll.tick() => break,
+                    _ = poll.tick() => {
+                        polled = true;
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// Sends every event after `last`. `Ok(false)`: the watch is over (the reader left, or
-    /// lagged and was told so).
+    fn follows(&self, wallet_id: &str) -> bool {
+        self.followed.iter().any(|f| f.wallet_id == wallet_id)
+    }
+
+    /// Where to resume, as metadata of the status that ends the watch: `after_sequence` of
+    /// a one-wallet watch, `after_sequences` (JSON, by wallet id) of an account's.
+    fn resume_at(&self, err: Error) -> Error {
+        match (&self.account, self.followed.as_slice()) {
+            (None, [one]) => err.with("after_sequence", one.last),
+            _ => err.with("after_sequences", self.resume_points()),
+        }
+    }
+
+    /// The same for people: `after_sequence 5`, `after_sequences {"wal_…":5,…}`.
+    fn resume_text(&self) -> String {
+        match (&self.account, self.followed.as_slice()) {
+            (None, [one]) => format!("after_sequence {}", one.last),
+            _ => format!("after_sequences {}", self.resume_points()),
+        }
+    }
+
+    fn resume_points(&self) -> String {
+        let points: BTreeMap<&str, i64> = self
+            .followed
+            .iter()
+            .map(|f| (f.wallet_id.as_str(), f.last))
+            .collect();
+        serde_json::to_string(&points).expect("JSON of numbers")
+    }
+
+    /// Follows the account's wallets created since, from their first event.
+    async fn discover(&mut self) -> Result<()> {
+        let Some(account) = &self.account else {
+            return Ok(());
+        };
+        for wallet in account_wallets(&self.store, account).await? {
+            if !self.follows(&wallet.id) {
+                self.followed.push(Followed {
+                    wallet_id: wallet.id,
+                    unit: wallet.unit,
+                    last: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether there is room for one more event besides the status that may end the watch,
+    /// waiting up to [`LAG_GRACE`] for the reader to take some.
+    async fn room(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + LAG_GRACE;
+        while self.sender.capacity() <= 1 {
+            if self.sender.is_closed() || tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Sends every event after each wallet's `last`. `Ok(false)`: the watch is over (the
+    /// reader left, or lagged and was told so).
     async fn send_new(&mut self) -> Result<bool> {
+        let index: HashMap<String, usize> = self
+            .followed
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.wallet_id.clone(), i))
+            .collect();
         loop {
-            let page = events::after(&self.store.db, &self.wallet_id, self.last, PAGE).await?;
+            let from: Vec<(&str, i64)> = self
+                .followed
+                .iter()
+                .map(|f| (f.wallet_id.as_str(), f.last))
+                .collect();
+            let page = events::after_each(&self.store.db, &from, PAGE).await?;
             let full = page.len() as u64 == PAGE;
             for event in page {
-                if event.sequence != self.last + 1 {
+                let Some(&i) = index.get(&event.wallet_id) else {
+                    continue;
+                };
+                let last = self.followed[i].last;
+                if event.sequence != last + 1 {
                     // Numbers have no gaps when written: the missing ones were pruned.
                     return Err(Error::new(
                         tonic::Code::OutOfRange,
                         Reason::EventsUnavailable,
                         format!(
-                            "the events after {} are no longer kept (the next kept is {}): \
-                             watch without after_sequence for a new snapshot",
-                            self.last, event.sequence
+                            "the events of wallet `{}` after {last} are no longer kept (the \
+                             next kept is {}): watch without after_sequence for a new snapshot",
+                            event.wallet_id, event.sequence
                         ),
                     )
+                    .with("wallet_id", &event.wallet_id)
                     .with("oldest_sequence", event.sequence));
                 }
-                if self.sender.capacity() <= 1 {
-                    let last = self.last;
+                if !self.room().await {
                     let lagged = Error::new(
                         tonic::Code::ResourceExhausted,
                         Reason::WatchLagged,
                         format!(
                             "the reader fell more than {BUFFER} events behind: watch again \
-                             with after_sequence {last}"
+                             with {}",
+                            self.resume_text()
                         ),
-                    )
-                    .with("after_sequence", last);
-                    let _ = self.sender.try_send(Err(status(lagged)));
+                    );
+                    let _ = self.sender.try_send(Err(status(self.resume_at(lagged))));
                     return Ok(false);
                 }
-                let message = balance_event(&event, &self.unit);
+                let message = balance_event(&event, &self.followed[i].unit);
                 if self.sender.try_send(Ok(message)).is_err() {
                     return Ok(false);
                 }
-                self.last = event.sequence;
+                self.followed[i].last = event.sequence;
             }
             if !full {
                 return Ok(true);

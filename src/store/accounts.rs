@@ -378,6 +378,20 @@ pub async fn find_wallet_by_id(
     Ok(wallet::Entity::find_by_id(id.to_string()).one(conn).await?)
 }
 
+/// The first `limit` wallets of an account, by id.
+pub async fn wallets_of(
+    conn: &impl ConnectionTrait,
+    account_id: &str,
+    limit: u64,
+) -> Result<Vec<wallet::Model>> {
+    Ok(wallet::Entity::find()
+        .filter(wallet::Column::AccountId.eq(account_id))
+        .order_by_asc(wallet::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}
+
 pub async fn list_wallets(
     conn: &impl ConnectionTrait,
     account_id: &str,

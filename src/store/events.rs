@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use sea_orm::{
-    Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Condition, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    Select,
     prelude::*,
     sea_query::{ExprTrait, Order, Query},
 };
@@ -173,6 +174,46 @@ pub async fn after_each(
     if from.is_empty() {
         return Ok(Vec::new());
     }
+    Ok(after_each_query(from, limit).all(conn).await?)
+}
+
+/// What the webhook fan-out needs of an event: not its balances, not its data.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct Header {
+    pub id: String,
+    pub wallet_id: String,
+    pub account_id: String,
+    pub sequence: i64,
+    pub event_type: event::EventType,
+    pub time: i64,
+}
+
+/// [`after_each`], headers only.
+pub async fn headers_after_each(
+    conn: &impl ConnectionTrait,
+    from: &[(&str, i64)],
+    limit: u64,
+) -> Result<Vec<Header>> {
+    if from.is_empty() {
+        return Ok(Vec::new());
+    }
+    use event::Column as C;
+    Ok(after_each_query(from, limit)
+        .select_only()
+        .columns([
+            C::Id,
+            C::WalletId,
+            C::AccountId,
+            C::Sequence,
+            C::EventType,
+            C::Time,
+        ])
+        .into_model::<Header>()
+        .all(conn)
+        .await?)
+}
+
+fn after_each_query(from: &[(&str, i64)], limit: u64) -> Select<event::Entity> {
     let any = from
         .iter()
         .fold(Condition::any(), |any, (wallet_id, after)| {
@@ -182,13 +223,11 @@ pub async fn after_each(
                     .add(event::Column::Sequence.gt(*after)),
             )
         });
-    Ok(event::Entity::find()
+    event::Entity::find()
         .filter(any)
         .order_by_asc(event::Column::WalletId)
         .order_by_asc(event::Column::Sequence)
         .limit(limit)
-        .all(conn)
-        .await?)
 }
 
 /// The number of the wallet's oldest event still kept (`None`: it has none).

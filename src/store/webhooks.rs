@@ -30,6 +30,7 @@ use sea_orm::{
 use super::{
     Store, accounts,
     entity::{event, wallet, webhook_attempt, webhook_delivery, webhook_endpoint, webhook_fanout},
+    events::Header,
     is_postgres,
     pagination::{self, Page},
 };
@@ -70,15 +71,20 @@ pub fn split_types(types: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether `endpoint` wants `event` of an account with `ancestry` (root first; empty for
-/// events of no account).
-pub fn wants(endpoint: &webhook_endpoint::Model, event: &event::Model, ancestry: &[&str]) -> bool {
+/// Whether `endpoint` takes events of this type and time: enabled, created by then, and the
+/// type in its filter (empty: every type).
+fn takes(endpoint: &webhook_endpoint::Model, event: &Header) -> bool {
     let type_name: String = sea_orm::ActiveEnum::to_value(&event.event_type);
     endpoint.enabled
         && endpoint.create_time <= event.time
         && (endpoint.event_types.is_empty()
             || endpoint.event_types.split(',').any(|t| t == type_name))
-        && (endpoint.account_id.is_empty() || ancestry.contains(&endpoint.account_id.as_str()))
+}
+
+/// Whether an endpoint covers an event of the account whose `ancestry` (itself and those
+/// above it) is given: an endpoint of every account, or of one of those.
+fn covers(endpoint: &webhook_endpoint::Model, ancestry: &[String]) -> bool {
+    endpoint.account_id.is_empty() || ancestry.contains(&endpoint.account_id)
 }
 
 pub async fn find(
@@ -258,7 +264,13 @@ async fn cursor(conn: &impl ConnectionTrait, wallet_id: &str) -> Result<i64> {
 #[derive(Debug, Default)]
 pub struct Cursors {
     known: HashMap<String, Cursor>,
+    /// Each account's ancestry (itself and those above it): an account never moves, so it
+    /// is read once (and forgotten when there are too many).
+    ancestries: HashMap<String, Vec<String>>,
 }
+
+/// Ancestries kept before the dispatcher forgets them all.
+const ANCESTRIES_KEPT: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
@@ -270,6 +282,7 @@ impl Cursors {
     /// Forgets everything (read again from the table when needed).
     pub fn clear(&mut self) {
         self.known.clear();
+        self.ancestries.clear();
     }
 }
 
@@ -325,38 +338,48 @@ pub async fn fan_out(
     }
     let mut deliveries: HashMap<String, Vec<webhook_delivery::ActiveModel>> = HashMap::new();
     let mut moves = Vec::new();
-    let mut ancestries: HashMap<String, Vec<String>> = HashMap::new();
+    if cursors.ancestries.len() > ANCESTRIES_KEPT {
+        cursors.ancestries.clear();
+    }
     for chunk in wallets.chunks(READ_WALLETS) {
         let from: Vec<(&str, i64)> = chunk
             .iter()
             .map(|w| (w.as_str(), cursors.known[w].read))
             .collect();
-        let events = super::events::after_each(reader, &from, FAN_OUT_EVENTS).await?;
+        let events = super::events::headers_after_each(reader, &from, FAN_OUT_EVENTS).await?;
         if events.len() as u64 == FAN_OUT_EVENTS {
             // Some wallets may have more, or were not reached: next round goes on from what
             // was read.
             out.again.extend(chunk.iter().cloned());
         }
-        let mut by_wallet: BTreeMap<&str, Vec<&event::Model>> = BTreeMap::new();
+        let mut by_wallet: BTreeMap<&str, Vec<&Header>> = BTreeMap::new();
         for event in &events {
             by_wallet.entry(&event.wallet_id).or_default().push(event);
         }
         for (wallet_id, events) in by_wallet {
             let mut made = Vec::new();
             for event in &events {
-                if !ancestries.contains_key(&event.account_id) {
-                    let ancestry = if event.account_id.is_empty() {
-                        Vec::new()
-                    } else {
-                        accounts::ancestry_ids(reader, &event.account_id).await?
-                    };
-                    ancestries.insert(event.account_id.clone(), ancestry);
+                let takers: Vec<&webhook_endpoint::Model> =
+                    endpoints.iter().filter(|e| takes(e, event)).collect();
+                if takers.is_empty() {
+                    continue;
                 }
-                let ancestry: Vec<&str> = ancestries[&event.account_id]
-                    .iter()
-                    .map(String::as_str)
-                    .collect();
-                for endpoint in endpoints.iter().filter(|e| wants(e, event, &ancestry)) {
+                // The account's ancestry only when an endpoint of an account could take it.
+                let scoped =
+                    !event.account_id.is_empty() && takers.iter().any(|e| !e.account_id.is_empty());
+                if scoped && !cursors.ancestries.contains_key(&event.account_id) {
+                    let ancestry = accounts::ancestry_ids(reader, &event.account_id).await?;
+                    cursors
+                        .ancestries
+                        .insert(event.account_id.clone(), ancestry);
+                }
+                let none = Vec::new();
+                let ancestry = if scoped {
+                    &cursors.ancestries[&event.account_id]
+                } else {
+                    &none
+                };
+                for endpoint in takers.into_iter().filter(|e| covers(e, ancestry)) {
                     made.push(delivery(endpoint, event, now));
                 }
             }
@@ -496,7 +519,7 @@ async fn move_cursors(
 
 fn delivery(
     endpoint: &webhook_endpoint::Model,
-    event: &event::Model,
+    event: &Header,
     now: i64,
 ) -> webhook_delivery::ActiveModel {
     webhook_delivery::ActiveModel {

@@ -318,6 +318,15 @@ impl Dispatcher {
             .filter(|(_, n)| **n >= PER_ENDPOINT)
             .map(|(id, _)| id.clone())
             .collect();
+        // Every endpoint full (a slow one alone, say): nothing to claim, and no query over
+        // its backlog.
+        if self
+            .endpoints
+            .iter()
+            .all(|e| !e.enabled || busy.contains(&e.id))
+        {
+            return Ok(());
+        }
         let lease_end = now + i64::try_from(self.settings.lease().as_micros()).unwrap_or(i64::MAX);
         let claimed = webhooks::claim(&self.store, now, lease_end, room as u64, &busy).await?;
         if claimed.is_empty() {

@@ -845,8 +845,24 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub(super) wallet: WalletRef,
     /// Resume after this event number (the last one seen), without the balance first.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "all_wallets")]
     pub(super) after: Option<i64>,
+    /// Every wallet of the account (each unit; --unit is ignored), in one stream.
+    #[arg(long)]
+    pub(super) all_wallets: bool,
+    /// With --all-wallets, resume a wallet after its last event seen; repeat per wallet.
+    #[arg(long, value_name = "WALLET_ID=SEQUENCE", value_parser = resume_point, requires = "all_wallets")]
+    pub(super) resume: Vec<(String, i64)>,
+}
+
+fn resume_point(value: &str) -> Result<(String, i64), String> {
+    let (wallet, sequence) = value
+        .split_once('=')
+        .ok_or_else(|| "expected WALLET_ID=SEQUENCE".to_string())?;
+    let sequence = sequence
+        .parse()
+        .map_err(|_| format!("`{sequence}` is not an event number"))?;
+    Ok((wallet.to_string(), sequence))
 }
 
 /// Which wallet: an account and a unit.

@@ -121,11 +121,14 @@ pub(super) async fn balance(ctx: &Ctx, args: WalletRef) -> Result<()> {
 pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<()> {
     use std::io::Write;
     let (account_id, external_id, unit) = args.wallet.into_parts();
+    let all = args.all_wallets;
     let request = proto::WatchBalanceRequest {
         account_id,
         external_id,
-        unit,
+        unit: if all { String::new() } else { unit },
         after_sequence: args.after,
+        all_wallets: all,
+        after_sequences: args.resume.into_iter().collect(),
         ..Default::default()
     };
     let mut client = ctx.client(LedgerServiceClient::new).await?;
@@ -137,21 +140,27 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<()> {
             serde_json::to_writer(&mut out, &node)?;
             writeln!(out)?;
         } else {
-            writeln!(out, "{}", event_line(&event))?;
+            writeln!(out, "{}", event_line(&event, all))?;
         }
         out.flush()?;
     }
     Ok(())
 }
 
-/// One event for people: number, type, time, balances, then what it is about.
-fn event_line(event: &proto::BalanceEvent) -> String {
+/// One event for people: (watching every wallet: the wallet and its unit,) number, type,
+/// time, balances, then what it is about.
+fn event_line(event: &proto::BalanceEvent, wallets: bool) -> String {
     let balance = event.balance.clone().unwrap_or_default();
     let time = super::output::rfc3339(event.time.as_ref()).unwrap_or_default();
-    let mut line = format!(
+    let mut line = if wallets {
+        format!("{} {:<10} ", event.wallet_id, balance.unit)
+    } else {
+        String::new()
+    };
+    line.push_str(&format!(
         "{:>6}  {:<26} {time}  posted {}  reserved {}  available {}",
         event.sequence, event.r#type, balance.posted, balance.reserved, balance.available
-    );
+    ));
     for (key, value) in &event.data {
         line.push_str(&format!("  {key}={value}"));
     }
