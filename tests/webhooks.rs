@@ -341,6 +341,39 @@ async fn type_filters_and_account_scope_choose_what_is_sent() {
     assert_eq!(receiver.received().len(), 1);
 }
 
+/// A slow endpoint and a failing one each hold back only their own deliveries: a healthy
+/// endpoint gets every event at once.
+#[tokio::test]
+async fn a_slow_or_failing_endpoint_holds_back_no_other() {
+    let app = spawn_app().await;
+    app.publish_standard_card().await;
+    let (account, _) = app.funded("neighbours", "1000").await;
+    let healthy = Receiver::start().await;
+    let slow = Receiver::start().await;
+    slow.script.delay_ms.store(1500, Ordering::SeqCst);
+    let down = Receiver::start().await;
+    down.script
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for receiver in [&slow, &down, &healthy] {
+        create_endpoint(&app, &receiver.url(), &account.id, &["balance.changed"]).await;
+    }
+    for _ in 0..30 {
+        debit(&app, &account.id, "image").await;
+    }
+    let got = healthy
+        .until("every debit at the healthy endpoint", |r| r.len() >= 30)
+        .await;
+    assert_eq!(got.len(), 30);
+    assert!(got.iter().all(|r| r.status == 200));
+    // One wallet's events go out one at a time per endpoint: the slow one is far behind
+    // (1.5 s each), the failing one is still failing — neither held the healthy one back.
+    assert!(slow.received().len() < 10, "{}", slow.received().len());
+    assert!(!down.received().is_empty());
+    assert!(down.delivered().is_empty());
+    app.stop().await;
+}
+
 /// The wallet's webhook fan-out cursor as stored.
 async fn stored_cursor(app: &TestApp, wallet_id: &str) -> Option<i64> {
     use sea_orm::ConnectionTrait;
