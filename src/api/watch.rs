@@ -283,27 +283,29 @@ impl Watcher {
     /// Where to resume, as metadata of the status that ends the watch: `after_sequence` of
     /// a one-wallet watch, `after_sequences` (JSON, by wallet id) of an account's.
     fn resume_at(&self, err: Error) -> Error {
-        match (&self.account, self.followed.as_slice()) {
-            (None, [one]) => err.with("after_sequence", one.last),
-            _ => err.with("after_sequences", self.resume_points()),
-        }
+        let (field, value) = self.resume();
+        err.with(field, value)
     }
 
     /// The same for people: `after_sequence 5`, `after_sequences {"wal_…":5,…}`.
     fn resume_text(&self) -> String {
-        match (&self.account, self.followed.as_slice()) {
-            (None, [one]) => format!("after_sequence {}", one.last),
-            _ => format!("after_sequences {}", self.resume_points()),
-        }
+        let (field, value) = self.resume();
+        format!("{field} {value}")
     }
 
-    fn resume_points(&self) -> String {
-        let points: BTreeMap<&str, i64> = self
-            .followed
-            .iter()
-            .map(|f| (f.wallet_id.as_str(), f.last))
-            .collect();
-        serde_json::to_string(&points).expect("JSON of numbers")
+    fn resume(&self) -> (&'static str, String) {
+        match (&self.account, self.followed.as_slice()) {
+            (None, [one]) => ("after_sequence", one.last.to_string()),
+            _ => {
+                let points: BTreeMap<&str, i64> = self
+                    .followed
+                    .iter()
+                    .map(|f| (f.wallet_id.as_str(), f.last))
+                    .collect();
+                let json = serde_json::to_string(&points).expect("JSON of numbers");
+                ("after_sequences", json)
+            }
+        }
     }
 
     /// Follows the account's wallets created since, from their first event.
@@ -321,19 +323,6 @@ impl Watcher {
             }
         }
         Ok(())
-    }
-
-    /// Whether there is room for one more event besides the status that may end the watch,
-    /// waiting up to [`LAG_GRACE`] for the reader to take some.
-    async fn room(&self) -> bool {
-        let deadline = tokio::time::Instant::now() + LAG_GRACE;
-        while self.sender.capacity() <= 1 {
-            if self.sender.is_closed() || tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        true
     }
 
     /// Sends every event after each wallet's `last`. `Ok(false)`: the watch is over (the
@@ -372,22 +361,28 @@ impl Watcher {
                     .with("wallet_id", &event.wallet_id)
                     .with("oldest_sequence", event.sequence));
                 }
-                if !self.room().await {
-                    let lagged = Error::new(
-                        tonic::Code::ResourceExhausted,
-                        Reason::WatchLagged,
-                        format!(
-                            "the reader fell more than {BUFFER} events behind: watch again \
-                             with {}",
-                            self.resume_text()
-                        ),
-                    );
-                    let _ = self.sender.try_send(Err(status(self.resume_at(lagged))));
-                    return Ok(false);
-                }
-                let message = balance_event(&event, &self.followed[i].unit);
-                if self.sender.try_send(Ok(message)).is_err() {
-                    return Ok(false);
+                // Room for this event and the status that may end the watch, waited for up
+                // to LAG_GRACE.
+                match tokio::time::timeout(LAG_GRACE, self.sender.reserve_many(2)).await {
+                    Ok(Ok(mut room)) => {
+                        let message = balance_event(&event, &self.followed[i].unit);
+                        room.next().expect("two permits").send(Ok(message));
+                    }
+                    // The reader left.
+                    Ok(Err(_)) => return Ok(false),
+                    Err(_) => {
+                        let lagged = Error::new(
+                            tonic::Code::ResourceExhausted,
+                            Reason::WatchLagged,
+                            format!(
+                                "the reader fell more than {BUFFER} events behind: watch \
+                                 again with {}",
+                                self.resume_text()
+                            ),
+                        );
+                        let _ = self.sender.try_send(Err(status(self.resume_at(lagged))));
+                        return Ok(false);
+                    }
                 }
                 self.followed[i].last = event.sequence;
             }

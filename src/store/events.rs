@@ -148,22 +148,6 @@ pub fn of_wallet(
     )
 }
 
-/// The wallet's events numbered after `after`, oldest first, at most `limit`.
-pub async fn after(
-    conn: &impl ConnectionTrait,
-    wallet_id: &str,
-    after: i64,
-    limit: u64,
-) -> Result<Vec<event::Model>> {
-    Ok(event::Entity::find()
-        .filter(event::Column::WalletId.eq(wallet_id))
-        .filter(event::Column::Sequence.gt(after))
-        .order_by_asc(event::Column::Sequence)
-        .limit(limit)
-        .all(conn)
-        .await?)
-}
-
 /// The events after each `(wallet, number)`, by wallet and then number, at most `limit` in
 /// all (one query for many wallets).
 pub async fn after_each(

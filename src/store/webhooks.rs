@@ -330,10 +330,11 @@ pub async fn fan_out(
             .collect();
         for wallet_id in chunk {
             let stored = stored.get(wallet_id).copied().unwrap_or(0);
-            let read = stored;
-            cursors
-                .known
-                .insert(wallet_id.clone(), Cursor { stored, read });
+            let cursor = Cursor {
+                stored,
+                read: stored,
+            };
+            cursors.known.insert(wallet_id.clone(), cursor);
         }
     }
     let mut deliveries: HashMap<String, Vec<webhook_delivery::ActiveModel>> = HashMap::new();

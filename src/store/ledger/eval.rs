@@ -246,19 +246,17 @@ impl Loaded {
         };
         match movement.kind {
             MovementKind::Grant => {
+                let lot = entry
+                    .grant_id
+                    .as_ref()
+                    .and_then(|id| self.state.lots.iter().find(|l| &l.grant_id == id));
+                let (expiry, period) =
+                    lot.map_or((None, None), |l| (l.expire_time, l.period.clone()));
                 let mut data = about("grant_id", &entry.grant_id);
-                let expiry = entry.grant_id.as_ref().and_then(|id| {
-                    let lot = self.state.lots.iter().find(|l| &l.grant_id == id)?;
-                    lot.expire_time
-                });
                 if let Some(expiry) = expiry {
                     data.push(("expire_time", events::rfc3339(expiry)));
                 }
                 self.emit(EventType::GrantActivated, entry.create_time, &data);
-                let period = entry.grant_id.as_ref().and_then(|id| {
-                    let lot = self.state.lots.iter().find(|l| &l.grant_id == id)?;
-                    lot.period.clone()
-                });
                 if let Some((schedule_id, index)) = period {
                     let mut data = about("grant_id", &entry.grant_id);
                     data.push(("schedule_id", schedule_id));
